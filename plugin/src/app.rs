@@ -1,0 +1,44 @@
+//! The plugin's shared state: configuration, the bitcoind client, the wallet and shutdown.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::bitcoind::Bitcoind;
+use crate::config::Config;
+use crate::wallet::PluginWallet;
+
+pub struct App {
+    pub config: Config,
+    pub bitcoind: Bitcoind,
+    pub wallet: Arc<PluginWallet>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(config: Config, bitcoind: Bitcoind, wallet: PluginWallet) -> Self {
+        App {
+            config,
+            bitcoind,
+            wallet: Arc::new(wallet),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// The roles this plugin plays. The renter role (client side) is always on.
+    pub fn roles(&self) -> Value {
+        json!(["renter"])
+    }
+
+    /// Asks the server to stop after answering the current requests.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once a shutdown has been requested.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}

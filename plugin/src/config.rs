@@ -1,0 +1,297 @@
+//! dstore-plugin's configuration: defaults < `<datadir>/dstore.conf` < command-line flags.
+//!
+//! The conf file holds `key=value` lines whose keys are the long flag names without the
+//! leading `--` (`#` starts a comment). It is layered under the flags by replaying its
+//! lines as flags placed *before* the real ones; clap's `args_override_self` then lets
+//! the later, real flag win.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use dstore_protocol::network::Network;
+
+/// The conf file's name inside the datadir.
+pub const CONF_FILE_NAME: &str = "dstore.conf";
+
+/// Largest conf file accepted; anything bigger is not a hand-written conf file.
+const MAX_CONF_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dstore-plugin",
+    version,
+    about = "dstore: paid, trust-minimised storage settled on Bitcoin (JSON-RPC daemon in front of bitcoind)",
+    args_override_self = true
+)]
+pub struct Args {
+    /// Data directory (default: $HOME/.dstore)
+    #[arg(long, value_name = "DIR")]
+    pub datadir: Option<PathBuf>,
+
+    /// Bitcoin network: regtest, signet, testnet or mainnet (default: regtest)
+    #[arg(long)]
+    pub network: Option<Network>,
+
+    /// bitcoind's JSON-RPC URL (default: http://127.0.0.1:<network's bitcoind port>)
+    #[arg(long, value_name = "URL")]
+    pub bitcoind_rpc_url: Option<String>,
+
+    /// bitcoind's cookie file (default: $HOME/.bitcoin/<network dir>/.cookie)
+    #[arg(long, value_name = "PATH")]
+    pub bitcoind_cookie: Option<PathBuf>,
+
+    /// bitcoind RPC user name (instead of the cookie)
+    #[arg(long, value_name = "USER")]
+    pub bitcoind_rpc_user: Option<String>,
+
+    /// bitcoind RPC password (instead of the cookie)
+    #[arg(long, value_name = "PASSWORD")]
+    pub bitcoind_rpc_password: Option<String>,
+
+    /// Port of dstore-plugin's own JSON-RPC server (default 18450 on regtest)
+    #[arg(long, value_name = "N")]
+    pub rpc_port: Option<u16>,
+
+    /// Address the JSON-RPC server binds to (default 127.0.0.1)
+    #[arg(long, value_name = "ADDR")]
+    pub rpc_bind: Option<IpAddr>,
+}
+
+/// How dstore-plugin authenticates to bitcoind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BitcoindAuth {
+    Cookie(PathBuf),
+    UserPass { user: String, password: String },
+}
+
+/// The fully resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub datadir: PathBuf,
+    pub network: Network,
+    pub bitcoind_rpc_url: String,
+    pub bitcoind_auth: BitcoindAuth,
+    pub rpc_bind: IpAddr,
+    pub rpc_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    ReadConf {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_CONF_BYTES} bytes")]
+    ConfTooLarge { path: PathBuf },
+    #[error("{path}:{line}: expected key=value, found '{text}'")]
+    ConfSyntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] clap::Error),
+    #[error("--bitcoind-rpc-user and --bitcoind-rpc-password must be given together")]
+    HalfUserPass,
+    #[error("no datadir given and $HOME is not set")]
+    NoHome,
+}
+
+impl Config {
+    /// Resolves the configuration from the process's command line.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_args(std::env::args_os().map(|a| a.to_string_lossy().into_owned()))
+    }
+
+    /// Resolves the configuration from an argument list (first item is the program name).
+    pub fn from_args(argv: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
+        let argv: Vec<String> = argv.into_iter().collect();
+        let cli = Args::try_parse_from(&argv)?;
+        let datadir = match cli.datadir {
+            Some(dir) => dir,
+            None => default_datadir()?,
+        };
+        let conf_flags = read_conf_flags(&datadir.join(CONF_FILE_NAME))?;
+        let merged = layer(&argv, &conf_flags);
+        let args = Args::try_parse_from(merged)?;
+        Self::resolve(args, datadir)
+    }
+
+    fn resolve(args: Args, datadir: PathBuf) -> Result<Self, ConfigError> {
+        let network = args.network.unwrap_or(Network::Regtest);
+        let bitcoind_rpc_url = args.bitcoind_rpc_url.unwrap_or_else(|| {
+            format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port())
+        });
+        let bitcoind_auth = match (args.bitcoind_rpc_user, args.bitcoind_rpc_password) {
+            (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
+            (None, None) => BitcoindAuth::Cookie(match args.bitcoind_cookie {
+                Some(path) => path,
+                None => default_bitcoind_cookie(network)?,
+            }),
+            _ => return Err(ConfigError::HalfUserPass),
+        };
+        Ok(Config {
+            datadir,
+            network,
+            bitcoind_rpc_url,
+            bitcoind_auth,
+            rpc_bind: args.rpc_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            rpc_port: args
+                .rpc_port
+                .unwrap_or_else(|| network.default_plugin_rpc_port()),
+        })
+    }
+
+    /// `<datadir>/<network>`: the cookie, the seed and the wallet live here.
+    pub fn network_dir(&self) -> PathBuf {
+        self.datadir.join(self.network.name())
+    }
+}
+
+fn home() -> Result<PathBuf, ConfigError> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or(ConfigError::NoHome)
+}
+
+fn default_datadir() -> Result<PathBuf, ConfigError> {
+    Ok(home()?.join(".dstore"))
+}
+
+fn default_bitcoind_cookie(network: Network) -> Result<PathBuf, ConfigError> {
+    let bitcoin_dir = home()?.join(".bitcoin");
+    Ok(match network {
+        Network::Mainnet => bitcoin_dir.join(".cookie"),
+        Network::Testnet => bitcoin_dir.join("testnet3").join(".cookie"),
+        Network::Signet => bitcoin_dir.join("signet").join(".cookie"),
+        Network::Regtest => bitcoin_dir.join("regtest").join(".cookie"),
+    })
+}
+
+/// Turns the conf file's `key=value` lines into `--key=value` flags. A missing file is an
+/// empty conf.
+fn read_conf_flags(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::ReadConf {
+                path: path.into(),
+                source,
+            })
+        }
+        Ok(meta) if meta.len() > MAX_CONF_BYTES => {
+            return Err(ConfigError::ConfTooLarge { path: path.into() })
+        }
+        Ok(_) => std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConf {
+            path: path.into(),
+            source,
+        })?,
+    };
+    parse_conf(path, &text)
+}
+
+fn parse_conf(path: &Path, text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut flags = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError::ConfSyntax {
+                path: path.into(),
+                line: index + 1,
+                text: line.to_string(),
+            });
+        };
+        flags.push(format!("--{}={}", key.trim(), value.trim()));
+    }
+    Ok(flags)
+}
+
+/// Program name, then the conf file's flags, then the real flags (which win).
+fn layer(argv: &[String], conf_flags: &[String]) -> Vec<String> {
+    let mut merged = Vec::with_capacity(argv.len() + conf_flags.len());
+    merged.extend(argv.first().cloned());
+    merged.extend(conf_flags.iter().cloned());
+    merged.extend(argv.iter().skip(1).cloned());
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(items: &[&str]) -> Vec<String> {
+        std::iter::once("dstore-plugin")
+            .chain(items.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn flags_override_conf_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONF_FILE_NAME),
+            "# comment\nrpc-port=19000\nbitcoind-rpc-url = http://127.0.0.1:1\n",
+        )
+        .unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let config = Config::from_args(argv(&[
+            "--datadir",
+            datadir,
+            "--rpc-port",
+            "19001",
+            "--bitcoind-cookie",
+            "/c",
+        ]))
+        .unwrap();
+        assert_eq!(config.rpc_port, 19001, "flag wins over conf");
+        assert_eq!(config.bitcoind_rpc_url, "http://127.0.0.1:1", "conf wins over default");
+        assert_eq!(config.network, Network::Regtest, "default");
+        assert_eq!(config.rpc_bind, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn default_port_follows_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let config = Config::from_args(argv(&[
+            "--datadir",
+            datadir,
+            "--network",
+            "signet",
+            "--bitcoind-cookie",
+            "/c",
+        ]))
+        .unwrap();
+        assert_eq!(config.rpc_port, 38450);
+        assert_eq!(config.bitcoind_rpc_url, "http://127.0.0.1:38332");
+    }
+
+    #[test]
+    fn bad_conf_lines_and_unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        std::fs::write(dir.path().join(CONF_FILE_NAME), "rpc-port\n").unwrap();
+        let err = Config::from_args(argv(&["--datadir", datadir])).unwrap_err();
+        assert!(matches!(err, ConfigError::ConfSyntax { line: 1, .. }), "{err}");
+        std::fs::write(dir.path().join(CONF_FILE_NAME), "no-such-option=1\n").unwrap();
+        assert!(matches!(
+            Config::from_args(argv(&["--datadir", datadir])),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn half_user_password_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let err = Config::from_args(argv(&["--datadir", datadir, "--bitcoind-rpc-user", "u"]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::HalfUserPass));
+    }
+}

@@ -1,0 +1,141 @@
+//! Start-up and shutdown of the bitcoind-attached daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dstore_protocol::network::Network;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::bitcoind::{Bitcoind, BitcoindError};
+use crate::config::Config;
+use crate::cookie::CookieFile;
+use crate::jsonrpc::code;
+use crate::server;
+use crate::wallet::{PluginWallet, RpcTarget, WalletError};
+
+/// How long to wait for a bitcoind that is still loading (RPC error -28).
+const WARMUP_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Bitcoind(#[from] BitcoindError),
+    #[error("bitcoind at {url} is on {actual}, but dstore-plugin is configured for {expected}")]
+    WrongNetwork {
+        url: String,
+        actual: String,
+        expected: Network,
+    },
+    #[error("bitcoind is still warming up after {0:?}")]
+    Warmup(Duration),
+    #[error("cannot prepare {path}: {source}")]
+    Datadir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("wallet: {0}")]
+    Wallet(#[from] WalletError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write the cookie file: {0}")]
+    Cookie(std::io::Error),
+}
+
+/// Runs the daemon until `dstore-stop`, SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let bitcoind = Bitcoind::new(&config.bitcoind_rpc_url, config.bitcoind_auth.clone());
+    check_bitcoind(&bitcoind, config.network).await?;
+    prepare_network_dir(&config)?;
+    let wallet = open_wallet(&config).await?;
+    let addr = format!("{}:{}", config.rpc_bind, config.rpc_port);
+    let listener = TcpListener::bind((config.rpc_bind, config.rpc_port))
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    // The cookie appears only once the port is open: its presence means "ready".
+    let cookie = Arc::new(
+        CookieFile::create(&config.network_dir().join(".cookie")).map_err(StartError::Cookie)?,
+    );
+    tracing::info!(network = %config.network, %addr, "dstore-plugin ready");
+    let app = Arc::new(App::new(config, bitcoind, wallet));
+    tokio::spawn(stop_on_signal(app.clone()));
+    server::serve(app, cookie.clone(), listener).await;
+    tracing::info!("dstore-plugin stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(app: Arc<App>) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    app.request_shutdown();
+}
+
+/// Refuses to go on unless bitcoind answers and is on our network.
+pub async fn check_bitcoind(bitcoind: &Bitcoind, expected: Network) -> Result<(), StartError> {
+    let started = Instant::now();
+    let info = loop {
+        match bitcoind.call("getblockchaininfo", json!([])).await {
+            Err(BitcoindError::Rpc(e)) if e.code == code::IN_WARMUP => {
+                if started.elapsed() > WARMUP_WAIT {
+                    return Err(StartError::Warmup(WARMUP_WAIT));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => break other?,
+        }
+    };
+    let chain = info.get("chain").and_then(Value::as_str).unwrap_or("");
+    match Network::from_core_chain(chain) {
+        Ok(actual) if actual == expected => Ok(()),
+        _ => Err(StartError::WrongNetwork {
+            url: bitcoind.url().to_string(),
+            actual: chain.to_string(),
+            expected,
+        }),
+    }
+}
+
+fn prepare_network_dir(config: &Config) -> Result<(), StartError> {
+    let dir = config.network_dir();
+    let err = |source| StartError::Datadir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+async fn open_wallet(config: &Config) -> Result<PluginWallet, StartError> {
+    let network_dir = config.network_dir();
+    let network = config.network;
+    let rpc = RpcTarget {
+        url: config.bitcoind_rpc_url.clone(),
+        auth: config.bitcoind_auth.clone(),
+    };
+    let opened = tokio::task::spawn_blocking(move || {
+        let wallet = PluginWallet::open(&network_dir, network, rpc)?;
+        wallet.sync()?;
+        Ok::<_, WalletError>(wallet)
+    })
+    .await
+    .map_err(|e| WalletError::Build(format!("wallet task failed: {e}")))?;
+    Ok(opened?)
+}

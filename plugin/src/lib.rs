@@ -1,0 +1,15 @@
+//! dstore-plugin: the renter/farmer daemon attached to bitcoind.
+//!
+//! It serves JSON-RPC in bitcoind's own dialect, answers the `dstore-*` methods itself and
+//! forwards every other method to bitcoind. Protocol logic lives in `dstore-protocol`;
+//! this crate is the I/O shell around it.
+
+pub mod app;
+pub mod bitcoind;
+pub mod config;
+pub mod cookie;
+pub mod daemon;
+pub mod jsonrpc;
+pub mod methods;
+pub mod server;
+pub mod wallet;

@@ -1,0 +1,417 @@
+//! The `dstore-*` RPC methods: their table (names, parameters, help) and their handlers.
+//!
+//! Parameters arrive positionally or by name, and — because bitcoin-cli only knows how to
+//! convert arguments of bitcoind's own methods — often as strings ("0.5" for an amount),
+//! so every numeric parameter also accepts its decimal string.
+
+use std::sync::Arc;
+
+use bdk_wallet::bitcoin::{Amount, Denomination, FeeRate};
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::jsonrpc::{code, RpcError};
+use crate::wallet::{PluginWallet, Unspent, WalletError};
+
+/// One parameter of a method.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub required: bool,
+    pub description: &'static str,
+}
+
+/// One `dstore-*` method.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodSpec {
+    pub name: &'static str,
+    pub params: &'static [ParamSpec],
+    pub description: &'static str,
+}
+
+impl MethodSpec {
+    /// `name required [optional]`, as bitcoind's help lists a method.
+    pub fn usage(&self) -> String {
+        let mut usage = self.name.to_string();
+        for p in self.params {
+            if p.required {
+                usage.push_str(&format!(" \"{}\"", p.name));
+            } else {
+                usage.push_str(&format!(" ( \"{}\" )", p.name));
+            }
+        }
+        usage
+    }
+
+    /// The full help text for `help <method>`.
+    pub fn help(&self) -> String {
+        let mut text = format!("{}\n\n{}\n", self.usage(), self.description);
+        if !self.params.is_empty() {
+            text.push_str("\nArguments:\n");
+            for (i, p) in self.params.iter().enumerate() {
+                let need = if p.required { "required" } else { "optional" };
+                text.push_str(&format!("{}. {} ({need}) {}\n", i + 1, p.name, p.description));
+            }
+        }
+        text
+    }
+}
+
+const fn param(name: &'static str, required: bool, description: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        required,
+        description,
+    }
+}
+
+/// Every `dstore-*` method this plugin serves.
+pub const METHODS: &[MethodSpec] = &[
+    MethodSpec {
+        name: "dstore-getinfo",
+        params: &[],
+        description: "Returns the plugin's version, network, bitcoind's block height, the wallet balance (BTC) and the enabled roles.",
+    },
+    MethodSpec {
+        name: "dstore-help",
+        params: &[param("command", false, "the dstore method to describe")],
+        description: "Lists the dstore methods, or describes one.",
+    },
+    MethodSpec {
+        name: "dstore-getnewaddress",
+        params: &[],
+        description: "Returns a new receive address (P2WPKH) of the plugin's wallet.",
+    },
+    MethodSpec {
+        name: "dstore-getbalance",
+        params: &[],
+        description: "Returns the wallet's spendable balance in BTC: confirmed mature coins plus its own unconfirmed change.",
+    },
+    MethodSpec {
+        name: "dstore-listunspent",
+        params: &[],
+        description: "Lists the wallet's unspent outputs, confirmed or not.",
+    },
+    MethodSpec {
+        name: "dstore-send",
+        params: &[
+            param("address", true, "the address to pay"),
+            param("amount_btc", true, "the amount in BTC"),
+            param("fee_rate", false, "fee rate in sat/vB (default: bitcoind's estimate)"),
+        ],
+        description: "Pays an amount from the plugin's wallet and returns the txid.",
+    },
+    MethodSpec {
+        name: "dstore-stop",
+        params: &[],
+        description: "Stops dstore-plugin (bitcoind keeps running; `stop` is forwarded to bitcoind).",
+    },
+];
+
+/// Looks a method up by name.
+pub fn find(name: &str) -> Option<&'static MethodSpec> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// True for the methods the plugin answers itself instead of forwarding to bitcoind.
+pub fn is_local(method: &str) -> bool {
+    method.starts_with("dstore-") || method == "help"
+}
+
+/// Runs a local method.
+pub async fn dispatch(app: &Arc<App>, method: &str, params: &Value) -> Result<Value, RpcError> {
+    if method == "help" {
+        return help(app, params).await;
+    }
+    let spec = find(method)
+        .ok_or_else(|| RpcError::new(code::METHOD_NOT_FOUND, "Method not found"))?;
+    let args = Params::bind(spec, params)?;
+    match spec.name {
+        "dstore-getinfo" => getinfo(app).await,
+        "dstore-help" => dstore_help(args.string(0)?),
+        "dstore-getnewaddress" => {
+            with_wallet(app, |w| Ok(json!(w.new_address()?.to_string()))).await
+        }
+        "dstore-getbalance" => {
+            with_wallet(app, |w| Ok(btc(w.balance()?.trusted_spendable()))).await
+        }
+        "dstore-listunspent" => with_wallet(app, |w| Ok(unspent_json(&w.list_unspent()?))).await,
+        "dstore-send" => send(app, &args).await,
+        "dstore-stop" => {
+            app.request_shutdown();
+            Ok(json!("dstore-plugin stopping"))
+        }
+        _ => Err(RpcError::new(code::METHOD_NOT_FOUND, "Method not found")),
+    }
+}
+
+async fn getinfo(app: &Arc<App>) -> Result<Value, RpcError> {
+    let blocks = app
+        .bitcoind
+        .call("getblockcount", json!([]))
+        .await
+        .map_err(|e| e.to_rpc_error())?;
+    let balance = with_wallet(app, |w| Ok(btc(w.balance()?.trusted_spendable()))).await?;
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "network": app.config.network.name(),
+        "blocks": blocks,
+        "balance": balance,
+        "roles": app.roles(),
+    }))
+}
+
+fn dstore_help(command: Option<String>) -> Result<Value, RpcError> {
+    match command {
+        None => Ok(json!(dstore_section())),
+        Some(name) => find(&name)
+            .map(|spec| json!(spec.help()))
+            .ok_or_else(|| RpcError::new(code::MISC_ERROR, format!("help: unknown command: {name}"))),
+    }
+}
+
+/// The `== Dstore ==` block appended to bitcoind's `help`.
+fn dstore_section() -> String {
+    let mut text = String::from("== Dstore ==\n");
+    for spec in METHODS {
+        text.push_str(&spec.usage());
+        text.push('\n');
+    }
+    text.trim_end().to_string()
+}
+
+/// `help` lists bitcoind's methods and then dstore's; `help dstore-x` describes a dstore
+/// method; anything else is bitcoind's own help.
+async fn help(app: &Arc<App>, params: &Value) -> Result<Value, RpcError> {
+    let command = match params {
+        Value::Array(items) => items.first().cloned(),
+        Value::Object(map) => map.get("command").cloned(),
+        _ => None,
+    };
+    if let Some(Value::String(name)) = &command {
+        if name.starts_with("dstore-") {
+            return dstore_help(Some(name.clone()));
+        }
+    }
+    let core = app
+        .bitcoind
+        .call("help", params.clone())
+        .await
+        .map_err(|e| e.to_rpc_error())?;
+    match (command, core) {
+        (None, Value::String(text)) => Ok(json!(format!("{text}\n\n{}", dstore_section()))),
+        (_, other) => Ok(other),
+    }
+}
+
+async fn send(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let address = args.required_string(0)?;
+    let amount = args.amount_btc(1)?;
+    if amount == Amount::ZERO {
+        return Err(RpcError::new(code::TYPE_ERROR, "Invalid amount for send"));
+    }
+    let fee_rate = args.fee_rate(2)?;
+    with_wallet(app, move |w| {
+        Ok(json!(w.send(&address, amount, fee_rate)?.to_string()))
+    })
+    .await
+}
+
+/// Runs a blocking wallet operation on tokio's blocking pool.
+async fn with_wallet<F>(app: &Arc<App>, op: F) -> Result<Value, RpcError>
+where
+    F: FnOnce(&PluginWallet) -> Result<Value, WalletError> + Send + 'static,
+{
+    let wallet = app.wallet.clone();
+    tokio::task::spawn_blocking(move || op(&wallet))
+        .await
+        .map_err(|e| RpcError::new(code::INTERNAL_ERROR, format!("wallet task failed: {e}")))?
+        .map_err(wallet_error)
+}
+
+fn wallet_error(e: WalletError) -> RpcError {
+    let code = match &e {
+        WalletError::WrongNetwork(_) => code::INVALID_ADDRESS_OR_KEY,
+        WalletError::InsufficientFunds(_) => code::WALLET_INSUFFICIENT_FUNDS,
+        WalletError::Rpc(_) => code::CLIENT_NOT_CONNECTED,
+        _ => code::WALLET_ERROR,
+    };
+    RpcError::new(code, e.to_string())
+}
+
+fn btc(amount: Amount) -> Value {
+    json!(amount.to_btc())
+}
+
+fn unspent_json(unspent: &[Unspent]) -> Value {
+    Value::Array(
+        unspent
+            .iter()
+            .map(|u| {
+                json!({
+                    "txid": u.output.outpoint.txid.to_string(),
+                    "vout": u.output.outpoint.vout,
+                    "address": u.address.as_ref().map(|a| a.to_string()),
+                    "scriptPubKey": u.output.txout.script_pubkey.to_hex_string(),
+                    "amount": u.output.txout.value.to_btc(),
+                    "confirmations": u.confirmations,
+                    "change": u.output.keychain == bdk_wallet::KeychainKind::Internal,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A method's parameters, bound by position or by name to its [`MethodSpec`].
+struct Params<'a> {
+    spec: &'static MethodSpec,
+    values: Vec<Option<&'a Value>>,
+}
+
+impl<'a> Params<'a> {
+    fn bind(spec: &'static MethodSpec, params: &'a Value) -> Result<Self, RpcError> {
+        let values: Vec<Option<&Value>> = match params {
+            Value::Array(items) => {
+                if items.len() > spec.params.len() {
+                    return Err(usage_error(spec));
+                }
+                (0..spec.params.len()).map(|i| items.get(i)).collect()
+            }
+            Value::Object(map) => {
+                if let Some(unknown) = map.keys().find(|k| !spec.params.iter().any(|p| p.name == *k)) {
+                    return Err(RpcError::new(
+                        code::INVALID_PARAMETER,
+                        format!("Unknown named parameter {unknown}"),
+                    ));
+                }
+                spec.params.iter().map(|p| map.get(p.name)).collect()
+            }
+            _ => return Err(usage_error(spec)),
+        };
+        let values: Vec<Option<&Value>> =
+            values.into_iter().map(|v| v.filter(|v| !v.is_null())).collect();
+        if spec
+            .params
+            .iter()
+            .zip(&values)
+            .any(|(p, v)| p.required && v.is_none())
+        {
+            return Err(usage_error(spec));
+        }
+        Ok(Params { spec, values })
+    }
+
+    fn get(&self, i: usize) -> Option<&'a Value> {
+        self.values.get(i).copied().flatten()
+    }
+
+    fn name(&self, i: usize) -> &'static str {
+        self.spec.params.get(i).map(|p| p.name).unwrap_or("?")
+    }
+
+    fn string(&self, i: usize) -> Result<Option<String>, RpcError> {
+        match self.get(i) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(type_error(self.name(i), "a string")),
+        }
+    }
+
+    fn required_string(&self, i: usize) -> Result<String, RpcError> {
+        self.string(i)?.ok_or_else(|| usage_error(self.spec))
+    }
+
+    /// A number or a decimal string, as text (so amounts are parsed exactly).
+    fn decimal_text(&self, i: usize) -> Result<Option<String>, RpcError> {
+        match self.get(i) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(type_error(self.name(i), "a number")),
+        }
+    }
+
+    fn amount_btc(&self, i: usize) -> Result<Amount, RpcError> {
+        let text = self.decimal_text(i)?.ok_or_else(|| usage_error(self.spec))?;
+        Amount::from_str_in(&text, Denomination::Bitcoin)
+            .map_err(|e| RpcError::new(code::TYPE_ERROR, format!("Invalid amount '{text}': {e}")))
+    }
+
+    fn fee_rate(&self, i: usize) -> Result<Option<FeeRate>, RpcError> {
+        let Some(text) = self.decimal_text(i)? else {
+            return Ok(None);
+        };
+        let sat_per_vb: f64 = text
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 1.0 && *v <= 100_000.0)
+            .ok_or_else(|| {
+                RpcError::new(
+                    code::INVALID_PARAMETER,
+                    format!("Invalid fee_rate '{text}' (sat/vB, 1 to 100000)"),
+                )
+            })?;
+        Ok(Some(FeeRate::from_sat_per_kwu((sat_per_vb * 250.0).round() as u64)))
+    }
+}
+
+fn usage_error(spec: &MethodSpec) -> RpcError {
+    RpcError::new(code::MISC_ERROR, spec.help())
+}
+
+fn type_error(name: &str, expected: &str) -> RpcError {
+    RpcError::new(code::TYPE_ERROR, format!("{name} must be {expected}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_spec() -> &'static MethodSpec {
+        find("dstore-send").unwrap()
+    }
+
+    #[test]
+    fn every_method_is_dstore_prefixed_and_unique() {
+        for (i, m) in METHODS.iter().enumerate() {
+            assert!(m.name.starts_with("dstore-"));
+            assert!(METHODS[i + 1..].iter().all(|o| o.name != m.name));
+        }
+    }
+
+    #[test]
+    fn usage_marks_optional_params() {
+        assert_eq!(
+            send_spec().usage(),
+            r#"dstore-send "address" "amount_btc" ( "fee_rate" )"#
+        );
+    }
+
+    #[test]
+    fn positional_and_named_params_bind_alike() {
+        let positional = json!(["bcrt1q", "0.5"]);
+        let named = json!({"address": "bcrt1q", "amount_btc": 0.5});
+        for params in [&positional, &named] {
+            let p = Params::bind(send_spec(), params).unwrap();
+            assert_eq!(p.required_string(0).unwrap(), "bcrt1q");
+            assert_eq!(p.amount_btc(1).unwrap(), Amount::from_sat(50_000_000));
+            assert_eq!(p.fee_rate(2).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn bad_params_are_rejected() {
+        assert!(Params::bind(send_spec(), &json!(["a"])).is_err(), "missing amount");
+        assert!(Params::bind(send_spec(), &json!(["a", 1, 2, 3])).is_err(), "too many");
+        let err = Params::bind(send_spec(), &json!({"address": "a", "amount_btc": 1, "x": 1}))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, code::INVALID_PARAMETER);
+        let p = Params::bind(send_spec(), &json!(["a", "1.123456789"])).unwrap();
+        assert_eq!(p.amount_btc(1).unwrap_err().code, code::TYPE_ERROR, "sub-satoshi");
+        let p = Params::bind(send_spec(), &json!(["a", [1]])).unwrap();
+        assert_eq!(p.amount_btc(1).unwrap_err().code, code::TYPE_ERROR);
+        let p = Params::bind(send_spec(), &json!(["a", 1, "nan"])).unwrap();
+        assert_eq!(p.fee_rate(2).unwrap_err().code, code::INVALID_PARAMETER);
+    }
+}

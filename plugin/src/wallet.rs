@@ -1,0 +1,388 @@
+//! The plugin's own on-chain wallet: a BDK descriptor wallet synced from bitcoind over RPC.
+//!
+//! The 32-byte seed lives in `<datadir>/<network>/seed` (hex, mode 0600); BIP84 descriptors
+//! are derived from it at every start and never written to disk with their private keys.
+//! Wallet state (public descriptors, revealed indices, seen transactions, chain tip) is kept
+//! by `bdk_file_store` in `<datadir>/<network>/wallet.dat`. Every method syncs from the
+//! wallet's last checkpoint to bitcoind's tip first, then reads or spends. All of it is
+//! blocking: the RPC server calls it on tokio's blocking pool.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bdk_bitcoind_rpc::bitcoincore_rpc::{self, Auth, RpcApi};
+use bdk_bitcoind_rpc::Emitter;
+use bdk_wallet::bitcoin::bip32::Xpriv;
+use bdk_wallet::bitcoin::{Address, Amount, FeeRate, Transaction, Txid};
+use bdk_wallet::chain::ChainPosition;
+use bdk_wallet::file_store::Store;
+use bdk_wallet::{
+    Balance, ChangeSet, KeychainKind, LocalOutput, PersistedWallet, SignOptions, Wallet,
+};
+use dstore_protocol::network::Network;
+use rand::RngCore;
+
+use crate::config::BitcoindAuth;
+use crate::cookie::write_secret_file;
+
+const SEED_FILE: &str = "seed";
+const WALLET_FILE: &str = "wallet.dat";
+const WALLET_MAGIC: &[u8] = b"dstore-wallet-v1";
+
+/// Fee rate used on regtest when bitcoind has no estimate (it never has one there).
+const REGTEST_FALLBACK_SAT_PER_VB: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error("seed file {path}: {reason}")]
+    Seed { path: PathBuf, reason: String },
+    #[error("wallet file {path}: {reason}")]
+    Store { path: PathBuf, reason: String },
+    #[error("wallet descriptors: {0}")]
+    Descriptor(String),
+    #[error("bitcoind: {0}")]
+    Rpc(#[from] bitcoincore_rpc::Error),
+    #[error("wallet does not connect to bitcoind's chain: {0}")]
+    Chain(String),
+    #[error("address is for another network: {0}")]
+    WrongNetwork(String),
+    #[error("Insufficient funds: {0}")]
+    InsufficientFunds(String),
+    #[error("cannot build the transaction: {0}")]
+    Build(String),
+    #[error("Fee estimation failed; pass fee_rate (sat/vB) explicitly")]
+    NoFeeEstimate,
+    #[error("wallet lock poisoned by an earlier panic")]
+    Poisoned,
+}
+
+/// One unspent output, as `dstore-listunspent` reports it.
+#[derive(Debug, Clone)]
+pub struct Unspent {
+    pub output: LocalOutput,
+    pub address: Option<Address>,
+    pub confirmations: u32,
+}
+
+/// How bitcoind is reached by the blocking RPC client the wallet syncs with.
+#[derive(Debug, Clone)]
+pub struct RpcTarget {
+    pub url: String,
+    pub auth: BitcoindAuth,
+}
+
+impl RpcTarget {
+    /// A fresh client per use: the cookie is re-read, so a restarted bitcoind is no problem.
+    fn client(&self) -> Result<bitcoincore_rpc::Client, WalletError> {
+        let auth = match &self.auth {
+            BitcoindAuth::Cookie(path) => Auth::CookieFile(path.clone()),
+            BitcoindAuth::UserPass { user, password } => {
+                Auth::UserPass(user.clone(), password.clone())
+            }
+        };
+        Ok(bitcoincore_rpc::Client::new(&self.url, auth)?)
+    }
+}
+
+struct Inner {
+    wallet: PersistedWallet<Store<ChangeSet>>,
+    store: Store<ChangeSet>,
+    /// Signs the wallet's inputs (found through the PSBT's BIP32 derivations).
+    master: Xpriv,
+}
+
+/// The plugin's wallet. Cheap to share; one operation at a time.
+pub struct PluginWallet {
+    inner: Mutex<Inner>,
+    network: Network,
+    rpc: RpcTarget,
+}
+
+impl PluginWallet {
+    /// Opens the wallet in `network_dir`, creating seed and wallet file on first use.
+    pub fn open(network_dir: &Path, network: Network, rpc: RpcTarget) -> Result<Self, WalletError> {
+        let seed = load_or_create_seed(&network_dir.join(SEED_FILE))?;
+        let master = Xpriv::new_master(network.to_bitcoin(), &seed)
+            .map_err(|e| WalletError::Descriptor(e.to_string()))?;
+        let (external, internal) = descriptors(&master, network);
+        let path = network_dir.join(WALLET_FILE);
+        let store_err = |reason: String| WalletError::Store {
+            path: path.clone(),
+            reason,
+        };
+        let (mut store, _) = Store::<ChangeSet>::load_or_create(WALLET_MAGIC, &path)
+            .map_err(|e| store_err(e.to_string()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| store_err(e.to_string()))?;
+        let loaded = Wallet::load()
+            .descriptor(KeychainKind::External, Some(external.clone()))
+            .descriptor(KeychainKind::Internal, Some(internal.clone()))
+            .check_network(network.to_bitcoin())
+            .load_wallet(&mut store)
+            .map_err(|e| store_err(e.to_string()))?;
+        let wallet = match loaded {
+            Some(wallet) => wallet,
+            None => Wallet::create(external, internal)
+                .network(network.to_bitcoin())
+                .create_wallet(&mut store)
+                .map_err(|e| store_err(e.to_string()))?,
+        };
+        Ok(PluginWallet {
+            inner: Mutex::new(Inner {
+                wallet,
+                store,
+                master,
+            }),
+            network,
+            rpc,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, WalletError> {
+        self.inner.lock().map_err(|_| WalletError::Poisoned)
+    }
+
+    /// Brings the wallet up to bitcoind's tip and mempool, then persists it.
+    pub fn sync(&self) -> Result<u32, WalletError> {
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)
+    }
+
+    fn sync_locked(&self, inner: &mut Inner) -> Result<u32, WalletError> {
+        let client = Arc::new(self.rpc.client()?);
+        let start_height = inner.wallet.latest_checkpoint().height();
+        let unconfirmed: Vec<Arc<Transaction>> = inner
+            .wallet
+            .transactions()
+            .filter(|tx| tx.chain_position.is_unconfirmed())
+            .map(|tx| tx.tx_node.tx.clone())
+            .collect();
+        let mut emitter = Emitter::new(
+            client,
+            inner.wallet.latest_checkpoint(),
+            start_height,
+            unconfirmed,
+        );
+        while let Some(event) = emitter.next_block()? {
+            let (height, connected_to) = (event.block_height(), event.connected_to());
+            inner
+                .wallet
+                .apply_block_connected_to(&event.block, height, connected_to)
+                .map_err(|e| WalletError::Chain(e.to_string()))?;
+        }
+        let mempool = emitter.mempool()?;
+        inner.wallet.apply_evicted_txs(mempool.evicted);
+        inner.wallet.apply_unconfirmed_txs(mempool.update);
+        persist(inner)?;
+        Ok(inner.wallet.latest_checkpoint().height())
+    }
+
+    /// Reveals, persists and returns the next receive address.
+    pub fn new_address(&self) -> Result<Address, WalletError> {
+        let mut inner = self.lock()?;
+        let info = inner.wallet.reveal_next_address(KeychainKind::External);
+        persist(&mut inner)?;
+        Ok(info.address)
+    }
+
+    pub fn balance(&self) -> Result<Balance, WalletError> {
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)?;
+        Ok(inner.wallet.balance())
+    }
+
+    pub fn list_unspent(&self) -> Result<Vec<Unspent>, WalletError> {
+        let mut inner = self.lock()?;
+        let tip = self.sync_locked(&mut inner)?;
+        let network = self.network.to_bitcoin();
+        Ok(inner
+            .wallet
+            .list_unspent()
+            .map(|output| Unspent {
+                address: Address::from_script(&output.txout.script_pubkey, network).ok(),
+                confirmations: confirmations(&output.chain_position, tip),
+                output,
+            })
+            .collect())
+    }
+
+    /// Pays `amount` to `address`; returns the broadcast transaction's id.
+    pub fn send(
+        &self,
+        address: &str,
+        amount: Amount,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Txid, WalletError> {
+        let address = self.parse_address(address)?;
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)?;
+        let fee_rate = match fee_rate {
+            Some(rate) => rate,
+            None => self.estimate_fee_rate()?,
+        };
+        let master = inner.master;
+        let tx = build_and_sign(&mut inner.wallet, &master, address, amount, fee_rate)?;
+        // The revealed change index is on disk before the transaction can exist anywhere else.
+        persist(&mut inner)?;
+        let txid = self.rpc.client()?.send_raw_transaction(&tx)?;
+        inner.wallet.apply_unconfirmed_txs([(tx, unix_now())]);
+        persist(&mut inner)?;
+        Ok(txid)
+    }
+
+    fn parse_address(&self, text: &str) -> Result<Address, WalletError> {
+        let unchecked: Address<_> = text
+            .parse()
+            .map_err(|e| WalletError::WrongNetwork(format!("{text}: {e}")))?;
+        unchecked
+            .require_network(self.network.to_bitcoin())
+            .map_err(|e| WalletError::WrongNetwork(format!("{text}: {e}")))
+    }
+
+    fn estimate_fee_rate(&self) -> Result<FeeRate, WalletError> {
+        let estimate = self.rpc.client()?.estimate_smart_fee(6, None)?;
+        match estimate.fee_rate {
+            // bitcoind answers in BTC per 1000 vbytes; 1 kvB = 4000 weight units.
+            Some(per_kvb) => Ok(FeeRate::from_sat_per_kwu(per_kvb.to_sat() / 4)),
+            None if self.network == Network::Regtest => {
+                Ok(FeeRate::from_sat_per_vb_u32(REGTEST_FALLBACK_SAT_PER_VB))
+            }
+            None => Err(WalletError::NoFeeEstimate),
+        }
+    }
+}
+
+fn build_and_sign(
+    wallet: &mut Wallet,
+    master: &Xpriv,
+    address: Address,
+    amount: Amount,
+    fee_rate: FeeRate,
+) -> Result<Transaction, WalletError> {
+    let mut builder = wallet.build_tx();
+    builder
+        .add_recipient(address.script_pubkey(), amount)
+        .fee_rate(fee_rate);
+    let mut psbt = builder.finish().map_err(|e| match e {
+        bdk_wallet::error::CreateTxError::CoinSelection(e) => {
+            WalletError::InsufficientFunds(e.to_string())
+        }
+        other => WalletError::Build(other.to_string()),
+    })?;
+    psbt.sign(master, wallet.secp_ctx())
+        .map_err(|(_, errors)| WalletError::Build(format!("signing failed: {errors:?}")))?;
+    let finalized = wallet
+        .finalize_psbt(&mut psbt, SignOptions::default())
+        .map_err(|e| WalletError::Build(e.to_string()))?;
+    if !finalized {
+        return Err(WalletError::Build("could not sign every input".into()));
+    }
+    psbt.extract_tx()
+        .map_err(|e| WalletError::Build(e.to_string()))
+}
+
+fn persist(inner: &mut Inner) -> Result<(), WalletError> {
+    let Inner { wallet, store, .. } = inner;
+    wallet
+        .persist(store)
+        .map(|_| ())
+        .map_err(|e| WalletError::Store {
+            path: PathBuf::from(WALLET_FILE),
+            reason: e.to_string(),
+        })
+}
+
+fn confirmations(
+    position: &ChainPosition<bdk_wallet::chain::ConfirmationBlockTime>,
+    tip: u32,
+) -> u32 {
+    match position {
+        ChainPosition::Confirmed { anchor, .. } => {
+            tip.saturating_sub(anchor.block_id.height).saturating_add(1)
+        }
+        ChainPosition::Unconfirmed { .. } => 0,
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads the hex seed, or creates a fresh one (mode 0600) when there is none.
+fn load_or_create_seed(path: &Path) -> Result<[u8; 32], WalletError> {
+    let err = |reason: String| WalletError::Seed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
+            bytes
+                .try_into()
+                .map_err(|_| err("expected 32 bytes".into()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut seed);
+            write_secret_file(path, hex::encode(seed).as_bytes())
+                .map_err(|e| err(e.to_string()))?;
+            Ok(seed)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// BIP84 receive and change descriptors for the master key.
+fn descriptors(master: &Xpriv, network: Network) -> (String, String) {
+    let coin = if network == Network::Mainnet { 0 } else { 1 };
+    (
+        format!("wpkh({master}/84'/{coin}'/0'/0/*)"),
+        format!("wpkh({master}/84'/{coin}'/0'/1/*)"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_is_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regtest").join(SEED_FILE);
+        let first = load_or_create_seed(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create_seed(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn corrupt_seed_is_an_error_not_a_new_wallet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SEED_FILE);
+        std::fs::write(&path, "zz").unwrap();
+        assert!(matches!(load_or_create_seed(&path), Err(WalletError::Seed { .. })));
+        std::fs::write(&path, "abcd").unwrap();
+        assert!(matches!(load_or_create_seed(&path), Err(WalletError::Seed { .. })));
+    }
+
+    #[test]
+    fn confirmations_count_from_tip() {
+        let anchor = bdk_wallet::chain::ConfirmationBlockTime {
+            block_id: bdk_wallet::chain::BlockId {
+                height: 10,
+                hash: bdk_wallet::bitcoin::BlockHash::from_byte_array([0; 32]),
+            },
+            confirmation_time: 0,
+        };
+        let confirmed = ChainPosition::Confirmed {
+            anchor,
+            transitively: None,
+        };
+        assert_eq!(confirmations(&confirmed, 10), 1);
+        assert_eq!(confirmations(&confirmed, 109), 100);
+    }
+}

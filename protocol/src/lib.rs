@@ -1,0 +1,27 @@
+//! dstore's protocol library: everything deterministic about a storage contract, with no I/O.
+//!
+//! The plugin and the watchtower are thin shells around this crate. Nothing here touches
+//! files, sockets, clocks or async runtimes; callers pass in bytes, readers and writers,
+//! keys and randomness. ../shared/PROTOCOL.md is the normative design.
+//!
+//! Modules, in data-flow order:
+//! * [`datapath`]: AES-256-GCM STREAM encryption of the renter's file (PROTOCOL.md 1.1).
+//! * [`merkle`]: segment Merkle tree, streaming builder, inclusion proofs (1.2).
+//! * [`receipt`]: the farmer's signed storage receipt (1.3).
+//! * [`keys`]: BIP32 per-contract keys, commit-then-reveal, joint key (2).
+//! * [`seal`]: sealing under the joint key, unsealing, fraud proofs (3.1).
+//! * [`contract`]: TX1/TX2/TX3 and refund descriptors and transactions (3.2).
+//! * [`nonce_reuse`]: the farmer's reused-nonce TX2 signatures and template (3.3).
+//! * [`extract`]: recovering f from a TX1 spend (3.6).
+//! * [`hashing`], [`network`]: shared helpers.
+
+pub mod contract;
+pub mod datapath;
+pub mod extract;
+pub mod hashing;
+pub mod keys;
+pub mod merkle;
+pub mod network;
+pub mod nonce_reuse;
+pub mod receipt;
+pub mod seal;
