@@ -89,7 +89,10 @@ impl Bitcoind {
             .map_err(|e| BitcoindError::BadReply(format!("{method}: {e}")))?;
         match parsed.get("error") {
             Some(error) if !error.is_null() => Err(BitcoindError::Rpc(RpcError::new(
-                error.get("code").and_then(Value::as_i64).unwrap_or(code::MISC_ERROR),
+                error
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(code::MISC_ERROR),
                 error
                     .get("message")
                     .and_then(Value::as_str)

@@ -121,9 +121,9 @@ impl Config {
 
     fn resolve(args: Args, datadir: PathBuf) -> Result<Self, ConfigError> {
         let network = args.network.unwrap_or(Network::Regtest);
-        let bitcoind_rpc_url = args.bitcoind_rpc_url.unwrap_or_else(|| {
-            format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port())
-        });
+        let bitcoind_rpc_url = args
+            .bitcoind_rpc_url
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port()));
         let bitcoind_auth = match (args.bitcoind_rpc_user, args.bitcoind_rpc_password) {
             (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
             (None, None) => BitcoindAuth::Cookie(match args.bitcoind_cookie {
@@ -250,7 +250,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.rpc_port, 19001, "flag wins over conf");
-        assert_eq!(config.bitcoind_rpc_url, "http://127.0.0.1:1", "conf wins over default");
+        assert_eq!(
+            config.bitcoind_rpc_url, "http://127.0.0.1:1",
+            "conf wins over default"
+        );
         assert_eq!(config.network, Network::Regtest, "default");
         assert_eq!(config.rpc_bind, IpAddr::from([127, 0, 0, 1]));
     }
@@ -278,7 +281,10 @@ mod tests {
         let datadir = dir.path().to_str().unwrap();
         std::fs::write(dir.path().join(CONF_FILE_NAME), "rpc-port\n").unwrap();
         let err = Config::from_args(argv(&["--datadir", datadir])).unwrap_err();
-        assert!(matches!(err, ConfigError::ConfSyntax { line: 1, .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::ConfSyntax { line: 1, .. }),
+            "{err}"
+        );
         std::fs::write(dir.path().join(CONF_FILE_NAME), "no-such-option=1\n").unwrap();
         assert!(matches!(
             Config::from_args(argv(&["--datadir", datadir])),

@@ -73,8 +73,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 }
 
 async fn stop_on_signal(app: Arc<App>) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
             tracing::warn!("cannot watch SIGTERM: {e}");

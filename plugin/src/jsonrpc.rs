@@ -104,10 +104,18 @@ pub fn parse_request(value: &Value) -> Result<Request, InvalidRequest> {
         Some(Value::String(v)) if v == "1.0" => Version::V1Legacy,
         Some(Value::String(v)) if v == "2.0" => Version::V2,
         Some(Value::String(_)) => {
-            return Err(invalid(Version::V1Legacy, id, "JSON-RPC version not supported"))
+            return Err(invalid(
+                Version::V1Legacy,
+                id,
+                "JSON-RPC version not supported",
+            ))
         }
         Some(_) => {
-            return Err(invalid(Version::V1Legacy, id, "jsonrpc field must be a string"))
+            return Err(invalid(
+                Version::V1Legacy,
+                id,
+                "jsonrpc field must be a string",
+            ))
         }
     };
     let method = match object.get("method") {
@@ -202,7 +210,10 @@ mod tests {
     #[test]
     fn replies_follow_bitcoind_member_order() {
         let v1 = reply(Version::V1Legacy, Some(json!(1)), Ok(json!(5)));
-        assert_eq!(serde_json::to_string(&v1).unwrap(), r#"{"result":5,"error":null,"id":1}"#);
+        assert_eq!(
+            serde_json::to_string(&v1).unwrap(),
+            r#"{"result":5,"error":null,"id":1}"#
+        );
         let v2 = reply(
             Version::V2,
             Some(json!("a")),
@@ -216,8 +227,17 @@ mod tests {
 
     #[test]
     fn legacy_status_codes() {
-        assert_eq!(RpcError::new(code::INVALID_REQUEST, "").legacy_http_status(), 400);
-        assert_eq!(RpcError::new(code::METHOD_NOT_FOUND, "").legacy_http_status(), 404);
-        assert_eq!(RpcError::new(code::MISC_ERROR, "").legacy_http_status(), 500);
+        assert_eq!(
+            RpcError::new(code::INVALID_REQUEST, "").legacy_http_status(),
+            400
+        );
+        assert_eq!(
+            RpcError::new(code::METHOD_NOT_FOUND, "").legacy_http_status(),
+            404
+        );
+        assert_eq!(
+            RpcError::new(code::MISC_ERROR, "").legacy_http_status(),
+            500
+        );
     }
 }

@@ -50,7 +50,12 @@ impl MethodSpec {
             text.push_str("\nArguments:\n");
             for (i, p) in self.params.iter().enumerate() {
                 let need = if p.required { "required" } else { "optional" };
-                text.push_str(&format!("{}. {} ({need}) {}\n", i + 1, p.name, p.description));
+                text.push_str(&format!(
+                    "{}. {} ({need}) {}\n",
+                    i + 1,
+                    p.name,
+                    p.description
+                ));
             }
         }
         text
@@ -123,8 +128,8 @@ pub async fn dispatch(app: &Arc<App>, method: &str, params: &Value) -> Result<Va
     if method == "help" {
         return help(app, params).await;
     }
-    let spec = find(method)
-        .ok_or_else(|| RpcError::new(code::METHOD_NOT_FOUND, "Method not found"))?;
+    let spec =
+        find(method).ok_or_else(|| RpcError::new(code::METHOD_NOT_FOUND, "Method not found"))?;
     let args = Params::bind(spec, params)?;
     match spec.name {
         "dstore-getinfo" => getinfo(app).await,
@@ -164,9 +169,9 @@ async fn getinfo(app: &Arc<App>) -> Result<Value, RpcError> {
 fn dstore_help(command: Option<String>) -> Result<Value, RpcError> {
     match command {
         None => Ok(json!(dstore_section())),
-        Some(name) => find(&name)
-            .map(|spec| json!(spec.help()))
-            .ok_or_else(|| RpcError::new(code::MISC_ERROR, format!("help: unknown command: {name}"))),
+        Some(name) => find(&name).map(|spec| json!(spec.help())).ok_or_else(|| {
+            RpcError::new(code::MISC_ERROR, format!("help: unknown command: {name}"))
+        }),
     }
 }
 
@@ -278,7 +283,10 @@ impl<'a> Params<'a> {
                 (0..spec.params.len()).map(|i| items.get(i)).collect()
             }
             Value::Object(map) => {
-                if let Some(unknown) = map.keys().find(|k| !spec.params.iter().any(|p| p.name == *k)) {
+                if let Some(unknown) = map
+                    .keys()
+                    .find(|k| !spec.params.iter().any(|p| p.name == *k))
+                {
                     return Err(RpcError::new(
                         code::INVALID_PARAMETER,
                         format!("Unknown named parameter {unknown}"),
@@ -288,8 +296,10 @@ impl<'a> Params<'a> {
             }
             _ => return Err(usage_error(spec)),
         };
-        let values: Vec<Option<&Value>> =
-            values.into_iter().map(|v| v.filter(|v| !v.is_null())).collect();
+        let values: Vec<Option<&Value>> = values
+            .into_iter()
+            .map(|v| v.filter(|v| !v.is_null()))
+            .collect();
         if spec
             .params
             .iter()
@@ -332,7 +342,9 @@ impl<'a> Params<'a> {
     }
 
     fn amount_btc(&self, i: usize) -> Result<Amount, RpcError> {
-        let text = self.decimal_text(i)?.ok_or_else(|| usage_error(self.spec))?;
+        let text = self
+            .decimal_text(i)?
+            .ok_or_else(|| usage_error(self.spec))?;
         Amount::from_str_in(&text, Denomination::Bitcoin)
             .map_err(|e| RpcError::new(code::TYPE_ERROR, format!("Invalid amount '{text}': {e}")))
     }
@@ -351,7 +363,9 @@ impl<'a> Params<'a> {
                     format!("Invalid fee_rate '{text}' (sat/vB, 1 to 100000)"),
                 )
             })?;
-        Ok(Some(FeeRate::from_sat_per_kwu((sat_per_vb * 250.0).round() as u64)))
+        Ok(Some(FeeRate::from_sat_per_kwu(
+            (sat_per_vb * 250.0).round() as u64,
+        )))
     }
 }
 
@@ -401,17 +415,29 @@ mod tests {
 
     #[test]
     fn bad_params_are_rejected() {
-        assert!(Params::bind(send_spec(), &json!(["a"])).is_err(), "missing amount");
-        assert!(Params::bind(send_spec(), &json!(["a", 1, 2, 3])).is_err(), "too many");
-        let err = Params::bind(send_spec(), &json!({"address": "a", "amount_btc": 1, "x": 1}))
-            .err()
-            .unwrap();
+        assert!(
+            Params::bind(send_spec(), &json!(["a"])).is_err(),
+            "missing amount"
+        );
+        assert!(
+            Params::bind(send_spec(), &json!(["a", 1, 2, 3])).is_err(),
+            "too many"
+        );
+        let err = Params::bind(
+            send_spec(),
+            &json!({"address": "a", "amount_btc": 1, "x": 1}),
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.code, code::INVALID_PARAMETER);
-        let p = Params::bind(send_spec(), &json!(["a", "1.123456789"])).unwrap();
-        assert_eq!(p.amount_btc(1).unwrap_err().code, code::TYPE_ERROR, "sub-satoshi");
-        let p = Params::bind(send_spec(), &json!(["a", [1]])).unwrap();
+        let sub_satoshi = json!(["a", "1.123456789"]);
+        let p = Params::bind(send_spec(), &sub_satoshi).unwrap();
         assert_eq!(p.amount_btc(1).unwrap_err().code, code::TYPE_ERROR);
-        let p = Params::bind(send_spec(), &json!(["a", 1, "nan"])).unwrap();
+        let array_amount = json!(["a", [1]]);
+        let p = Params::bind(send_spec(), &array_amount).unwrap();
+        assert_eq!(p.amount_btc(1).unwrap_err().code, code::TYPE_ERROR);
+        let nan_fee = json!(["a", 1, "nan"]);
+        let p = Params::bind(send_spec(), &nan_fee).unwrap();
         assert_eq!(p.fee_rate(2).unwrap_err().code, code::INVALID_PARAMETER);
     }
 }

@@ -56,9 +56,9 @@ pub async fn serve(app: Arc<App>, cookie: Arc<CookieFile>, listener: TcpListener
         };
         let (app, cookie) = (app.clone(), cookie.clone());
         let service = hyper::service::service_fn(move |req| {
-                let (app, cookie) = (app.clone(), cookie.clone());
-                async move { Ok::<_, Infallible>(handle(&app, &cookie, req).await) }
-            });
+            let (app, cookie) = (app.clone(), cookie.clone());
+            async move { Ok::<_, Infallible>(handle(&app, &cookie, req).await) }
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -74,7 +74,10 @@ pub async fn serve(app: Arc<App>, cookie: Arc<CookieFile>, listener: TcpListener
 /// Answers one HTTP request.
 pub async fn handle(app: &Arc<App>, cookie: &CookieFile, req: Request<Incoming>) -> Reply {
     if req.method() != Method::POST {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "JSONRPC server handles only POST requests");
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "JSONRPC server handles only POST requests",
+        );
     }
     let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
     if auth.is_none() {
@@ -92,7 +95,10 @@ pub async fn handle(app: &Arc<App>, cookie: &CookieFile, req: Request<Incoming>)
         return too_large();
     }
     let path = req.uri().path().to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return too_large(),
     };
@@ -108,7 +114,10 @@ pub async fn handle_body(app: &Arc<App>, path: &str, body: Bytes) -> Reply {
     match parsed {
         Value::Object(_) => single(app, path, &parsed, body).await,
         Value::Array(items) => batch(app, path, &items).await,
-        _ => error_reply(RpcError::new(code::PARSE_ERROR, "Top-level object parse error")),
+        _ => error_reply(RpcError::new(
+            code::PARSE_ERROR,
+            "Top-level object parse error",
+        )),
     }
 }
 
@@ -126,7 +135,10 @@ async fn single(app: &Arc<App>, path: &str, parsed: &Value, raw: Bytes) -> Reply
         (Err(e), Version::V1Legacy) => status(e.legacy_http_status()),
         _ => StatusCode::OK,
     };
-    json_reply(status, &jsonrpc::reply(request.version, request.id, outcome))
+    json_reply(
+        status,
+        &jsonrpc::reply(request.version, request.id, outcome),
+    )
 }
 
 async fn batch(app: &Arc<App>, path: &str, items: &[Value]) -> Reply {
@@ -175,7 +187,10 @@ async fn forward(app: &Arc<App>, path: &str, raw: Bytes) -> Reply {
         Ok(reply) => {
             let mut response = Response::new(Full::new(reply.body));
             *response.status_mut() = status(reply.status);
-            if let Some(ct) = reply.content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+            if let Some(ct) = reply
+                .content_type
+                .and_then(|ct| HeaderValue::from_str(&ct).ok())
+            {
                 response.headers_mut().insert(CONTENT_TYPE, ct);
             }
             response
@@ -191,7 +206,13 @@ async fn forward(app: &Arc<App>, path: &str, raw: Bytes) -> Reply {
 /// some clients send none; a form or anything else is a client mistake worth naming.
 fn reject_content_type(req: &Request<Incoming>) -> Option<Reply> {
     let value = req.headers().get(CONTENT_TYPE)?;
-    let mime = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
     let accepted = ["application/json", "text/plain", "application/json-rpc", ""];
     if accepted.iter().any(|ok| mime.eq_ignore_ascii_case(ok)) {
         return None;
@@ -229,7 +250,10 @@ fn too_large() -> Reply {
 /// An error for a request whose version and id are unknown: legacy shape and status.
 fn error_reply(error: RpcError) -> Reply {
     let status = status(error.legacy_http_status());
-    json_reply(status, &jsonrpc::reply(Version::V1Legacy, Some(Value::Null), Err(error)))
+    json_reply(
+        status,
+        &jsonrpc::reply(Version::V1Legacy, Some(Value::Null), Err(error)),
+    )
 }
 
 fn unauthorized() -> Reply {

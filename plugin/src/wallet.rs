@@ -364,9 +364,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SEED_FILE);
         std::fs::write(&path, "zz").unwrap();
-        assert!(matches!(load_or_create_seed(&path), Err(WalletError::Seed { .. })));
+        assert!(matches!(
+            load_or_create_seed(&path),
+            Err(WalletError::Seed { .. })
+        ));
         std::fs::write(&path, "abcd").unwrap();
-        assert!(matches!(load_or_create_seed(&path), Err(WalletError::Seed { .. })));
+        assert!(matches!(
+            load_or_create_seed(&path),
+            Err(WalletError::Seed { .. })
+        ));
     }
 
     #[test]
@@ -374,7 +380,7 @@ mod tests {
         let anchor = bdk_wallet::chain::ConfirmationBlockTime {
             block_id: bdk_wallet::chain::BlockId {
                 height: 10,
-                hash: bdk_wallet::bitcoin::BlockHash::from_byte_array([0; 32]),
+                hash: bdk_wallet::bitcoin::hashes::Hash::all_zeros(),
             },
             confirmation_time: 0,
         };

@@ -56,10 +56,17 @@ pub fn dstore_binary(package: &str, bin: &str) -> PathBuf {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of the dstore binaries failed");
+        assert!(
+            status.success(),
+            "cargo build of the dstore binaries failed"
+        );
     });
     let path = dir.join(bin);
-    assert!(path.is_file(), "{} ({package}) was not built", path.display());
+    assert!(
+        path.is_file(),
+        "{} ({package}) was not built",
+        path.display()
+    );
     path
 }
 

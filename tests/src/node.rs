@@ -39,7 +39,6 @@ impl BitcoinNode {
             .arg("-regtest")
             .arg(format!("-datadir={}", datadir.path().display()))
             .arg(format!("-port={p2p_port}"))
-            .arg(format!("-bind=127.0.0.1:{p2p_port}"))
             .arg(format!("-rpcport={rpc_port}"))
             .args(["-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", "-server=1"])
             .args(["-listen=0", "-dnsseed=0", "-fixedseeds=0", "-discover=0"])
@@ -127,7 +126,9 @@ impl BitcoinNode {
     }
 
     pub fn block_count(&self) -> u64 {
-        self.rpc_ok("getblockcount", json!([])).as_u64().expect("height")
+        self.rpc_ok("getblockcount", json!([]))
+            .as_u64()
+            .expect("height")
     }
 
     /// Waits until `txid` is known to the node (mempool or chain); returns its verbose form.

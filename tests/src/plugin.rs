@@ -64,7 +64,10 @@ impl PluginProcess {
         cmd.arg(format!("--datadir={}", datadir.display()))
             .arg("--network=regtest")
             .arg(format!("--bitcoind-rpc-url={}", node.rpc_url()))
-            .arg(format!("--bitcoind-cookie={}", node.cookie_path().display()))
+            .arg(format!(
+                "--bitcoind-cookie={}",
+                node.cookie_path().display()
+            ))
             .arg(format!("--rpc-port={rpc_port}"))
             .args(extra)
             .stdin(Stdio::null());
@@ -76,7 +79,10 @@ impl PluginProcess {
         let (child, log) = (&mut self.child, self.datadir.join("plugin.log"));
         wait_until("dstore-plugin start-up", Duration::from_secs(120), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("dstore-plugin exited during start-up: {status}\n{}", tail(&log, 40));
+                panic!(
+                    "dstore-plugin exited during start-up: {status}\n{}",
+                    tail(&log, 40)
+                );
             }
             cookie.is_file().then_some(())
         });
@@ -100,7 +106,13 @@ impl PluginProcess {
 
     /// Calls a method on the plugin (JSON-RPC 1.0, as bitcoin-cli does).
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
-        rpc_call(&self.http, &self.rpc_url(), &self.credentials(), method, params)
+        rpc_call(
+            &self.http,
+            &self.rpc_url(),
+            &self.credentials(),
+            method,
+            params,
+        )
     }
 
     /// Like [`call`](Self::call) but panics on error.
@@ -134,7 +146,9 @@ impl PluginProcess {
 
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = &mut self.child;
-        wait_until("dstore-plugin exit", timeout, || child.try_wait().ok().flatten())
+        wait_until("dstore-plugin exit", timeout, || {
+            child.try_wait().ok().flatten()
+        })
     }
 
     pub fn log(&self) -> String {

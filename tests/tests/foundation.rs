@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 /// A raw HTTP/1.1 exchange: (status, body).
 fn http_post(port: u16, headers: &[(&str, String)], body: &[u8]) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut request = format!(
         "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -99,10 +101,17 @@ fn foundation_unknown_method_gives_bitcoinds_error() {
     let plugin = PluginProcess::start(&node);
     let direct = node.cli(&["nosuchmethod"]);
     let proxied = plugin.cli(&["nosuchmethod"]);
-    assert_eq!(direct.status.code(), Some(89), "-32601 maps to exit code 89");
+    assert_eq!(
+        direct.status.code(),
+        Some(89),
+        "-32601 maps to exit code 89"
+    );
     assert_eq!(proxied.status.code(), Some(89));
     assert_eq!(proxied.stderr, direct.stderr);
-    assert_eq!(plugin.call("nosuchmethod", json!([])).unwrap_err().code, -32601);
+    assert_eq!(
+        plugin.call("nosuchmethod", json!([])).unwrap_err().code,
+        -32601
+    );
     // An unknown dstore- method is answered by the plugin with the same code.
     let unknown = plugin.cli(&["dstore-nosuchmethod"]);
     assert_eq!(unknown.status.code(), Some(89));
@@ -119,7 +128,11 @@ fn foundation_requests_without_valid_auth_get_401() {
     let wrong = vec![("Authorization", basic("__cookie__:00"))];
     let (status, _) = http_post(plugin.rpc_port, &wrong, body);
     assert_eq!(status, 401, "wrong password");
-    let (status, _) = http_post(plugin.rpc_port, &[("Authorization", "Bearer x".into())], body);
+    let (status, _) = http_post(
+        plugin.rpc_port,
+        &[("Authorization", "Bearer x".into())],
+        body,
+    );
     assert_eq!(status, 401, "not Basic auth");
 
     let bad_cookie = plugin.datadir().join("wrong.cookie");
@@ -152,7 +165,10 @@ fn foundation_jsonrpc_1_0_2_0_and_batches_over_raw_http() {
         br#"{"method":"getblockcount","params":[],"id":"a"}"#,
     );
     assert_eq!(status, 200);
-    assert_eq!(json_body(&body), json!({"result": 1, "error": null, "id": "a"}));
+    assert_eq!(
+        json_body(&body),
+        json!({"result": 1, "error": null, "id": "a"})
+    );
     let (status, body) = http_post(
         plugin.rpc_port,
         &headers,
@@ -188,7 +204,10 @@ fn foundation_jsonrpc_1_0_2_0_and_batches_over_raw_http() {
         &headers,
         br#"{"jsonrpc":"2.0","method":"getblockcount","id":5}"#,
     );
-    assert_eq!((status, json_body(&body)), (200, json!({"jsonrpc": "2.0", "result": 1, "id": 5})));
+    assert_eq!(
+        (status, json_body(&body)),
+        (200, json!({"jsonrpc": "2.0", "result": 1, "id": 5}))
+    );
 
     // A 2.0 notification gets no reply at all.
     let (status, body) = http_post(
@@ -211,9 +230,16 @@ fn foundation_jsonrpc_1_0_2_0_and_batches_over_raw_http() {
     assert_eq!(status, 200);
     let replies = json_body(&body);
     let replies = replies.as_array().expect("batch reply is an array");
-    assert_eq!(replies.len(), 5, "the notification gets no entry: {replies:?}");
+    assert_eq!(
+        replies.len(),
+        5,
+        "the notification gets no entry: {replies:?}"
+    );
     assert_eq!(replies[0], json!({"result": 1, "error": null, "id": 1}));
-    assert!(replies[1]["result"].as_str().unwrap().starts_with("dstore-getinfo"));
+    assert!(replies[1]["result"]
+        .as_str()
+        .unwrap()
+        .starts_with("dstore-getinfo"));
     assert_eq!(replies[2]["result"].as_str().unwrap().len(), 64);
     assert_eq!(replies[3]["error"]["code"], json!(-32600));
     assert_eq!(replies[4]["error"]["code"], json!(-32601));
@@ -221,7 +247,11 @@ fn foundation_jsonrpc_1_0_2_0_and_batches_over_raw_http() {
 
     // bitcoin-cli's own batch (-getinfo) works through the plugin.
     let output = plugin.cli(&["-getinfo"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("Blocks: 1"));
 }
 
@@ -246,23 +276,38 @@ fn foundation_malformed_oversized_and_mistyped_requests_get_clear_errors() {
 
     let form = vec![
         headers[0].clone(),
-        ("Content-Type", "application/x-www-form-urlencoded".to_string()),
+        (
+            "Content-Type",
+            "application/x-www-form-urlencoded".to_string(),
+        ),
     ];
     let (status, body) = http_post(plugin.rpc_port, &form, br#"{"method":"getblockcount"}"#);
     assert_eq!(status, 415);
     assert!(String::from_utf8_lossy(&body).contains("Content-Type"));
 
     // bitcoind's documented curl usage (text/plain) is accepted.
-    let text = vec![headers[0].clone(), ("Content-Type", "text/plain;".to_string())];
-    let (status, _) = http_post(plugin.rpc_port, &text, br#"{"method":"getblockcount","id":1}"#);
+    let text = vec![
+        headers[0].clone(),
+        ("Content-Type", "text/plain;".to_string()),
+    ];
+    let (status, _) = http_post(
+        plugin.rpc_port,
+        &text,
+        br#"{"method":"getblockcount","id":1}"#,
+    );
     assert_eq!(status, 200);
 
     // Bad parameters to dstore methods are errors with bitcoind's codes.
-    let err = plugin.call("dstore-send", json!(["notanaddress", "1"])).unwrap_err();
+    let err = plugin
+        .call("dstore-send", json!(["notanaddress", "1"]))
+        .unwrap_err();
     assert_eq!(err.code, -5, "{err}");
     let err = plugin.call("dstore-send", json!(["x"])).unwrap_err();
     assert_eq!(err.code, -1, "usage error: {err}");
-    let err = plugin.call("dstore-send", json!({"address": "x", "amount_btc": 1, "bogus": 1}));
+    let err = plugin.call(
+        "dstore-send",
+        json!({"address": "x", "amount_btc": 1, "bogus": 1}),
+    );
     assert_eq!(err.unwrap_err().code, -8);
 
     // After all that the plugin still serves.
@@ -283,9 +328,17 @@ fn foundation_getinfo_help_and_cookie_lifecycle() {
     assert_eq!(info["version"], json!(env!("CARGO_PKG_VERSION")));
 
     let help = stdout(&plugin.cli(&["help"]));
-    assert!(help.contains("getblockcount"), "bitcoind's methods are listed");
+    assert!(
+        help.contains("getblockcount"),
+        "bitcoind's methods are listed"
+    );
     assert!(help.contains("== Dstore =="));
-    for method in ["dstore-getinfo", "dstore-getnewaddress", "dstore-send", "dstore-help"] {
+    for method in [
+        "dstore-getinfo",
+        "dstore-getnewaddress",
+        "dstore-send",
+        "dstore-help",
+    ] {
         assert!(help.contains(method), "{method} missing from help");
     }
     let one = stdout(&plugin.cli(&["help", "dstore-send"]));
@@ -316,7 +369,10 @@ fn foundation_refuses_to_start_without_bitcoind_or_on_another_network() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("is on regtest") && stderr.contains("signet"), "{stderr}");
+    assert!(
+        stderr.contains("is on regtest") && stderr.contains("signet"),
+        "{stderr}"
+    );
 
     let dead = format!("--bitcoind-rpc-url=http://127.0.0.1:{port}");
     let output = PluginProcess::command(&node, dir.path(), 0, &[&dead, &rpc_port])
@@ -337,13 +393,23 @@ fn foundation_wallet_mines_matures_sends_and_survives_restart() {
     let address = plugin.call_ok("dstore-getnewaddress", json!([]));
     let address = address.as_str().unwrap().to_string();
     assert!(address.starts_with("bcrt1q"), "P2WPKH: {address}");
-    node.mine_to(100, &address);
-    assert_eq!(btc_to_sat(&plugin.call_ok("dstore-getbalance", json!([]))), 0, "immature");
+    // A coinbase may be spent by the next block once it is 100 deep (Core's
+    // `spend height - coin height >= 100`): after 99 blocks nothing is spendable.
+    node.mine_to(99, &address);
+    assert_eq!(
+        btc_to_sat(&plugin.call_ok("dstore-getbalance", json!([]))),
+        0,
+        "immature"
+    );
     node.mine(1);
     let balance = btc_to_sat(&plugin.call_ok("dstore-getbalance", json!([])));
     assert_eq!(balance, 50 * 100_000_000, "one coinbase matured");
     let unspent = plugin.call_ok("dstore-listunspent", json!([]));
-    assert_eq!(unspent.as_array().unwrap().len(), 100);
+    assert_eq!(
+        unspent.as_array().unwrap().len(),
+        99,
+        "immature coinbases are listed too"
+    );
 
     // bitcoin-cli passes the amount as a string; the plugin takes it exactly.
     let burn = BitcoinNode::burn_address().to_string();
@@ -352,7 +418,11 @@ fn foundation_wallet_mines_matures_sends_and_survives_restart() {
     assert_eq!(txid.len(), 64);
     node.wait_for_tx(&txid, Duration::from_secs(10));
     node.mine(1);
-    assert_eq!(node.confirmations(&txid), 1, "dstore-send's transaction is mined");
+    assert_eq!(
+        node.confirmations(&txid),
+        1,
+        "dstore-send's transaction is mined"
+    );
     let tx = node.rpc_ok("getrawtransaction", json!([txid, true]));
     let paid: u64 = tx["vout"]
         .as_array()
@@ -373,6 +443,8 @@ fn foundation_wallet_mines_matures_sends_and_survives_restart() {
     let plugin = PluginProcess::start_in(&node, datadir.path(), &[]);
     let restarted = btc_to_sat(&plugin.call_ok("dstore-getbalance", json!([])));
     assert_eq!(restarted, after_send, "balance survives a restart");
-    let err = plugin.call("dstore-send", json!([burn, "1000"])).unwrap_err();
+    let err = plugin
+        .call("dstore-send", json!([burn, "1000"]))
+        .unwrap_err();
     assert_eq!(err.code, -6, "insufficient funds: {err}");
 }

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "dstore-watchtower", version, about = "dstore watchtower (not implemented yet)")]
+#[command(
+    name = "dstore-watchtower",
+    version,
+    about = "dstore watchtower (not implemented yet)"
+)]
 struct Args {
     /// Data directory
     #[arg(long, value_name = "DIR")]
