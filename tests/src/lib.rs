@@ -6,6 +6,7 @@
 //! debug.log and each plugin its log, so the failure can be read without re-running.
 
 pub mod bins;
+pub mod funding;
 pub mod node;
 pub mod plugin;
 pub mod ports;
