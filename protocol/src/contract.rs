@@ -63,6 +63,10 @@ pub enum ContractError {
     BadSignature,
     #[error("no fixed-width signature found")]
     GrindingFailed,
+    #[error("TX1 input {0} does not spend a segwit output, so TX1's txid could be malleated")]
+    NonSegwitFunding(usize),
+    #[error("TX1 output {0} does not pay the contract's TX1:0 script and price")]
+    Tx1OutputMismatch(u32),
 }
 
 fn miniscript_err(e: impl std::fmt::Display) -> ContractError {
@@ -333,6 +337,32 @@ impl DownloadContract {
             value: self.price,
             script_pubkey: self.tx1_script_pubkey()?,
         })
+    }
+
+    /// Checks TX1 before the renter broadcasts it: output `vout` pays TX1:0's script with
+    /// the price, and every input spends a segwit output (P2WPKH, P2WSH, P2TR, …; given in
+    /// input order as `prevouts`), so TX1's txid — which TX2 commits to — cannot be
+    /// malleated by a third party.
+    pub fn check_tx1(
+        &self,
+        tx1: &Transaction,
+        vout: u32,
+        prevouts: &[TxOut],
+    ) -> Result<(), ContractError> {
+        let paid = tx1.output.get(vout as usize);
+        if paid != Some(&self.tx1_output()?) {
+            return Err(ContractError::Tx1OutputMismatch(vout));
+        }
+        if prevouts.len() != tx1.input.len() {
+            return Err(ContractError::WrongShape("TX1 with one prevout per input"));
+        }
+        match prevouts
+            .iter()
+            .position(|p| !p.script_pubkey.is_witness_program())
+        {
+            Some(index) => Err(ContractError::NonSegwitFunding(index)),
+            None => Ok(()),
+        }
     }
 
     /// TX2:0's descriptor, `wsh(or_d(multi(2,R2,F2),and_v(v:pk(R2),older(Δ))))`.
@@ -622,6 +652,42 @@ pub(crate) mod tests {
             f2,
             contract,
         }
+    }
+
+    #[test]
+    fn tx1_must_pay_the_contract_from_segwit_inputs() {
+        let p = parties(77);
+        let funding = |script_pubkey: ScriptBuf| TxOut {
+            value: Amount::from_sat(1_000_000),
+            script_pubkey,
+        };
+        let tx1 = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![unsigned_input(tx1_outpoint(), Sequence::MAX)],
+            output: vec![p.contract.tx1_output().unwrap()],
+        };
+        let segwit = funding(ScriptBuf::new_p2wpkh(
+            &CompressedPublicKey(p.contract.renter_key).wpubkey_hash(),
+        ));
+        let legacy = funding(ScriptBuf::new_p2pkh(
+            &bitcoin::PublicKey::new(p.contract.renter_key).pubkey_hash(),
+        ));
+        assert_eq!(p.contract.check_tx1(&tx1, 0, &[segwit.clone()]), Ok(()));
+        assert_eq!(
+            p.contract.check_tx1(&tx1, 0, &[legacy]),
+            Err(ContractError::NonSegwitFunding(0))
+        );
+        assert_eq!(
+            p.contract.check_tx1(&tx1, 1, &[segwit.clone()]),
+            Err(ContractError::Tx1OutputMismatch(1))
+        );
+        let mut cheap = tx1.clone();
+        cheap.output[0].value = Amount::from_sat(1);
+        assert_eq!(
+            p.contract.check_tx1(&cheap, 0, &[segwit]),
+            Err(ContractError::Tx1OutputMismatch(0))
+        );
     }
 
     pub(crate) fn tx1_outpoint() -> OutPoint {

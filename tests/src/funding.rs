@@ -48,6 +48,11 @@ impl Funder {
     /// Builds and signs a transaction paying `output` as output 0 (change as output 1),
     /// without broadcasting it.
     pub fn build(&mut self, output: TxOut) -> Transaction {
+        self.build_with_prevouts(output).0
+    }
+
+    /// Like [`build`](Self::build), also returning the outputs its inputs spend.
+    pub fn build_with_prevouts(&mut self, output: TxOut) -> (Transaction, Vec<TxOut>) {
         let (outpoint, prevout) = self.utxos.pop().expect("funder has no coins left");
         let change = prevout
             .value
@@ -93,7 +98,7 @@ impl Funder {
                 tx.output[1].clone(),
             ),
         );
-        tx
+        (tx, vec![prevout])
     }
 
     /// Builds, broadcasts and mines a transaction paying `output`; returns it and the

@@ -180,8 +180,18 @@ fn download_round_trip(size: usize, seed: u64) {
     let farmer = p.farmer_identity.x_only_public_key().0;
     verify_transcript(&transcript, &farmer, &transcript.context, &receipt).unwrap();
 
-    // The renter pays only now that E is checked.
-    let (_, tx1_outpoint) = funder.fund(&node, p.contract.tx1_output().unwrap());
+    // The renter pays only now that E is checked, from segwit inputs only.
+    let (tx1, prevouts) = funder.build_with_prevouts(p.contract.tx1_output().unwrap());
+    p.contract
+        .check_tx1(&tx1, 0, &prevouts)
+        .expect("TX1 pays the contract from segwit");
+    let tx1_id = broadcast(&node, &tx1).expect("TX1 accepted");
+    node.mine(1);
+    assert_eq!(node.confirmations(&tx1_id), 1, "TX1 is mined");
+    let tx1_outpoint = OutPoint {
+        txid: tx1.compute_txid(),
+        vout: 0,
+    };
     let template = p.tx2(&mut rng, tx1_outpoint);
     let tx3 = p.tx3(&template.digest);
     assert_eq!(
