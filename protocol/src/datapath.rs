@@ -75,7 +75,7 @@ pub fn plaintext_len(ciphertext_len: u64) -> Result<u64, DataPathError> {
 }
 
 /// Reads until `buf` is full or the reader is exhausted; returns the bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

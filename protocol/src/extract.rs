@@ -216,15 +216,8 @@ mod tests {
     use rand::SeedableRng;
 
     fn signed_tx2(seed: u64) -> (crate::contract::tests::Parties, Transaction) {
-        let p = parties(seed);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let tx2 = p
-            .contract
-            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
-            .unwrap();
-        let sig_r = p.contract.renter_sign_tx2(&tx2, &p.r).unwrap();
-        let t = farmer_sign_tx2(&mut rng, &p.contract, &tx2, &p.f, &sig_r).unwrap();
-        (p, t.tx)
+        let (p, template) = crate::nonce_reuse::tests::signed_template(seed);
+        (p, template.tx)
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn locate_der(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::contract::tests::{parties, tx1_outpoint};
     use bitcoin::Amount;

@@ -304,7 +304,7 @@ pub fn find_bad_segment(
     let mut segment = vec![0u8; SEGMENT_SIZE];
     let mut index = 0u64;
     loop {
-        let n = read_segment(&mut sealed, &mut segment)?;
+        let n = crate::datapath::read_full(&mut sealed, &mut segment)?;
         if n == 0 {
             return Ok(None);
         }
@@ -318,19 +318,6 @@ pub fn find_bad_segment(
         }
         index += 1;
     }
-}
-
-fn read_segment(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Why a fraud proof was not accepted (or could not be built).

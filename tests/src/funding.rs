@@ -180,8 +180,3 @@ pub fn fetch_tx_from_block(node: &BitcoinNode, txid: &str) -> Transaction {
         .find(|tx| tx.compute_txid().to_string() == txid)
         .expect("tx in its block")
 }
-
-/// Hash type helper for tests that need the byte behind `Hash`.
-pub fn txid_hex(tx: &Transaction) -> String {
-    tx.compute_txid().to_string()
-}

@@ -142,6 +142,19 @@ impl Parties {
             .unwrap()
     }
 
+    /// TX2 signed the honest way, with a fresh nonce per key: valid, but reveals nothing.
+    fn tx2_with_fresh_nonces(&self, tx1_outpoint: OutPoint) -> Transaction {
+        let unsigned = self.contract.unsigned_tx2(tx1_outpoint, TX2_FEE).unwrap();
+        let z = Message::from_digest(self.contract.tx2_sighash(&unsigned).unwrap());
+        let twin = twin_secret(&self.f, &self.contract.contract_id).unwrap();
+        let sig_r = self.contract.renter_sign_tx2(&unsigned, &self.r).unwrap();
+        let sig_f = SECP256K1.sign_ecdsa(&z, &self.f);
+        let sig_twin = SECP256K1.sign_ecdsa(&z, &twin);
+        self.contract
+            .finalize_tx2(&unsigned, sig_f, sig_twin, sig_r)
+            .unwrap()
+    }
+
     fn extract(
         &self,
         tx: &Transaction,
@@ -161,10 +174,6 @@ fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
     rng.fill_bytes(&mut data);
     data
-}
-
-fn txid(tx: &Transaction) -> String {
-    tx.compute_txid().to_string()
 }
 
 /// The whole download: upload, seal, TX1 mined, TX2 + TX3 accepted and mined, f extracted
@@ -349,18 +358,7 @@ fn protocol_segwit_tx1_lets_farmer_resign_p2sh_does_not() {
     let (_, tx1_outpoint) = funder.fund(&node, p.contract.tx1_output().unwrap());
     let template = p.tx2(&mut rng, tx1_outpoint);
     let tx3 = p.tx3(&template.digest);
-    let unsigned = p.contract.unsigned_tx2(tx1_outpoint, TX2_FEE).unwrap();
-    let z = Message::from_digest(p.contract.tx2_sighash(&unsigned).unwrap());
-    let sig_r = p.contract.renter_sign_tx2(&unsigned, &p.r).unwrap();
-    let resigned = p
-        .contract
-        .finalize_tx2(
-            &unsigned,
-            SECP256K1.sign_ecdsa(&z, &p.f),
-            SECP256K1.sign_ecdsa(&z, &twin),
-            sig_r,
-        )
-        .unwrap();
+    let resigned = p.tx2_with_fresh_nonces(tx1_outpoint);
     assert_ne!(
         resigned.compute_txid(),
         template.txid,
@@ -674,19 +672,7 @@ fn protocol_bad_transactions_never_yield_a_wrong_key() {
     assert!(extract_farmer_key(&tx2, 0, &p.contract.farmer_key, &[9; 32], None).is_err());
 
     // Signatures whose r values do not match (fresh nonces): an error, not a key.
-    let unsigned = p.contract.unsigned_tx2(tx1_outpoint, TX2_FEE).unwrap();
-    let z = Message::from_digest(p.contract.tx2_sighash(&unsigned).unwrap());
-    let twin = twin_secret(&p.f, id).unwrap();
-    let sig_r = p.contract.renter_sign_tx2(&unsigned, &p.r).unwrap();
-    let fresh = p
-        .contract
-        .finalize_tx2(
-            &unsigned,
-            SECP256K1.sign_ecdsa(&z, &p.f),
-            SECP256K1.sign_ecdsa(&z, &twin),
-            sig_r,
-        )
-        .unwrap();
+    let fresh = p.tx2_with_fresh_nonces(tx1_outpoint);
     assert!(p.extract(&fresh).is_err(), "non-matching r");
 
     // Every single-byte corruption of the real scriptSig: never a wrong key.
