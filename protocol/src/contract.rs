@@ -673,13 +673,16 @@ pub(crate) mod tests {
         let legacy = funding(ScriptBuf::new_p2pkh(
             &bitcoin::PublicKey::new(p.contract.renter_key).pubkey_hash(),
         ));
-        assert_eq!(p.contract.check_tx1(&tx1, 0, &[segwit.clone()]), Ok(()));
+        assert_eq!(
+            p.contract.check_tx1(&tx1, 0, std::slice::from_ref(&segwit)),
+            Ok(())
+        );
         assert_eq!(
             p.contract.check_tx1(&tx1, 0, &[legacy]),
             Err(ContractError::NonSegwitFunding(0))
         );
         assert_eq!(
-            p.contract.check_tx1(&tx1, 1, &[segwit.clone()]),
+            p.contract.check_tx1(&tx1, 1, std::slice::from_ref(&segwit)),
             Err(ContractError::Tx1OutputMismatch(1))
         );
         let mut cheap = tx1.clone();

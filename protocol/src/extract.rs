@@ -208,7 +208,7 @@ mod tests {
     use super::*;
     use crate::contract::tests::{parties, tx1_outpoint};
     use crate::contract::twin_secret;
-    use crate::nonce_reuse::{farmer_sign_tx2, sign_with_one_nonce};
+    use crate::nonce_reuse::sign_with_one_nonce;
     use bitcoin::script::Builder;
     use bitcoin::{consensus, Amount};
     use proptest::prelude::*;
