@@ -1,0 +1,35 @@
+//! `dstore-bench`: dstore's benchmarks, one subcommand each. Every subcommand prints one
+//! `figure-name: value` line per figure on stdout; progress and diagnostics go to stderr.
+//!
+//! Run with `cargo run --release -p dstore-tests --bin dstore-bench -- <name>`.
+
+mod datapath;
+mod measure;
+
+use clap::{Parser, Subcommand};
+
+/// dstore's benchmarks: each subcommand prints `figure-name: value` lines on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "dstore-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Encrypt + Merkle throughput against `openssl dgst -sha256` on the same file, and the
+    /// peak RSS of the encrypt step.
+    Datapath(datapath::DatapathArgs),
+    /// Internal: the encrypt step of `datapath`, run in a child process so that its peak
+    /// RSS is its own.
+    #[command(hide = true)]
+    DatapathEncryptWorker(datapath::WorkerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Datapath(args) => datapath::run(&args),
+        Command::DatapathEncryptWorker(args) => datapath::run_worker(&args),
+    }
+}

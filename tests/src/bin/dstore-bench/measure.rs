@@ -1,0 +1,107 @@
+//! Measurement helpers shared by the benchmarks: figure printing, throughput, peak RSS
+//! (VmHWM), timed subprocesses, and the `key: value` reports child workers print.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::io::ErrorKind;
+use std::process::{Command, Output};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+/// Bytes in a MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// Prints one figure as `name: value` on stdout (the only thing benchmarks print there).
+pub fn figure(name: &str, value: impl Display) {
+    println!("{name}: {value}");
+}
+
+/// Throughput in MiB/s of `bytes` processed in `elapsed`.
+pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / elapsed.as_secs_f64()
+}
+
+/// Kibibytes to mebibytes.
+pub fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// This process's peak resident set size so far in KiB: the `VmHWM` line of
+/// /proc/self/status (Linux only).
+pub fn peak_rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status for VmHWM (peak RSS needs Linux procfs)")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .ok_or_else(|| anyhow!("no VmHWM line in /proc/self/status"))?;
+    let kib = line
+        .trim()
+        .strip_suffix("kB")
+        .ok_or_else(|| anyhow!("unexpected VmHWM line {line:?}"))?;
+    kib.trim()
+        .parse()
+        .with_context(|| format!("parsing VmHWM line {line:?}"))
+}
+
+/// Runs `cmd` to completion with stdout and stderr captured, timing it wall-clock from
+/// spawn to exit. Fails with a clear error if the program is missing or exits non-zero.
+pub fn time_command(cmd: &mut Command) -> anyhow::Result<(Output, Duration)> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let start = Instant::now();
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            bail!("`{program}` not found on PATH: install it to run this benchmark")
+        }
+        Err(e) => return Err(e).with_context(|| format!("running `{program}`")),
+    };
+    let elapsed = start.elapsed();
+    if !output.status.success() {
+        bail!(
+            "`{program}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok((output, elapsed))
+}
+
+/// The `key: value` lines a child worker prints on stdout, for its parent to parse.
+pub struct Report(HashMap<String, String>);
+
+impl Report {
+    /// Parses `key: value` lines; other lines are ignored.
+    pub fn parse(text: &str) -> Self {
+        Report(
+            text.lines()
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+        )
+    }
+
+    /// The value under `key`, parsed.
+    pub fn get<T: FromStr>(&self, key: &str) -> anyhow::Result<T>
+    where
+        T::Err: Display,
+    {
+        let value = self
+            .0
+            .get(key)
+            .ok_or_else(|| anyhow!("worker report has no `{key}` line"))?;
+        value
+            .parse()
+            .map_err(|e| anyhow!("worker report `{key}: {value}`: {e}"))
+    }
+}
+
+/// The 1, 5 and 15 minute load averages from /proc/loadavg, for diagnostics ("?" if
+/// unreadable).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
