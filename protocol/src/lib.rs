@@ -25,3 +25,4 @@ pub mod network;
 pub mod nonce_reuse;
 pub mod receipt;
 pub mod seal;
+pub mod zk;

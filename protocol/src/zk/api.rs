@@ -1,0 +1,697 @@
+//! Setup, proving, verification and compressed (de)serialisation of the reused-nonce proof.
+//!
+//! Renter: [`setup`] once per [`Shape`], then [`verify`] per contract. Farmer:
+//! [`crate::zk::check_crs`] once per CRS (both sides cache it under [`crs_hash`]), then
+//! [`prove`] per contract. Deserialisers pre-scan every length prefix against the bytes
+//! actually present before handing them to ark-serialize (whose `Vec` decoder would
+//! otherwise reserve whatever a hostile prefix asks for), and decode points with
+//! validation: off-curve, out-of-subgroup, non-canonical or trailing bytes are errors.
+
+use ark_bn254::{Bn254, Fr, G1Projective, G2Projective};
+use ark_ec::PrimeGroup;
+use ark_groth16::{prepare_verifying_key, Groth16, Proof, ProvingKey, VerifyingKey};
+use ark_relations::r1cs::{
+    ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode,
+};
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+use ark_std::UniformRand;
+use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use super::circuit::{PublicValues, Shape, TxCircuit};
+use super::sha256_gadget::sha256_native;
+use super::ZkError;
+use crate::hashing::sha256;
+use crate::nonce_reuse::Tx2Template;
+
+/// The CRS the renter makes: a Groth16 proving key (it contains the verifying key).
+pub type Crs = ProvingKey<Bn254>;
+/// A Groth16 proof.
+pub type ZkProof = Proof<Bn254>;
+
+/// What the proof is about, known to both parties: the shape, TX2 with its s fields
+/// zeroed, r and D.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    pub shape: Shape,
+    pub template: Vec<u8>,
+    pub r: [u8; 32],
+    pub digest: [u8; 32],
+}
+
+impl Statement {
+    /// Farmer side: the statement of a signed TX2 and its two hidden s values.
+    pub fn of(tx2: &Tx2Template) -> Result<(Statement, [u8; 32], [u8; 32]), ZkError> {
+        let shape = Shape::of(tx2)?;
+        let field = |range: std::ops::Range<usize>| -> [u8; 32] {
+            tx2.bytes[range].try_into().expect("32-byte field")
+        };
+        let (s1, s2) = (field(tx2.farmer_s.clone()), field(tx2.twin_s.clone()));
+        let mut template = tx2.bytes.clone();
+        template[tx2.farmer_s.clone()].fill(0);
+        template[tx2.twin_s.clone()].fill(0);
+        let statement = Statement {
+            shape,
+            template,
+            r: field(tx2.farmer_r.clone()),
+            digest: tx2.digest,
+        };
+        Ok((statement, s1, s2))
+    }
+
+    /// The public values (checks the template against the shape and r).
+    pub fn public_values(&self) -> Result<PublicValues, ZkError> {
+        PublicValues::new(&self.shape, &self.template, &self.r, &self.digest)
+    }
+
+    /// The public-input vector in circuit order.
+    pub fn public_inputs(&self) -> Result<Vec<Fr>, ZkError> {
+        Ok(self.public_values()?.to_field_elements())
+    }
+
+    /// The full TX2 with `s1`, `s2` put back.
+    fn with_s(&self, s1: &[u8; 32], s2: &[u8; 32]) -> Vec<u8> {
+        let mut bytes = self.template.clone();
+        bytes[Shape::range(self.shape.farmer_s)].copy_from_slice(s1);
+        bytes[Shape::range(self.shape.twin_s)].copy_from_slice(s2);
+        bytes
+    }
+}
+
+/// Renter: generates the CRS for `shape`, over the standard generators of G1 and G2 (the
+/// farmer's pairing checks in [`crate::zk::check_crs`] are against those generators).
+pub fn setup(shape: &Shape, rng: &mut (impl RngCore + CryptoRng)) -> Result<Crs, ZkError> {
+    let circuit = TxCircuit::blank(shape)?;
+    let [alpha, beta, gamma, delta] = [(); 4].map(|_| Fr::rand(rng));
+    Ok(Groth16::<Bn254>::generate_parameters_with_qap(
+        circuit,
+        alpha,
+        beta,
+        gamma,
+        delta,
+        G1Projective::generator(),
+        G2Projective::generator(),
+        rng,
+    )?)
+}
+
+/// Compiles the circuit of `shape` in setup mode (no assignment), finalised.
+pub(crate) fn compile(
+    shape: &Shape,
+) -> Result<ark_relations::r1cs::ConstraintSystemRef<Fr>, ZkError> {
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_optimization_goal(OptimizationGoal::Constraints);
+    cs.set_mode(SynthesisMode::Setup);
+    TxCircuit::blank(shape)?.generate_constraints(cs.clone())?;
+    cs.finalize();
+    Ok(cs)
+}
+
+/// Number of R1CS constraints of the circuit for `shape`.
+pub fn num_constraints(shape: &Shape) -> Result<usize, ZkError> {
+    Ok(compile(shape)?.num_constraints())
+}
+
+/// Farmer: proves that the TX2 behind `statement.digest`, with the hidden `s1` and `s2`,
+/// is the statement's template with r at both r fields. The proof is checked against the
+/// CRS's verifying key before it is returned.
+pub fn prove(
+    crs: &Crs,
+    statement: &Statement,
+    s1: &[u8; 32],
+    s2: &[u8; 32],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<ZkProof, ZkError> {
+    let public = statement.public_values()?;
+    let bytes = statement.with_s(s1, s2);
+    if sha256_native(&bytes) != statement.digest {
+        return Err(ZkError::Unsatisfied);
+    }
+    let inputs = public.to_field_elements();
+    let circuit = TxCircuit {
+        shape: statement.shape,
+        public,
+        bytes,
+        r: statement.r,
+    };
+    let proof = prove_circuit(crs, circuit, rng)?;
+    verify_inputs(&crs.vk, &inputs, &proof)?;
+    Ok(proof)
+}
+
+/// Farmer convenience: statement and proof straight from the signed TX2.
+pub fn prove_tx2(
+    crs: &Crs,
+    tx2: &Tx2Template,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<(Statement, ZkProof), ZkError> {
+    let (statement, s1, s2) = Statement::of(tx2)?;
+    let proof = prove(crs, &statement, &s1, &s2, rng)?;
+    Ok((statement, proof))
+}
+
+/// Groth16 proof of an arbitrary assignment, refusing unsatisfied ones.
+pub(crate) fn prove_circuit(
+    crs: &Crs,
+    circuit: TxCircuit,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<ZkProof, ZkError> {
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_optimization_goal(OptimizationGoal::Constraints);
+    circuit.generate_constraints(cs.clone())?;
+    if !cs.is_satisfied()? {
+        return Err(ZkError::Unsatisfied);
+    }
+    prove_assignment(crs, cs, rng)
+}
+
+/// Groth16 prover over a synthesised constraint system, satisfied or not (tests use it to
+/// play a cheating prover).
+pub(crate) fn prove_assignment(
+    crs: &Crs,
+    cs: ark_relations::r1cs::ConstraintSystemRef<Fr>,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<ZkProof, ZkError> {
+    cs.finalize();
+    let matrices = cs.to_matrices().ok_or(ZkError::Unsatisfied)?;
+    let (num_inputs, num_constraints) = (cs.num_instance_variables(), cs.num_constraints());
+    let full: Vec<Fr> = {
+        let inner = cs.borrow().ok_or(ZkError::Unsatisfied)?;
+        [
+            inner.instance_assignment.as_slice(),
+            inner.witness_assignment.as_slice(),
+        ]
+        .concat()
+    };
+    if crs.a_query.len() != full.len() || crs.vk.gamma_abc_g1.len() != num_inputs {
+        return Err(ZkError::Groth16("CRS is for another circuit".into()));
+    }
+    let (r, s) = (Fr::rand(rng), Fr::rand(rng));
+    Ok(Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
+        crs,
+        r,
+        s,
+        &matrices,
+        num_inputs,
+        num_constraints,
+        &full,
+    )?)
+}
+
+/// Renter: verifies `proof` for `statement` (public inputs are rebuilt natively from it).
+pub fn verify(
+    vk: &VerifyingKey<Bn254>,
+    statement: &Statement,
+    proof: &ZkProof,
+) -> Result<(), ZkError> {
+    verify_inputs(vk, &statement.public_inputs()?, proof)
+}
+
+/// Verifies against an explicit public-input vector.
+pub fn verify_inputs(
+    vk: &VerifyingKey<Bn254>,
+    inputs: &[Fr],
+    proof: &ZkProof,
+) -> Result<(), ZkError> {
+    if inputs.len() + 1 != vk.gamma_abc_g1.len() {
+        return Err(ZkError::InvalidProof);
+    }
+    let pvk = prepare_verifying_key(vk);
+    match Groth16::<Bn254>::verify_proof(&pvk, proof, inputs) {
+        Ok(true) => Ok(()),
+        _ => Err(ZkError::InvalidProof),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Serialisation
+// ---------------------------------------------------------------------------------------
+
+/// Compressed sizes of the items in ark-serialize's layout.
+#[derive(Clone, Copy)]
+enum Item {
+    G1,
+    G2,
+    VecG1,
+    VecG2,
+    VecFr,
+}
+
+const G1_LEN: usize = 32;
+const G2_LEN: usize = 64;
+const FR_LEN: usize = 32;
+
+const PROVING_KEY_LAYOUT: [Item; 12] = [
+    Item::G1,    // vk.alpha_g1
+    Item::G2,    // vk.beta_g2
+    Item::G2,    // vk.gamma_g2
+    Item::G2,    // vk.delta_g2
+    Item::VecG1, // vk.gamma_abc_g1
+    Item::G1,    // beta_g1
+    Item::G1,    // delta_g1
+    Item::VecG1, // a_query
+    Item::VecG1, // b_g1_query
+    Item::VecG2, // b_g2_query
+    Item::VecG1, // h_query
+    Item::VecG1, // l_query
+];
+const VERIFYING_KEY_LAYOUT: [Item; 5] = [Item::G1, Item::G2, Item::G2, Item::G2, Item::VecG1];
+const PROOF_LAYOUT: [Item; 3] = [Item::G1, Item::G2, Item::G1];
+
+/// Checks that `bytes` is exactly the concatenation of `layout`, with every vector's
+/// length prefix backed by bytes that are present.
+fn scan(bytes: &[u8], layout: &[Item]) -> Result<(), ZkError> {
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], ZkError> {
+        let end = pos.checked_add(n).ok_or(ZkError::Decode)?;
+        let slice = bytes.get(pos..end).ok_or(ZkError::Decode)?;
+        pos = end;
+        Ok(slice)
+    };
+    for item in layout {
+        let element = match item {
+            Item::G1 => {
+                take(G1_LEN)?;
+                continue;
+            }
+            Item::G2 => {
+                take(G2_LEN)?;
+                continue;
+            }
+            Item::VecG1 => G1_LEN,
+            Item::VecG2 => G2_LEN,
+            Item::VecFr => FR_LEN,
+        };
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let len = usize::try_from(len).map_err(|_| ZkError::Decode)?;
+        take(len.checked_mul(element).ok_or(ZkError::Decode)?)?;
+    }
+    if pos != bytes.len() {
+        return Err(ZkError::Decode);
+    }
+    Ok(())
+}
+
+fn decode<T: CanonicalDeserialize>(bytes: &[u8], layout: &[Item]) -> Result<T, ZkError> {
+    scan(bytes, layout)?;
+    let mut reader = bytes;
+    let value = T::deserialize_compressed(&mut reader)?;
+    if !reader.is_empty() {
+        return Err(ZkError::Decode);
+    }
+    Ok(value)
+}
+
+fn encode(value: &impl CanonicalSerialize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.compressed_size());
+    value
+        .serialize_compressed(&mut out)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Compressed CRS bytes.
+pub fn serialize_crs(crs: &Crs) -> Vec<u8> {
+    encode(crs)
+}
+
+/// Decodes a CRS, validating every point (curve and subgroup).
+pub fn deserialize_crs(bytes: &[u8]) -> Result<Crs, ZkError> {
+    decode(bytes, &PROVING_KEY_LAYOUT)
+}
+
+/// Compressed verifying-key bytes.
+pub fn serialize_vk(vk: &VerifyingKey<Bn254>) -> Vec<u8> {
+    encode(vk)
+}
+
+/// Decodes a verifying key, validating every point.
+pub fn deserialize_vk(bytes: &[u8]) -> Result<VerifyingKey<Bn254>, ZkError> {
+    decode(bytes, &VERIFYING_KEY_LAYOUT)
+}
+
+/// Compressed proof bytes (128 bytes).
+pub fn serialize_proof(proof: &ZkProof) -> Vec<u8> {
+    encode(proof)
+}
+
+/// Decodes a proof, validating its three points.
+pub fn deserialize_proof(bytes: &[u8]) -> Result<ZkProof, ZkError> {
+    decode(bytes, &PROOF_LAYOUT)
+}
+
+/// Compressed public-input bytes.
+pub fn serialize_public_inputs(inputs: &[Fr]) -> Vec<u8> {
+    encode(&inputs.to_vec())
+}
+
+/// Decodes a public-input vector (canonical field elements only).
+pub fn deserialize_public_inputs(bytes: &[u8]) -> Result<Vec<Fr>, ZkError> {
+    decode(bytes, &[Item::VecFr])
+}
+
+/// The cache key of a CRS: SHA-256 of its compressed serialisation.
+pub fn crs_hash(crs: &Crs) -> [u8; 32] {
+    sha256(&[&serialize_crs(crs)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zk::check_crs;
+    use crate::zk::circuit::tests::satisfied;
+    use crate::zk::fixtures::{real_tx2, toy_crs, toy_statement};
+    use ark_relations::r1cs::ConstraintSystemRef;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    #[cfg(not(debug_assertions))]
+    use std::time::Instant;
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Neither s nor any 8-byte window of it (in either byte order) is in `bytes`.
+    fn leaks(bytes: &[u8], s: &[u8; 32]) -> bool {
+        let reversed: Vec<u8> = s.iter().rev().copied().collect();
+        s.windows(8)
+            .chain(reversed.windows(8))
+            .any(|w| contains(bytes, w))
+    }
+
+    /// A cheating prover: synthesises `circuit` whatever it satisfies, proves it anyway.
+    fn forced_proof(crs: &Crs, circuit: TxCircuit) -> ZkProof {
+        let cs: ConstraintSystemRef<Fr> = ConstraintSystem::<Fr>::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        circuit.generate_constraints(cs.clone()).unwrap();
+        assert!(!cs.is_satisfied().unwrap());
+        prove_assignment(crs, cs, &mut StdRng::seed_from_u64(5)).unwrap()
+    }
+
+    #[test]
+    fn toy_setup_check_prove_verify() {
+        let (shape, crs) = toy_crs();
+        let mut rng = StdRng::seed_from_u64(1);
+        let crs_bytes = serialize_crs(crs);
+        let checked = check_crs(shape, &crs_bytes, &mut rng).unwrap();
+        assert_eq!(crs_hash(&checked), crs_hash(crs));
+        let (statement, s1, s2) = toy_statement(9);
+        let proof = prove(&checked, &statement, &s1, &s2, &mut rng).unwrap();
+        let bytes = serialize_proof(&proof);
+        assert_eq!(bytes.len(), 128);
+        verify(&crs.vk, &statement, &deserialize_proof(&bytes).unwrap()).unwrap();
+        let inputs = statement.public_inputs().unwrap();
+        assert_eq!(inputs.len(), shape.num_public_inputs());
+        let decoded = deserialize_public_inputs(&serialize_public_inputs(&inputs)).unwrap();
+        verify_inputs(
+            &deserialize_vk(&serialize_vk(&crs.vk)).unwrap(),
+            &decoded,
+            &proof,
+        )
+        .unwrap();
+        // Zero knowledge in practice: s1, s2 appear neither in the proof nor in the
+        // public inputs (bytes or field elements).
+        let public_bytes = serialize_public_inputs(&inputs);
+        for s in [&s1, &s2] {
+            assert!(!leaks(&bytes, s));
+            assert!(!leaks(&public_bytes, s));
+            assert!(!inputs.contains(&crate::zk::circuit::pack_bytes(&s[..31])));
+        }
+        // The proof is for this statement only.
+        let (other, _, _) = toy_statement(10);
+        assert_eq!(verify(&crs.vk, &other, &proof), Err(ZkError::InvalidProof));
+    }
+
+    #[test]
+    fn toy_soundness_no_verifying_proof() {
+        let (shape, crs) = toy_crs();
+        let mut rng = StdRng::seed_from_u64(2);
+        let (statement, s1, s2) = toy_statement(11);
+        let bytes = statement.with_s(&s1, &s2);
+        let honest = TxCircuit {
+            shape: *shape,
+            public: statement.public_values().unwrap(),
+            bytes: bytes.clone(),
+            r: statement.r,
+        };
+        assert!(satisfied(honest.clone()));
+
+        // D that does not match the bytes.
+        let mut wrong_d = statement.clone();
+        wrong_d.digest[0] ^= 1;
+        assert_eq!(
+            prove(crs, &wrong_d, &s1, &s2, &mut rng),
+            Err(ZkError::Unsatisfied)
+        );
+        let mut c = honest.clone();
+        c.public = wrong_d.public_values().unwrap();
+        let proof = forced_proof(crs, c);
+        assert_eq!(
+            verify(&crs.vk, &wrong_d, &proof),
+            Err(ZkError::InvalidProof)
+        );
+
+        // A TX2 whose two r fields differ: refused natively, and a prover that hashes the
+        // differing bytes cannot satisfy the circuit.
+        let mut forged = bytes.clone();
+        forged[shape.twin_r] ^= 0x40;
+        let mut forged_statement = statement.clone();
+        forged_statement.template[shape.twin_r] ^= 0x40;
+        forged_statement.digest = sha256_native(&forged);
+        assert_eq!(
+            prove(crs, &forged_statement, &s1, &s2, &mut rng),
+            Err(ZkError::BadStatement)
+        );
+        let mut c = honest.clone();
+        c.public.digest = crate::zk::sha256_gadget::bytes_to_words(&forged_statement.digest);
+        c.bytes = forged;
+        let proof = forced_proof(crs, c);
+        // Public inputs: the honest template (r at both fields) with the forged D.
+        let mut inputs = statement.public_inputs().unwrap();
+        for (i, w) in crate::zk::sha256_gadget::bytes_to_words(&forged_statement.digest)
+            .iter()
+            .enumerate()
+        {
+            inputs[8 + i] = Fr::from(*w);
+        }
+        assert_eq!(
+            verify_inputs(&crs.vk, &inputs, &proof),
+            Err(ZkError::InvalidProof)
+        );
+
+        // Template bytes changed anywhere (prefix, public part, r field): the real witness
+        // no longer fits.
+        for p in [0usize, 39, 64, 72, 110, 120, 179] {
+            let mut changed = statement.clone();
+            changed.template[p] ^= 0x02;
+            let in_r = |start: usize| start <= p && p < start + 32;
+            if in_r(shape.farmer_r) || in_r(shape.twin_r) {
+                assert!(changed.public_values().is_err());
+                continue;
+            }
+            assert_eq!(
+                prove(crs, &changed, &s1, &s2, &mut rng),
+                Err(ZkError::Unsatisfied),
+                "byte {p}"
+            );
+            let mut c = honest.clone();
+            c.public = changed.public_values().unwrap();
+            assert!(!satisfied(c.clone()), "byte {p}");
+            if p == 110 {
+                let proof = forced_proof(crs, c);
+                assert_eq!(
+                    verify(&crs.vk, &changed, &proof),
+                    Err(ZkError::InvalidProof)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn real_tx2_statement_and_circuit() {
+        let tx2 = real_tx2(40);
+        let (statement, s1, s2) = Statement::of(&tx2).unwrap();
+        let shape = statement.shape;
+        println!(
+            "TX2 {} bytes, s1 at {}, s2 at {}, prefix {} bytes, {} compressions, {} public inputs",
+            shape.len,
+            shape.farmer_s,
+            shape.twin_s,
+            shape.prefix_len(),
+            shape.compressions(),
+            shape.num_public_inputs()
+        );
+        // Same shape across contracts.
+        assert_eq!(Statement::of(&real_tx2(41)).unwrap().0.shape, shape);
+        let n = num_constraints(&shape).unwrap();
+        println!("zk-constraints-real-tx2 {n}");
+        let circuit = TxCircuit {
+            shape,
+            public: statement.public_values().unwrap(),
+            bytes: tx2.bytes.clone(),
+            r: statement.r,
+        };
+        assert!(satisfied(circuit.clone()));
+        // The twin r field changed: refused.
+        let mut bad = statement.clone();
+        bad.template[tx2.twin_r.start] ^= 1;
+        assert_eq!(bad.public_values(), Err(ZkError::BadStatement));
+        // A hidden byte changed: the hash no longer matches D.
+        let mut c = circuit;
+        c.bytes[tx2.farmer_s.start + 3] ^= 1;
+        assert!(!satisfied(c));
+        let _ = (s1, s2);
+    }
+
+    /// Full-size setup, check, prove and verify on a real TX2 (release builds only; debug
+    /// builds run the same path on the toy shape above).
+    #[cfg(not(debug_assertions))]
+    #[test]
+    fn real_tx2_setup_check_prove_verify() {
+        let tx2 = real_tx2(42);
+        let (statement, s1, s2) = Statement::of(&tx2).unwrap();
+        let shape = statement.shape;
+        let mut rng = StdRng::seed_from_u64(3);
+        let t = Instant::now();
+        let crs = setup(&shape, &mut rng).unwrap();
+        println!("zk-setup-seconds {:.2}", t.elapsed().as_secs_f64());
+        let bytes = serialize_crs(&crs);
+        println!("zk-crs-bytes {}", bytes.len());
+        let t = Instant::now();
+        let crs = check_crs(&shape, &bytes, &mut rng).unwrap();
+        println!("zk-check-crs-seconds {:.2}", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let proof = prove(&crs, &statement, &s1, &s2, &mut rng).unwrap();
+        println!("zk-prove-seconds {:.2}", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        verify(&crs.vk, &statement, &proof).unwrap();
+        println!("zk-verify-seconds {:.3}", t.elapsed().as_secs_f64());
+        let proof_bytes = serialize_proof(&proof);
+        let inputs = serialize_public_inputs(&statement.public_inputs().unwrap());
+        for s in [&s1, &s2] {
+            assert!(!leaks(&proof_bytes, s));
+            assert!(!leaks(&inputs, s));
+        }
+        // Another contract of the same shape reuses the CRS.
+        let tx2b = real_tx2(43);
+        let (statement_b, proof_b) = prove_tx2(&crs, &tx2b, &mut rng).unwrap();
+        verify(&crs.vk, &statement_b, &proof_b).unwrap();
+        assert!(verify(&crs.vk, &statement, &proof_b).is_err());
+        // Soundness at full size: D off by one bit, twin r changed, a template byte changed.
+        let mut wrong_d = statement.clone();
+        wrong_d.digest[31] ^= 1;
+        assert!(prove(&crs, &wrong_d, &s1, &s2, &mut rng).is_err());
+        let mut c = TxCircuit {
+            shape,
+            public: wrong_d.public_values().unwrap(),
+            bytes: tx2.bytes.clone(),
+            r: statement.r,
+        };
+        let proof = forced_proof(&crs, c.clone());
+        assert!(verify(&crs.vk, &wrong_d, &proof).is_err());
+        let mut changed = statement.clone();
+        changed.template[shape.len - 5] ^= 1;
+        c.public = changed.public_values().unwrap();
+        let proof = forced_proof(&crs, c);
+        assert!(verify(&crs.vk, &changed, &proof).is_err());
+        let mut forged = statement.clone();
+        forged.template[tx2.twin_r.start + 7] ^= 1;
+        assert!(prove(&crs, &forged, &s1, &s2, &mut rng).is_err());
+    }
+
+    #[test]
+    fn truncated_and_corrupted_encodings_are_errors() {
+        let (_, crs) = toy_crs();
+        let (statement, s1, s2) = toy_statement(12);
+        let proof = prove(crs, &statement, &s1, &s2, &mut StdRng::seed_from_u64(4)).unwrap();
+        let proof_bytes = serialize_proof(&proof);
+        let vk_bytes = serialize_vk(&crs.vk);
+        let inputs = serialize_public_inputs(&statement.public_inputs().unwrap());
+        for len in 0..proof_bytes.len() {
+            assert!(deserialize_proof(&proof_bytes[..len]).is_err());
+        }
+        for len in 0..vk_bytes.len() {
+            assert!(deserialize_vk(&vk_bytes[..len]).is_err());
+        }
+        for len in 0..inputs.len() {
+            assert!(deserialize_public_inputs(&inputs[..len]).is_err());
+        }
+        let crs_bytes = serialize_crs(crs);
+        for len in (0..crs_bytes.len()).step_by(crs_bytes.len() / 97) {
+            assert!(deserialize_crs(&crs_bytes[..len]).is_err());
+        }
+        // Trailing bytes.
+        let mut long = proof_bytes.clone();
+        long.push(0);
+        assert!(deserialize_proof(&long).is_err());
+        // Hostile length prefixes (no huge allocation, no panic).
+        let mut huge = inputs.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(deserialize_public_inputs(&huge).is_err());
+        let mut huge = vk_bytes.clone();
+        let off = 32 + 3 * 64;
+        huge[off..off + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(deserialize_vk(&huge).is_err());
+        // A non-canonical field element (the modulus itself).
+        let mut bad = inputs.clone();
+        let modulus = <Fr as ark_ff::PrimeField>::MODULUS;
+        let mut m_bytes = Vec::new();
+        modulus.serialize_compressed(&mut m_bytes).unwrap();
+        bad[8..40].copy_from_slice(&m_bytes);
+        assert!(deserialize_public_inputs(&bad).is_err());
+        // Statement with the wrong number of public inputs.
+        let mut short = statement.public_inputs().unwrap();
+        short.pop();
+        assert_eq!(
+            verify_inputs(&crs.vk, &short, &proof),
+            Err(ZkError::InvalidProof)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = deserialize_proof(&bytes);
+            let _ = deserialize_vk(&bytes);
+            let _ = deserialize_public_inputs(&bytes);
+            let _ = deserialize_crs(&bytes);
+        }
+
+        #[test]
+        fn corrupted_proofs_fail_or_decode(index in 0usize..128, mask in 1u8..=255) {
+            let (_, crs) = toy_crs();
+            let proof = cached_proof();
+            let mut bytes = serialize_proof(&proof.1);
+            bytes[index] ^= mask;
+            // Either an error or a decodable proof that no longer verifies.
+            if let Ok(p) = deserialize_proof(&bytes) {
+                prop_assert!(verify(&crs.vk, &proof.0, &p).is_err());
+            }
+        }
+
+        #[test]
+        fn corrupted_public_inputs_fail_or_reject(index in 0usize..200, mask in 1u8..=255) {
+            let (_, crs) = toy_crs();
+            let proof = cached_proof();
+            let mut bytes = serialize_public_inputs(&proof.0.public_inputs().unwrap());
+            let index = index % bytes.len();
+            bytes[index] ^= mask;
+            if let Ok(inputs) = deserialize_public_inputs(&bytes) {
+                prop_assert!(verify_inputs(&crs.vk, &inputs, &proof.1).is_err());
+            }
+        }
+    }
+
+    fn cached_proof() -> &'static (Statement, ZkProof) {
+        static PROOF: std::sync::OnceLock<(Statement, ZkProof)> = std::sync::OnceLock::new();
+        PROOF.get_or_init(|| {
+            let (_, crs) = toy_crs();
+            let (statement, s1, s2) = toy_statement(13);
+            let proof = prove(crs, &statement, &s1, &s2, &mut StdRng::seed_from_u64(6)).unwrap();
+            (statement, proof)
+        })
+    }
+}
