@@ -52,26 +52,17 @@ pub(crate) mod fixtures {
     //! Shared test material: a real signed TX2 and a cached toy-shape CRS.
     use std::sync::OnceLock;
 
-    use bitcoin::Amount;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
     use super::circuit::tests::{toy, toy_shape};
     use super::sha256_gadget::sha256_native;
     use super::{setup, Crs, Shape, Statement};
-    use crate::contract::tests::{parties, tx1_outpoint};
-    use crate::nonce_reuse::{farmer_sign_tx2, Tx2Template};
+    use crate::nonce_reuse::Tx2Template;
 
     /// A real reused-nonce TX2 (PROTOCOL.md 3.3 step 3).
     pub(crate) fn real_tx2(seed: u64) -> Tx2Template {
-        let p = parties(seed);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let tx2 = p
-            .contract
-            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
-            .unwrap();
-        let sig_r = p.contract.renter_sign_tx2(&tx2, &p.r).unwrap();
-        farmer_sign_tx2(&mut rng, &p.contract, &tx2, &p.f, &sig_r).unwrap()
+        crate::nonce_reuse::tests::signed_template(seed).1
     }
 
     /// A toy statement (180 bytes, two compressions in the circuit) and its s values.
