@@ -170,6 +170,21 @@ impl Parties {
     }
 }
 
+/// A fresh node, a funder with `coins` spendable coins, and parties whose TX1 refund opens
+/// `t1_ahead` blocks above the tip and whose TX2 refund opens Δ blocks after TX2.
+fn start(
+    seed: u64,
+    coins: u32,
+    t1_ahead: u32,
+    delta: u16,
+) -> (StdRng, BitcoinNode, Funder, Parties) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let node = BitcoinNode::start();
+    let funder = Funder::new(&node, coins);
+    let parties = Parties::new(&node, &mut rng, t1_ahead, delta);
+    (rng, node, funder, parties)
+}
+
 fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
     rng.fill_bytes(&mut data);
@@ -263,10 +278,7 @@ fn protocol_happy_path_64_mib() {
 /// the legacy P2SH output the same move changes the txid and bitcoind rejects TX3.
 #[test]
 fn protocol_segwit_tx1_lets_farmer_resign_p2sh_does_not() {
-    let mut rng = StdRng::seed_from_u64(4);
-    let node = BitcoinNode::start();
-    let mut funder = Funder::new(&node, 2);
-    let p = Parties::new(&node, &mut rng, 144, 12);
+    let (mut rng, node, mut funder, p) = start(4, 2, 144, 12);
 
     // The attack on the seed's SegWit design.
     let wsh = p.contract.tx1_descriptor_wsh().unwrap();
@@ -400,10 +412,7 @@ fn protocol_segwit_tx1_lets_farmer_resign_p2sh_does_not() {
 /// spend, and nothing can be extracted. With the twin key F̃ the same reveal yields f.
 #[test]
 fn protocol_repeated_key_leaks_nothing_twin_key_does() {
-    let mut rng = StdRng::seed_from_u64(5);
-    let node = BitcoinNode::start();
-    let mut funder = Funder::new(&node, 2);
-    let p = Parties::new(&node, &mut rng, 144, 12);
+    let (mut rng, node, mut funder, p) = start(5, 2, 144, 12);
     let (fk, rk) = (p.contract.farmer_key, p.contract.renter_key);
     let refused =
         Descriptor::<bitcoin::PublicKey>::from_str(&format!("sh(multi(3,{fk},{fk},{rk}))"))
@@ -470,10 +479,7 @@ fn protocol_repeated_key_leaks_nothing_twin_key_does() {
 /// Refunds wait for their timelocks and pay only where the renter's signature says.
 #[test]
 fn protocol_refunds_wait_for_timelocks_and_pay_only_the_renter() {
-    let mut rng = StdRng::seed_from_u64(6);
-    let node = BitcoinNode::start();
-    let mut funder = Funder::new(&node, 2);
-    let p = Parties::new(&node, &mut rng, 20, 5);
+    let (mut rng, node, mut funder, p) = start(6, 2, 20, 5);
     let dest = p.renter_refund_destination();
     let (_, tx1_outpoint) = funder.fund(&node, p.contract.tx1_output().unwrap());
 
@@ -549,10 +555,7 @@ fn protocol_refunds_wait_for_timelocks_and_pay_only_the_renter() {
 /// honest farmer's transcript yields none.
 #[test]
 fn protocol_sealing_needs_both_keys_and_fraud_is_provable() {
-    let mut rng = StdRng::seed_from_u64(7);
-    let node = BitcoinNode::start();
-    let mut funder = Funder::new(&node, 2);
-    let p = Parties::new(&node, &mut rng, 144, 12);
+    let (mut rng, node, mut funder, p) = start(7, 2, 144, 12);
     let plaintext = random_bytes(&mut rng, 100_000);
     let (c, c_tree, receipt) = p.upload(&plaintext);
 
@@ -622,10 +625,7 @@ fn protocol_sealing_needs_both_keys_and_fraud_is_provable() {
 /// Hostile transactions never panic the parser and never yield a wrong key.
 #[test]
 fn protocol_bad_transactions_never_yield_a_wrong_key() {
-    let mut rng = StdRng::seed_from_u64(8);
-    let node = BitcoinNode::start();
-    let mut funder = Funder::new(&node, 1);
-    let p = Parties::new(&node, &mut rng, 144, 12);
+    let (mut rng, node, mut funder, p) = start(8, 1, 144, 12);
     let (_, tx1_outpoint) = funder.fund(&node, p.contract.tx1_output().unwrap());
     let template = p.tx2(&mut rng, tx1_outpoint);
     let tx2_id = broadcast(&node, &template.tx).unwrap();
