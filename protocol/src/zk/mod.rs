@@ -5,8 +5,10 @@
 //! * [`circuit`]: the statement for one TX2 shape and its public inputs.
 //! * [`api`]: `setup` (renter), `prove` (farmer), `verify` (renter), serialisation.
 //! * [`crs_check`]: the farmer's check of a renter-made CRS before proving.
+//! * [`baseline`]: the same statement over ark-crypto-primitives' gadget, for the benchmark.
 
 pub mod api;
+pub mod baseline;
 pub mod circuit;
 pub mod crs_check;
 pub mod sha256_gadget;

@@ -5,6 +5,7 @@
 
 mod datapath;
 mod measure;
+mod zk;
 
 use clap::{Parser, Subcommand};
 
@@ -25,11 +26,15 @@ enum Command {
     /// RSS is its own.
     #[command(hide = true)]
     DatapathEncryptWorker(datapath::WorkerArgs),
+    /// The Groth16 reused-nonce proof on a real TX2 template: constraints, setup, prove
+    /// and verify times, sizes and peak RSS, against ark-crypto-primitives' SHA-256 gadget.
+    Zk(zk::ZkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Datapath(args) => datapath::run(&args),
         Command::DatapathEncryptWorker(args) => datapath::run_worker(&args),
+        Command::Zk(args) => zk::run(&args),
     }
 }

@@ -1,0 +1,192 @@
+//! `zk`: the Groth16 reused-nonce proof (`dstore_protocol::zk`) on a real TX2 template,
+//! ours against the same statement over ark-crypto-primitives' `Sha256Gadget`
+//! (`dstore_protocol::zk::baseline`), measured in the same run.
+//!
+//! Figures (required names first):
+//!
+//! * `zk-constraints-per-compression`, `zk-baseline-constraints-per-compression`: the
+//!   cost of one more 64-byte block for each gadget (hashing 119 against 55 witness
+//!   bytes); `zk-constraints-ratio` is baseline over ours.
+//! * `zk-setup-s`, `zk-prove-s`, `zk-verify-ms`: ours on the real TX2 (462 bytes; the
+//!   circuit hashes from the midstate of the bytes before s1). Prove includes synthesis,
+//!   the satisfaction check and the prover's self-verification.
+//! * `zk-baseline-setup-s`, `zk-baseline-prove-s`, `zk-baseline-verify-ms` and the
+//!   `zk-*-ratio` figures (baseline over ours; above 1 means ours is faster).
+//! * `zk-check-crs-s`: the farmer's CRS check.
+//! * `zk-constraints`, `zk-baseline-constraints`: whole circuits.
+//! * `zk-proof-bytes`, `zk-pk-bytes`: compressed sizes of our proof and proving key.
+//! * `zk-peak-rss-mib`: this process's peak RSS after our setup, check, prove and verify
+//!   and before the baseline starts (VmHWM is a high-water mark, so the baseline, which
+//!   runs second, cannot inflate it).
+//!
+//! Each timing is the best of `--runs` runs (setup and the CRS check run once).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use bitcoin::secp256k1::{SecretKey, SECP256K1};
+use bitcoin::{Amount, OutPoint, Txid};
+use clap::Args;
+use dstore_protocol::contract::DownloadContract;
+use dstore_protocol::nonce_reuse::{farmer_sign_tx2, Tx2Template};
+use dstore_protocol::zk::{self, baseline, sha256_gadget, Shape, Statement};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::measure::{figure, kib_to_mib, peak_rss_kib};
+
+/// Options of `dstore-bench zk`.
+#[derive(Debug, Args)]
+pub struct ZkArgs {
+    /// Timed runs of prove and verify for each side; each figure is the best run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+}
+
+/// A real reused-nonce TX2 as the farmer signs it (PROTOCOL.md 3.3 step 3); the TX1
+/// outpoint is arbitrary, which does not change the shape.
+fn real_tx2(rng: &mut StdRng) -> anyhow::Result<Tx2Template> {
+    let [f, r, r2, f2] = [(); 4].map(|_| SecretKey::new(rng));
+    let contract = DownloadContract {
+        contract_id: [7; 32],
+        farmer_key: f.public_key(SECP256K1),
+        renter_key: r.public_key(SECP256K1),
+        renter_tx2_key: r2.public_key(SECP256K1),
+        farmer_tx2_key: f2.public_key(SECP256K1),
+        refund_height: 500,
+        payout_delay: 144,
+        price: Amount::from_sat(100_000),
+    };
+    let outpoint = OutPoint {
+        txid: "ab".repeat(32).parse::<Txid>()?,
+        vout: 0,
+    };
+    let unsigned = contract.unsigned_tx2(outpoint, Amount::from_sat(1_000))?;
+    let sig_r = contract.renter_sign_tx2(&unsigned, &r)?;
+    Ok(farmer_sign_tx2(rng, &contract, &unsigned, &f, &sig_r)?)
+}
+
+/// Runs `f` once, returning its value and how long it took.
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let start = Instant::now();
+    let value = f()?;
+    Ok((value, start.elapsed()))
+}
+
+/// Best time of `runs` runs of `f`, and the last value.
+fn best_of<T>(
+    runs: u32,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration)> {
+    let mut best = Duration::MAX;
+    let mut last = None;
+    for _ in 0..runs {
+        let (value, took) = timed(&mut f)?;
+        best = best.min(took);
+        last = Some(value);
+    }
+    Ok((last.expect("runs >= 1"), best))
+}
+
+fn ratio(baseline: f64, ours: f64) -> String {
+    format!("{:.3}", baseline / ours)
+}
+
+/// Timings of one side.
+struct Side {
+    setup: Duration,
+    prove: Duration,
+    verify: Duration,
+    constraints: usize,
+}
+
+fn run_ours(
+    args: &ZkArgs,
+    rng: &mut StdRng,
+    statement: &Statement,
+    s: (&[u8; 32], &[u8; 32]),
+) -> anyhow::Result<Side> {
+    let shape: Shape = statement.shape;
+    eprintln!("zk: ours: setup…");
+    let (crs, setup) = timed(|| Ok(zk::setup(&shape, rng)?))?;
+    let crs_bytes = zk::serialize_crs(&crs);
+    eprintln!("zk: ours: farmer's CRS check…");
+    let (_, check) = timed(|| {
+        zk::check_crs(&shape, &crs_bytes, rng).map_err(|e| anyhow!("honest CRS: {e}"))
+    })?;
+    eprintln!("zk: ours: prove and verify…");
+    let (proof, prove) = best_of(args.runs, || Ok(zk::prove(&crs, statement, s.0, s.1, rng)?))?;
+    let (_, verify) = best_of(args.runs, || Ok(zk::verify(&crs.vk, statement, &proof)?))?;
+    let constraints = zk::api::num_constraints(&shape)?;
+    figure("zk-check-crs-s", format!("{:.2}", check.as_secs_f64()));
+    figure("zk-proof-bytes", zk::serialize_proof(&proof).len());
+    figure("zk-pk-bytes", crs_bytes.len());
+    figure("zk-peak-rss-mib", format!("{:.1}", kib_to_mib(peak_rss_kib()?)));
+    Ok(Side {
+        setup,
+        prove,
+        verify,
+        constraints,
+    })
+}
+
+fn run_baseline(
+    args: &ZkArgs,
+    rng: &mut StdRng,
+    statement: &Statement,
+    s: (&[u8; 32], &[u8; 32]),
+) -> anyhow::Result<Side> {
+    eprintln!("zk: baseline: setup…");
+    let (pk, setup) = timed(|| Ok(baseline::setup(statement, rng)?))?;
+    eprintln!("zk: baseline: prove and verify…");
+    let (proof, prove) = best_of(args.runs, || {
+        Ok(baseline::prove(&pk, statement, s.0, s.1, rng)?)
+    })?;
+    let (_, verify) = best_of(args.runs, || {
+        Ok(baseline::verify(&pk, statement, &proof)?)
+    })?;
+    Ok(Side {
+        setup,
+        prove,
+        verify,
+        constraints: baseline::num_constraints(statement)?,
+    })
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(args: &ZkArgs) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(0x2b);
+    let ours_per_block = sha256_gadget::constraints_per_compression()?;
+    let base_per_block = sha256_gadget::baseline_constraints_per_compression()?;
+    figure("zk-constraints-per-compression", ours_per_block);
+    figure("zk-baseline-constraints-per-compression", base_per_block);
+    figure(
+        "zk-constraints-ratio",
+        ratio(base_per_block as f64, ours_per_block as f64),
+    );
+
+    let tx2 = real_tx2(&mut rng).context("building a real TX2")?;
+    let (statement, s1, s2) = Statement::of(&tx2)?;
+    eprintln!(
+        "zk: real TX2 of {} bytes, {} compressions in our circuit",
+        tx2.bytes.len(),
+        statement.shape.compressions()
+    );
+    let ours = run_ours(args, &mut rng, &statement, (&s1, &s2))?;
+    let base = run_baseline(args, &mut rng, &statement, (&s1, &s2))?;
+
+    figure("zk-constraints", ours.constraints);
+    figure("zk-baseline-constraints", base.constraints);
+    let secs = |d: Duration| d.as_secs_f64();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    figure("zk-setup-s", format!("{:.2}", secs(ours.setup)));
+    figure("zk-baseline-setup-s", format!("{:.2}", secs(base.setup)));
+    figure("zk-setup-ratio", ratio(secs(base.setup), secs(ours.setup)));
+    figure("zk-prove-s", format!("{:.2}", secs(ours.prove)));
+    figure("zk-baseline-prove-s", format!("{:.2}", secs(base.prove)));
+    figure("zk-prove-ratio", ratio(secs(base.prove), secs(ours.prove)));
+    figure("zk-verify-ms", format!("{:.2}", ms(ours.verify)));
+    figure("zk-baseline-verify-ms", format!("{:.2}", ms(base.verify)));
+    figure("zk-verify-ratio", ratio(ms(base.verify), ms(ours.verify)));
+    Ok(())
+}
