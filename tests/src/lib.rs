@@ -6,8 +6,10 @@
 //! debug.log and each plugin its log, so the failure can be read without re-running.
 
 pub mod bins;
+pub mod crs_cache;
 pub mod funding;
 pub mod node;
+pub mod parties;
 pub mod plugin;
 pub mod ports;
 

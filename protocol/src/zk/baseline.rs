@@ -16,10 +16,10 @@ use ark_crypto_primitives::crh::sha256::constraints::Sha256Gadget;
 use ark_ec::PrimeGroup;
 use ark_ff::One;
 use ark_groth16::{prepare_verifying_key, Groth16, ProvingKey};
-use ark_r1cs_std::boolean::Boolean;
-use ark_r1cs_std::uint8::UInt8;
 use ark_r1cs_std::alloc::AllocVar;
+use ark_r1cs_std::boolean::Boolean;
 use ark_r1cs_std::convert::ToBitsGadget;
+use ark_r1cs_std::uint8::UInt8;
 use ark_relations::r1cs::{
     ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, LinearCombination,
     OptimizationGoal, SynthesisError, SynthesisMode, Variable,
@@ -94,8 +94,7 @@ impl ConstraintSynthesizer<Fr> for BaselineCircuit {
     fn generate_constraints(self, cs: ConstraintSystemRef<Fr>) -> Result<(), SynthesisError> {
         let statement = &self.statement;
         let shape = statement.shape;
-        let inputs =
-            Self::public_inputs(statement).map_err(|_| SynthesisError::Unsatisfiable)?;
+        let inputs = Self::public_inputs(statement).map_err(|_| SynthesisError::Unsatisfiable)?;
         let vars: Vec<Variable> = inputs
             .iter()
             .map(|v| cs.new_input_variable(|| Ok(*v)))
@@ -129,10 +128,7 @@ impl ConstraintSynthesizer<Fr> for BaselineCircuit {
             message.push(byte);
         }
         let public_bits = be_bits(&public)?;
-        for (chunk, target) in public_bits
-            .chunks(BYTES_PER_ELEMENT * 8)
-            .zip(template_vars)
-        {
+        for (chunk, target) in public_bits.chunks(BYTES_PER_ELEMENT * 8).zip(template_vars) {
             enforce_packing(&cs, chunk, *target)?;
         }
 

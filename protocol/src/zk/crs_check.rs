@@ -52,17 +52,52 @@ use super::circuit::Shape;
 pub struct CrsRejected;
 
 /// Farmer: decodes and checks a CRS for `shape` (see the module doc). Returns the
-/// decoded CRS on success; cache it under [`crate::zk::crs_hash`].
+/// decoded CRS on success; cache it under [`crate::zk::crs_hash`]. Compiles the circuit
+/// each time: a farmer checking several keys for one shape should keep a [`CrsChecker`].
 pub fn check_crs(
     shape: &Shape,
     crs_bytes: &[u8],
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Crs, CrsRejected> {
-    let crs = deserialize_crs(crs_bytes).map_err(|_| CrsRejected)?;
-    let profile = CircuitProfile::of(shape).ok_or(CrsRejected)?;
-    match check(&profile, &crs, rng) {
-        Ok(()) => Ok(crs),
-        Err(_reason) => Err(CrsRejected),
+    CrsChecker::new(shape)?.check_bytes(crs_bytes, rng)
+}
+
+/// The farmer's own compilation of the circuit for one shape, kept to check any number of
+/// keys against it.
+pub struct CrsChecker {
+    profile: CircuitProfile,
+}
+
+impl CrsChecker {
+    /// Compiles the agreed circuit of `shape` (a malformed shape is rejected).
+    pub fn new(shape: &Shape) -> Result<CrsChecker, CrsRejected> {
+        Ok(CrsChecker {
+            profile: CircuitProfile::of(shape).ok_or(CrsRejected)?,
+        })
+    }
+
+    /// Decodes `crs_bytes` with full point validation and runs every check.
+    pub fn check_bytes(
+        &self,
+        crs_bytes: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Crs, CrsRejected> {
+        let crs = deserialize_crs(crs_bytes).map_err(|_| CrsRejected)?;
+        self.check_decoded(&crs, rng)?;
+        Ok(crs)
+    }
+
+    /// Every check after decoding, on a CRS that was decoded with validation already (by
+    /// [`crate::zk::deserialize_crs`] or [`CrsChecker::check_bytes`]). Decoding validates
+    /// each of the ~10⁶ points of a real key (the G2 subgroup checks dominate), so a caller
+    /// that holds a decoded CRS can re-check it without paying for that again. Its points
+    /// are not re-validated: never hand it a CRS built from unchecked bytes.
+    pub fn check_decoded(
+        &self,
+        crs: &Crs,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<(), CrsRejected> {
+        check(&self.profile, crs, rng).map_err(|_reason| CrsRejected)
     }
 }
 

@@ -18,7 +18,7 @@ pub use api::{
     serialize_proof, serialize_public_inputs, setup, verify, Crs, Statement, ZkProof,
 };
 pub use circuit::{PublicValues, Shape, TxCircuit};
-pub use crs_check::{check_crs, CrsRejected};
+pub use crs_check::{check_crs, CrsChecker, CrsRejected};
 
 /// Why a proof could not be set up, made, decoded or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -111,9 +111,8 @@ fn run_ours(
     let (crs, setup) = timed(|| Ok(zk::setup(&shape, rng)?))?;
     let crs_bytes = zk::serialize_crs(&crs);
     eprintln!("zk: ours: farmer's CRS check…");
-    let (_, check) = timed(|| {
-        zk::check_crs(&shape, &crs_bytes, rng).map_err(|e| anyhow!("honest CRS: {e}"))
-    })?;
+    let (_, check) =
+        timed(|| zk::check_crs(&shape, &crs_bytes, rng).map_err(|e| anyhow!("honest CRS: {e}")))?;
     eprintln!("zk: ours: prove and verify…");
     let (proof, prove) = best_of(args.runs, || Ok(zk::prove(&crs, statement, s.0, s.1, rng)?))?;
     let (_, verify) = best_of(args.runs, || Ok(zk::verify(&crs.vk, statement, &proof)?))?;
@@ -121,7 +120,10 @@ fn run_ours(
     figure("zk-check-crs-s", format!("{:.2}", check.as_secs_f64()));
     figure("zk-proof-bytes", zk::serialize_proof(&proof).len());
     figure("zk-pk-bytes", crs_bytes.len());
-    figure("zk-peak-rss-mib", format!("{:.1}", kib_to_mib(peak_rss_kib()?)));
+    figure(
+        "zk-peak-rss-mib",
+        format!("{:.1}", kib_to_mib(peak_rss_kib()?)),
+    );
     Ok(Side {
         setup,
         prove,
@@ -142,9 +144,7 @@ fn run_baseline(
     let (proof, prove) = best_of(args.runs, || {
         Ok(baseline::prove(&pk, statement, s.0, s.1, rng)?)
     })?;
-    let (_, verify) = best_of(args.runs, || {
-        Ok(baseline::verify(&pk, statement, &proof)?)
-    })?;
+    let (_, verify) = best_of(args.runs, || Ok(baseline::verify(&pk, statement, &proof)?))?;
     Ok(Side {
         setup,
         prove,
