@@ -13,6 +13,8 @@
 //! * [`contract`]: TX1/TX2/TX3 and refund descriptors and transactions (3.2).
 //! * [`nonce_reuse`]: the farmer's reused-nonce TX2 signatures and template (3.3).
 //! * [`extract`]: recovering f from a TX1 spend (3.6).
+//! * [`peer`]: signed, versioned, sequenced peer messages (7).
+//! * [`zk`]: the Groth16 reused-nonce proof and the farmer's CRS check (3.4, 3.5).
 //! * [`hashing`], [`network`]: shared helpers.
 
 pub mod contract;
@@ -23,6 +25,7 @@ pub mod keys;
 pub mod merkle;
 pub mod network;
 pub mod nonce_reuse;
+pub mod peer;
 pub mod receipt;
 pub mod seal;
 pub mod zk;
