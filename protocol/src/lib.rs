@@ -14,6 +14,7 @@
 //! * [`nonce_reuse`]: the farmer's reused-nonce TX2 signatures and template (3.3).
 //! * [`extract`]: recovering f from a TX1 spend (3.6).
 //! * [`peer`]: signed, versioned, sequenced peer messages (7).
+//! * [`messages`]: the renter/farmer message catalogue and term checks (1, 3.3, 7).
 //! * [`zk`]: the Groth16 reused-nonce proof and the farmer's CRS check (3.4, 3.5).
 //! * [`hashing`], [`network`]: shared helpers.
 
@@ -23,6 +24,7 @@ pub mod extract;
 pub mod hashing;
 pub mod keys;
 pub mod merkle;
+pub mod messages;
 pub mod network;
 pub mod nonce_reuse;
 pub mod peer;
