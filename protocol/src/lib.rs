@@ -7,6 +7,7 @@
 //! Modules, in data-flow order:
 //! * [`datapath`]: AES-256-GCM STREAM encryption of the renter's file (PROTOCOL.md 1.1).
 //! * [`merkle`]: segment Merkle tree, streaming builder, inclusion proofs (1.2).
+//! * [`upload`]: the farmer's resumable, size-limited, root-checked upload receiver (1.3).
 //! * [`receipt`]: the farmer's signed storage receipt (1.3).
 //! * [`keys`]: BIP32 per-contract keys, commit-then-reveal, joint key (2).
 //! * [`seal`]: sealing under the joint key, unsealing, fraud proofs (3.1).
@@ -30,4 +31,5 @@ pub mod nonce_reuse;
 pub mod peer;
 pub mod receipt;
 pub mod seal;
+pub mod upload;
 pub mod zk;

@@ -41,6 +41,20 @@ pub enum MerkleError {
     BadPathLength,
     #[error("proof does not lead to the root")]
     RootMismatch,
+    #[error("the builder checkpoint is inconsistent")]
+    BadCheckpoint,
+}
+
+/// A [`MerkleBuilder`]'s whole state (without a leaf list): at most one partial segment
+/// and 64 subtree roots, so a receiver can persist it and resume a broken upload without
+/// re-reading what it already stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerkleCheckpoint {
+    #[serde(with = "hex::serde")]
+    pub partial: Vec<u8>,
+    /// (subtree root, segments under it), largest first.
+    pub stack: Vec<(Hash32, u64)>,
+    pub length: u64,
 }
 
 /// The committed root and the true length of the data it covers.
@@ -182,6 +196,47 @@ impl MerkleBuilder {
     /// Bytes consumed so far.
     pub fn length(&self) -> u64 {
         self.length
+    }
+
+    /// The builder's state, to persist and [`MerkleBuilder::resume`] later. The leaf list
+    /// of a recording builder is not part of it.
+    pub fn checkpoint(&self) -> MerkleCheckpoint {
+        MerkleCheckpoint {
+            partial: self.partial.clone(),
+            stack: self.stack.clone(),
+            length: self.length,
+        }
+    }
+
+    /// A builder in the state of `checkpoint`, which is checked for consistency: the
+    /// partial segment is the length's remainder, and the subtree sizes are the distinct
+    /// powers of two, largest first, that add up to the full segments.
+    pub fn resume(checkpoint: MerkleCheckpoint) -> Result<MerkleBuilder, MerkleError> {
+        let MerkleCheckpoint {
+            partial,
+            stack,
+            length,
+        } = checkpoint;
+        let segment = SEGMENT_SIZE as u64;
+        if partial.len() as u64 != length % segment {
+            return Err(MerkleError::BadCheckpoint);
+        }
+        let sizes_ok = stack.iter().all(|(_, size)| size.is_power_of_two())
+            && stack.windows(2).all(|w| w[0].1 > w[1].1);
+        let full: Option<u64> = stack
+            .iter()
+            .try_fold(0u64, |acc, (_, size)| acc.checked_add(*size));
+        if !sizes_ok || full != Some(length / segment) {
+            return Err(MerkleError::BadCheckpoint);
+        }
+        let mut buffer = Vec::with_capacity(SEGMENT_SIZE);
+        buffer.extend_from_slice(&partial);
+        Ok(MerkleBuilder {
+            partial: buffer,
+            stack,
+            length,
+            leaves: None,
+        })
     }
 
     /// Feeds more data.
@@ -625,5 +680,64 @@ mod tests {
         let tree = builder.finish_tree().unwrap();
         assert_eq!(tree, MerkleTree::from_data(&d));
         assert!(MerkleTree::from_leaves(vec![[0; 32]], 5000).is_err());
+    }
+
+    #[test]
+    fn checkpoints_resume_to_the_same_root() {
+        let data: Vec<u8> = (0..(5 * SEGMENT_SIZE + 1234))
+            .map(|i| (i * 7) as u8)
+            .collect();
+        let whole = {
+            let mut b = MerkleBuilder::new();
+            b.update(&data);
+            b.finish()
+        };
+        for cut in [0, 1, SEGMENT_SIZE, 3 * SEGMENT_SIZE + 5, data.len()] {
+            let mut first = MerkleBuilder::new();
+            first.update(&data[..cut]);
+            let cp = first.checkpoint();
+            let json = serde_json::to_string(&cp).unwrap();
+            let cp: MerkleCheckpoint = serde_json::from_str(&json).unwrap();
+            let mut resumed = MerkleBuilder::resume(cp).unwrap();
+            resumed.update(&data[cut..]);
+            assert_eq!(resumed.finish(), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_checkpoints_are_refused() {
+        let mut b = MerkleBuilder::new();
+        b.update(&vec![1u8; 3 * SEGMENT_SIZE + 10]);
+        let good = b.checkpoint();
+        let mut bad = good.clone();
+        bad.length += 1;
+        assert_eq!(
+            MerkleBuilder::resume(bad).unwrap_err(),
+            MerkleError::BadCheckpoint
+        );
+        let mut bad = good.clone();
+        bad.stack.reverse();
+        assert_eq!(
+            MerkleBuilder::resume(bad).unwrap_err(),
+            MerkleError::BadCheckpoint
+        );
+        let mut bad = good.clone();
+        bad.stack[0].1 = 3;
+        assert_eq!(
+            MerkleBuilder::resume(bad).unwrap_err(),
+            MerkleError::BadCheckpoint
+        );
+        let mut bad = good.clone();
+        bad.stack.push(([0; 32], u64::MAX));
+        assert_eq!(
+            MerkleBuilder::resume(bad).unwrap_err(),
+            MerkleError::BadCheckpoint
+        );
+        let mut bad = good;
+        bad.partial.push(0);
+        assert_eq!(
+            MerkleBuilder::resume(bad).unwrap_err(),
+            MerkleError::BadCheckpoint
+        );
     }
 }
