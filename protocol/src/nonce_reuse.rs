@@ -166,6 +166,31 @@ pub fn farmer_sign_tx2(
     template_of(signed, &farmer_sig, &twin_sig)
 }
 
+/// Renter side of step 4: the template the farmer's TX2 must have, built from what the
+/// renter knows (the unsigned TX2 it signed, its own sig_R and the revealed r), with
+/// placeholder s values. Only the template's non-s bytes and ranges are meaningful; the
+/// renter compares them with the farmer's statement before verifying any proof about it.
+pub fn expected_template(
+    contract: &DownloadContract,
+    unsigned_tx2: &Transaction,
+    renter_sig: &bitcoin::ecdsa::Signature,
+    r: &[u8; 32],
+) -> Result<Tx2Template, NonceReuseError> {
+    contract.verify_renter_tx2_signature(unsigned_tx2, renter_sig)?;
+    if !is_fixed_width(r) {
+        return Err(NonceReuseError::TemplateMismatch);
+    }
+    // Distinct fixed-width placeholder s values, so the two signatures are told apart.
+    let placeholder = |fill: u8| -> Result<ecdsa::Signature, NonceReuseError> {
+        let mut compact = [fill; 64];
+        compact[..32].copy_from_slice(r);
+        ecdsa::Signature::from_compact(&compact).map_err(|_| NonceReuseError::TemplateMismatch)
+    };
+    let (farmer_sig, twin_sig) = (placeholder(0x11)?, placeholder(0x22)?);
+    let signed = contract.finalize_tx2(unsigned_tx2, farmer_sig, twin_sig, *renter_sig)?;
+    template_of(signed, &farmer_sig, &twin_sig)
+}
+
 /// Locates both signatures in the serialized one-input transaction.
 fn template_of(
     tx: Transaction,

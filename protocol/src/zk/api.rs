@@ -59,6 +59,27 @@ impl Statement {
         Ok((statement, s1, s2))
     }
 
+    /// Renter: the statement is about the TX2 it signed. Its shape and every public byte
+    /// equal the template the renter builds from the unsigned TX2, its own sig_R and the
+    /// revealed r, so a verified proof binds D to a transaction that spends TX1 exactly as
+    /// the renter agreed and whose broadcast reveals f. Without this check a farmer could
+    /// prove a statement about some other transaction that reuses a nonce.
+    pub fn check_against(
+        &self,
+        contract: &crate::contract::DownloadContract,
+        unsigned_tx2: &bitcoin::Transaction,
+        renter_sig: &bitcoin::ecdsa::Signature,
+    ) -> Result<(), ZkError> {
+        let expected =
+            crate::nonce_reuse::expected_template(contract, unsigned_tx2, renter_sig, &self.r)
+                .map_err(|_| ZkError::BadStatement)?;
+        let (wanted, _, _) = Statement::of(&expected)?;
+        if wanted.shape != self.shape || wanted.template != self.template {
+            return Err(ZkError::BadStatement);
+        }
+        Ok(())
+    }
+
     /// The public values (checks the template against the shape and r).
     pub fn public_values(&self) -> Result<PublicValues, ZkError> {
         PublicValues::new(&self.shape, &self.template, &self.r, &self.digest)
@@ -506,6 +527,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn renter_accepts_only_the_statement_about_its_tx2() {
+        let (p, tx2) = crate::nonce_reuse::tests::signed_template(50);
+        let (statement, _, _) = Statement::of(&tx2).unwrap();
+        let mut unsigned = tx2.tx.clone();
+        unsigned.input[0].script_sig = bitcoin::ScriptBuf::new();
+        let sig_r = p.contract.renter_sign_tx2(&unsigned, &p.r).unwrap();
+        statement
+            .check_against(&p.contract, &unsigned, &sig_r)
+            .unwrap();
+        // Any changed public byte, another r, another shape, or another TX2 is refused.
+        for at in [
+            0usize,
+            10,
+            100,
+            statement.shape.twin_r + 3,
+            statement.shape.len - 1,
+        ] {
+            let mut bad = statement.clone();
+            bad.template[at] ^= 1;
+            assert_eq!(
+                bad.check_against(&p.contract, &unsigned, &sig_r),
+                Err(ZkError::BadStatement),
+                "byte {at}"
+            );
+        }
+        let mut bad = statement.clone();
+        bad.r[5] ^= 1;
+        assert!(bad.check_against(&p.contract, &unsigned, &sig_r).is_err());
+        let mut bad = statement.clone();
+        bad.shape.twin_s += 1;
+        assert!(bad.check_against(&p.contract, &unsigned, &sig_r).is_err());
+        let (_, other) = crate::nonce_reuse::tests::signed_template(51);
+        let (other_statement, _, _) = Statement::of(&other).unwrap();
+        assert!(other_statement
+            .check_against(&p.contract, &unsigned, &sig_r)
+            .is_err());
     }
 
     #[test]
