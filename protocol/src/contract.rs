@@ -413,6 +413,36 @@ impl DownloadContract {
         }
     }
 
+    /// Renter's check before signing the farmer's unsigned TX2 (flow step 2): it is this
+    /// contract's TX2, spends exactly `tx1_outpoint`, carries no signatures yet, and pays
+    /// a fee of at most `max_fee`. Returns the fee.
+    pub fn check_unsigned_tx2(
+        &self,
+        tx2: &Transaction,
+        tx1_outpoint: OutPoint,
+        max_fee: Amount,
+    ) -> Result<Amount, ContractError> {
+        self.check_tx2_shape(tx2)?;
+        let input = &tx2.input[0];
+        if input.previous_output != tx1_outpoint
+            || !input.script_sig.is_empty()
+            || !input.witness.is_empty()
+        {
+            return Err(ContractError::WrongShape("unsigned TX2 spending TX1:0"));
+        }
+        let fee = self
+            .price
+            .checked_sub(tx2.output[0].value)
+            .ok_or(ContractError::WrongShape("TX2 paying at most TX1's value"))?;
+        if fee > max_fee {
+            return Err(ContractError::FeeTooHigh {
+                fee,
+                input: self.price,
+            });
+        }
+        Ok(fee)
+    }
+
     /// z: TX2's legacy SIGHASH_ALL digest with TX1's redeem script as scriptCode.
     pub fn tx2_sighash(&self, tx2: &Transaction) -> Result<[u8; 32], ContractError> {
         self.check_tx2_shape(tx2)?;
@@ -652,6 +682,57 @@ pub(crate) mod tests {
             f2,
             contract,
         }
+    }
+
+    #[test]
+    fn renter_checks_the_unsigned_tx2_before_signing() {
+        let p = parties(78);
+        let max = Amount::from_sat(5_000);
+        let tx2 = p
+            .contract
+            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
+            .unwrap();
+        assert_eq!(
+            p.contract.check_unsigned_tx2(&tx2, tx1_outpoint(), max),
+            Ok(Amount::from_sat(1_000))
+        );
+        let other = OutPoint {
+            vout: 1,
+            ..tx1_outpoint()
+        };
+        assert!(p.contract.check_unsigned_tx2(&tx2, other, max).is_err());
+        let greedy = p
+            .contract
+            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(9_000))
+            .unwrap();
+        assert!(matches!(
+            p.contract.check_unsigned_tx2(&greedy, tx1_outpoint(), max),
+            Err(ContractError::FeeTooHigh { .. })
+        ));
+        let mut inflated = tx2.clone();
+        inflated.output[0].value = p.contract.price + Amount::from_sat(1);
+        assert!(p
+            .contract
+            .check_unsigned_tx2(&inflated, tx1_outpoint(), max)
+            .is_err());
+        let mut redirected = tx2.clone();
+        redirected.output[0].script_pubkey = ScriptBuf::new_op_return([1u8; 4]);
+        assert!(p
+            .contract
+            .check_unsigned_tx2(&redirected, tx1_outpoint(), max)
+            .is_err());
+        let mut signed = tx2.clone();
+        signed.input[0].script_sig = ScriptBuf::from_bytes(vec![0x51]);
+        assert!(p
+            .contract
+            .check_unsigned_tx2(&signed, tx1_outpoint(), max)
+            .is_err());
+        let mut two = tx2;
+        two.output.push(two.output[0].clone());
+        assert!(p
+            .contract
+            .check_unsigned_tx2(&two, tx1_outpoint(), max)
+            .is_err());
     }
 
     #[test]

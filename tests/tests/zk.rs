@@ -97,7 +97,19 @@ fn zk_regtest_farmer_proves_renter_verifies_and_tx3_spends_mined_tx2() {
     let proof_bytes = serialize_proof(&prove(&checked, &statement, &s1, &s2, &mut c.rng).unwrap());
     assert_eq!(proof_bytes.len(), 128, "a compressed BN254 Groth16 proof");
 
-    // Renter: verifies, then signs TX3 for the txid that D commits to.
+    // Renter: the statement is about the TX2 it signed (its unsigned TX2, its sig_R and
+    // the revealed r give every public byte); then it verifies, and signs TX3 for the
+    // txid that D commits to.
+    let mut unsigned = c.tx2.tx.clone();
+    unsigned.input[0].script_sig = bitcoin::ScriptBuf::new();
+    let sig_r = c
+        .parties
+        .contract
+        .renter_sign_tx2(&unsigned, &c.parties.r)
+        .unwrap();
+    statement
+        .check_against(&c.parties.contract, &unsigned, &sig_r)
+        .expect("the statement is about the renter's TX2");
     let proof = deserialize_proof(&proof_bytes).unwrap();
     verify(&crs.vk, &statement, &proof).expect("the proof verifies");
     let txid = txid_from_digest(&statement.digest);
