@@ -12,4 +12,5 @@ pub mod daemon;
 pub mod jsonrpc;
 pub mod methods;
 pub mod server;
+pub mod storage;
 pub mod wallet;
