@@ -102,7 +102,14 @@ impl Statement {
 /// Renter: generates the CRS for `shape`, over the standard generators of G1 and G2 (the
 /// farmer's pairing checks in [`crate::zk::check_crs`] are against those generators).
 pub fn setup(shape: &Shape, rng: &mut (impl RngCore + CryptoRng)) -> Result<Crs, ZkError> {
-    let circuit = TxCircuit::blank(shape)?;
+    setup_circuit(TxCircuit::blank(shape)?, rng)
+}
+
+/// Groth16 key generation for any circuit: fresh α, β, γ, δ, standard generators.
+pub(crate) fn setup_circuit(
+    circuit: impl ConstraintSynthesizer<Fr>,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Crs, ZkError> {
     let [alpha, beta, gamma, delta] = [(); 4].map(|_| Fr::rand(rng));
     Ok(Groth16::<Bn254>::generate_parameters_with_qap(
         circuit,

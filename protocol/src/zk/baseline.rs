@@ -11,24 +11,21 @@
 //! byte a witness tied to the packed public template, and the digest tied to 8 public
 //! words. Not used by the protocol.
 
-use ark_bn254::{Bn254, Fr, G1Projective, G2Projective};
+use ark_bn254::{Bn254, Fr};
 use ark_crypto_primitives::crh::sha256::constraints::Sha256Gadget;
-use ark_ec::PrimeGroup;
-use ark_ff::One;
 use ark_groth16::{prepare_verifying_key, Groth16, ProvingKey};
 use ark_r1cs_std::alloc::AllocVar;
 use ark_r1cs_std::boolean::Boolean;
 use ark_r1cs_std::convert::ToBitsGadget;
 use ark_r1cs_std::uint8::UInt8;
 use ark_relations::r1cs::{
-    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, LinearCombination,
-    OptimizationGoal, SynthesisError, SynthesisMode, Variable,
+    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, OptimizationGoal, SynthesisError,
+    SynthesisMode, Variable,
 };
-use ark_std::UniformRand;
 use rand::{CryptoRng, RngCore};
 
-use super::api::{Statement, ZkProof};
-use super::circuit::{Shape, BYTES_PER_ELEMENT};
+use super::api::{setup_circuit, Statement, ZkProof};
+use super::circuit::{enforce_packing_lcs, Shape, BYTES_PER_ELEMENT};
 use super::ZkError;
 
 /// The baseline circuit for one statement (`bytes` is the full TX2 the prover assigns).
@@ -66,17 +63,7 @@ fn enforce_packing(
     bits: &[Boolean<Fr>],
     target: Variable,
 ) -> Result<(), SynthesisError> {
-    let mut lc = LinearCombination::zero();
-    let mut coeff = Fr::one();
-    for bit in bits.iter().rev() {
-        lc = lc + &(bit.lc() * coeff);
-        coeff = coeff + coeff;
-    }
-    cs.enforce_constraint(
-        lc - target,
-        LinearCombination::from(Variable::One),
-        LinearCombination::zero(),
-    )
+    enforce_packing_lcs(cs, bits.iter().map(Boolean::lc), target)
 }
 
 /// Big-endian bits of bytes (most significant bit of the first byte first).
@@ -157,18 +144,7 @@ pub fn setup(
     statement: &Statement,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<ProvingKey<Bn254>, ZkError> {
-    let circuit = BaselineCircuit::new(statement, &[0; 32], &[0; 32]);
-    let [alpha, beta, gamma, delta] = [(); 4].map(|_| Fr::rand(rng));
-    Ok(Groth16::<Bn254>::generate_parameters_with_qap(
-        circuit,
-        alpha,
-        beta,
-        gamma,
-        delta,
-        G1Projective::generator(),
-        G2Projective::generator(),
-        rng,
-    )?)
+    setup_circuit(BaselineCircuit::new(statement, &[0; 32], &[0; 32]), rng)
 }
 
 /// Baseline proof; refuses an unsatisfied witness, like [`super::prove`].

@@ -228,10 +228,19 @@ fn enforce_packing(
     bits: &[Bit],
     target: Variable,
 ) -> Result<(), SynthesisError> {
+    enforce_packing_lcs(cs, bits.iter().map(Bit::lc), target)
+}
+
+/// The same over bits given as linear combinations, most significant first.
+pub(crate) fn enforce_packing_lcs(
+    cs: &ConstraintSystemRef<Fr>,
+    bits: impl DoubleEndedIterator<Item = LinearCombination<Fr>>,
+    target: Variable,
+) -> Result<(), SynthesisError> {
     let mut lc = LinearCombination::zero();
     let mut coeff = Fr::one();
-    for bit in bits.iter().rev() {
-        lc = lc + &(bit.lc() * coeff);
+    for bit in bits.rev() {
+        lc = lc + &(bit * coeff);
         coeff = coeff + coeff;
     }
     cs.enforce_constraint(lc - target, one(), LinearCombination::zero())
