@@ -7,7 +7,9 @@
 //! Staging writes are plain synchronous file I/O (call them from `spawn_blocking`); each
 //! append is flushed to disk before it returns, and the caller records the new length
 //! (with the Merkle checkpoint) only afterwards. After a crash the staging file may hold
-//! more bytes than were recorded: [`BlobStore::truncate_staged`] cuts it back.
+//! more bytes than were recorded: [`BlobStore::truncate_staged`] cuts it back. Appends to
+//! one contract's upload must come from one writer at a time (the caller serialises them
+//! per contract); the offset check is not atomic with the write.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
