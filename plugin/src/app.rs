@@ -1,4 +1,5 @@
-//! The plugin's shared state: configuration, the bitcoind client, the wallet and shutdown.
+//! The plugin's shared state: configuration, the bitcoind client, the wallet, the metadata
+//! store, the renter role, the farmer role when enabled, and shutdown.
 
 use std::sync::Arc;
 
@@ -7,28 +8,44 @@ use tokio::sync::watch;
 
 use crate::bitcoind::Bitcoind;
 use crate::config::Config;
+use crate::farmer::Farmer;
+use crate::renter::Renter;
 use crate::wallet::PluginWallet;
 
 pub struct App {
     pub config: Config,
-    pub bitcoind: Bitcoind,
+    pub bitcoind: Arc<Bitcoind>,
     pub wallet: Arc<PluginWallet>,
+    pub renter: Renter,
+    pub farmer: Option<Arc<Farmer>>,
     shutdown: watch::Sender<bool>,
 }
 
 impl App {
-    pub fn new(config: Config, bitcoind: Bitcoind, wallet: PluginWallet) -> Self {
+    pub fn new(
+        config: Config,
+        bitcoind: Arc<Bitcoind>,
+        wallet: Arc<PluginWallet>,
+        renter: Renter,
+        farmer: Option<Arc<Farmer>>,
+    ) -> Self {
         App {
             config,
             bitcoind,
-            wallet: Arc::new(wallet),
+            wallet,
+            renter,
+            farmer,
             shutdown: watch::channel(false).0,
         }
     }
 
     /// The roles this plugin plays. The renter role (client side) is always on.
     pub fn roles(&self) -> Value {
-        json!(["renter"])
+        if self.farmer.is_some() {
+            json!(["renter", "farmer"])
+        } else {
+            json!(["renter"])
+        }
     }
 
     /// Asks the server to stop after answering the current requests.

@@ -5,7 +5,7 @@
 //! lines as flags placed *before* the real ones; clap's `args_override_self` then lets
 //! the later, real flag win.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -56,7 +56,68 @@ pub struct Args {
     /// Address the JSON-RPC server binds to (default 127.0.0.1)
     #[arg(long, value_name = "ADDR")]
     pub rpc_bind: Option<IpAddr>,
+
+    /// Also play the farmer role: store files and sell downloads (`farmer=1` in dstore.conf)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub farmer: Option<bool>,
+
+    /// Farmer: the peer endpoint renters connect to (default 127.0.0.1:9737)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub peer_bind: Option<SocketAddr>,
+
+    /// Farmer: where stored files live (default <datadir>/<network>/storage)
+    #[arg(long, value_name = "DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// Farmer: the least it sells one download for, in satoshis (default 100000)
+    #[arg(long, value_name = "N")]
+    pub price_per_download_sat: Option<u64>,
+
+    /// Farmer: the largest (encrypted) file it accepts, in bytes (default 4 GiB)
+    #[arg(long, value_name = "N")]
+    pub max_file_bytes: Option<u64>,
+
+    /// Test-only misbehaviour, for the functional tests' attack scenarios (never in production)
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub dev_fault: Option<DevFault>,
+
+    /// Where CRSs are cached: the renter's own, the farmer's checked ones (default <datadir>/<network>/crs)
+    #[arg(long, value_name = "DIR")]
+    pub crs_cache_dir: Option<PathBuf>,
 }
+
+/// Misbehaviours the functional tests make a real plugin process commit, to show that
+/// the other side's checks catch them. Hidden from `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevFault {
+    /// Farmer: the process exits when TX1 is announced (the farmer disappears).
+    ExitAfterTx1,
+    /// Farmer: never broadcasts TX2 after getting the renter's TX3 signature.
+    WithholdTx2,
+    /// Farmer: serves E with one byte flipped (fails root_E before payment).
+    FlipSealedByte,
+    /// Farmer: seals data that is not C, with an honest transcript of it (fraud after payment).
+    SealWrongData,
+    /// Renter: sends a subverted CRS (δ = identity).
+    SubvertCrs,
+}
+
+/// The farmer role's settings (present only with `--farmer`).
+#[derive(Debug, Clone)]
+pub struct FarmerSettings {
+    pub peer_bind: SocketAddr,
+    pub storage_dir: PathBuf,
+    pub price_per_download_sat: u64,
+    pub max_file_bytes: u64,
+}
+
+/// Default farmer peer port.
+pub const DEFAULT_PEER_PORT: u16 = 9737;
+/// Default least price per download (satoshis).
+pub const DEFAULT_PRICE_SAT: u64 = 100_000;
+/// Default largest file a farmer accepts.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
 
 /// How dstore-plugin authenticates to bitcoind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +135,9 @@ pub struct Config {
     pub bitcoind_auth: BitcoindAuth,
     pub rpc_bind: IpAddr,
     pub rpc_port: u16,
+    pub farmer: Option<FarmerSettings>,
+    pub crs_cache_dir: PathBuf,
+    pub dev_fault: Option<DevFault>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +196,24 @@ impl Config {
             }),
             _ => return Err(ConfigError::HalfUserPass),
         };
+        let network_dir = datadir.join(network.name());
+        let farmer = args.farmer.unwrap_or(false).then(|| FarmerSettings {
+            peer_bind: args
+                .peer_bind
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PEER_PORT))),
+            storage_dir: args
+                .storage_dir
+                .clone()
+                .unwrap_or_else(|| network_dir.join("storage")),
+            price_per_download_sat: args.price_per_download_sat.unwrap_or(DEFAULT_PRICE_SAT),
+            max_file_bytes: args.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+        });
         Ok(Config {
+            farmer,
+            dev_fault: args.dev_fault,
+            crs_cache_dir: args
+                .crs_cache_dir
+                .unwrap_or_else(|| network_dir.join("crs")),
             datadir,
             network,
             bitcoind_rpc_url,
@@ -256,6 +337,32 @@ mod tests {
         );
         assert_eq!(config.network, Network::Regtest, "default");
         assert_eq!(config.rpc_bind, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn farmer_flags_layer_over_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONF_FILE_NAME),
+            "farmer=1\nprice-per-download-sat=20000\npeer-bind=127.0.0.1:7000\n",
+        )
+        .unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let base = ["--datadir", datadir, "--bitcoind-cookie", "/c"];
+        let config = Config::from_args(argv(&base)).unwrap();
+        let farmer = config.farmer.expect("farmer=1 in the conf file");
+        assert_eq!(farmer.price_per_download_sat, 20_000);
+        assert_eq!(farmer.peer_bind.port(), 7000);
+        assert_eq!(farmer.max_file_bytes, DEFAULT_MAX_FILE_BYTES);
+        assert_eq!(farmer.storage_dir, dir.path().join("regtest").join("storage"));
+        let mut off = base.to_vec();
+        off.push("--farmer=0");
+        assert!(Config::from_args(argv(&off)).unwrap().farmer.is_none());
+        let mut flags = base.to_vec();
+        flags.extend(["--farmer", "--max-file-bytes", "4096"]);
+        let farmer = Config::from_args(argv(&flags)).unwrap().farmer.unwrap();
+        assert_eq!(farmer.max_file_bytes, 4096);
+        assert!(Config::from_args(argv(&["--datadir", datadir, "--peer-bind", "nope"])).is_err());
     }
 
     #[test]

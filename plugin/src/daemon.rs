@@ -10,7 +10,11 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::bitcoind::{Bitcoind, BitcoindError};
-use crate::config::Config;
+use crate::config::{Config, FarmerSettings};
+use crate::db::Db;
+use crate::farmer::{Farmer, FarmerConfig};
+use crate::renter::Renter;
+use crate::storage::BlobStore;
 use crate::cookie::CookieFile;
 use crate::jsonrpc::code;
 use crate::server;
@@ -45,14 +49,45 @@ pub enum StartError {
     },
     #[error("cannot write the cookie file: {0}")]
     Cookie(std::io::Error),
+    #[error("metadata store: {0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("renter role: {0}")]
+    Renter(#[from] crate::renter::RenterError),
+    #[error("farmer role: {0}")]
+    Farmer(#[from] crate::farmer::FarmerError),
+    #[error("farmer storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// Runs the daemon until `dstore-stop`, SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let bitcoind = Bitcoind::new(&config.bitcoind_rpc_url, config.bitcoind_auth.clone());
+    // Everything this process creates (seed, metadata store, K, CRSs) is private to us.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let bitcoind = Arc::new(Bitcoind::new(
+        &config.bitcoind_rpc_url,
+        config.bitcoind_auth.clone(),
+    ));
     check_bitcoind(&bitcoind, config.network).await?;
     prepare_network_dir(&config)?;
-    let wallet = open_wallet(&config).await?;
+    let wallet = Arc::new(open_wallet(&config).await?);
+    let db = Arc::new(Db::open(&config.network_dir().join("db"))?);
+    let seed = *wallet.seed();
+    let renter = Renter::new(
+        seed,
+        db.clone(),
+        wallet.clone(),
+        bitcoind.clone(),
+        &config.network_dir(),
+        config.crs_cache_dir.clone(),
+        config.dev_fault,
+    )?;
+    let farmer = match &config.farmer {
+        None => None,
+        Some(settings) => Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet).await?),
+    };
     let addr = format!("{}:{}", config.rpc_bind, config.rpc_port);
     let listener = TcpListener::bind((config.rpc_bind, config.rpc_port))
         .await
@@ -60,16 +95,63 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             addr: addr.clone(),
             source,
         })?;
+    let peer_listener = match &config.farmer {
+        None => None,
+        Some(settings) => Some(TcpListener::bind(settings.peer_bind).await.map_err(|source| {
+            StartError::Bind {
+                addr: settings.peer_bind.to_string(),
+                source,
+            }
+        })?),
+    };
     // The cookie appears only once the port is open: its presence means "ready".
     let cookie = Arc::new(
         CookieFile::create(&config.network_dir().join(".cookie")).map_err(StartError::Cookie)?,
     );
     tracing::info!(network = %config.network, %addr, "dstore-plugin ready");
-    let app = Arc::new(App::new(config, bitcoind, wallet));
+    let app = Arc::new(App::new(config, bitcoind, wallet, renter, farmer.clone()));
     tokio::spawn(stop_on_signal(app.clone()));
+    if let Some((farmer, listener)) = farmer.zip(peer_listener) {
+        let app = app.clone();
+        tokio::spawn(async move {
+            crate::farmer::server::serve(farmer, listener, async move {
+                app.shutdown_requested().await
+            })
+            .await
+        });
+    }
     server::serve(app, cookie.clone(), listener).await;
     tracing::info!("dstore-plugin stopped");
     Ok(())
+}
+
+async fn start_farmer(
+    config: &Config,
+    settings: &FarmerSettings,
+    seed: [u8; 32],
+    db: &Arc<Db>,
+    bitcoind: &Arc<Bitcoind>,
+    wallet: &Arc<PluginWallet>,
+) -> Result<Arc<Farmer>, StartError> {
+    let blobs = BlobStore::local(&settings.storage_dir)?;
+    let farmer = Farmer::new(
+        seed,
+        db.clone(),
+        blobs,
+        bitcoind.clone(),
+        wallet.clone(),
+        FarmerConfig {
+            price_per_download: bitcoin::Amount::from_sat(settings.price_per_download_sat),
+            max_file_bytes: settings.max_file_bytes,
+            work_dir: config.network_dir().join("farmer"),
+            crs_dir: config.crs_cache_dir.clone(),
+            network: config.network.name().to_string(),
+            dev_fault: config.dev_fault,
+        },
+    )?;
+    farmer.resume().await?;
+    tracing::info!(peer = %settings.peer_bind, "farmer role on");
+    Ok(Arc::new(farmer))
 }
 
 async fn stop_on_signal(app: Arc<App>) {

@@ -7,10 +7,16 @@
 pub mod app;
 pub mod bitcoind;
 pub mod config;
+pub mod contracts;
 pub mod cookie;
 pub mod daemon;
+pub mod db;
+pub mod farmer;
 pub mod jsonrpc;
 pub mod methods;
+pub mod progress;
+pub mod renter;
 pub mod server;
 pub mod storage;
 pub mod wallet;
+pub mod wire;

@@ -10,6 +10,7 @@ use bdk_wallet::bitcoin::{Amount, Denomination, FeeRate};
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::contracts;
 use crate::jsonrpc::{code, RpcError};
 use crate::wallet::{PluginWallet, Unspent, WalletError};
 
@@ -107,6 +108,43 @@ pub const METHODS: &[MethodSpec] = &[
         description: "Pays an amount from the plugin's wallet and returns the txid.",
     },
     MethodSpec {
+        name: "dstore-open",
+        params: &[
+            param("farmer_peer_url", true, "the farmer's peer endpoint, http://host:port"),
+            param("file_path", true, "the file to store (read by the plugin)"),
+            param("download_price_sat", false, "price of each download in satoshis (default: the farmer's price)"),
+        ],
+        description: "Stores a file with a farmer: key exchange, encryption, resumable upload and the farmer's signed receipt. Returns the contract id. dstore-status shows progress meanwhile.",
+    },
+    MethodSpec {
+        name: "dstore-download",
+        params: &[
+            param("contract_id", true, "the contract id dstore-open returned"),
+            param("output_path", true, "where to write the file (written only if it checks out)"),
+        ],
+        description: "Buys one download through the mode-L chain (TX1 from the plugin wallet, TX2, Groth16 proof, TX3), then unseals, decrypts and checks the file against root_C.",
+    },
+    MethodSpec {
+        name: "dstore-status",
+        params: &[param("contract_id", true, "a contract id")],
+        description: "Shows a contract: phase, bytes done and total of the running operation, downloads and their transactions.",
+    },
+    MethodSpec {
+        name: "dstore-list",
+        params: &[],
+        description: "Lists the contracts this plugin rents and (as a farmer) stores.",
+    },
+    MethodSpec {
+        name: "dstore-refund",
+        params: &[param("contract_id", true, "a contract id")],
+        description: "Broadcasts whatever refund of a stuck download is due now (TX1 after T1, TX2 after Δ), or says when it will be.",
+    },
+    MethodSpec {
+        name: "dstore-verify-fraud",
+        params: &[param("file", true, "a fraud proof file written by dstore-download")],
+        description: "Checks a fraud proof: the farmer signed a receipt for C and a sealed copy E that does not unseal to C.",
+    },
+    MethodSpec {
         name: "dstore-stop",
         params: &[],
         description: "Stops dstore-plugin (bitcoind keeps running; `stop` is forwarded to bitcoind).",
@@ -142,6 +180,12 @@ pub async fn dispatch(app: &Arc<App>, method: &str, params: &Value) -> Result<Va
         }
         "dstore-listunspent" => with_wallet(app, |w| Ok(unspent_json(&w.list_unspent()?))).await,
         "dstore-send" => send(app, &args).await,
+        "dstore-open" => contracts::open(app, &args).await,
+        "dstore-download" => contracts::download(app, &args).await,
+        "dstore-status" => contracts::status(app, &args),
+        "dstore-list" => contracts::list(app),
+        "dstore-refund" => contracts::refund(app, &args).await,
+        "dstore-verify-fraud" => contracts::verify_fraud(&args).await,
         "dstore-stop" => {
             app.request_shutdown();
             Ok(json!("dstore-plugin stopping"))
@@ -268,7 +312,7 @@ fn unspent_json(unspent: &[Unspent]) -> Value {
 }
 
 /// A method's parameters, bound by position or by name to its [`MethodSpec`].
-struct Params<'a> {
+pub(crate) struct Params<'a> {
     spec: &'static MethodSpec,
     values: Vec<Option<&'a Value>>,
 }
@@ -319,7 +363,7 @@ impl<'a> Params<'a> {
         self.spec.params.get(i).map(|p| p.name).unwrap_or("?")
     }
 
-    fn string(&self, i: usize) -> Result<Option<String>, RpcError> {
+    pub(crate) fn string(&self, i: usize) -> Result<Option<String>, RpcError> {
         match self.get(i) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -327,12 +371,12 @@ impl<'a> Params<'a> {
         }
     }
 
-    fn required_string(&self, i: usize) -> Result<String, RpcError> {
+    pub(crate) fn required_string(&self, i: usize) -> Result<String, RpcError> {
         self.string(i)?.ok_or_else(|| usage_error(self.spec))
     }
 
     /// A number or a decimal string, as text (so amounts are parsed exactly).
-    fn decimal_text(&self, i: usize) -> Result<Option<String>, RpcError> {
+    pub(crate) fn decimal_text(&self, i: usize) -> Result<Option<String>, RpcError> {
         match self.get(i) {
             None => Ok(None),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),

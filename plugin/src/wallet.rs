@@ -97,6 +97,18 @@ pub struct PluginWallet {
     inner: Mutex<Inner>,
     network: Network,
     rpc: RpcTarget,
+    /// The seed the dstore protocol keys (PROTOCOL.md 2) are derived from as well.
+    seed: [u8; 32],
+}
+
+/// A signed transaction paying one output, not yet broadcast, with the outputs it spends.
+#[derive(Debug, Clone)]
+pub struct Funded {
+    pub tx: Transaction,
+    /// Index of the requested output in `tx`.
+    pub vout: u32,
+    /// The outputs `tx` spends, in input order.
+    pub prevouts: Vec<bdk_wallet::bitcoin::TxOut>,
 }
 
 impl PluginWallet {
@@ -136,7 +148,13 @@ impl PluginWallet {
             }),
             network,
             rpc,
+            seed,
         })
+    }
+
+    /// The wallet seed, from which the dstore protocol keys are derived too.
+    pub fn seed(&self) -> &[u8; 32] {
+        &self.seed
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, WalletError> {
@@ -231,6 +249,56 @@ impl PluginWallet {
         Ok(txid)
     }
 
+    /// Builds and signs (without broadcasting) a transaction paying `output`; the change
+    /// index it reveals is persisted first. The caller stores the transaction, then calls
+    /// [`PluginWallet::broadcast`].
+    pub fn fund_output(
+        &self,
+        output: bdk_wallet::bitcoin::TxOut,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Funded, WalletError> {
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)?;
+        let fee_rate = match fee_rate {
+            Some(rate) => rate,
+            None => self.estimate_fee_rate()?,
+        };
+        let master = inner.master;
+        let (tx, prevouts) =
+            build_and_sign_script(&mut inner.wallet, &master, &output, fee_rate)?;
+        persist(&mut inner)?;
+        let vout = tx
+            .output
+            .iter()
+            .position(|o| *o == output)
+            .ok_or_else(|| WalletError::Build("the requested output is missing".into()))?;
+        Ok(Funded {
+            tx,
+            vout: vout as u32,
+            prevouts,
+        })
+    }
+
+    /// Broadcasts a transaction this wallet signed and records it as unconfirmed. A
+    /// transaction bitcoind already has is not an error (a retried broadcast).
+    pub fn broadcast(&self, tx: &Transaction) -> Result<Txid, WalletError> {
+        let mut inner = self.lock()?;
+        let txid = tx.compute_txid();
+        match self.rpc.client()?.send_raw_transaction(tx) {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("already") => {}
+            Err(e) => return Err(e.into()),
+        }
+        inner.wallet.apply_unconfirmed_txs([(tx.clone(), unix_now())]);
+        persist(&mut inner)?;
+        Ok(txid)
+    }
+
+    /// A fresh receive address's scriptPubKey (for payouts and refunds to this wallet).
+    pub fn new_script(&self) -> Result<bdk_wallet::bitcoin::ScriptBuf, WalletError> {
+        Ok(self.new_address()?.script_pubkey())
+    }
+
     fn parse_address(&self, text: &str) -> Result<Address, WalletError> {
         let unchecked: Address<_> = text
             .parse()
@@ -260,9 +328,22 @@ fn build_and_sign(
     amount: Amount,
     fee_rate: FeeRate,
 ) -> Result<Transaction, WalletError> {
+    let output = bdk_wallet::bitcoin::TxOut {
+        value: amount,
+        script_pubkey: address.script_pubkey(),
+    };
+    build_and_sign_script(wallet, master, &output, fee_rate).map(|(tx, _)| tx)
+}
+
+fn build_and_sign_script(
+    wallet: &mut Wallet,
+    master: &Xpriv,
+    output: &bdk_wallet::bitcoin::TxOut,
+    fee_rate: FeeRate,
+) -> Result<(Transaction, Vec<bdk_wallet::bitcoin::TxOut>), WalletError> {
     let mut builder = wallet.build_tx();
     builder
-        .add_recipient(address.script_pubkey(), amount)
+        .add_recipient(output.script_pubkey.clone(), output.value)
         .fee_rate(fee_rate);
     let mut psbt = builder.finish().map_err(|e| match e {
         bdk_wallet::error::CreateTxError::CoinSelection(e) => {
@@ -270,6 +351,16 @@ fn build_and_sign(
         }
         other => WalletError::Build(other.to_string()),
     })?;
+    let prevouts = psbt
+        .inputs
+        .iter()
+        .map(|input| {
+            input
+                .witness_utxo
+                .clone()
+                .ok_or_else(|| WalletError::Build("an input without its prevout".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     psbt.sign(master, wallet.secp_ctx())
         .map_err(|(_, errors)| WalletError::Build(format!("signing failed: {errors:?}")))?;
     let finalized = wallet
@@ -278,8 +369,10 @@ fn build_and_sign(
     if !finalized {
         return Err(WalletError::Build("could not sign every input".into()));
     }
-    psbt.extract_tx()
-        .map_err(|e| WalletError::Build(e.to_string()))
+    let tx = psbt
+        .extract_tx()
+        .map_err(|e| WalletError::Build(e.to_string()))?;
+    Ok((tx, prevouts))
 }
 
 fn persist(inner: &mut Inner) -> Result<(), WalletError> {

@@ -126,6 +126,11 @@ impl RefundDestination {
         }
     }
 
+    /// A script of the caller's own wallet (the caller vouches that it controls it).
+    pub fn wallet_script(script_pubkey: ScriptBuf) -> Self {
+        RefundDestination { script_pubkey }
+    }
+
     /// The destination scriptPubKey.
     pub fn script_pubkey(&self) -> &ScriptBuf {
         &self.script_pubkey

@@ -249,12 +249,16 @@ impl PeerMessage for CrsOffer {
     const KIND: &'static str = "crs_offer";
 }
 
-/// Farmer → renter: the compressed Groth16 proof.
+/// Farmer → renter: the compressed Groth16 proof, and where TX3 pays the farmer (TX3
+/// spends the farmer's own money, TX2:0, so the renter only checks it is well formed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProofReady {
     #[serde(with = "hex::serde")]
     pub proof: Vec<u8>,
+    pub payout_script: bitcoin::ScriptBuf,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub tx3_fee: Amount,
 }
 
 impl PeerMessage for ProofReady {
@@ -381,6 +385,8 @@ mod tests {
         assert!(open::<DownloadOffer>(&bytes, &expected).is_err());
         let p = ProofReady {
             proof: vec![0xab; 128],
+            payout_script: bitcoin::ScriptBuf::new(),
+            tx3_fee: Amount::from_sat(1_000),
         };
         let bytes = sign(&farmer, id, 9, &p).unwrap();
         assert!(String::from_utf8(bytes.clone())

@@ -190,6 +190,17 @@ pub fn open<B: PeerMessage>(bytes: &[u8], expected: &Expected) -> Result<Opened<
     })
 }
 
+/// The contract id and sequence number an envelope claims, read before anything is
+/// verified, so the receiver can find the state to check it against with [`open`].
+pub fn peek(bytes: &[u8]) -> Result<([u8; 32], u64), PeerError> {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(PeerError::Oversized(bytes.len()));
+    }
+    let wire: Wire<'_> =
+        serde_json::from_slice(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    Ok((wire.contract_id, wire.seq))
+}
+
 /// The next sequence number expected from one sender on one contract. Numbers start at 0
 /// and go up by one per message; anything else is a replay or out of order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 pub mod bins;
 pub mod crs_cache;
 pub mod funding;
+pub mod market;
 pub mod node;
 pub mod parties;
 pub mod plugin;

@@ -348,6 +348,21 @@ pub fn deserialize_crs(bytes: &[u8]) -> Result<Crs, ZkError> {
     decode(bytes, &PROVING_KEY_LAYOUT)
 }
 
+/// Uncompressed CRS bytes for a node's own cache: a CRS it generated itself, or one it
+/// already checked with [`crate::zk::check_crs`]. Never for bytes from a peer.
+pub fn serialize_trusted_crs(crs: &Crs) -> Vec<u8> {
+    let mut out = Vec::new();
+    crs.serialize_uncompressed(&mut out)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Reads back [`serialize_trusted_crs`] output without re-validating the points (that
+/// validation is what makes decoding a peer's CRS take about a minute).
+pub fn deserialize_trusted_crs(bytes: &[u8]) -> Result<Crs, ZkError> {
+    Ok(Crs::deserialize_uncompressed_unchecked(bytes)?)
+}
+
 /// Compressed verifying-key bytes.
 pub fn serialize_vk(vk: &VerifyingKey<Bn254>) -> Vec<u8> {
     encode(vk)

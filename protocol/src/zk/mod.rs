@@ -14,8 +14,9 @@ pub mod crs_check;
 pub mod sha256_gadget;
 
 pub use api::{
-    crs_hash, deserialize_crs, deserialize_proof, deserialize_public_inputs, prove, serialize_crs,
-    serialize_proof, serialize_public_inputs, setup, verify, Crs, Statement, ZkProof,
+    crs_hash, deserialize_crs, deserialize_proof, deserialize_public_inputs,
+    deserialize_trusted_crs, prove, serialize_crs, serialize_proof, serialize_public_inputs,
+    serialize_trusted_crs, setup, verify, Crs, Statement, ZkProof,
 };
 pub use circuit::{PublicValues, Shape, TxCircuit};
 pub use crs_check::{check_crs, CrsChecker, CrsRejected};

@@ -1,0 +1,221 @@
+//! The contract RPC methods (`dstore-open`, `dstore-download`, `dstore-status`,
+//! `dstore-list`, `dstore-refund`, `dstore-verify-fraud`): parameter checks, the call into
+//! the renter or farmer role, and the JSON the caller sees.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bitcoin::Amount;
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::farmer::records::FarmedContract;
+use crate::jsonrpc::{code, RpcError};
+use crate::methods::Params;
+use crate::renter::records::{RentedContract, StoragePhase};
+use crate::renter::{verify_fraud_file, RenterError};
+use crate::wire::PeerCallError;
+
+fn renter_error(e: RenterError) -> RpcError {
+    let code = match &e {
+        RenterError::UnknownContract(_) => code::INVALID_ADDRESS_OR_KEY,
+        RenterError::Invalid(_) => code::INVALID_PARAMETER,
+        RenterError::Peer(PeerCallError::Unreachable { .. }) => code::CLIENT_NOT_CONNECTED,
+        RenterError::Wallet(crate::wallet::WalletError::InsufficientFunds(_)) => {
+            code::WALLET_INSUFFICIENT_FUNDS
+        }
+        RenterError::Wallet(_) => code::WALLET_ERROR,
+        RenterError::Bitcoind(b) => return b.to_rpc_error(),
+        RenterError::Internal(_) => code::INTERNAL_ERROR,
+        _ => code::MISC_ERROR,
+    };
+    RpcError::new(code, e.to_string())
+}
+
+fn contract_id(args: &Params<'_>, i: usize) -> Result<[u8; 32], RpcError> {
+    let text = args.required_string(i)?;
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut id).map_err(|_| {
+        RpcError::new(
+            code::INVALID_PARAMETER,
+            "contract_id must be 64 hex digits",
+        )
+    })?;
+    Ok(id)
+}
+
+pub(crate) async fn open(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let url = args.required_string(0)?;
+    let file = PathBuf::from(args.required_string(1)?);
+    let price = match args.decimal_text(2)? {
+        None => None,
+        Some(text) => Some(Amount::from_sat(text.parse::<u64>().map_err(|_| {
+            RpcError::new(
+                code::TYPE_ERROR,
+                format!("download_price_sat must be a whole number of satoshis, not '{text}'"),
+            )
+        })?)),
+    };
+    let id = app
+        .renter
+        .open(&url, &file, price)
+        .await
+        .map_err(renter_error)?;
+    Ok(json!(hex::encode(id)))
+}
+
+pub(crate) async fn download(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let id = contract_id(args, 0)?;
+    let output = PathBuf::from(args.required_string(1)?);
+    app.renter
+        .download(&id, &output)
+        .await
+        .map_err(renter_error)
+}
+
+pub(crate) async fn refund(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let id = contract_id(args, 0)?;
+    app.renter.refund(&id).await.map_err(renter_error)
+}
+
+pub(crate) async fn verify_fraud(args: &Params<'_>) -> Result<Value, RpcError> {
+    let file = PathBuf::from(args.required_string(0)?);
+    tokio::task::spawn_blocking(move || verify_fraud_file(&file))
+        .await
+        .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?
+        .map_err(renter_error)
+}
+
+pub(crate) fn status(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let id = contract_id(args, 0)?;
+    if let Some(record) = app.renter.load(&id).map_err(renter_error)? {
+        return Ok(rented_json(app, &record, true));
+    }
+    if let Some(farmer) = &app.farmer {
+        if let Some(record) = farmer
+            .load(&id)
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?
+        {
+            return Ok(farmed_json(&record, true));
+        }
+    }
+    Err(RpcError::new(
+        code::INVALID_ADDRESS_OR_KEY,
+        format!("unknown contract {}", hex::encode(id)),
+    ))
+}
+
+pub(crate) fn list(app: &Arc<App>) -> Result<Value, RpcError> {
+    let mut out: Vec<Value> = app
+        .renter
+        .list()
+        .map_err(renter_error)?
+        .iter()
+        .map(|r| rented_json(app, r, false))
+        .collect();
+    if let Some(farmer) = &app.farmer {
+        let farmed = farmer
+            .list()
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        out.extend(farmed.iter().map(|r| farmed_json(r, false)));
+    }
+    Ok(Value::Array(out))
+}
+
+fn rented_json(app: &App, record: &RentedContract, detail: bool) -> Value {
+    let id = hex::encode(record.contract_id);
+    let progress = app.renter.progress.get(&id);
+    let running = progress.as_ref().is_some_and(|p| p.running);
+    let latest = record.downloads.last();
+    let phase = match (&progress, latest) {
+        (Some(p), _) if p.running => p.phase.clone(),
+        (_, Some(d)) if record.phase == StoragePhase::Stored => {
+            format!("download {}", json!(d.phase).as_str().unwrap_or("?"))
+        }
+        _ => json!(record.phase).as_str().unwrap_or("?").to_string(),
+    };
+    let (done, total) = match &progress {
+        Some(p) if p.running => (p.bytes_done, p.bytes_total),
+        _ if record.phase == StoragePhase::Stored => {
+            (record.ciphertext_length, record.ciphertext_length)
+        }
+        Some(p) => (p.bytes_done, p.bytes_total),
+        None => (0, record.ciphertext_length),
+    };
+    let mut value = json!({
+        "contract_id": id,
+        "role": "renter",
+        "phase": phase,
+        "running": running,
+        "bytes_done": done,
+        "bytes_total": total,
+        "source": record.source,
+        "farmer_url": record.farmer_url,
+        "price_sat": record.price.to_sat(),
+        "downloads": record.downloads.len(),
+    });
+    if detail {
+        let extra = json!({
+            "farmer": record.farmer.to_string(),
+            "plaintext_length": record.plaintext_length,
+            "ciphertext_length": record.ciphertext_length,
+            "root_c": record.root_c.map(hex::encode),
+            "expiry_height": record.receipt.map(|r| r.expiry_height),
+            "downloads": record.downloads.iter().map(|d| json!({
+                "download_id": hex::encode(d.download_id),
+                "phase": d.phase,
+                "tx1": d.tx1_outpoint.map(|o| o.txid.to_string()),
+                "tx2": d.tx2_txid.map(|t| t.to_string()),
+                "tx3": d.tx3_txid.map(|t| t.to_string()),
+                "refund_height": d.contract.map(|c| c.refund_height),
+                "refund_txid": d.refund_txid.map(|t| t.to_string()),
+                "output": d.output,
+                "fraud_proof": d.fraud_proof,
+                "error": d.error,
+            })).collect::<Vec<_>>(),
+        });
+        merge(&mut value, extra);
+    }
+    value
+}
+
+fn farmed_json(record: &FarmedContract, detail: bool) -> Value {
+    let stored = record.receipt.is_some();
+    let earned: u64 = record.payouts.iter().map(|p| p.amount.to_sat()).sum();
+    let phase = match (&record.download, stored) {
+        (_, false) => "uploading".to_string(),
+        (Some(d), true) => format!("download {}", json!(d.phase).as_str().unwrap_or("?")),
+        (None, true) => "stored".to_string(),
+    };
+    let mut value = json!({
+        "contract_id": hex::encode(record.contract_id),
+        "role": "farmer",
+        "phase": phase,
+        "running": false,
+        "bytes_done": record.upload.merkle.length,
+        "bytes_total": record.file_length,
+        "price_sat": record.price.to_sat(),
+        "earned_sat": earned,
+    });
+    if detail {
+        let extra = json!({
+            "renter": record.renter.to_string(),
+            "expiry_height": record.expiry_height,
+            "root_c": record.receipt.map(|r| hex::encode(r.root_c)),
+            "payouts": record.payouts.iter().map(|p| json!({
+                "download_id": hex::encode(p.download_id),
+                "tx2": p.tx2.to_string(),
+                "tx3": p.tx3.to_string(),
+                "amount_sat": p.amount.to_sat(),
+            })).collect::<Vec<_>>(),
+        });
+        merge(&mut value, extra);
+    }
+    value
+}
+
+fn merge(value: &mut Value, extra: Value) {
+    if let (Some(v), Value::Object(e)) = (value.as_object_mut(), extra) {
+        v.extend(e);
+    }
+}

@@ -1,0 +1,193 @@
+//! What the farmer stores per contract: the renter, the offer, upload progress, the
+//! receipt, the current download's state, and the payouts earned.
+
+use bitcoin::secp256k1::{PublicKey, XOnlyPublicKey};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use dstore_protocol::contract::DownloadContract;
+use dstore_protocol::keys::{KeyCommitment, KeyReveal};
+use dstore_protocol::merkle::MerkleBuilder;
+use dstore_protocol::messages::{DownloadOffer, DownloadRequest, OpenRequest};
+use dstore_protocol::nonce_reuse::Tx2Template;
+use dstore_protocol::peer::SequenceGuard;
+use dstore_protocol::receipt::StorageReceipt;
+use dstore_protocol::seal::SealTranscript;
+use dstore_protocol::upload::UploadCheckpoint;
+use serde::{Deserialize, Serialize};
+
+/// One stored file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FarmedContract {
+    #[serde(with = "hex::serde")]
+    pub contract_id: [u8; 32],
+    /// The renter's identity key: every later message and bulk request is signed by it.
+    pub renter: XOnlyPublicKey,
+    pub file_length: u64,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub price: Amount,
+    pub expiry_height: u32,
+    /// The next message number expected from the renter.
+    pub inbound: SequenceGuard,
+    /// The next message number this farmer sends.
+    pub outbound: u64,
+    pub upload: UploadCheckpoint,
+    pub receipt: Option<StorageReceipt>,
+    pub download: Option<FarmedDownload>,
+    pub payouts: Vec<Payout>,
+    /// Hash of the last message handled and its reply, to answer an exact retry.
+    pub last_request: Option<[u8; 32]>,
+    pub last_reply: Option<Vec<u8>>,
+}
+
+impl FarmedContract {
+    pub fn new(
+        contract_id: [u8; 32],
+        renter: XOnlyPublicKey,
+        request: &OpenRequest,
+        expiry_height: u32,
+    ) -> Self {
+        FarmedContract {
+            contract_id,
+            renter,
+            file_length: request.file_length,
+            price: request.download_price,
+            expiry_height,
+            inbound: SequenceGuard::default(),
+            outbound: 0,
+            upload: UploadCheckpoint {
+                expected_length: request.file_length,
+                merkle: MerkleBuilder::new().checkpoint(),
+            },
+            receipt: None,
+            download: None,
+            payouts: Vec::new(),
+            last_request: None,
+            last_reply: None,
+        }
+    }
+}
+
+/// Where the farmer's half of a download stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FarmerPhase {
+    /// Offer sent; waiting for the renter's reveal.
+    Offered,
+    /// E sealed and described; waiting for TX1.
+    Revealed,
+    /// Unsigned TX2 sent; waiting for sig_R.
+    Tx2Offered,
+    /// TX2 signed under one nonce (secret); waiting for the CRS.
+    Tx2Signed,
+    /// Proof sent; waiting for the renter's TX3 signature.
+    Proved,
+    /// TX2 and TX3 stored; broadcasting.
+    Claiming,
+    /// TX2 and TX3 broadcast.
+    Claimed,
+    /// A subverted CRS: this download's TX2 is never used.
+    Aborted,
+}
+
+impl FarmerPhase {
+    /// The renter message this phase waits for, for error messages.
+    pub fn expected_message(self) -> &'static str {
+        match self {
+            FarmerPhase::Offered => "expected the renter's reveal",
+            FarmerPhase::Revealed => "expected TX1",
+            FarmerPhase::Tx2Offered => "expected the renter's TX2 signature",
+            FarmerPhase::Tx2Signed => "expected the CRS",
+            FarmerPhase::Proved => "expected the renter's TX3 signature",
+            _ => "no download is in flight",
+        }
+    }
+}
+
+/// The farmer's half of one download.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FarmedDownload {
+    #[serde(with = "hex::serde")]
+    pub download_id: [u8; 32],
+    /// F and F2 derive from the seed at this index.
+    pub key_index: u32,
+    pub phase: FarmerPhase,
+    pub renter_commitment: KeyCommitment,
+    pub renter_tx2_key: PublicKey,
+    pub farmer_reveal: KeyReveal,
+    pub farmer_tx2_key: PublicKey,
+    pub refund_height: u32,
+    pub payout_delay: u16,
+    pub contract: Option<DownloadContract>,
+    pub transcript: Option<SealTranscript>,
+    pub tx1_outpoint: Option<OutPoint>,
+    pub unsigned_tx2: Option<Transaction>,
+    /// The signed TX2: broadcasting it reveals f, so it leaves only with TX3.
+    pub template: Option<Tx2Template>,
+    pub checked_crs: Option<[u8; 32]>,
+    pub payout_script: Option<ScriptBuf>,
+    pub tx3: Option<Transaction>,
+}
+
+impl FarmedDownload {
+    pub fn offered(
+        key_index: u32,
+        request: &DownloadRequest,
+        offer: &DownloadOffer,
+        reveal: KeyReveal,
+    ) -> Self {
+        FarmedDownload {
+            download_id: request.download_id,
+            key_index,
+            phase: FarmerPhase::Offered,
+            renter_commitment: request.renter_commitment,
+            renter_tx2_key: request.renter_tx2_key,
+            farmer_reveal: reveal,
+            farmer_tx2_key: offer.farmer_tx2_key,
+            refund_height: offer.refund_height,
+            payout_delay: offer.payout_delay,
+            contract: None,
+            transcript: None,
+            tx1_outpoint: None,
+            unsigned_tx2: None,
+            template: None,
+            checked_crs: None,
+            payout_script: None,
+            tx3: None,
+        }
+    }
+
+    /// The download contract once the renter's key R is known.
+    pub fn contract_with(
+        &self,
+        contract_id: [u8; 32],
+        price: Amount,
+        renter_key: PublicKey,
+    ) -> DownloadContract {
+        DownloadContract {
+            contract_id,
+            farmer_key: self.farmer_reveal.pubkey,
+            renter_key,
+            renter_tx2_key: self.renter_tx2_key,
+            farmer_tx2_key: self.farmer_tx2_key,
+            refund_height: self.refund_height,
+            payout_delay: self.payout_delay,
+            price,
+        }
+    }
+
+    /// A download whose claim is being broadcast: it must finish before another starts.
+    /// Any earlier phase may be abandoned by the renter (its TX2 never leaves the farmer).
+    pub fn in_flight(&self) -> bool {
+        self.phase == FarmerPhase::Claiming
+    }
+}
+
+/// One paid download.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payout {
+    #[serde(with = "hex::serde")]
+    pub download_id: [u8; 32],
+    pub tx2: Txid,
+    pub tx3: Txid,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub amount: Amount,
+}

@@ -1,0 +1,268 @@
+//! The farmer's peer endpoint (`--peer-bind`): HTTP/1.1 routes for signed envelopes and
+//! the bulk streams (see [`crate::wire`]). Uploads are written in batches as they arrive,
+//! never buffered whole; the sealed copy is streamed from disk.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use super::{Farmer, FarmerError};
+use crate::wire::{self, ErrorBody, UploadStatus, AUTH_HEADER};
+use dstore_protocol::peer::MAX_ENVELOPE_BYTES;
+
+/// Upload bytes are flushed to disk and recorded in batches of this size.
+const UPLOAD_BATCH: usize = 4 << 20;
+/// Largest CRS accepted (the real TX2 shape's compressed CRS is about 36.5 MB).
+const MAX_CRS_BYTES: usize = 96 << 20;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+type Reply = Response<Body>;
+
+/// Serves the peer endpoint until `shutdown` resolves.
+pub async fn serve(
+    farmer: Arc<Farmer>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let farmer = farmer.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let farmer = farmer.clone();
+            async move { Ok::<_, Infallible>(route(&farmer, req).await) }
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("peer connection closed with error: {e}");
+            }
+        });
+    }
+}
+
+async fn route(farmer: &Farmer, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let outcome = match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["dstore", "v1", "info"]) => Ok(json(&farmer.info())),
+        (Method::POST, ["dstore", "v1", "msg", kind]) => {
+            let kind = kind.to_string();
+            message(farmer, &kind, req).await
+        }
+        (Method::GET, ["dstore", "v1", "upload", id]) => parse_id(id).and_then(|id| {
+            let (received, expected) = farmer.upload_status(&id)?;
+            Ok(json(&UploadStatus { received, expected }))
+        }),
+        (Method::PUT, ["dstore", "v1", "upload", id]) => match parse_id(id) {
+            Ok(id) => upload(farmer, id, req).await,
+            Err(e) => Err(e),
+        },
+        (Method::GET, ["dstore", "v1", "sealed", id]) => match parse_id(id) {
+            Ok(id) => sealed(farmer, id, &req).await,
+            Err(e) => Err(e),
+        },
+        (Method::PUT, ["dstore", "v1", "crs", id]) => match parse_id(id) {
+            Ok(id) => crs(farmer, id, req).await,
+            Err(e) => Err(e),
+        },
+        _ => Err(FarmerError::Invalid(format!("no such endpoint: {path}"))),
+    };
+    outcome.unwrap_or_else(|e| error(&e))
+}
+
+fn parse_id(text: &str) -> Result<[u8; 32], FarmerError> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(text, &mut id)
+        .map_err(|_| FarmerError::Invalid("a contract id is 64 hex digits".into()))?;
+    Ok(id)
+}
+
+fn full(status: StatusCode, bytes: Vec<u8>) -> Reply {
+    let body = Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn json(value: &impl serde::Serialize) -> Reply {
+    full(
+        StatusCode::OK,
+        serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
+    )
+}
+
+fn error(e: &FarmerError) -> Reply {
+    let (status, body): (u16, ErrorBody) = e.to_body();
+    if status >= 500 {
+        tracing::warn!("peer request failed: {e}");
+    } else {
+        tracing::info!("peer request refused: {e}");
+    }
+    full(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The renter of contract `id` signed this bulk request's path and query.
+fn authorise(farmer: &Farmer, id: &[u8; 32], req: &Request<Incoming>) -> Result<(), FarmerError> {
+    let renter = farmer.renter_of(id)?;
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_default();
+    let header = req
+        .headers()
+        .get(AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if wire::verify_bulk(&renter, path_and_query, header) {
+        Ok(())
+    } else {
+        Err(FarmerError::Unauthorised)
+    }
+}
+
+async fn message(farmer: &Farmer, kind: &str, req: Request<Incoming>) -> Result<Reply, FarmerError> {
+    let bytes = Limited::new(req.into_body(), MAX_ENVELOPE_BYTES)
+        .collect()
+        .await
+        .map_err(|_| FarmerError::Peer(dstore_protocol::peer::PeerError::Oversized(MAX_ENVELOPE_BYTES + 1)))?
+        .to_bytes();
+    let reply = farmer.handle_message(kind, &bytes).await?;
+    Ok(full(StatusCode::OK, reply))
+}
+
+fn offset_of(req: &Request<Incoming>) -> Result<u64, FarmerError> {
+    req.uri()
+        .query()
+        .and_then(|q| q.strip_prefix("offset="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| FarmerError::Invalid("an upload needs ?offset=<bytes already stored>".into()))
+}
+
+async fn upload(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Reply, FarmerError> {
+    authorise(farmer, &id, &req)?;
+    let offset = offset_of(&req)?;
+    let (received, expected) = farmer.upload_status(&id)?;
+    if offset != received {
+        return Err(dstore_protocol::upload::UploadError::WrongOffset {
+            expected: received,
+            got: offset,
+        }
+        .into());
+    }
+    if let Some(len) = declared_length(&req) {
+        if offset.saturating_add(len) > expected {
+            return Err(dstore_protocol::upload::UploadError::PastOffer {
+                would: offset.saturating_add(len),
+                limit: expected,
+            }
+            .into());
+        }
+    }
+    let mut body = req.into_body();
+    let mut batch: Vec<u8> = Vec::with_capacity(UPLOAD_BATCH);
+    let mut at = offset;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // The connection broke: keep what was recorded; the renter resumes from there.
+            Err(e) => {
+                flush(farmer, &id, &mut at, &mut batch).await?;
+                return Err(FarmerError::Invalid(format!("upload interrupted: {e}")));
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        batch.extend_from_slice(&data);
+        if batch.len() >= UPLOAD_BATCH {
+            flush(farmer, &id, &mut at, &mut batch).await?;
+        }
+    }
+    flush(farmer, &id, &mut at, &mut batch).await?;
+    Ok(json(&UploadStatus {
+        received: at,
+        expected,
+    }))
+}
+
+async fn flush(
+    farmer: &Farmer,
+    id: &[u8; 32],
+    at: &mut u64,
+    batch: &mut Vec<u8>,
+) -> Result<(), FarmerError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    *at = farmer.append_upload(id, *at, batch).await?;
+    batch.clear();
+    Ok(())
+}
+
+async fn sealed(farmer: &Farmer, id: [u8; 32], req: &Request<Incoming>) -> Result<Reply, FarmerError> {
+    authorise(farmer, &id, req)?;
+    let path = farmer.current_sealed(&id)?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(super::internal)?;
+    let length = file.metadata().await.map_err(super::internal)?.len();
+    let stream = futures::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed());
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_LENGTH, length.into());
+    Ok(response)
+}
+
+async fn crs(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Reply, FarmerError> {
+    authorise(farmer, &id, &req)?;
+    if declared_length(&req).is_some_and(|len| len > MAX_CRS_BYTES as u64) {
+        return Err(FarmerError::Invalid("CRS too large".into()));
+    }
+    let bytes = Limited::new(req.into_body(), MAX_CRS_BYTES)
+        .collect()
+        .await
+        .map_err(|_| FarmerError::Invalid("CRS too large or upload interrupted".into()))?
+        .to_bytes();
+    farmer.receive_crs(&id, bytes.to_vec()).await?;
+    Ok(json(&serde_json::json!({ "checked": true })))
+}

@@ -1,0 +1,1040 @@
+//! The renter role: `dstore-open` (key exchange, encryption, resumable upload, receipt)
+//! and `dstore-download` (the mode-L chain of PROTOCOL.md 3.3: E checked against root_E
+//! before any payment, TX1 from the plugin wallet, sig_R on TX2, the Groth16 proof checked
+//! against the TX2 the renter signed, TX3 signed for txid = SHA256(D), then f extracted
+//! from the broadcast TX2, E unsealed, C decrypted and checked against root_C), plus
+//! refunds and fraud proofs.
+//!
+//! State is stored (synced) before each step that commits money or secrets: TX1 before it
+//! is broadcast, TX3's signature before it is sent, a refund before it is broadcast.
+
+pub mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
+use bitcoin::{Amount, OutPoint, Transaction, Txid};
+use dstore_protocol::contract::{txid_from_digest, DownloadContract, RefundDestination};
+use dstore_protocol::datapath::{ciphertext_len, decrypt_stream, encrypt_and_build_tree};
+use dstore_protocol::extract::extract_farmer_key;
+use dstore_protocol::keys::{
+    commit_key, derive_key, identity_keypair, joint_secret_key, verify_reveal, Role,
+};
+use dstore_protocol::merkle::{MerkleBuilder, MerkleTree, MerkleWriter};
+use dstore_protocol::messages::{
+    Claimed, CrsOffer, DownloadOffer, DownloadRequest, FarmerReveal, OpenAccepted, OpenRequest,
+    ProofReady, RenterReveal, Tx1Funded, Tx2RenterSig, Tx2Statement, Tx2Unsigned, Tx3RenterSig,
+    UploadDone,
+};
+use dstore_protocol::peer::PeerMessage;
+use dstore_protocol::receipt::StorageReceipt;
+use dstore_protocol::seal::{
+    build_fraud_proof, check_sealed_copy, find_bad_segment, unseal, verify_fraud_proof,
+    verify_transcript, FraudEvidence, FraudProof,
+};
+use dstore_protocol::zk::{self, Crs, Shape};
+use rand::RngCore;
+use serde_json::{json, Value};
+
+use crate::bitcoind::Bitcoind;
+use crate::config::DevFault;
+use crate::db::{self, Db};
+use crate::farmer::UNKNOWN_CRS;
+use crate::progress::{reporter, Tracker};
+use crate::wallet::PluginWallet;
+use crate::wire::{PeerCallError, PeerClient};
+use records::{DownloadPhase, RentedContract, RentedDownload, StoragePhase};
+
+/// Largest TX2 fee the renter accepts out of the price.
+pub const MAX_TX2_FEE: Amount = Amount::from_sat(20_000);
+/// Fee of the renter's refund transactions.
+pub const REFUND_FEE: Amount = Amount::from_sat(1_000);
+/// How often a broken upload is resumed before `dstore-open` gives up.
+const UPLOAD_ATTEMPTS: u32 = 5;
+/// How long the renter waits for the farmer's TX2 to appear after signing TX3.
+const TX2_WAIT: Duration = Duration::from_secs(60);
+/// Peer calls that make the farmer do heavy work (sealing, proving) get this long.
+const SLOW_CALL: Duration = Duration::from_secs(900);
+const QUICK_CALL: Duration = Duration::from_secs(60);
+/// Largest fraud-proof file `dstore-verify-fraud` reads.
+const MAX_FRAUD_FILE: u64 = 16 << 20;
+
+/// Why a renter operation failed. Each maps to one JSON-RPC error.
+#[derive(Debug, thiserror::Error)]
+pub enum RenterError {
+    #[error("{0}")]
+    Peer(#[from] PeerCallError),
+    #[error("unknown contract {0}")]
+    UnknownContract(String),
+    #[error("invalid parameter: {0}")]
+    Invalid(String),
+    #[error("the farmer misbehaved: {0}")]
+    Farmer(String),
+    #[error("{0}")]
+    Wallet(#[from] crate::wallet::WalletError),
+    #[error("bitcoind: {0}")]
+    Bitcoind(#[from] crate::bitcoind::BitcoindError),
+    #[error("{0}")]
+    Wait(String),
+    #[error("fraud: {0}")]
+    Fraud(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> RenterError {
+    RenterError::Internal(e.to_string())
+}
+
+fn farmer_fault(e: impl std::fmt::Display) -> RenterError {
+    RenterError::Farmer(e.to_string())
+}
+
+/// The renter role's state.
+pub struct Renter {
+    seed: [u8; 32],
+    identity: Keypair,
+    db: Arc<Db>,
+    wallet: Arc<PluginWallet>,
+    bitcoind: Arc<Bitcoind>,
+    work_dir: PathBuf,
+    crs_dir: PathBuf,
+    fraud_dir: PathBuf,
+    pub progress: Arc<Tracker>,
+    dev_fault: Option<DevFault>,
+    locks: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Renter {
+    pub fn new(
+        seed: [u8; 32],
+        db: Arc<Db>,
+        wallet: Arc<PluginWallet>,
+        bitcoind: Arc<Bitcoind>,
+        network_dir: &Path,
+        crs_dir: PathBuf,
+        dev_fault: Option<DevFault>,
+    ) -> Result<Renter, RenterError> {
+        let work_dir = network_dir.join("renter");
+        let fraud_dir = network_dir.join("fraud");
+        for dir in [&work_dir, &crs_dir, &fraud_dir] {
+            std::fs::create_dir_all(dir).map_err(internal)?;
+        }
+        Ok(Renter {
+            identity: identity_keypair(&seed).map_err(internal)?,
+            seed,
+            db,
+            wallet,
+            bitcoind,
+            work_dir,
+            crs_dir,
+            fraud_dir,
+            progress: Arc::new(Tracker::default()),
+            dev_fault,
+            locks: Default::default(),
+        })
+    }
+
+    fn lock_for(&self, id: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(*id).or_default().clone()
+    }
+
+    pub fn load(&self, id: &[u8; 32]) -> Result<Option<RentedContract>, RenterError> {
+        self.db
+            .get(&db::key(db::prefix::RENTED, id))
+            .map_err(internal)
+    }
+
+    fn existing(&self, id: &[u8; 32]) -> Result<RentedContract, RenterError> {
+        self.load(id)?
+            .ok_or_else(|| RenterError::UnknownContract(hex::encode(id)))
+    }
+
+    fn store(&self, record: &RentedContract) -> Result<(), RenterError> {
+        self.db
+            .put(&db::key(db::prefix::RENTED, &record.contract_id), record)
+            .map_err(internal)
+    }
+
+    pub fn list(&self) -> Result<Vec<RentedContract>, RenterError> {
+        Ok(self
+            .db
+            .scan::<RentedContract>(db::prefix::RENTED)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    fn secret(&self, role: Role, index: u32) -> Result<SecretKey, RenterError> {
+        derive_key(&self.seed, role, index).map_err(internal)
+    }
+
+    async fn tip(&self) -> Result<u32, RenterError> {
+        let height = self.bitcoind.call("getblockcount", json!([])).await?;
+        height
+            .as_u64()
+            .map(|h| h as u32)
+            .ok_or_else(|| internal("getblockcount is not a number"))
+    }
+
+    fn client(&self, record: &RentedContract) -> PeerClient {
+        PeerClient::new(&record.farmer_url, self.identity)
+    }
+
+    /// Sends the next message of `record`'s conversation and opens the farmer's reply,
+    /// advancing both sequence numbers (the caller stores the record).
+    async fn exchange<Q: PeerMessage, R: PeerMessage>(
+        &self,
+        record: &mut RentedContract,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<R, RenterError> {
+        let client = self.client(record);
+        let mut attempt = 0;
+        let opened = loop {
+            let sent = client
+                .exchange::<Q, R>(record.contract_id, record.outbound, request, record.farmer, timeout)
+                .await;
+            match sent {
+                // The same bytes again: the farmer answers an exact retry with its reply.
+                Err(PeerCallError::Unreachable { .. }) if attempt < 2 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => break other?,
+            }
+        };
+        record.inbound = record
+            .inbound
+            .next(opened.seq)
+            .map_err(|e| farmer_fault(format!("reply out of sequence: {e}")))?;
+        record.outbound += 1;
+        Ok(opened.body)
+    }
+
+    // ----- dstore-open -----------------------------------------------------------------
+
+    /// Stores `file` with the farmer at `farmer_url`; returns the contract id.
+    pub async fn open(
+        &self,
+        farmer_url: &str,
+        file: &Path,
+        price: Option<Amount>,
+    ) -> Result<[u8; 32], RenterError> {
+        let meta = std::fs::metadata(file)
+            .map_err(|e| RenterError::Invalid(format!("{}: {e}", file.display())))?;
+        if !meta.is_file() {
+            return Err(RenterError::Invalid(format!("{} is not a file", file.display())));
+        }
+        let farmer_url = normalise_url(farmer_url)?;
+        let info = PeerClient::new(&farmer_url, self.identity).info().await?;
+        let price = price.unwrap_or(Amount::from_sat(info.price_per_download_sat));
+        let length = ciphertext_len(meta.len())
+            .ok_or_else(|| RenterError::Invalid("file too large".into()))?;
+        if length > info.max_file_bytes {
+            return Err(RenterError::Invalid(format!(
+                "the encrypted file is {length} bytes; this farmer stores at most {}",
+                info.max_file_bytes
+            )));
+        }
+        let mut contract_id = [0u8; 32];
+        let mut file_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut contract_id);
+        rand::thread_rng().fill_bytes(&mut file_key);
+        let mut record = RentedContract {
+            contract_id,
+            farmer_url,
+            farmer: info.identity,
+            file_key,
+            source: file.display().to_string(),
+            plaintext_length: meta.len(),
+            ciphertext_length: length,
+            root_c: None,
+            price,
+            phase: StoragePhase::Encrypting,
+            receipt: None,
+            outbound: 0,
+            inbound: Default::default(),
+            downloads: Vec::new(),
+        };
+        let id_hex = hex::encode(contract_id);
+        let lock = self.lock_for(&contract_id);
+        let _guard = lock.lock().await;
+        let outcome = self.run_open(&mut record, file).await;
+        self.progress.finish(&id_hex);
+        outcome.map(|()| contract_id)
+    }
+
+    async fn run_open(&self, record: &mut RentedContract, file: &Path) -> Result<(), RenterError> {
+        let id = record.contract_id;
+        let id_hex = hex::encode(id);
+        // Terms first: a farmer that refuses costs no encryption pass.
+        let accepted: OpenAccepted = self
+            .exchange(
+                record,
+                &OpenRequest {
+                    file_length: record.ciphertext_length,
+                    download_price: record.price,
+                },
+                QUICK_CALL,
+            )
+            .await?;
+        if accepted.file_length != record.ciphertext_length {
+            return Err(farmer_fault("it accepted a different length"));
+        }
+        self.store(record)?;
+        self.progress
+            .phase(&id_hex, "encrypting", record.plaintext_length);
+        let tree = self.encrypt(record, file).await?;
+        record.root_c = Some(tree.root());
+        record.phase = StoragePhase::Uploading;
+        self.store(record)?;
+        self.upload(record).await?;
+        self.progress.phase(&id_hex, "receipt", record.ciphertext_length);
+        let receipt: StorageReceipt = self
+            .exchange(
+                record,
+                &UploadDone {
+                    root_c: tree.root(),
+                    length: tree.length(),
+                },
+                SLOW_CALL,
+            )
+            .await?;
+        receipt
+            .verify(&record.farmer)
+            .map_err(|e| farmer_fault(format!("receipt: {e}")))?;
+        if receipt.contract_id != id || receipt.commitment() != tree.commitment() {
+            return Err(farmer_fault("the receipt is for other data"));
+        }
+        record.receipt = Some(receipt);
+        record.phase = StoragePhase::Stored;
+        self.store(record)?;
+        let _ = std::fs::remove_file(self.staged_c(&id));
+        tracing::info!(contract = %id_hex, bytes = record.ciphertext_length, "file stored");
+        Ok(())
+    }
+
+    fn staged_c(&self, id: &[u8; 32]) -> PathBuf {
+        self.work_dir.join(format!("{}.c", hex::encode(id)))
+    }
+
+    fn leaves_path(&self, id: &[u8; 32]) -> PathBuf {
+        self.work_dir.join(format!("{}.leaves", hex::encode(id)))
+    }
+
+    /// Encrypts the file into the staged C and keeps C's Merkle leaves (for fraud proofs).
+    async fn encrypt(&self, record: &RentedContract, file: &Path) -> Result<MerkleTree, RenterError> {
+        let (key, id) = (record.file_key, record.contract_id);
+        let (source, staged, leaves) = (file.to_path_buf(), self.staged_c(&id), self.leaves_path(&id));
+        tokio::task::spawn_blocking(move || {
+            let input = std::io::BufReader::new(std::fs::File::open(&source)?);
+            let output = std::io::BufWriter::new(std::fs::File::create(&staged)?);
+            let tree = encrypt_and_build_tree(&key, &id, input, output)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let bytes: Vec<u8> = tree.leaves().iter().flatten().copied().collect();
+            crate::farmer::write_atomically(&leaves, &bytes)?;
+            Ok::<_, std::io::Error>(tree)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| RenterError::Invalid(format!("cannot encrypt {}: {e}", file.display())))
+    }
+
+    /// Streams the staged C, resuming from the farmer's count after a broken connection.
+    async fn upload(&self, record: &RentedContract) -> Result<(), RenterError> {
+        let id = record.contract_id;
+        let id_hex = hex::encode(id);
+        let client = self.client(record);
+        self.progress
+            .phase(&id_hex, "uploading", record.ciphertext_length);
+        let mut last_error = None;
+        for attempt in 0..UPLOAD_ATTEMPTS {
+            let status = match client.upload_status(&id).await {
+                Ok(status) => status,
+                Err(e) => {
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    continue;
+                }
+            };
+            if status.received == record.ciphertext_length {
+                return Ok(());
+            }
+            let sent = client
+                .upload_from(&id, &self.staged_c(&id), status.received, reporter(&self.progress, &id_hex))
+                .await;
+            match sent {
+                Ok(status) if status.received == record.ciphertext_length => return Ok(()),
+                Ok(_) => {}
+                Err(PeerCallError::Refused(e)) => return Err(PeerCallError::Refused(e).into()),
+                Err(e) => last_error = Some(e),
+            }
+            tracing::info!(contract = %id_hex, "upload interrupted; resuming");
+            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+        }
+        Err(last_error
+            .map(RenterError::from)
+            .unwrap_or_else(|| RenterError::Farmer("the upload never completed".into())))
+    }
+
+    // ----- dstore-download -------------------------------------------------------------
+
+    /// Buys one download of contract `id` and writes the file to `output`.
+    pub async fn download(&self, id: &[u8; 32], output: &Path) -> Result<Value, RenterError> {
+        let output = absolute(output)?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let mut record = self.existing(id)?;
+        if record.phase != StoragePhase::Stored {
+            return Err(RenterError::Invalid("the file is not stored yet".into()));
+        }
+        if let Some(open) = record.downloads.iter().find(|d| d.phase.money_locked()) {
+            return Err(RenterError::Invalid(format!(
+                "download {} still has money locked in TX1/TX2: use dstore-refund",
+                hex::encode(open.download_id)
+            )));
+        }
+        let id_hex = hex::encode(id);
+        let outcome = self.run_download(&mut record, &output).await;
+        if let Err(e) = &outcome {
+            if let Some(d) = record.downloads.last_mut() {
+                d.error = Some(e.to_string());
+                if !d.phase.money_locked() && d.phase != DownloadPhase::Fraud {
+                    d.phase = DownloadPhase::Failed;
+                }
+            }
+            let _ = self.store(&record);
+        }
+        self.progress.finish(&id_hex);
+        outcome
+    }
+
+    async fn run_download(
+        &self,
+        record: &mut RentedContract,
+        output: &Path,
+    ) -> Result<Value, RenterError> {
+        let id = record.contract_id;
+        let id_hex = hex::encode(id);
+        let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
+        self.progress.phase(&id_hex, "key exchange", 0);
+        let tip = self.tip().await?;
+        let key_index = self.db.next_key_index().map_err(internal)?;
+        let (r, r2) = (self.secret(Role::Download, key_index)?, self.secret(Role::Tx2, key_index)?);
+        let mut download_id = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut download_id);
+        let (commitment, reveal) = commit_key(&mut rand::thread_rng(), &r, &id);
+        record.downloads.push(RentedDownload {
+            download_id,
+            key_index,
+            phase: DownloadPhase::Offered,
+            renter_commitment: commitment,
+            renter_reveal: reveal,
+            farmer_commitment: None,
+            contract: None,
+            transcript: None,
+            tx1: None,
+            tx1_outpoint: None,
+            unsigned_tx2: None,
+            tx2_txid: None,
+            tx3_txid: None,
+            start_height: tip,
+            output: Some(output.display().to_string()),
+            fraud_proof: None,
+            refund_txid: None,
+            error: None,
+        });
+        self.store(record)?;
+
+        // 1. Commitments, then reveals; the farmer's terms are checked.
+        let request = DownloadRequest {
+            download_id,
+            renter_commitment: commitment,
+            renter_tx2_key: r2.public_key(SECP256K1),
+        };
+        let offer: DownloadOffer = self.exchange(record, &request, QUICK_CALL).await?;
+        offer.check(record.price, tip).map_err(farmer_fault)?;
+        if offer.download_id != download_id {
+            return Err(farmer_fault("the offer is for another download"));
+        }
+        current(record).farmer_commitment = Some(offer.farmer_commitment);
+        self.store(record)?;
+        self.progress.phase(&id_hex, "sealing", record.ciphertext_length);
+        let revealed: FarmerReveal = self
+            .exchange(record, &RenterReveal { reveal }, SLOW_CALL)
+            .await?;
+        verify_reveal(&offer.farmer_commitment, &revealed.reveal, &id).map_err(farmer_fault)?;
+        let contract = DownloadContract {
+            contract_id: id,
+            farmer_key: revealed.reveal.pubkey,
+            renter_key: r.public_key(SECP256K1),
+            renter_tx2_key: r2.public_key(SECP256K1),
+            farmer_tx2_key: offer.farmer_tx2_key,
+            refund_height: offer.refund_height,
+            payout_delay: offer.payout_delay,
+            price: record.price,
+        };
+        let transcript = revealed.transcript;
+        verify_transcript(&transcript, &record.farmer, &contract.seal_context(download_id), &receipt)
+            .map_err(farmer_fault)?;
+        if transcript.length != receipt.length {
+            return Err(farmer_fault("the sealed copy's length differs from C's"));
+        }
+        let d = current(record);
+        d.contract = Some(contract);
+        d.transcript = Some(transcript);
+        d.phase = DownloadPhase::Fetching;
+        self.store(record)?;
+
+        // 2. E is fetched and checked against root_E before any money moves.
+        let sealed = self.sealed_file(&download_id);
+        self.progress.phase(&id_hex, "downloading", transcript.length);
+        self.client(record)
+            .fetch_sealed(&id, &sealed, transcript.length, reporter(&self.progress, &id_hex))
+            .await?;
+        let path = sealed.clone();
+        tokio::task::spawn_blocking(move || {
+            check_sealed_copy(&transcript, std::io::BufReader::new(std::fs::File::open(&path)?))
+                .map(|_| ())
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| farmer_fault(format!("the sealed copy fails root_E ({e}); nothing was paid")))?;
+
+        // 3. TX1, stored before it is broadcast.
+        self.progress.phase(&id_hex, "funding TX1", 0);
+        let tx1_output = contract.tx1_output().map_err(internal)?;
+        let wallet = self.wallet.clone();
+        let funded = tokio::task::spawn_blocking(move || wallet.fund_output(tx1_output, None))
+            .await
+            .map_err(internal)??;
+        contract
+            .check_tx1(&funded.tx, funded.vout, &funded.prevouts)
+            .map_err(internal)?;
+        let outpoint = OutPoint {
+            txid: funded.tx.compute_txid(),
+            vout: funded.vout,
+        };
+        let d = current(record);
+        d.tx1 = Some(funded.tx.clone());
+        d.tx1_outpoint = Some(outpoint);
+        d.phase = DownloadPhase::Tx1Funded;
+        self.store(record)?;
+        let wallet = self.wallet.clone();
+        let tx1 = funded.tx.clone();
+        tokio::task::spawn_blocking(move || wallet.broadcast(&tx1))
+            .await
+            .map_err(internal)??;
+
+        // 4. TX2: check the farmer's unsigned TX2, sign it, get the statement about it.
+        let unsigned: Tx2Unsigned = self
+            .exchange(record, &Tx1Funded { outpoint }, QUICK_CALL)
+            .await?;
+        let unsigned = unsigned.tx;
+        contract
+            .check_unsigned_tx2(&unsigned, outpoint, MAX_TX2_FEE)
+            .map_err(farmer_fault)?;
+        let sig_r = contract.renter_sign_tx2(&unsigned, &r).map_err(internal)?;
+        let d = current(record);
+        d.unsigned_tx2 = Some(unsigned.clone());
+        d.phase = DownloadPhase::Tx2Signed;
+        self.store(record)?;
+        let statement: Tx2Statement = self
+            .exchange(
+                record,
+                &Tx2RenterSig {
+                    signature: sig_r.to_vec(),
+                },
+                QUICK_CALL,
+            )
+            .await?;
+        let statement = statement.statement;
+        statement
+            .check_against(&contract, &unsigned, &sig_r)
+            .map_err(|e| farmer_fault(format!("the TX2 statement: {e}")))?;
+
+        // 5. The proof, under this renter's own CRS.
+        self.progress.phase(&id_hex, "proving", 0);
+        let crs = self.crs_for(&statement.shape).await?;
+        let proof = self.get_proof(record, &crs).await?;
+        let verified = {
+            let (crs, statement) = (crs.clone(), statement.clone());
+            let proof_bytes = proof.proof.clone();
+            tokio::task::spawn_blocking(move || {
+                let proof = zk::deserialize_proof(&proof_bytes)?;
+                zk::verify(&crs.vk, &statement, &proof)
+            })
+            .await
+            .map_err(internal)?
+        };
+        verified.map_err(|e| farmer_fault(format!("the proof does not verify ({e}); not paying")))?;
+
+        // 6. TX3 for txid = SHA256(D), stored as signed before the signature leaves.
+        let tx2_txid = txid_from_digest(&statement.digest);
+        let tx2_fee = record
+            .price
+            .checked_sub(unsigned.output[0].value)
+            .ok_or_else(|| internal("TX2 pays more than the price"))?;
+        let value = contract.tx2_value(tx2_fee).map_err(internal)?;
+        let tx3 = contract
+            .unsigned_tx3(tx2_txid, value, proof.tx3_fee, proof.payout_script.clone())
+            .map_err(farmer_fault)?;
+        let sig3 = contract.sign_tx3(&tx3, value, &r2).map_err(internal)?;
+        let d = current(record);
+        d.tx2_txid = Some(tx2_txid);
+        d.phase = DownloadPhase::Tx3Signed;
+        self.store(record)?;
+        self.progress.phase(&id_hex, "waiting for TX2", 0);
+        let claimed = self
+            .exchange::<_, Claimed>(
+                record,
+                &Tx3RenterSig {
+                    signature: sig3.to_vec(),
+                },
+                SLOW_CALL,
+            )
+            .await;
+        match &claimed {
+            Ok(c) if c.tx2 == tx2_txid => current(record).tx3_txid = Some(c.tx3),
+            Ok(_) => tracing::warn!("the farmer's claim names another TX2"),
+            Err(e) => tracing::warn!("no claim from the farmer ({e}); watching the chain"),
+        }
+        self.store(record)?;
+
+        // 7. TX2 on the chain reveals f: unseal, decrypt, check, write.
+        let tx2 = self.wait_for_tx(&tx2_txid, tip).await?;
+        let f = extract_farmer_key(
+            &tx2,
+            0,
+            &contract.farmer_key,
+            &id,
+            Some(&contract.tx1_script_pubkey().map_err(internal)?),
+        )
+        .map_err(farmer_fault)?;
+        let joint = joint_secret_key(&r, &f).map_err(internal)?;
+        self.progress.phase(&id_hex, "decrypting", record.ciphertext_length);
+        self.finish_download(record, &joint, &r, tx2, output).await?;
+        let d = current(record).clone();
+        let _ = std::fs::remove_file(&sealed);
+        Ok(json!({
+            "contract_id": id_hex,
+            "download_id": hex::encode(download_id),
+            "output": output.display().to_string(),
+            "bytes": record.plaintext_length,
+            "price_sat": record.price.to_sat(),
+            "tx1": outpoint.txid.to_string(),
+            "tx2": tx2_txid.to_string(),
+            "tx3": d.tx3_txid.map(|t| t.to_string()),
+        }))
+    }
+
+    fn sealed_file(&self, download_id: &[u8; 32]) -> PathBuf {
+        self.work_dir.join(format!("{}.sealed", hex::encode(download_id)))
+    }
+
+    /// This renter's CRS for `shape`: generated once, kept in its own cache.
+    async fn crs_for(&self, shape: &Shape) -> Result<Arc<Crs>, RenterError> {
+        let key = hex::encode(dstore_protocol::hashing::sha256(&[
+            &serde_json::to_vec(shape).map_err(internal)?
+        ]));
+        let path = self.crs_dir.join(format!("renter-{key}.crs"));
+        let shape = *shape;
+        let lock_path = self.crs_dir.join(format!("renter-{key}.lock"));
+        let crs = tokio::task::spawn_blocking(move || {
+            // One generation per shape even when several plugins share the cache.
+            let lock = std::fs::File::create(&lock_path).map_err(internal)?;
+            lock.lock().map_err(internal)?;
+            if let Ok(bytes) = std::fs::read(&path) {
+                if let Ok(crs) = zk::deserialize_trusted_crs(&bytes) {
+                    return Ok(crs);
+                }
+            }
+            tracing::info!("generating a CRS for this TX2 shape (once)");
+            let crs = zk::setup(&shape, &mut rand::rngs::OsRng).map_err(internal)?;
+            crate::farmer::write_atomically(&path, &zk::serialize_trusted_crs(&crs))
+                .map_err(internal)?;
+            Ok::<_, RenterError>(crs)
+        })
+        .await
+        .map_err(internal)??;
+        if self.dev_fault == Some(DevFault::SubvertCrs) {
+            return Ok(Arc::new(subverted(crs)));
+        }
+        Ok(Arc::new(crs))
+    }
+
+    /// Offers the CRS by hash; sends its bytes first if the farmer has not checked it.
+    async fn get_proof(
+        &self,
+        record: &mut RentedContract,
+        crs: &Arc<Crs>,
+    ) -> Result<ProofReady, RenterError> {
+        let offer = CrsOffer {
+            crs_hash: zk::crs_hash(crs),
+        };
+        match self.exchange::<_, ProofReady>(record, &offer, SLOW_CALL).await {
+            Err(RenterError::Peer(PeerCallError::Refused(e))) if e.code == UNKNOWN_CRS => {}
+            other => return other,
+        }
+        let bytes = {
+            let crs = crs.clone();
+            tokio::task::spawn_blocking(move || zk::serialize_crs(&crs))
+                .await
+                .map_err(internal)?
+        };
+        self.client(record).put_crs(&record.contract_id, bytes).await?;
+        self.exchange(record, &offer, SLOW_CALL).await
+    }
+
+    /// Waits until `txid` is in the mempool or a block since `from_height`.
+    async fn wait_for_tx(&self, txid: &Txid, from_height: u32) -> Result<Transaction, RenterError> {
+        let started = Instant::now();
+        loop {
+            if let Some(tx) = self.find_tx(txid, from_height).await? {
+                return Ok(tx);
+            }
+            if started.elapsed() > TX2_WAIT {
+                return Err(RenterError::Wait(format!(
+                    "TX2 {txid} has not appeared; if the farmer never broadcasts it, dstore-refund returns TX1's money after T1"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn find_tx(&self, txid: &Txid, from_height: u32) -> Result<Option<Transaction>, RenterError> {
+        if let Ok(hex) = self
+            .bitcoind
+            .call("getrawtransaction", json!([txid.to_string()]))
+            .await
+        {
+            return Ok(hex.as_str().and_then(|h| deserialize_hex(h).ok()));
+        }
+        // Without -txindex a confirmed transaction is found through its block.
+        let tip = self.tip().await?;
+        for height in (from_height..=tip).rev() {
+            let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
+            if let Ok(hex) = self
+                .bitcoind
+                .call("getrawtransaction", json!([txid.to_string(), false, hash]))
+                .await
+            {
+                return Ok(hex.as_str().and_then(|h| deserialize_hex(h).ok()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Unseals E into C', checks it against root_C and decrypts it to `output`; on a
+    /// mismatch, writes nothing there and stores a fraud proof instead.
+    async fn finish_download(
+        &self,
+        record: &mut RentedContract,
+        joint: &SecretKey,
+        r: &SecretKey,
+        tx2: Transaction,
+        output: &Path,
+    ) -> Result<(), RenterError> {
+        let d = current(record).clone();
+        let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
+        let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
+        let (key, id) = (record.file_key, record.contract_id);
+        let sealed = self.sealed_file(&d.download_id);
+        let unsealed = self.work_dir.join(format!("{}.c", hex::encode(d.download_id)));
+        let joint_key = *joint;
+        let (sealed_in, unsealed_out) = (sealed.clone(), unsealed.clone());
+        let root_ok = tokio::task::spawn_blocking(move || {
+            let input = std::io::BufReader::new(std::fs::File::open(&sealed_in)?);
+            let out = std::io::BufWriter::new(std::fs::File::create(&unsealed_out)?);
+            let mut tee = MerkleWriter::new(out, MerkleBuilder::new());
+            unseal(&joint_key, &transcript.ephemeral, input, &mut tee)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (mut out, builder) = tee.into_parts();
+            std::io::Write::flush(&mut out)?;
+            Ok::<_, std::io::Error>(builder.finish() == receipt.commitment())
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        if !root_ok {
+            let _ = std::fs::remove_file(&unsealed);
+            let proof = self.fraud_proof(record, joint, r, tx2).await?;
+            return Err(RenterError::Fraud(proof));
+        }
+        let partial = partial_path(output);
+        let (unsealed_in, partial_out) = (unsealed.clone(), partial.clone());
+        let decrypted = tokio::task::spawn_blocking(move || {
+            let input = std::io::BufReader::new(std::fs::File::open(&unsealed_in)?);
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&partial_out)?);
+            decrypt_stream(&key, &id, input, &mut out)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()
+        })
+        .await
+        .map_err(internal)?;
+        let _ = std::fs::remove_file(&unsealed);
+        if let Err(e) = decrypted {
+            let _ = std::fs::remove_file(&partial);
+            return Err(RenterError::Invalid(format!("cannot write {}: {e}", output.display())));
+        }
+        std::fs::rename(&partial, output).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            RenterError::Invalid(format!("cannot write {}: {e}", output.display()))
+        })?;
+        let d = current(record);
+        d.phase = DownloadPhase::Done;
+        d.error = None;
+        self.store(record)?;
+        tracing::info!(contract = %hex::encode(id), "download complete");
+        Ok(())
+    }
+
+    /// Finds a bad segment of E and stores the fraud proof; returns a message naming it.
+    async fn fraud_proof(
+        &self,
+        record: &mut RentedContract,
+        joint: &SecretKey,
+        r: &SecretKey,
+        tx2: Transaction,
+    ) -> Result<String, RenterError> {
+        let d = current(record).clone();
+        let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
+        let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
+        let (sealed, leaves) = (self.sealed_file(&d.download_id), self.leaves_path(&record.contract_id));
+        let (joint, r) = (*joint, *r);
+        let length = record.ciphertext_length;
+        let proof: FraudProof = tokio::task::spawn_blocking(move || {
+            let leaf_bytes = std::fs::read(&leaves).map_err(internal)?;
+            let leaves = leaf_bytes
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32-byte chunks"))
+                .collect();
+            let c_tree = MerkleTree::from_leaves(leaves, length).map_err(internal)?;
+            let open = || std::fs::File::open(&sealed).map(std::io::BufReader::new);
+            let (index, segment) = find_bad_segment(&joint, &transcript.ephemeral, open().map_err(internal)?, &c_tree)
+                .map_err(internal)?
+                .ok_or_else(|| internal("root_C differs but no segment does"))?;
+            let e_tree = check_sealed_copy(&transcript, open().map_err(internal)?).map_err(internal)?;
+            build_fraud_proof(FraudEvidence {
+                receipt: &receipt,
+                transcript: &transcript,
+                sealed_tree: &e_tree,
+                ciphertext_tree: &c_tree,
+                segment_index: index,
+                sealed_segment: segment,
+                renter_secret: r,
+                tx2,
+                tx2_input: 0,
+            })
+            .map_err(internal)
+        })
+        .await
+        .map_err(internal)??;
+        let path = self
+            .fraud_dir
+            .join(format!("{}.json", hex::encode(d.download_id)));
+        let bytes = serde_json::to_vec_pretty(&proof).map_err(internal)?;
+        crate::farmer::write_atomically(&path, &bytes).map_err(internal)?;
+        let d = current(record);
+        d.phase = DownloadPhase::Fraud;
+        d.fraud_proof = Some(path.display().to_string());
+        self.store(record)?;
+        Ok(format!(
+            "the farmer's data does not match root_C after payment; nothing was written; fraud proof saved to {}",
+            path.display()
+        ))
+    }
+
+    // ----- dstore-refund ---------------------------------------------------------------
+
+    /// Broadcasts the refund due now for contract `id`'s open download, or says when.
+    pub async fn refund(&self, id: &[u8; 32]) -> Result<Value, RenterError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let mut record = self.existing(id)?;
+        let Some(index) = record.downloads.iter().rposition(|d| d.phase.money_locked()) else {
+            return Ok(json!({
+                "contract_id": hex::encode(id),
+                "status": "nothing",
+                "message": "no download of this contract has money locked",
+            }));
+        };
+        let d = record.downloads[index].clone();
+        let contract = d.contract.ok_or_else(|| internal("no contract"))?;
+        let tx1_outpoint = d.tx1_outpoint.ok_or_else(|| internal("no TX1"))?;
+        let tip = self.tip().await?;
+        let destination = RefundDestination::wallet_script(self.wallet.new_script()?);
+        let r = self.secret(Role::Download, d.key_index)?;
+        let base = json!({
+            "contract_id": hex::encode(id),
+            "download_id": hex::encode(d.download_id),
+        });
+        if self.unspent(&tx1_outpoint).await? {
+            if tip < contract.refund_height {
+                return Ok(waiting(base, contract.refund_height, tip, "TX1 refund (after T1)"));
+            }
+            let tx = contract
+                .tx1_refund(tx1_outpoint, &r, &destination, REFUND_FEE)
+                .map_err(internal)?;
+            return self.broadcast_refund(&mut record, index, tx, base).await;
+        }
+        // TX1 is spent: by TX2 (then TX2:0 may come back after Δ) or by our own refund.
+        let tx2_txid = d.tx2_txid.ok_or_else(|| internal("TX1 spent before TX2 was known"))?;
+        let tx2_outpoint = OutPoint { txid: tx2_txid, vout: 0 };
+        if !self.unspent(&tx2_outpoint).await? {
+            record.downloads[index].phase = DownloadPhase::Refunded;
+            self.store(&record)?;
+            return Ok(merge(base, json!({
+                "status": "nothing",
+                "message": "the contract outputs are already spent (the farmer claimed, or a refund confirmed)",
+            })));
+        }
+        let confirmations = self.confirmations(&tx2_txid).await?;
+        let due = u32::from(contract.payout_delay);
+        if confirmations < due {
+            let at = tip + (due - confirmations);
+            return Ok(waiting(base, at, tip, "TX2 refund (Δ blocks after TX2)"));
+        }
+        let tx2_fee = record.price - d.unsigned_tx2.as_ref().map(|t| t.output[0].value).unwrap_or_default();
+        let value = contract.tx2_value(tx2_fee).map_err(internal)?;
+        let r2 = self.secret(Role::Tx2, d.key_index)?;
+        let tx = contract
+            .tx2_refund(tx2_outpoint, value, &r2, &destination, REFUND_FEE)
+            .map_err(internal)?;
+        self.broadcast_refund(&mut record, index, tx, base).await
+    }
+
+    async fn broadcast_refund(
+        &self,
+        record: &mut RentedContract,
+        index: usize,
+        tx: Transaction,
+        base: Value,
+    ) -> Result<Value, RenterError> {
+        let txid = tx.compute_txid();
+        record.downloads[index].refund_txid = Some(txid);
+        self.store(record)?;
+        self.bitcoind
+            .call("sendrawtransaction", json!([serialize_hex(&tx)]))
+            .await?;
+        record.downloads[index].phase = DownloadPhase::Refunded;
+        self.store(record)?;
+        Ok(merge(base, json!({
+            "status": "broadcast",
+            "txid": txid.to_string(),
+            "amount_sat": tx.output[0].value.to_sat(),
+        })))
+    }
+
+    async fn unspent(&self, outpoint: &OutPoint) -> Result<bool, RenterError> {
+        let found = self
+            .bitcoind
+            .call("gettxout", json!([outpoint.txid.to_string(), outpoint.vout, true]))
+            .await?;
+        Ok(!found.is_null())
+    }
+
+    async fn confirmations(&self, txid: &Txid) -> Result<u32, RenterError> {
+        let info = self
+            .bitcoind
+            .call("getrawtransaction", json!([txid.to_string(), true]))
+            .await?;
+        Ok(info["confirmations"].as_u64().unwrap_or(0) as u32)
+    }
+}
+
+/// Checks a fraud proof file; returns what it proves.
+pub fn verify_fraud_file(path: &Path) -> Result<Value, RenterError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| RenterError::Invalid(format!("{}: {e}", path.display())))?;
+    if meta.len() > MAX_FRAUD_FILE {
+        return Err(RenterError::Invalid("the file is too large for a fraud proof".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| RenterError::Invalid(e.to_string()))?;
+    let proof: FraudProof = serde_json::from_slice(&bytes)
+        .map_err(|e| RenterError::Invalid(format!("not a fraud proof: {e}")))?;
+    verify_fraud_proof(&proof)
+        .map_err(|e| RenterError::Invalid(format!("the fraud proof does not hold: {e}")))?;
+    Ok(json!({
+        "valid": true,
+        "farmer": proof.receipt.farmer.to_string(),
+        "contract_id": hex::encode(proof.receipt.contract_id),
+        "segment": proof.segment_index,
+        "tx2": proof.tx2.compute_txid().to_string(),
+    }))
+}
+
+/// A CRS whose δ is the identity, so that anyone can prove anything under it (the first
+/// subversion of the Groth16 issue's list), for `--dev-fault subvert-crs` only.
+fn subverted(mut crs: Crs) -> Crs {
+    use ark_ec::AffineRepr;
+    crs.vk.delta_g2 = ark_bn254::G2Affine::zero();
+    crs.delta_g1 = ark_bn254::G1Affine::zero();
+    crs
+}
+
+fn current(record: &mut RentedContract) -> &mut RentedDownload {
+    record
+        .downloads
+        .last_mut()
+        .expect("a download was pushed before its steps run")
+}
+
+fn waiting(base: Value, height: u32, tip: u32, what: &str) -> Value {
+    merge(
+        base,
+        json!({
+            "status": "waiting",
+            "refund_height": height,
+            "blocks_to_wait": height.saturating_sub(tip),
+            "message": format!("{what} can be broadcast once the chain reaches height {height} (now {tip})"),
+        }),
+    )
+}
+
+fn merge(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+fn partial_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.dstore-partial"))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, RenterError> {
+    if path.as_os_str().is_empty() || path.file_name().is_none() {
+        return Err(RenterError::Invalid("output_path must name a file".into()));
+    }
+    std::path::absolute(path).map_err(|e| RenterError::Invalid(e.to_string()))
+}
+
+/// `host:port` or `http://host:port`; anything else is refused.
+fn normalise_url(url: &str) -> Result<String, RenterError> {
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let parsed = reqwest::Url::parse(&with_scheme)
+        .map_err(|e| RenterError::Invalid(format!("farmer_peer_url {url}: {e}")))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" || parsed.host().is_none() {
+        return Err(RenterError::Invalid(format!(
+            "farmer_peer_url {url}: expected http://host:port"
+        )));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_string())
+}

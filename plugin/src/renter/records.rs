@@ -1,0 +1,110 @@
+//! What the renter stores per contract: the farmer, the file key K (secret), root_C, the
+//! receipt, and each download's state, transactions and outcome.
+
+use bitcoin::secp256k1::XOnlyPublicKey;
+use bitcoin::{Amount, OutPoint, Transaction, Txid};
+use dstore_protocol::contract::DownloadContract;
+use dstore_protocol::keys::{KeyCommitment, KeyReveal};
+use dstore_protocol::merkle::Hash32;
+use dstore_protocol::peer::SequenceGuard;
+use dstore_protocol::receipt::StorageReceipt;
+use dstore_protocol::seal::SealTranscript;
+use serde::{Deserialize, Serialize};
+
+/// Where a contract's storage stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoragePhase {
+    /// Encrypting the file into the local staging copy of C.
+    Encrypting,
+    /// Streaming C to the farmer.
+    Uploading,
+    /// The farmer's receipt is checked and stored.
+    Stored,
+}
+
+/// One rented file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RentedContract {
+    #[serde(with = "hex::serde")]
+    pub contract_id: [u8; 32],
+    pub farmer_url: String,
+    pub farmer: XOnlyPublicKey,
+    /// K: the file key. Secret; the metadata store's files are 0600.
+    #[serde(with = "hex::serde")]
+    pub file_key: [u8; 32],
+    pub source: String,
+    pub plaintext_length: u64,
+    pub ciphertext_length: u64,
+    pub root_c: Option<Hash32>,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub price: Amount,
+    pub phase: StoragePhase,
+    pub receipt: Option<StorageReceipt>,
+    /// The next message number this renter sends.
+    pub outbound: u64,
+    /// The next message number expected from the farmer.
+    pub inbound: SequenceGuard,
+    pub downloads: Vec<RentedDownload>,
+}
+
+/// Where a download stands, renter side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadPhase {
+    /// Commitments exchanged.
+    Offered,
+    /// Keys revealed; fetching and checking E.
+    Fetching,
+    /// TX1 signed and stored; about to be broadcast (or broadcast).
+    Tx1Funded,
+    /// sig_R on TX2 sent.
+    Tx2Signed,
+    /// TX3 signed and sent: the farmer can now claim by broadcasting TX2.
+    Tx3Signed,
+    /// File written and checked.
+    Done,
+    /// The farmer's data was wrong after payment; a fraud proof is stored.
+    Fraud,
+    /// TX1 (or TX2) money returned.
+    Refunded,
+    /// Failed before any money moved.
+    Failed,
+}
+
+impl DownloadPhase {
+    /// Money is locked in TX1 or TX2 and not yet spent by a finished exchange.
+    pub fn money_locked(self) -> bool {
+        matches!(
+            self,
+            DownloadPhase::Tx1Funded | DownloadPhase::Tx2Signed | DownloadPhase::Tx3Signed
+        )
+    }
+}
+
+/// The renter's half of one download.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RentedDownload {
+    #[serde(with = "hex::serde")]
+    pub download_id: [u8; 32],
+    /// R and R2 derive from the seed at this index.
+    pub key_index: u32,
+    pub phase: DownloadPhase,
+    pub renter_commitment: KeyCommitment,
+    pub renter_reveal: KeyReveal,
+    pub farmer_commitment: Option<KeyCommitment>,
+    pub contract: Option<DownloadContract>,
+    pub transcript: Option<SealTranscript>,
+    pub tx1: Option<Transaction>,
+    pub tx1_outpoint: Option<OutPoint>,
+    pub unsigned_tx2: Option<Transaction>,
+    /// txid = SHA256(D), known once the proof verified.
+    pub tx2_txid: Option<Txid>,
+    pub tx3_txid: Option<Txid>,
+    /// Chain height when the download started (where to look for TX2).
+    pub start_height: u32,
+    pub output: Option<String>,
+    pub fraud_proof: Option<String>,
+    pub refund_txid: Option<Txid>,
+    pub error: Option<String>,
+}

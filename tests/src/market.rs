@@ -1,0 +1,166 @@
+//! A regtest market for the end-to-end tests: one bitcoind, a farmer dstore-plugin (with
+//! `--farmer` and its peer endpoint) and a funded renter dstore-plugin, driven through
+//! bitcoin-cli exactly as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::node::btc_to_sat;
+use crate::{ports, BitcoinNode, PluginProcess};
+
+/// The price the farmer asks per download in the tests (satoshis).
+pub const TEST_PRICE_SAT: u64 = 20_000;
+
+/// Optional misbehaviour for either plugin (`--dev-fault`).
+#[derive(Default, Clone, Copy)]
+pub struct Faults {
+    pub farmer: Option<&'static str>,
+    pub renter: Option<&'static str>,
+}
+
+pub struct Market {
+    pub node: BitcoinNode,
+    farmer: Option<PluginProcess>,
+    renter: Option<PluginProcess>,
+    pub peer_url: String,
+    farmer_args: Vec<String>,
+    renter_args: Vec<String>,
+    /// Holds both datadirs and the test files.
+    pub dir: TempDir,
+}
+
+impl Market {
+    /// Starts the node and both plugins; the renter's wallet gets 50 BTC of mature coins.
+    /// `crs_dir` is shared by every test of a run so the CRS is generated once.
+    pub fn start(crs_dir: &Path, faults: Faults) -> Market {
+        Self::start_with(crs_dir, faults, 80 << 20)
+    }
+
+    /// Like [`Market::start`], with the farmer accepting files up to `max_file_bytes`.
+    pub fn start_with(crs_dir: &Path, faults: Faults, max_file_bytes: u64) -> Market {
+        let dir = tempfile::Builder::new()
+            .prefix("dstore-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let node = BitcoinNode::start();
+        let peer_port = ports::free_ports(1)[0];
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let crs = format!("--crs-cache-dir={}", crs_dir.display());
+        let mut farmer_args = vec![
+            "--farmer".to_string(),
+            format!("--peer-bind=127.0.0.1:{peer_port}"),
+            format!("--storage-dir={}", dir.path().join("farmer-storage").display()),
+            format!("--price-per-download-sat={TEST_PRICE_SAT}"),
+            format!("--max-file-bytes={max_file_bytes}"),
+            crs.clone(),
+        ];
+        if let Some(fault) = faults.farmer {
+            farmer_args.push(format!("--dev-fault={fault}"));
+        }
+        let farmer = start_plugin(&node, &dir.path().join("farmer"), &farmer_args);
+        let mut renter_args = vec![crs];
+        if let Some(fault) = faults.renter {
+            renter_args.push(format!("--dev-fault={fault}"));
+        }
+        let renter = start_plugin(&node, &dir.path().join("renter"), &renter_args);
+        let address = renter.call_ok("dstore-getnewaddress", json!([]));
+        node.mine_to(1, address.as_str().expect("address"));
+        node.mine(100);
+        Market {
+            node,
+            farmer: Some(farmer),
+            renter: Some(renter),
+            peer_url,
+            farmer_args,
+            renter_args,
+            dir,
+        }
+    }
+
+    /// Writes `data` to a file in the market's directory.
+    pub fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, data).expect("write test file");
+        path
+    }
+
+    /// `bitcoin-cli -rpcport=<renter> <args>`; Ok(stdout) or Err(stderr).
+    pub fn renter_cli(&self, args: &[&str]) -> Result<String, String> {
+        cli_result(self.renter().cli(args))
+    }
+
+    /// `dstore-open` through bitcoin-cli; returns the contract id.
+    pub fn open(&self, file: &Path) -> Result<String, String> {
+        let path = file.to_str().expect("utf-8 path");
+        self.renter_cli(&["dstore-open", &self.peer_url, path])
+    }
+
+    /// `dstore-download` through bitcoin-cli; returns its JSON result.
+    pub fn download(&self, id: &str, output: &Path) -> Result<Value, String> {
+        let out = output.to_str().expect("utf-8 path");
+        self.renter_cli(&["dstore-download", id, out])
+            .map(|text| serde_json::from_str(&text).expect("dstore-download prints JSON"))
+    }
+
+    pub fn farmer(&self) -> &PluginProcess {
+        self.farmer.as_ref().expect("the farmer is running")
+    }
+
+    pub fn renter(&self) -> &PluginProcess {
+        self.renter.as_ref().expect("the renter is running")
+    }
+
+    pub fn farmer_balance_sat(&self) -> u64 {
+        btc_to_sat(&self.farmer().call_ok("dstore-getbalance", json!([])))
+    }
+
+    pub fn renter_balance_sat(&self) -> u64 {
+        btc_to_sat(&self.renter().call_ok("dstore-getbalance", json!([])))
+    }
+
+    /// SIGKILLs the farmer (or waits for it if it already exited).
+    pub fn kill_farmer(&mut self) {
+        if let Some(farmer) = self.farmer.take() {
+            farmer.kill();
+        }
+    }
+
+    /// Starts the farmer again on its datadir and port, without any fault.
+    pub fn start_farmer(&mut self) {
+        let args: Vec<String> = self
+            .farmer_args
+            .iter()
+            .filter(|a| !a.starts_with("--dev-fault"))
+            .cloned()
+            .collect();
+        self.farmer = Some(start_plugin(&self.node, &self.dir.path().join("farmer"), &args));
+    }
+
+    pub fn kill_renter(&mut self) {
+        if let Some(renter) = self.renter.take() {
+            renter.kill();
+        }
+    }
+
+    /// Starts the renter again on its datadir, without any fault.
+    pub fn start_renter(&mut self) {
+        let args = [self.renter_args[0].clone()];
+        self.renter = Some(start_plugin(&self.node, &self.dir.path().join("renter"), &args));
+    }
+}
+
+fn start_plugin(node: &BitcoinNode, datadir: &Path, args: &[String]) -> PluginProcess {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    PluginProcess::start_in(node, datadir, &args)
+}
+
+fn cli_result(output: Output) -> Result<String, String> {
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}

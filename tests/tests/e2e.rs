@@ -1,0 +1,445 @@
+//! End to end (issue 5): a renter dstore-plugin and a farmer dstore-plugin on one regtest
+//! bitcoind store a file and sell its download through the mode-L chain, driven by
+//! bitcoin-cli. Misbehaving parties are real plugin processes started with a hidden
+//! `--dev-fault`; the other side's checks have to catch them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
+use bitcoin::Amount;
+use dstore_protocol::messages::{OpenRequest, UploadDone};
+use dstore_protocol::peer;
+use dstore_tests::market::{Faults, Market, TEST_PRICE_SAT};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::{json, Value};
+
+fn crs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn status(m: &Market, id: &str) -> Value {
+    m.renter().call_ok("dstore-status", json!([id]))
+}
+
+fn farmer_status(m: &Market, id: &str) -> Value {
+    m.farmer().call_ok("dstore-status", json!([id]))
+}
+
+/// Mines until the chain reaches `height`.
+fn mine_to_height(m: &Market, height: u64) {
+    let now = m.node.block_count();
+    if height > now {
+        m.node.mine((height - now) as u32);
+    }
+}
+
+/// `dstore-refund` says "waiting" until T1, then broadcasts; the refund is mined and pays
+/// the renter's wallet.
+fn refund_after_t1(m: &Market, id: &str) -> Value {
+    let early = m.renter().call_ok("dstore-refund", json!([id]));
+    assert_eq!(early["status"], "waiting", "{early}");
+    let t1 = early["refund_height"].as_u64().expect("refund height");
+    mine_to_height(m, t1);
+    let refund = m.renter().call_ok("dstore-refund", json!([id]));
+    assert_eq!(refund["status"], "broadcast", "{refund}");
+    let txid = refund["txid"].as_str().unwrap().to_string();
+    m.node.mine(1);
+    assert_eq!(m.node.confirmations(&txid), 1, "the refund is mined");
+    let again = m.renter().call_ok("dstore-refund", json!([id]));
+    assert_eq!(again["status"], "nothing", "{again}");
+    refund
+}
+
+#[test]
+fn e2e_bitcoin_cli_round_trips_every_size_and_pays_the_farmer() {
+    let m = Market::start(&crs_dir(), Faults::default());
+    let start_farmer_balance = m.farmer_balance_sat();
+    let sizes = [0usize, 1, 4096, 5 * 1024 * 1024 + 3, 64 * 1024 * 1024];
+    let mut paid = 0u64;
+    for (i, size) in sizes.into_iter().enumerate() {
+        let data = random_bytes(i as u64, size);
+        let input = m.file(&format!("in-{size}"), &data);
+        let id = m.open(&input).expect("dstore-open");
+        assert_eq!(id.len(), 64, "a contract id: {id}");
+        let s = status(&m, &id);
+        assert_eq!(s["bytes_done"], s["bytes_total"], "{s}");
+        assert_eq!(farmer_status(&m, &id)["phase"], "stored");
+
+        let output = m.dir.path().join(format!("out-{size}"));
+        let result = m.download(&id, &output).expect("dstore-download");
+        assert_eq!(
+            std::fs::read(&output).expect("output written"),
+            data,
+            "size {size}"
+        );
+        // The farmer broadcast TX2 and TX3; once mined, the payout is in its wallet.
+        let tx3 = result["tx3"].as_str().expect("tx3").to_string();
+        m.node.mine(1);
+        assert_eq!(m.node.confirmations(&tx3), 1, "TX3 is mined");
+        assert_eq!(
+            m.node.confirmations(result["tx2"].as_str().unwrap()),
+            1,
+            "TX2 is mined"
+        );
+        let farmer = farmer_status(&m, &id);
+        let payouts = farmer["payouts"].as_array().expect("payouts");
+        assert_eq!(payouts.len(), 1, "{farmer}");
+        assert_eq!(payouts[0]["tx3"], tx3.as_str());
+        paid += payouts[0]["amount_sat"].as_u64().unwrap();
+        assert_eq!(
+            m.farmer_balance_sat(),
+            start_farmer_balance + paid,
+            "the payout is mined to the farmer's wallet"
+        );
+        assert!(payouts[0]["amount_sat"].as_u64().unwrap() < TEST_PRICE_SAT);
+    }
+    let listed = m.renter().call_ok("dstore-list", json!([]));
+    assert_eq!(listed.as_array().unwrap().len(), sizes.len());
+}
+
+#[test]
+fn e2e_farmer_disappears_after_tx1_then_refund_after_t1() {
+    let mut m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("exit-after-tx1"),
+            ..Faults::default()
+        },
+    );
+    let before = m.renter_balance_sat();
+    let input = m.file("in", &random_bytes(7, 10_000));
+    let id = m.open(&input).expect("dstore-open");
+    let output = m.dir.path().join("out");
+    let err = m.download(&id, &output).unwrap_err();
+    assert!(err.contains("farmer"), "a clear error: {err}");
+    assert!(!output.exists(), "nothing is written");
+    m.kill_farmer();
+    let s = status(&m, &id);
+    assert_eq!(s["downloads"][0]["phase"], "tx1_funded", "{s}");
+    let locked = before - m.renter_balance_sat();
+    assert!(locked >= TEST_PRICE_SAT, "TX1 locked the price: {locked}");
+    let refund = refund_after_t1(&m, &id);
+    assert_eq!(refund["amount_sat"], TEST_PRICE_SAT - 1_000);
+    let lost = before - m.renter_balance_sat();
+    assert!(lost < 5_000, "only fees are lost: {lost}");
+}
+
+#[test]
+fn e2e_farmer_never_broadcasts_tx2_then_refund_after_t1() {
+    let m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("withhold-tx2"),
+            ..Faults::default()
+        },
+    );
+    let input = m.file("in", &random_bytes(8, 5_000));
+    let id = m.open(&input).expect("dstore-open");
+    let output = m.dir.path().join("out");
+    let err = m.download(&id, &output).unwrap_err();
+    assert!(err.contains("TX2") && err.contains("dstore-refund"), "{err}");
+    assert!(!output.exists());
+    let s = status(&m, &id);
+    assert_eq!(s["downloads"][0]["phase"], "tx3_signed", "{s}");
+    let tx2 = s["downloads"][0]["tx2"].as_str().unwrap().to_string();
+    refund_after_t1(&m, &id);
+    assert!(
+        m.node.rpc("getrawtransaction", json!([tx2])).is_err(),
+        "TX2 never appeared"
+    );
+}
+
+#[test]
+fn e2e_lying_farmer_fails_root_e_before_any_payment() {
+    let m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("flip-sealed-byte"),
+            ..Faults::default()
+        },
+    );
+    let input = m.file("in", &random_bytes(9, 100_000));
+    let id = m.open(&input).expect("dstore-open");
+    let before = m.renter_balance_sat();
+    let output = m.dir.path().join("out");
+    let err = m.download(&id, &output).unwrap_err();
+    assert!(err.contains("root_E") && err.contains("nothing was paid"), "{err}");
+    assert!(!output.exists());
+    let s = status(&m, &id);
+    assert_eq!(s["downloads"][0]["phase"], "failed", "{s}");
+    assert_eq!(s["downloads"][0]["tx1"], Value::Null, "no TX1");
+    assert_eq!(m.renter_balance_sat(), before, "no money moved");
+}
+
+#[test]
+fn e2e_farmer_sealing_wrong_data_is_caught_by_a_fraud_proof() {
+    let m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("seal-wrong-data"),
+            ..Faults::default()
+        },
+    );
+    let input = m.file("in", &random_bytes(10, 50_000));
+    let id = m.open(&input).expect("dstore-open");
+    let output = m.dir.path().join("out");
+    let err = m.download(&id, &output).unwrap_err();
+    assert!(err.contains("fraud proof saved to"), "{err}");
+    assert!(!output.exists(), "nothing is written to output_path");
+    let s = status(&m, &id);
+    assert_eq!(s["downloads"][0]["phase"], "fraud", "{s}");
+    let proof = s["downloads"][0]["fraud_proof"].as_str().unwrap().to_string();
+    let checked = m
+        .renter_cli(&["dstore-verify-fraud", &proof])
+        .expect("the fraud proof verifies");
+    let checked: Value = serde_json::from_str(&checked).unwrap();
+    assert_eq!(checked["valid"], true);
+    assert_eq!(checked["contract_id"], id.as_str());
+    // A tampered proof does not verify.
+    let mut tampered: Value = serde_json::from_slice(&std::fs::read(&proof).unwrap()).unwrap();
+    tampered["segment_index"] = json!(tampered["segment_index"].as_u64().unwrap() + 1);
+    let bad = m.file("bad-proof.json", tampered.to_string().as_bytes());
+    let err = m
+        .renter_cli(&["dstore-verify-fraud", bad.to_str().unwrap()])
+        .unwrap_err();
+    assert!(err.contains("does not hold"), "{err}");
+}
+
+#[test]
+fn e2e_subverted_crs_makes_the_farmer_abort_before_any_proof() {
+    let m = Market::start(
+        &crs_dir(),
+        Faults {
+            renter: Some("subvert-crs"),
+            ..Faults::default()
+        },
+    );
+    let input = m.file("in", &random_bytes(11, 3_000));
+    let id = m.open(&input).expect("dstore-open");
+    let output = m.dir.path().join("out");
+    let err = m.download(&id, &output).unwrap_err();
+    assert!(err.contains("bad CRS"), "{err}");
+    let farmer = farmer_status(&m, &id);
+    assert_eq!(farmer["phase"], "download aborted", "{farmer}");
+    assert!(farmer["payouts"].as_array().unwrap().is_empty());
+    // The renter got no proof and no TX2; its TX1 money comes back after T1.
+    refund_after_t1(&m, &id);
+}
+
+/// A renter identity for hand-made envelopes.
+fn identity(seed: u8) -> Keypair {
+    Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[seed; 32]).unwrap())
+}
+
+fn post(m: &Market, kind: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/dstore/v1/msg/{kind}", m.peer_url))
+        .body(body)
+        .send()
+        .expect("farmer answers");
+    let code = response.status().as_u16();
+    let text = response.text().unwrap();
+    (code, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+#[test]
+fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
+    let m = Market::start(&crs_dir(), Faults::default());
+    let renter = identity(5);
+    let id = [42u8; 32];
+    let open = |len: u64, seq: u64| {
+        let request = OpenRequest {
+            file_length: len,
+            download_price: Amount::from_sat(TEST_PRICE_SAT),
+        };
+        peer::sign(&renter, id, seq, &request).unwrap()
+    };
+    // Garbage, oversized and unknown-kind messages.
+    let (code, body) = post(&m, "open_request", b"{not json".to_vec());
+    assert_eq!(code, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("malformed"), "{body}");
+    let (code, _) = post(&m, "open_request", vec![b' '; 100_000]);
+    assert_eq!(code, 413);
+    let (code, body) = post(&m, "no_such_kind", open(10, 0));
+    assert_eq!(code, 404, "{body}");
+    // Too large for this farmer; nothing is created.
+    let (code, body) = post(&m, "open_request", open(1 << 40, 0));
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("at most"), "{body}");
+    assert!(m.farmer().call("dstore-status", json!([hex::encode(id)])).is_err());
+    // Accepted once; the same open again is a retry (same reply); a new one is refused.
+    let (code, first) = post(&m, "open_request", open(100, 0));
+    assert_eq!(code, 200, "{first}");
+    let (_, again) = post(&m, "open_request", open(100, 0));
+    assert_eq!(first, again, "an exact retry gets the stored reply");
+    let (code, body) = post(&m, "open_request", open(101, 0));
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("already exists"), "{body}");
+    // Out of order and replayed sequence numbers.
+    let done = |seq: u64| {
+        peer::sign(&renter, id, seq, &UploadDone { root_c: [0; 32], length: 100 }).unwrap()
+    };
+    let (code, body) = post(&m, "upload_done", done(5));
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("out of order"), "{body}");
+    let (code, body) = post(&m, "upload_done", done(0));
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("already processed"), "{body}");
+    // Another key cannot speak for this contract.
+    let forged = peer::sign(&identity(6), id, 1, &UploadDone { root_c: [0; 32], length: 100 }).unwrap();
+    let (code, body) = post(&m, "upload_done", forged);
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("unexpected key"), "{body}");
+    // An upload past the offer, or unsigned, is refused before any byte is stored.
+    let http = reqwest::blocking::Client::new();
+    let path = format!("/dstore/v1/upload/{}?offset=0", hex::encode(id));
+    let put = |auth: String, body: Vec<u8>| {
+        http.put(format!("{}{path}", m.peer_url))
+            .header("x-dstore-auth", auth)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let signed = dstore_plugin_sign(&renter, &path);
+    let response = put(signed.clone(), vec![0; 101]);
+    assert_eq!(response.status().as_u16(), 413);
+    let response = put(dstore_plugin_sign(&identity(6), &path), vec![0; 10]);
+    assert_eq!(response.status().as_u16(), 401);
+    let farmer = farmer_status(&m, &hex::encode(id));
+    assert_eq!(farmer["bytes_done"], 0, "{farmer}");
+    // The upload is not done: claiming it is refused and changes nothing.
+    let (code, body) = post(&m, "upload_done", done(1));
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("incomplete"), "{body}");
+    assert_eq!(farmer_status(&m, &hex::encode(id))["phase"], "uploading");
+
+    // RPC side: unknown contract ids and malformed parameters.
+    let unknown = "00".repeat(32);
+    for method in ["dstore-status", "dstore-download", "dstore-refund"] {
+        let mut params = vec![json!(unknown)];
+        if method == "dstore-download" {
+            params.push(json!(m.dir.path().join("x").to_str().unwrap()));
+        }
+        let err = m.renter().call(method, json!(params)).unwrap_err();
+        assert_eq!(err.code, -5, "{method}: {err}");
+    }
+    let err = m.renter().call("dstore-status", json!(["zz"])).unwrap_err();
+    assert_eq!(err.code, -8);
+    let err = m
+        .renter()
+        .call("dstore-open", json!([m.peer_url, "/no/such/file"]))
+        .unwrap_err();
+    assert_eq!(err.code, -8, "{err}");
+    let input = m.file("in", b"abc");
+    let err = m
+        .renter()
+        .call("dstore-open", json!(["http://127.0.0.1:1", input.to_str().unwrap()]))
+        .unwrap_err();
+    assert_eq!(err.code, -9, "{err}");
+    let err = m
+        .renter()
+        .call("dstore-open", json!([m.peer_url, input.to_str().unwrap(), "lots"]))
+        .unwrap_err();
+    assert_eq!(err.code, -3, "{err}");
+    assert!(
+        m.renter().call_ok("dstore-list", json!([])).as_array().unwrap().is_empty(),
+        "no failed call left a contract behind"
+    );
+}
+
+fn dstore_plugin_sign(identity: &Keypair, path: &str) -> String {
+    dstore_plugin::wire::sign_bulk(identity, path)
+}
+
+#[test]
+fn e2e_kill_9_mid_upload_and_mid_download_loses_nothing() {
+    let mut m = Market::start(&crs_dir(), Faults::default());
+    let data = random_bytes(12, 48 * 1024 * 1024);
+    let input = m.file("in", &data);
+    // Kill the farmer while the upload streams; the renter's dstore-open resumes after
+    // the farmer is back (it retries with backoff).
+    let renter_rpc = m.renter().rpc_url();
+    let cookie = m.renter().credentials();
+    let url = m.peer_url.clone();
+    let path = input.to_str().unwrap().to_string();
+    let opener = std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(900))
+            .build()
+            .unwrap();
+        dstore_tests::node::rpc_call(&http, &renter_rpc, &cookie, "dstore-open", json!([url, path]))
+    });
+    wait_for_upload_progress(&m);
+    m.kill_farmer();
+    m.start_farmer();
+    let id = opener
+        .join()
+        .unwrap()
+        .expect("dstore-open survives a farmer crash");
+    let id = id.as_str().unwrap().to_string();
+    assert_eq!(farmer_status(&m, &id)["phase"], "stored");
+
+    // Kill the renter in the middle of a download, restart it: the download either
+    // finished or its money is refundable; no coins are lost.
+    let before = m.renter_balance_sat();
+    let renter_rpc = m.renter().rpc_url();
+    let cookie = m.renter().credentials();
+    let out = m.dir.path().join("out");
+    let out_path = out.to_str().unwrap().to_string();
+    let id2 = id.clone();
+    let downloader = std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(900))
+            .build()
+            .unwrap();
+        dstore_tests::node::rpc_call(&http, &renter_rpc, &cookie, "dstore-download", json!([id2, out_path]))
+    });
+    wait_for_phase(&m, &id, "proving");
+    m.kill_renter();
+    let _ = downloader.join();
+    m.start_renter();
+    assert!(!out.exists(), "no partial output");
+    let s = status(&m, &id);
+    let phase = s["downloads"][0]["phase"].as_str().unwrap().to_string();
+    assert!(
+        ["tx1_funded", "tx2_signed", "tx3_signed"].contains(&phase.as_str()),
+        "{s}"
+    );
+    refund_after_t1(&m, &id);
+    let lost = before - m.renter_balance_sat();
+    assert!(lost < 5_000, "only fees are lost: {lost}");
+}
+
+fn wait_for_upload_progress(m: &Market) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let list = m.renter().call_ok("dstore-list", json!([]));
+        if let Some(c) = list.as_array().and_then(|l| l.first()) {
+            if c["phase"] == "uploading" && c["bytes_done"].as_u64().unwrap_or(0) > 8 << 20 {
+                return;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the upload never progressed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_phase(m: &Market, id: &str, phase: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let s = status(m, id);
+        if s["phase"] == phase {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reached {phase}: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
