@@ -21,6 +21,7 @@ BIN="$(scripts/install-bitcoind.sh | tail -n 1)"
 "$BIN/bitcoind" -version | head -n 1
 
 step "Building dstore"
+scripts/install-build-deps.sh
 cargo build --quiet --bins
 PLUGIN="$PWD/target/debug/dstore-plugin"
 

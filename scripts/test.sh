@@ -10,6 +10,8 @@ BITCOIN_BIN="$(scripts/install-bitcoind.sh | tail -n 1)"
 export DSTORE_BITCOIN_DIR="$(dirname "$BITCOIN_BIN")"
 log "bitcoind: $("$BITCOIN_BIN/bitcoind" -version | head -n 1)"
 
+scripts/install-build-deps.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -105,6 +105,8 @@ pub struct Renter {
     fraud_dir: PathBuf,
     pub progress: Arc<Tracker>,
     dev_fault: Option<DevFault>,
+    /// The CRS in use, by shape, with its hash (loading and hashing it takes seconds).
+    crs: tokio::sync::Mutex<std::collections::HashMap<Shape, (Arc<Crs>, [u8; 32])>>,
     locks: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -134,6 +136,7 @@ impl Renter {
             fraud_dir,
             progress: Arc::new(Tracker::default()),
             dev_fault,
+            crs: Default::default(),
             locks: Default::default(),
         })
     }
@@ -562,8 +565,8 @@ impl Renter {
 
         // 5. The proof, under this renter's own CRS.
         self.progress.phase(&id_hex, "proving", 0);
-        let crs = self.crs_for(&statement.shape).await?;
-        let proof = self.get_proof(record, &crs).await?;
+        let (crs, crs_hash) = self.crs_for(&statement.shape).await?;
+        let proof = self.get_proof(record, &crs, crs_hash).await?;
         let verified = {
             let (crs, statement) = (crs.clone(), statement.clone());
             let proof_bytes = proof.proof.clone();
@@ -639,8 +642,23 @@ impl Renter {
         self.work_dir.join(format!("{}.sealed", hex::encode(download_id)))
     }
 
-    /// This renter's CRS for `shape`: generated once, kept in its own cache.
-    async fn crs_for(&self, shape: &Shape) -> Result<Arc<Crs>, RenterError> {
+    /// This renter's CRS for `shape` and its hash: generated once, kept on disk and in
+    /// memory.
+    async fn crs_for(&self, shape: &Shape) -> Result<(Arc<Crs>, [u8; 32]), RenterError> {
+        let mut cache = self.crs.lock().await;
+        if let Some(found) = cache.get(shape) {
+            return Ok(found.clone());
+        }
+        let crs = self.load_or_make_crs(shape).await?;
+        let hashed = crs.clone();
+        let hash = tokio::task::spawn_blocking(move || zk::crs_hash(&hashed))
+            .await
+            .map_err(internal)?;
+        cache.insert(*shape, (crs.clone(), hash));
+        Ok((crs, hash))
+    }
+
+    async fn load_or_make_crs(&self, shape: &Shape) -> Result<Arc<Crs>, RenterError> {
         let key = hex::encode(dstore_protocol::hashing::sha256(&[
             &serde_json::to_vec(shape).map_err(internal)?
         ]));
@@ -675,10 +693,9 @@ impl Renter {
         &self,
         record: &mut RentedContract,
         crs: &Arc<Crs>,
+        crs_hash: [u8; 32],
     ) -> Result<ProofReady, RenterError> {
-        let offer = CrsOffer {
-            crs_hash: zk::crs_hash(crs),
-        };
+        let offer = CrsOffer { crs_hash };
         match self.exchange::<_, ProofReady>(record, &offer, SLOW_CALL).await {
             Err(RenterError::Peer(PeerCallError::Refused(e))) if e.code == UNKNOWN_CRS => {}
             other => return other,
