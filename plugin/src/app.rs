@@ -16,7 +16,7 @@ pub struct App {
     pub config: Config,
     pub bitcoind: Arc<Bitcoind>,
     pub wallet: Arc<PluginWallet>,
-    pub renter: Renter,
+    pub renter: Arc<Renter>,
     pub farmer: Option<Arc<Farmer>>,
     shutdown: watch::Sender<bool>,
 }
@@ -26,7 +26,7 @@ impl App {
         config: Config,
         bitcoind: Arc<Bitcoind>,
         wallet: Arc<PluginWallet>,
-        renter: Renter,
+        renter: Arc<Renter>,
         farmer: Option<Arc<Farmer>>,
     ) -> Self {
         App {

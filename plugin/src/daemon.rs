@@ -75,7 +75,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let wallet = Arc::new(open_wallet(&config).await?);
     let db = Arc::new(Db::open(&config.network_dir().join("db"))?);
     let seed = *wallet.seed();
-    let renter = Renter::new(
+    let renter = Arc::new(Renter::new(
         seed,
         db.clone(),
         wallet.clone(),
@@ -83,7 +83,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         &config.network_dir(),
         config.crs_cache_dir.clone(),
         config.dev_fault,
-    )?;
+    )?);
     let farmer = match &config.farmer {
         None => None,
         Some(settings) => Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet).await?),
@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(network = %config.network, %addr, "dstore-plugin ready");
     let app = Arc::new(App::new(config, bitcoind, wallet, renter, farmer.clone()));
     tokio::spawn(stop_on_signal(app.clone()));
+    app.renter.resume_uploads()?;
     if let Some((farmer, listener)) = farmer.zip(peer_listener) {
         let app = app.clone();
         tokio::spawn(async move {

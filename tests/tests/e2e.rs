@@ -359,73 +359,113 @@ fn dstore_plugin_sign(identity: &Keypair, path: &str) -> String {
     dstore_plugin::wire::sign_bulk(identity, path)
 }
 
-#[test]
-fn e2e_kill_9_mid_upload_and_mid_download_loses_nothing() {
-    let mut m = Market::start(&crs_dir(), Faults::default());
-    let data = random_bytes(12, 48 * 1024 * 1024);
-    let input = m.file("in", &data);
-    // Kill the farmer while the upload streams; the renter's dstore-open resumes after
-    // the farmer is back (it retries with backoff).
-    let renter_rpc = m.renter().rpc_url();
+/// Runs a renter RPC on a thread (it outlives a plugin being killed under it).
+fn call_in_thread(m: &Market, method: &'static str, params: Value) -> std::thread::JoinHandle<Result<Value, dstore_tests::RpcError>> {
+    let url = m.renter().rpc_url();
     let cookie = m.renter().credentials();
-    let url = m.peer_url.clone();
-    let path = input.to_str().unwrap().to_string();
-    let opener = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(900))
             .build()
             .unwrap();
-        dstore_tests::node::rpc_call(&http, &renter_rpc, &cookie, "dstore-open", json!([url, path]))
-    });
+        dstore_tests::node::rpc_call(&http, &url, &cookie, method, params)
+    })
+}
+
+#[test]
+fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
+    let mut m = Market::start(&crs_dir(), Faults::default());
+    // The farmer dies mid-upload: dstore-open retries and resumes once it is back.
+    let data = random_bytes(12, 48 * 1024 * 1024);
+    let input = m.file("in", &data);
+    let opener = call_in_thread(&m, "dstore-open", json!([m.peer_url, input.to_str().unwrap()]));
     wait_for_upload_progress(&m);
     m.kill_farmer();
     m.start_farmer();
-    let id = opener
-        .join()
-        .unwrap()
-        .expect("dstore-open survives a farmer crash");
+    let id = opener.join().unwrap().expect("dstore-open survives a farmer crash");
     let id = id.as_str().unwrap().to_string();
     assert_eq!(farmer_status(&m, &id)["phase"], "stored");
 
-    // Kill the renter in the middle of a download, restart it: the download either
-    // finished or its money is refundable; no coins are lost.
-    let before = m.renter_balance_sat();
-    let renter_rpc = m.renter().rpc_url();
-    let cookie = m.renter().credentials();
+    // The renter dies mid-upload: after its restart the upload resumes by itself.
+    let data2 = random_bytes(13, 48 * 1024 * 1024);
+    let input2 = m.file("in2", &data2);
+    let opener = call_in_thread(&m, "dstore-open", json!([m.peer_url, input2.to_str().unwrap()]));
+    wait_for_upload_progress(&m);
+    m.kill_renter();
+    let _ = opener.join();
+    m.start_renter();
+    let list = m.renter().call_ok("dstore-list", json!([]));
+    let id2 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["contract_id"].as_str().unwrap().to_string())
+        .find(|c| *c != id)
+        .expect("the interrupted contract is kept");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while status(&m, &id2)["phase"] != "stored" {
+        assert!(std::time::Instant::now() < deadline, "{}", status(&m, &id2));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(farmer_status(&m, &id2)["phase"], "stored");
+    // Both files come back intact.
+    for (id, data) in [(&id, &data), (&id2, &data2)] {
+        let out = m.dir.path().join(format!("out-{id}"));
+        m.download(id, &out).expect("dstore-download");
+        assert!(std::fs::read(&out).unwrap() == *data, "contract {id}");
+    }
+}
+
+#[test]
+fn e2e_kill_9_mid_download_either_side_loses_no_coins() {
+    let mut m = Market::start(&crs_dir(), Faults::default());
+    let data = random_bytes(14, 4 * 1024 * 1024);
+    let input = m.file("in", &data);
+    let id = m.open(&input).expect("dstore-open");
     let out = m.dir.path().join("out");
-    let out_path = out.to_str().unwrap().to_string();
-    let id2 = id.clone();
-    let downloader = std::thread::spawn(move || {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(900))
-            .build()
-            .unwrap();
-        dstore_tests::node::rpc_call(&http, &renter_rpc, &cookie, "dstore-download", json!([id2, out_path]))
-    });
+
+    // The renter dies while the farmer proves: after its restart the TX1 money is refundable.
+    let before = m.renter_balance_sat();
+    let downloader = call_in_thread(&m, "dstore-download", json!([id, out.to_str().unwrap()]));
     wait_for_phase(&m, &id, "proving");
     m.kill_renter();
     let _ = downloader.join();
     m.start_renter();
-    assert!(!out.exists(), "no partial output");
+    assert!(!out.exists(), "no output from a killed download");
     let s = status(&m, &id);
     let phase = s["downloads"][0]["phase"].as_str().unwrap().to_string();
-    assert!(
-        ["tx1_funded", "tx2_signed", "tx3_signed"].contains(&phase.as_str()),
-        "{s}"
-    );
+    assert!(["tx1_funded", "tx2_signed", "tx3_signed"].contains(&phase.as_str()), "{s}");
     refund_after_t1(&m, &id);
     let lost = before - m.renter_balance_sat();
     assert!(lost < 5_000, "only fees are lost: {lost}");
+
+    // The farmer dies in the middle of the next download: it fails clearly, the money
+    // comes back after T1, and a download after the farmer's restart works.
+    let before = m.renter_balance_sat();
+    let downloader = call_in_thread(&m, "dstore-download", json!([id, out.to_str().unwrap()]));
+    wait_for_phase(&m, &id, "proving");
+    m.kill_farmer();
+    let err = downloader.join().unwrap().unwrap_err();
+    assert!(err.message.contains("farmer"), "{err}");
+    assert!(!out.exists());
+    m.start_farmer();
+    refund_after_t1(&m, &id);
+    let lost = before - m.renter_balance_sat();
+    assert!(lost < 5_000, "only fees are lost: {lost}");
+    m.download(&id, &out).expect("a download after the restart");
+    assert!(std::fs::read(&out).unwrap() == data);
 }
 
+/// Waits until a running upload has sent over 8 MiB.
 fn wait_for_upload_progress(m: &Market) {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let list = m.renter().call_ok("dstore-list", json!([]));
-        if let Some(c) = list.as_array().and_then(|l| l.first()) {
-            if c["phase"] == "uploading" && c["bytes_done"].as_u64().unwrap_or(0) > 8 << 20 {
-                return;
-            }
+        let uploading = list.as_array().unwrap().iter().any(|c| {
+            c["phase"] == "uploading" && c["bytes_done"].as_u64().unwrap_or(0) > 8 << 20
+        });
+        if uploading {
+            return;
         }
         assert!(std::time::Instant::now() < deadline, "the upload never progressed");
         std::thread::sleep(Duration::from_millis(20));
@@ -442,4 +482,41 @@ fn wait_for_phase(m: &Market, id: &str, phase: &str) {
         assert!(std::time::Instant::now() < deadline, "never reached {phase}: {s}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs the `dstore` client against the renter plugin.
+fn dstore_cli(m: &Market, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(dstore_tests::bins::dstore_binary("dstore-plugin", "dstore"))
+        .arg(format!("--datadir={}", m.renter().datadir().display()))
+        .arg(format!("--rpc-port={}", m.renter().rpc_port))
+        .args(args)
+        .output()
+        .expect("run dstore");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn e2e_dstore_cli_opens_downloads_and_reports() {
+    let m = Market::start(&crs_dir(), Faults::default());
+    let data = random_bytes(15, 3 * 1024 * 1024 + 5);
+    let input = m.file("in", &data);
+    let id = dstore_cli(&m, &["open", &m.peer_url, input.to_str().unwrap()]).expect("dstore open");
+    assert_eq!(id.len(), 64, "{id}");
+    let out = m.dir.path().join("out");
+    let result = dstore_cli(&m, &["download", &id, out.to_str().unwrap()]).expect("dstore download");
+    let result: Value = serde_json::from_str(&result).expect("JSON");
+    assert_eq!(result["contract_id"], id.as_str());
+    assert!(std::fs::read(&out).unwrap() == data);
+    let status: Value = serde_json::from_str(&dstore_cli(&m, &["status", &id]).unwrap()).unwrap();
+    assert_eq!(status["downloads"][0]["phase"], "done");
+    let list: Value = serde_json::from_str(&dstore_cli(&m, &["list"]).unwrap()).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // Other methods pass through to bitcoind, and errors come back like bitcoin-cli's.
+    assert_eq!(dstore_cli(&m, &["getblockcount"]).unwrap(), m.node.block_count().to_string());
+    let err = dstore_cli(&m, &["status", "nope"]).unwrap_err();
+    assert!(err.contains("error code: -8"), "{err}");
 }

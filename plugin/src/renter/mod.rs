@@ -23,7 +23,7 @@ use dstore_protocol::extract::extract_farmer_key;
 use dstore_protocol::keys::{
     commit_key, derive_key, identity_keypair, joint_secret_key, verify_reveal, Role,
 };
-use dstore_protocol::merkle::{MerkleBuilder, MerkleTree, MerkleWriter};
+use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment, MerkleTree, MerkleWriter};
 use dstore_protocol::messages::{
     Claimed, CrsOffer, DownloadOffer, DownloadRequest, FarmerReveal, OpenAccepted, OpenRequest,
     ProofReady, RenterReveal, Tx1Funded, Tx2RenterSig, Tx2Statement, Tx2Unsigned, Tx3RenterSig,
@@ -268,14 +268,12 @@ impl Renter {
         let id_hex = hex::encode(contract_id);
         let lock = self.lock_for(&contract_id);
         let _guard = lock.lock().await;
-        let outcome = self.run_open(&mut record, file).await;
+        let outcome = self.run_open(&mut record).await;
         self.progress.finish(&id_hex);
         outcome.map(|()| contract_id)
     }
 
-    async fn run_open(&self, record: &mut RentedContract, file: &Path) -> Result<(), RenterError> {
-        let id = record.contract_id;
-        let id_hex = hex::encode(id);
+    async fn run_open(&self, record: &mut RentedContract) -> Result<(), RenterError> {
         // Terms first: a farmer that refuses costs no encryption pass.
         let accepted: OpenAccepted = self
             .exchange(
@@ -291,28 +289,40 @@ impl Renter {
             return Err(farmer_fault("it accepted a different length"));
         }
         self.store(record)?;
-        self.progress
-            .phase(&id_hex, "encrypting", record.plaintext_length);
-        let tree = self.encrypt(record, file).await?;
-        record.root_c = Some(tree.root());
-        record.phase = StoragePhase::Uploading;
-        self.store(record)?;
+        self.finish_open(record).await
+    }
+
+    /// Encrypts (unless done), uploads (from where the farmer stands) and checks the
+    /// receipt: the part of `dstore-open` that a restart resumes.
+    async fn finish_open(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let id = record.contract_id;
+        let id_hex = hex::encode(id);
+        if record.phase == StoragePhase::Encrypting {
+            self.progress
+                .phase(&id_hex, "encrypting", record.plaintext_length);
+            let tree = self.encrypt(record, Path::new(&record.source)).await?;
+            if tree.length() != record.ciphertext_length {
+                return Err(RenterError::Invalid("the file changed while it was read".into()));
+            }
+            record.root_c = Some(tree.root());
+            record.phase = StoragePhase::Uploading;
+            self.store(record)?;
+        }
+        let stored = MerkleCommitment {
+            root: record.root_c.ok_or_else(|| internal("no root_C"))?,
+            length: record.ciphertext_length,
+        };
         self.upload(record).await?;
         self.progress.phase(&id_hex, "receipt", record.ciphertext_length);
-        let receipt: StorageReceipt = self
-            .exchange(
-                record,
-                &UploadDone {
-                    root_c: tree.root(),
-                    length: tree.length(),
-                },
-                SLOW_CALL,
-            )
-            .await?;
+        let done = UploadDone {
+            root_c: stored.root,
+            length: stored.length,
+        };
+        let receipt: StorageReceipt = self.exchange(record, &done, SLOW_CALL).await?;
         receipt
             .verify(&record.farmer)
             .map_err(|e| farmer_fault(format!("receipt: {e}")))?;
-        if receipt.contract_id != id || receipt.commitment() != tree.commitment() {
+        if receipt.contract_id != id || receipt.commitment() != stored {
             return Err(farmer_fault("the receipt is for other data"));
         }
         record.receipt = Some(receipt);
@@ -320,6 +330,28 @@ impl Renter {
         self.store(record)?;
         let _ = std::fs::remove_file(self.staged_c(&id));
         tracing::info!(contract = %id_hex, bytes = record.ciphertext_length, "file stored");
+        Ok(())
+    }
+
+    /// After a restart: finishes every upload a crash interrupted, in the background.
+    pub fn resume_uploads(self: &Arc<Self>) -> Result<(), RenterError> {
+        for record in self.list()? {
+            if record.phase == StoragePhase::Stored {
+                continue;
+            }
+            let renter = self.clone();
+            tokio::spawn(async move {
+                let id = record.contract_id;
+                let lock = renter.lock_for(&id);
+                let _guard = lock.lock().await;
+                let Ok(Some(mut record)) = renter.load(&id) else { return };
+                tracing::info!(contract = %hex::encode(id), "resuming an interrupted upload");
+                if let Err(e) = renter.finish_open(&mut record).await {
+                    tracing::warn!(contract = %hex::encode(id), "resumed upload failed: {e}");
+                }
+                renter.progress.finish(&hex::encode(id));
+            });
+        }
         Ok(())
     }
 
