@@ -15,6 +15,9 @@ die() { echo "demo: FAILED: $*" >&2; exit 1; }
 json() { python3 -c "import json,sys; v=json.load(sys.stdin); print(eval(sys.argv[1], {'v': v}))" "$1"; }
 
 SIZE_MIB="${DSTORE_DEMO_MIB:-16}"
+# The renter's Groth16 CRS (made once per TX2 shape) and the farmer's record of having
+# checked it are kept between runs, like Bitcoin Core's build.
+CRS_DIR="${DSTORE_CRS_DIR:-$HOME/.cache/dstore/crs}"
 
 step "1. Bitcoin Core (built from the libbitcoinkernel-sys crate's source, cached)"
 BIN="$(scripts/install-bitcoind.sh | tail -n 1)"
@@ -54,7 +57,7 @@ start_plugin() { # name rpc_port extra flags...
   "$PLUGIN" --datadir="$WORK/$name" --network=regtest \
     --bitcoind-rpc-url="http://127.0.0.1:$NODE_RPC" \
     --bitcoind-cookie="$WORK/bitcoind/regtest/.cookie" \
-    --rpc-port="$port" "$@" 2>"$WORK/$name.log" &
+    --rpc-port="$port" --crs-cache-dir="$CRS_DIR" "$@" 2>"$WORK/$name.log" &
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 1 300); do
@@ -87,8 +90,10 @@ head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/sample.bin"
 START=$(date +%s)
 ID="$("${RENTER[@]}" dstore-open "http://127.0.0.1:$PEER" "$WORK/sample.bin")"
 echo "contract id: $ID ($(( $(date +%s) - START )) s)"
-"${RENTER[@]}" dstore-status "$ID" | json 'f"renter: {v[\"phase\"]}, {v[\"bytes_done\"]}/{v[\"bytes_total\"]} bytes, root_C {v[\"root_c\"]}"'
-"${FARMER[@]}" dstore-status "$ID" | json 'f"farmer: {v[\"phase\"]}, {v[\"bytes_done\"]} bytes, stores until height {v[\"expiry_height\"]}"'
+"${RENTER[@]}" dstore-status "$ID" \
+  | json '"renter: %s, %s/%s bytes, root_C %s" % (v["phase"], v["bytes_done"], v["bytes_total"], v["root_c"])'
+"${FARMER[@]}" dstore-status "$ID" \
+  | json '"farmer: %s, %s bytes, stores it until height %s" % (v["phase"], v["bytes_done"], v["expiry_height"])'
 
 step "4. dstore-download: E checked, TX1 funded, TX2 signed, proof verified, TX3 signed, f extracted"
 echo "(the first download on a machine also generates the renter's CRS and the farmer checks it: a minute or two)"
@@ -115,7 +120,8 @@ for name in TX1 TX2 TX3; do
   echo "$name: $txid (confirmations: $confs)"
   [ "$confs" -ge 1 ] || die "$name is not mined"
 done
-"${FARMER[@]}" dstore-status "$ID" | json '"farmer payouts: " + ", ".join(f"{p[\"amount_sat\"]} sat in TX3 {p[\"tx3\"]}" for p in v["payouts"])'
+"${FARMER[@]}" dstore-status "$ID" \
+  | json '"farmer payouts: " + ", ".join("%s sat in TX3 %s" % (p["amount_sat"], p["tx3"]) for p in v["payouts"])'
 FARMER_AFTER="$("${FARMER[@]}" dstore-getbalance)"
 echo "farmer wallet: $FARMER_BEFORE BTC -> $FARMER_AFTER BTC"
 python3 -c "import sys; sys.exit(0 if float('$FARMER_AFTER') > float('$FARMER_BEFORE') else 1)" \

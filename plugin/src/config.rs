@@ -354,7 +354,10 @@ mod tests {
         assert_eq!(farmer.price_per_download_sat, 20_000);
         assert_eq!(farmer.peer_bind.port(), 7000);
         assert_eq!(farmer.max_file_bytes, DEFAULT_MAX_FILE_BYTES);
-        assert_eq!(farmer.storage_dir, dir.path().join("regtest").join("storage"));
+        assert_eq!(
+            farmer.storage_dir,
+            dir.path().join("regtest").join("storage")
+        );
         let mut off = base.to_vec();
         off.push("--farmer=0");
         assert!(Config::from_args(argv(&off)).unwrap().farmer.is_none());

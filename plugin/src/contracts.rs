@@ -35,12 +35,8 @@ fn renter_error(e: RenterError) -> RpcError {
 fn contract_id(args: &Params<'_>, i: usize) -> Result<[u8; 32], RpcError> {
     let text = args.required_string(i)?;
     let mut id = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut id).map_err(|_| {
-        RpcError::new(
-            code::INVALID_PARAMETER,
-            "contract_id must be 64 hex digits",
-        )
-    })?;
+    hex::decode_to_slice(text.trim(), &mut id)
+        .map_err(|_| RpcError::new(code::INVALID_PARAMETER, "contract_id must be 64 hex digits"))?;
     Ok(id)
 }
 

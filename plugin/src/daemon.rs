@@ -11,13 +11,13 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::bitcoind::{Bitcoind, BitcoindError};
 use crate::config::{Config, FarmerSettings};
+use crate::cookie::CookieFile;
 use crate::db::Db;
 use crate::farmer::{Farmer, FarmerConfig};
-use crate::renter::Renter;
-use crate::storage::BlobStore;
-use crate::cookie::CookieFile;
 use crate::jsonrpc::code;
+use crate::renter::Renter;
 use crate::server;
+use crate::storage::BlobStore;
 use crate::wallet::{PluginWallet, RpcTarget, WalletError};
 
 /// How long to wait for a bitcoind that is still loading (RPC error -28).
@@ -86,7 +86,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     )?);
     let farmer = match &config.farmer {
         None => None,
-        Some(settings) => Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet).await?),
+        Some(settings) => {
+            Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet).await?)
+        }
     };
     let addr = format!("{}:{}", config.rpc_bind, config.rpc_port);
     let listener = TcpListener::bind((config.rpc_bind, config.rpc_port))
@@ -95,15 +97,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             addr: addr.clone(),
             source,
         })?;
-    let peer_listener = match &config.farmer {
-        None => None,
-        Some(settings) => Some(TcpListener::bind(settings.peer_bind).await.map_err(|source| {
-            StartError::Bind {
-                addr: settings.peer_bind.to_string(),
-                source,
-            }
-        })?),
-    };
+    let peer_listener =
+        match &config.farmer {
+            None => None,
+            Some(settings) => Some(TcpListener::bind(settings.peer_bind).await.map_err(
+                |source| StartError::Bind {
+                    addr: settings.peer_bind.to_string(),
+                    source,
+                },
+            )?),
+        };
     // The cookie appears only once the port is open: its presence means "ready".
     let cookie = Arc::new(
         CookieFile::create(&config.network_dir().join(".cookie")).map_err(StartError::Cookie)?,
@@ -115,9 +118,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some((farmer, listener)) = farmer.zip(peer_listener) {
         let app = app.clone();
         tokio::spawn(async move {
-            crate::farmer::server::serve(farmer, listener, async move {
-                app.shutdown_requested().await
-            })
+            crate::farmer::server::serve(
+                farmer,
+                listener,
+                async move { app.shutdown_requested().await },
+            )
             .await
         });
     }

@@ -264,8 +264,7 @@ impl PluginWallet {
             None => self.estimate_fee_rate()?,
         };
         let master = inner.master;
-        let (tx, prevouts) =
-            build_and_sign_script(&mut inner.wallet, &master, &output, fee_rate)?;
+        let (tx, prevouts) = build_and_sign_script(&mut inner.wallet, &master, &output, fee_rate)?;
         persist(&mut inner)?;
         let vout = tx
             .output
@@ -289,7 +288,9 @@ impl PluginWallet {
             Err(e) if e.to_string().contains("already") => {}
             Err(e) => return Err(e.into()),
         }
-        inner.wallet.apply_unconfirmed_txs([(tx.clone(), unix_now())]);
+        inner
+            .wallet
+            .apply_unconfirmed_txs([(tx.clone(), unix_now())]);
         persist(&mut inner)?;
         Ok(txid)
     }

@@ -58,6 +58,10 @@ pub struct FarmerInfo {
 pub struct ErrorBody {
     pub code: i64,
     pub message: String,
+    /// For a replayed or out-of-order message: the sequence number the farmer expects,
+    /// so a renter that crashed before recording a reply can resynchronise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_seq: Option<u64>,
 }
 
 /// What `GET /dstore/v1/upload/<id>` answers.
@@ -203,7 +207,10 @@ impl PeerClient {
     }
 
     /// How many bytes of the upload the farmer holds.
-    pub async fn upload_status(&self, contract_id: &[u8; 32]) -> Result<UploadStatus, PeerCallError> {
+    pub async fn upload_status(
+        &self,
+        contract_id: &[u8; 32],
+    ) -> Result<UploadStatus, PeerCallError> {
         self.get_json(&upload_path(contract_id)).await
     }
 
@@ -230,7 +237,10 @@ impl PeerClient {
                     Ok(n) => {
                         buf.truncate(n);
                         progress(pos + n as u64);
-                        Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (reader, pos + n as u64)))
+                        Some((
+                            Ok::<_, std::io::Error>(Bytes::from(buf)),
+                            (reader, pos + n as u64),
+                        ))
                     }
                     Err(e) => Some((Err(e), (reader, pos))),
                 }
@@ -314,7 +324,11 @@ mod tests {
         let path = format!("{}?offset=0", upload_path(&[1; 32]));
         let sig = sign_bulk(&renter, &path);
         assert!(verify_bulk(&key, &path, &sig));
-        assert!(!verify_bulk(&key, &format!("{}?offset=1", upload_path(&[1; 32])), &sig));
+        assert!(!verify_bulk(
+            &key,
+            &format!("{}?offset=1", upload_path(&[1; 32])),
+            &sig
+        ));
         assert!(!verify_bulk(&key, &path, &sign_bulk(&other, &path)));
         assert!(!verify_bulk(&key, &path, "zz"));
         assert!(!verify_bulk(&key, &path, ""));

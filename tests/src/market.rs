@@ -52,7 +52,10 @@ impl Market {
         let mut farmer_args = vec![
             "--farmer".to_string(),
             format!("--peer-bind=127.0.0.1:{peer_port}"),
-            format!("--storage-dir={}", dir.path().join("farmer-storage").display()),
+            format!(
+                "--storage-dir={}",
+                dir.path().join("farmer-storage").display()
+            ),
             format!("--price-per-download-sat={TEST_PRICE_SAT}"),
             format!("--max-file-bytes={max_file_bytes}"),
             crs.clone(),
@@ -136,7 +139,11 @@ impl Market {
             .filter(|a| !a.starts_with("--dev-fault"))
             .cloned()
             .collect();
-        self.farmer = Some(start_plugin(&self.node, &self.dir.path().join("farmer"), &args));
+        self.farmer = Some(start_plugin(
+            &self.node,
+            &self.dir.path().join("farmer"),
+            &args,
+        ));
     }
 
     pub fn kill_renter(&mut self) {
@@ -148,7 +155,11 @@ impl Market {
     /// Starts the renter again on its datadir, without any fault.
     pub fn start_renter(&mut self) {
         let args = [self.renter_args[0].clone()];
-        self.renter = Some(start_plugin(&self.node, &self.dir.path().join("renter"), &args));
+        self.renter = Some(start_plugin(
+            &self.node,
+            &self.dir.path().join("renter"),
+            &args,
+        ));
     }
 }
 

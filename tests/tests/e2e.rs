@@ -145,7 +145,10 @@ fn e2e_farmer_never_broadcasts_tx2_then_refund_after_t1() {
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
     let err = m.download(&id, &output).unwrap_err();
-    assert!(err.contains("TX2") && err.contains("dstore-refund"), "{err}");
+    assert!(
+        err.contains("TX2") && err.contains("dstore-refund"),
+        "{err}"
+    );
     assert!(!output.exists());
     let s = status(&m, &id);
     assert_eq!(s["downloads"][0]["phase"], "tx3_signed", "{s}");
@@ -171,7 +174,10 @@ fn e2e_lying_farmer_fails_root_e_before_any_payment() {
     let before = m.renter_balance_sat();
     let output = m.dir.path().join("out");
     let err = m.download(&id, &output).unwrap_err();
-    assert!(err.contains("root_E") && err.contains("nothing was paid"), "{err}");
+    assert!(
+        err.contains("root_E") && err.contains("nothing was paid"),
+        "{err}"
+    );
     assert!(!output.exists());
     let s = status(&m, &id);
     assert_eq!(s["downloads"][0]["phase"], "failed", "{s}");
@@ -196,7 +202,10 @@ fn e2e_farmer_sealing_wrong_data_is_caught_by_a_fraud_proof() {
     assert!(!output.exists(), "nothing is written to output_path");
     let s = status(&m, &id);
     assert_eq!(s["downloads"][0]["phase"], "fraud", "{s}");
-    let proof = s["downloads"][0]["fraud_proof"].as_str().unwrap().to_string();
+    let proof = s["downloads"][0]["fraud_proof"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let checked = m
         .renter_cli(&["dstore-verify-fraud", &proof])
         .expect("the fraud proof verifies");
@@ -265,7 +274,10 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
     // Garbage, oversized and unknown-kind messages.
     let (code, body) = post(&m, "open_request", b"{not json".to_vec());
     assert_eq!(code, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("malformed"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("malformed"),
+        "{body}"
+    );
     let (code, _) = post(&m, "open_request", vec![b' '; 100_000]);
     assert_eq!(code, 413);
     let (code, body) = post(&m, "no_such_kind", open(10, 0));
@@ -273,8 +285,14 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
     // Too large for this farmer; nothing is created.
     let (code, body) = post(&m, "open_request", open(1 << 40, 0));
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("at most"), "{body}");
-    assert!(m.farmer().call("dstore-status", json!([hex::encode(id)])).is_err());
+    assert!(
+        body["message"].as_str().unwrap().contains("at most"),
+        "{body}"
+    );
+    assert!(m
+        .farmer()
+        .call("dstore-status", json!([hex::encode(id)]))
+        .is_err());
     // Accepted once; the same open again is a retry (same reply); a new one is refused.
     let (code, first) = post(&m, "open_request", open(100, 0));
     assert_eq!(code, 200, "{first}");
@@ -282,22 +300,55 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(first, again, "an exact retry gets the stored reply");
     let (code, body) = post(&m, "open_request", open(101, 0));
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("already exists"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("already exists"),
+        "{body}"
+    );
     // Out of order and replayed sequence numbers.
     let done = |seq: u64| {
-        peer::sign(&renter, id, seq, &UploadDone { root_c: [0; 32], length: 100 }).unwrap()
+        peer::sign(
+            &renter,
+            id,
+            seq,
+            &UploadDone {
+                root_c: [0; 32],
+                length: 100,
+            },
+        )
+        .unwrap()
     };
     let (code, body) = post(&m, "upload_done", done(5));
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("out of order"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("out of order"),
+        "{body}"
+    );
     let (code, body) = post(&m, "upload_done", done(0));
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("already processed"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already processed"),
+        "{body}"
+    );
     // Another key cannot speak for this contract.
-    let forged = peer::sign(&identity(6), id, 1, &UploadDone { root_c: [0; 32], length: 100 }).unwrap();
+    let forged = peer::sign(
+        &identity(6),
+        id,
+        1,
+        &UploadDone {
+            root_c: [0; 32],
+            length: 100,
+        },
+    )
+    .unwrap();
     let (code, body) = post(&m, "upload_done", forged);
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("unexpected key"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("unexpected key"),
+        "{body}"
+    );
     // An upload past the offer, or unsigned, is refused before any byte is stored.
     let http = reqwest::blocking::Client::new();
     let path = format!("/dstore/v1/upload/{}?offset=0", hex::encode(id));
@@ -318,7 +369,10 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
     // The upload is not done: claiming it is refused and changes nothing.
     let (code, body) = post(&m, "upload_done", done(1));
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("incomplete"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("incomplete"),
+        "{body}"
+    );
     assert_eq!(farmer_status(&m, &hex::encode(id))["phase"], "uploading");
 
     // RPC side: unknown contract ids and malformed parameters.
@@ -341,16 +395,26 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
     let input = m.file("in", b"abc");
     let err = m
         .renter()
-        .call("dstore-open", json!(["http://127.0.0.1:1", input.to_str().unwrap()]))
+        .call(
+            "dstore-open",
+            json!(["http://127.0.0.1:1", input.to_str().unwrap()]),
+        )
         .unwrap_err();
     assert_eq!(err.code, -9, "{err}");
     let err = m
         .renter()
-        .call("dstore-open", json!([m.peer_url, input.to_str().unwrap(), "lots"]))
+        .call(
+            "dstore-open",
+            json!([m.peer_url, input.to_str().unwrap(), "lots"]),
+        )
         .unwrap_err();
     assert_eq!(err.code, -3, "{err}");
     assert!(
-        m.renter().call_ok("dstore-list", json!([])).as_array().unwrap().is_empty(),
+        m.renter()
+            .call_ok("dstore-list", json!([]))
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "no failed call left a contract behind"
     );
 }
@@ -360,7 +424,11 @@ fn dstore_plugin_sign(identity: &Keypair, path: &str) -> String {
 }
 
 /// Runs a renter RPC on a thread (it outlives a plugin being killed under it).
-fn call_in_thread(m: &Market, method: &'static str, params: Value) -> std::thread::JoinHandle<Result<Value, dstore_tests::RpcError>> {
+fn call_in_thread(
+    m: &Market,
+    method: &'static str,
+    params: Value,
+) -> std::thread::JoinHandle<Result<Value, dstore_tests::RpcError>> {
     let url = m.renter().rpc_url();
     let cookie = m.renter().credentials();
     std::thread::spawn(move || {
@@ -378,18 +446,29 @@ fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
     // The farmer dies mid-upload: dstore-open retries and resumes once it is back.
     let data = random_bytes(12, 48 * 1024 * 1024);
     let input = m.file("in", &data);
-    let opener = call_in_thread(&m, "dstore-open", json!([m.peer_url, input.to_str().unwrap()]));
+    let opener = call_in_thread(
+        &m,
+        "dstore-open",
+        json!([m.peer_url, input.to_str().unwrap()]),
+    );
     wait_for_upload_progress(&m);
     m.kill_farmer();
     m.start_farmer();
-    let id = opener.join().unwrap().expect("dstore-open survives a farmer crash");
+    let id = opener
+        .join()
+        .unwrap()
+        .expect("dstore-open survives a farmer crash");
     let id = id.as_str().unwrap().to_string();
     assert_eq!(farmer_status(&m, &id)["phase"], "stored");
 
     // The renter dies mid-upload: after its restart the upload resumes by itself.
     let data2 = random_bytes(13, 48 * 1024 * 1024);
     let input2 = m.file("in2", &data2);
-    let opener = call_in_thread(&m, "dstore-open", json!([m.peer_url, input2.to_str().unwrap()]));
+    let opener = call_in_thread(
+        &m,
+        "dstore-open",
+        json!([m.peer_url, input2.to_str().unwrap()]),
+    );
     wait_for_upload_progress(&m);
     m.kill_renter();
     let _ = opener.join();
@@ -434,7 +513,10 @@ fn e2e_kill_9_mid_download_either_side_loses_no_coins() {
     assert!(!out.exists(), "no output from a killed download");
     let s = status(&m, &id);
     let phase = s["downloads"][0]["phase"].as_str().unwrap().to_string();
-    assert!(["tx1_funded", "tx2_signed", "tx3_signed"].contains(&phase.as_str()), "{s}");
+    assert!(
+        ["tx1_funded", "tx2_signed", "tx3_signed"].contains(&phase.as_str()),
+        "{s}"
+    );
     refund_after_t1(&m, &id);
     let lost = before - m.renter_balance_sat();
     assert!(lost < 5_000, "only fees are lost: {lost}");
@@ -461,13 +543,17 @@ fn wait_for_upload_progress(m: &Market) {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let list = m.renter().call_ok("dstore-list", json!([]));
-        let uploading = list.as_array().unwrap().iter().any(|c| {
-            c["phase"] == "uploading" && c["bytes_done"].as_u64().unwrap_or(0) > 8 << 20
-        });
+        let uploading =
+            list.as_array().unwrap().iter().any(|c| {
+                c["phase"] == "uploading" && c["bytes_done"].as_u64().unwrap_or(0) > 8 << 20
+            });
         if uploading {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "the upload never progressed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never progressed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -479,19 +565,23 @@ fn wait_for_phase(m: &Market, id: &str, phase: &str) {
         if s["phase"] == phase {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "never reached {phase}: {s}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached {phase}: {s}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Runs the `dstore` client against the renter plugin.
 fn dstore_cli(m: &Market, args: &[&str]) -> Result<String, String> {
-    let output = std::process::Command::new(dstore_tests::bins::dstore_binary("dstore-plugin", "dstore"))
-        .arg(format!("--datadir={}", m.renter().datadir().display()))
-        .arg(format!("--rpc-port={}", m.renter().rpc_port))
-        .args(args)
-        .output()
-        .expect("run dstore");
+    let output =
+        std::process::Command::new(dstore_tests::bins::dstore_binary("dstore-plugin", "dstore"))
+            .arg(format!("--datadir={}", m.renter().datadir().display()))
+            .arg(format!("--rpc-port={}", m.renter().rpc_port))
+            .args(args)
+            .output()
+            .expect("run dstore");
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
@@ -507,7 +597,8 @@ fn e2e_dstore_cli_opens_downloads_and_reports() {
     let id = dstore_cli(&m, &["open", &m.peer_url, input.to_str().unwrap()]).expect("dstore open");
     assert_eq!(id.len(), 64, "{id}");
     let out = m.dir.path().join("out");
-    let result = dstore_cli(&m, &["download", &id, out.to_str().unwrap()]).expect("dstore download");
+    let result =
+        dstore_cli(&m, &["download", &id, out.to_str().unwrap()]).expect("dstore download");
     let result: Value = serde_json::from_str(&result).expect("JSON");
     assert_eq!(result["contract_id"], id.as_str());
     assert!(std::fs::read(&out).unwrap() == data);
@@ -516,7 +607,10 @@ fn e2e_dstore_cli_opens_downloads_and_reports() {
     let list: Value = serde_json::from_str(&dstore_cli(&m, &["list"]).unwrap()).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     // Other methods pass through to bitcoind, and errors come back like bitcoin-cli's.
-    assert_eq!(dstore_cli(&m, &["getblockcount"]).unwrap(), m.node.block_count().to_string());
+    assert_eq!(
+        dstore_cli(&m, &["getblockcount"]).unwrap(),
+        m.node.block_count().to_string()
+    );
     let err = dstore_cli(&m, &["status", "nope"]).unwrap_err();
     assert!(err.contains("error code: -8"), "{err}");
 }

@@ -16,7 +16,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "dstore", version, about = "Command-line client for dstore-plugin")]
+#[command(
+    name = "dstore",
+    version,
+    about = "Command-line client for dstore-plugin"
+)]
 struct Cli {
     /// dstore-plugin's data directory (default: $HOME/.dstore)
     #[arg(long, value_name = "DIR")]
@@ -88,7 +92,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     match result {
         Value::String(text) => println!("{text}"),
-        other => println!("{}", serde_json::to_string_pretty(&other).unwrap_or_default()),
+        other => println!(
+            "{}",
+            serde_json::to_string_pretty(&other).unwrap_or_default()
+        ),
     }
     Ok(())
 }
@@ -104,7 +111,10 @@ fn connect(cli: &Cli) -> Result<Client, String> {
         .map_err(|_| format!("unknown network {}", cli.network))?;
     let cookie_path = datadir.join(network.name()).join(".cookie");
     let cookie = std::fs::read_to_string(&cookie_path).map_err(|e| {
-        format!("cannot read {} ({e}): is dstore-plugin running?", cookie_path.display())
+        format!(
+            "cannot read {} ({e}): is dstore-plugin running?",
+            cookie_path.display()
+        )
     })?;
     use base64::Engine;
     let auth = format!(
@@ -133,8 +143,19 @@ fn method_name(name: &str) -> String {
 
 fn is_dstore_command(name: &str) -> bool {
     [
-        "open", "download", "status", "list", "refund", "verify-fraud", "getinfo", "help",
-        "getnewaddress", "getbalance", "listunspent", "send", "stop",
+        "open",
+        "download",
+        "status",
+        "list",
+        "refund",
+        "verify-fraud",
+        "getinfo",
+        "help",
+        "getnewaddress",
+        "getbalance",
+        "listunspent",
+        "send",
+        "stop",
     ]
     .contains(&name)
 }
@@ -182,9 +203,11 @@ fn with_progress(client: &Client, method: &str, params: Vec<Value>) -> Result<Va
     });
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>16} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
-            .map_err(|e| e.to_string())?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>16} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .map_err(|e| e.to_string())?
+        .progress_chars("=> "),
     );
     let mut phase = String::new();
     loop {

@@ -97,11 +97,18 @@ impl FarmerError {
             FarmerError::Peer(_) => (400, code::INVALID_REQUEST),
             _ => (400, code::INVALID_PARAMETER),
         };
+        let next_seq = match self {
+            FarmerError::Peer(
+                PeerError::Replayed { expected, .. } | PeerError::OutOfOrder { expected, .. },
+            ) => Some(*expected),
+            _ => None,
+        };
         (
             status,
             ErrorBody {
                 code,
                 message: self.to_string(),
+                next_seq,
             },
         )
     }
@@ -244,7 +251,8 @@ impl Farmer {
                 self.commit(step, opened.seq, bytes)
             }
             _ => {
-                let record = record.ok_or_else(|| FarmerError::UnknownContract(hex::encode(contract_id)))?;
+                let record =
+                    record.ok_or_else(|| FarmerError::UnknownContract(hex::encode(contract_id)))?;
                 self.dispatch(kind, record, bytes).await
             }
         }
@@ -288,7 +296,12 @@ impl Farmer {
     ) -> Result<Vec<u8>, FarmerError> {
         let mut record = step.record;
         record.inbound = SequenceGuard { next: seq + 1 };
-        let reply = peer::sign(&self.identity, record.contract_id, record.outbound, &step.reply)?;
+        let reply = peer::sign(
+            &self.identity,
+            record.contract_id,
+            record.outbound,
+            &step.reply,
+        )?;
         record.outbound += 1;
         record.last_request = Some(sha256(&[request]));
         record.last_reply = Some(reply.clone());
@@ -342,7 +355,9 @@ impl Farmer {
         self.blobs
             .truncate_staged(id, receiver.received())
             .map_err(internal)?;
-        self.blobs.append_staged(id, offset, data).map_err(internal)?;
+        self.blobs
+            .append_staged(id, offset, data)
+            .map_err(internal)?;
         receiver.accept(offset, data)?;
         record.upload = receiver.checkpoint();
         self.store(&record)?;
@@ -350,7 +365,10 @@ impl Farmer {
     }
 
     /// The renter key a bulk request for contract `id` must be signed by.
-    pub fn renter_of(&self, id: &[u8; 32]) -> Result<bitcoin::secp256k1::XOnlyPublicKey, FarmerError> {
+    pub fn renter_of(
+        &self,
+        id: &[u8; 32],
+    ) -> Result<bitcoin::secp256k1::XOnlyPublicKey, FarmerError> {
         Ok(self.existing(id)?.renter)
     }
 
@@ -381,10 +399,14 @@ impl Farmer {
         request: DownloadRequest,
     ) -> Result<Step<DownloadOffer>, FarmerError> {
         if record.receipt.is_none() {
-            return Err(FarmerError::WrongPhase("nothing is stored for this contract yet"));
+            return Err(FarmerError::WrongPhase(
+                "nothing is stored for this contract yet",
+            ));
         }
         if record.download.as_ref().is_some_and(|d| d.in_flight()) {
-            return Err(FarmerError::WrongPhase("another download of this contract is in flight"));
+            return Err(FarmerError::WrongPhase(
+                "another download of this contract is in flight",
+            ));
         }
         let key_index = self.db.next_key_index().map_err(internal)?;
         let f = self.secret(Role::Download, key_index)?;
@@ -491,7 +513,9 @@ impl Farmer {
         message: Tx1Funded,
     ) -> Result<Step<Tx2Unsigned>, FarmerError> {
         let download = record.download_in(FarmerPhase::Revealed)?;
-        let contract = download.contract.ok_or(FarmerError::WrongPhase("no contract"))?;
+        let contract = download
+            .contract
+            .ok_or(FarmerError::WrongPhase("no contract"))?;
         if self.config.dev_fault == Some(DevFault::ExitAfterTx1) {
             tracing::warn!("dev fault exit-after-tx1: the farmer disappears");
             std::process::exit(1);
@@ -543,7 +567,9 @@ impl Farmer {
         message: Tx2RenterSig,
     ) -> Result<Step<Tx2Statement>, FarmerError> {
         let download = record.download_in(FarmerPhase::Tx2Offered)?;
-        let contract = download.contract.ok_or(FarmerError::WrongPhase("no contract"))?;
+        let contract = download
+            .contract
+            .ok_or(FarmerError::WrongPhase("no contract"))?;
         let unsigned = download
             .unsigned_tx2
             .clone()
@@ -571,7 +597,10 @@ impl Farmer {
         let _guard = lock.lock().await;
         let mut record = self.existing(id)?;
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
-        let template = download.template.clone().ok_or(FarmerError::WrongPhase("no TX2"))?;
+        let template = download
+            .template
+            .clone()
+            .ok_or(FarmerError::WrongPhase("no TX2"))?;
         let shape = zk::Shape::of(&template).map_err(internal)?;
         let checked = tokio::task::spawn_blocking(move || {
             zk::check_crs(&shape, &bytes, &mut rand::thread_rng()).map(|crs| (crs, bytes))
@@ -582,8 +611,11 @@ impl Farmer {
         match checked {
             Ok((crs, _)) => {
                 let hash = zk::crs_hash(&crs);
-                write_atomically(&self.checked_crs_path(&hash), &zk::serialize_trusted_crs(&crs))
-                    .map_err(internal)?;
+                write_atomically(
+                    &self.checked_crs_path(&hash),
+                    &zk::serialize_trusted_crs(&crs),
+                )
+                .map_err(internal)?;
                 self.checked_crs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -643,8 +675,14 @@ impl Farmer {
         offer: CrsOffer,
     ) -> Result<Step<ProofReady>, FarmerError> {
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
-        let template = download.template.clone().ok_or(FarmerError::WrongPhase("no TX2"))?;
-        let crs = self.checked(&offer.crs_hash).await?.ok_or(FarmerError::UnknownCrs)?;
+        let template = download
+            .template
+            .clone()
+            .ok_or(FarmerError::WrongPhase("no TX2"))?;
+        let crs = self
+            .checked(&offer.crs_hash)
+            .await?
+            .ok_or(FarmerError::UnknownCrs)?;
         let proof = tokio::task::spawn_blocking(move || {
             let (statement, s1, s2) = Statement::of(&template)?;
             zk::prove(&crs, &statement, &s1, &s2, &mut rand::thread_rng())
@@ -672,12 +710,17 @@ impl Farmer {
         message: Tx3RenterSig,
     ) -> Result<Step<Claimed>, FarmerError> {
         let download = record.download_in(FarmerPhase::Proved)?;
-        let contract = download.contract.ok_or(FarmerError::WrongPhase("no contract"))?;
+        let contract = download
+            .contract
+            .ok_or(FarmerError::WrongPhase("no contract"))?;
         if self.config.dev_fault == Some(DevFault::WithholdTx2) {
             tracing::warn!("dev fault withhold-tx2: keeping TX2 to itself");
             return Err(FarmerError::Internal("TX2 withheld".into()));
         }
-        let template = download.template.clone().ok_or(FarmerError::WrongPhase("no TX2"))?;
+        let template = download
+            .template
+            .clone()
+            .ok_or(FarmerError::WrongPhase("no TX2"))?;
         let payout = download
             .payout_script
             .clone()
@@ -721,7 +764,11 @@ impl Farmer {
         })
     }
 
-    async fn broadcast_claim(&self, tx2: &Transaction, tx3: &Transaction) -> Result<(), FarmerError> {
+    async fn broadcast_claim(
+        &self,
+        tx2: &Transaction,
+        tx3: &Transaction,
+    ) -> Result<(), FarmerError> {
         for tx in [tx2, tx3] {
             match self
                 .bitcoind
@@ -740,7 +787,9 @@ impl Farmer {
     /// reloads the CRSs checked before.
     pub async fn resume(&self) -> Result<(), FarmerError> {
         for record in self.list()? {
-            let Some(download) = &record.download else { continue };
+            let Some(download) = &record.download else {
+                continue;
+            };
             if download.phase != FarmerPhase::Claiming {
                 continue;
             }
@@ -758,7 +807,10 @@ impl Farmer {
 /// Flips the first byte of a file, if it has one (test-only faults).
 fn flip_first_byte(path: &std::path::Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let mut byte = [0u8; 1];
     if file.read(&mut byte)? == 1 {
         file.seek(SeekFrom::Start(0))?;
@@ -768,7 +820,10 @@ fn flip_first_byte(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Opens a first-contact envelope: the sender's key is whatever signed it.
-fn open_first<B: PeerMessage>(bytes: &[u8], contract_id: [u8; 32]) -> Result<Opened<B>, FarmerError> {
+fn open_first<B: PeerMessage>(
+    bytes: &[u8],
+    contract_id: [u8; 32],
+) -> Result<Opened<B>, FarmerError> {
     let opened = peer::open::<B>(
         bytes,
         &Expected {
@@ -820,5 +875,30 @@ impl FarmedContract {
             }
             _ => Err(FarmerError::WrongPhase(phase.expected_message())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_errors_tell_the_renter_where_to_resume() {
+        let (status, body) = FarmerError::Peer(PeerError::Replayed {
+            expected: 6,
+            got: 5,
+        })
+        .to_body();
+        assert_eq!((status, body.next_seq), (400, Some(6)));
+        let (_, body) = FarmerError::Peer(PeerError::OutOfOrder {
+            expected: 2,
+            got: 9,
+        })
+        .to_body();
+        assert_eq!(body.next_seq, Some(2));
+        let (status, body) = FarmerError::UnknownCrs.to_body();
+        assert_eq!((status, body.code, body.next_seq), (404, UNKNOWN_CRS, None));
+        let (status, _) = FarmerError::Unauthorised.to_body();
+        assert_eq!(status, 401);
     }
 }

@@ -92,7 +92,9 @@ fn parse_id(text: &str) -> Result<[u8; 32], FarmerError> {
 }
 
 fn full(status: StatusCode, bytes: Vec<u8>) -> Reply {
-    let body = Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed();
+    let body = Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed();
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -151,11 +153,19 @@ fn authorise(farmer: &Farmer, id: &[u8; 32], req: &Request<Incoming>) -> Result<
     }
 }
 
-async fn message(farmer: &Farmer, kind: &str, req: Request<Incoming>) -> Result<Reply, FarmerError> {
+async fn message(
+    farmer: &Farmer,
+    kind: &str,
+    req: Request<Incoming>,
+) -> Result<Reply, FarmerError> {
     let bytes = Limited::new(req.into_body(), MAX_ENVELOPE_BYTES)
         .collect()
         .await
-        .map_err(|_| FarmerError::Peer(dstore_protocol::peer::PeerError::Oversized(MAX_ENVELOPE_BYTES + 1)))?
+        .map_err(|_| {
+            FarmerError::Peer(dstore_protocol::peer::PeerError::Oversized(
+                MAX_ENVELOPE_BYTES + 1,
+            ))
+        })?
         .to_bytes();
     let reply = farmer.handle_message(kind, &bytes).await?;
     Ok(full(StatusCode::OK, reply))
@@ -166,10 +176,16 @@ fn offset_of(req: &Request<Incoming>) -> Result<u64, FarmerError> {
         .query()
         .and_then(|q| q.strip_prefix("offset="))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| FarmerError::Invalid("an upload needs ?offset=<bytes already stored>".into()))
+        .ok_or_else(|| {
+            FarmerError::Invalid("an upload needs ?offset=<bytes already stored>".into())
+        })
 }
 
-async fn upload(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Reply, FarmerError> {
+async fn upload(
+    farmer: &Farmer,
+    id: [u8; 32],
+    req: Request<Incoming>,
+) -> Result<Reply, FarmerError> {
     authorise(farmer, &id, &req)?;
     let offset = offset_of(&req)?;
     let (received, expected) = farmer.upload_status(&id)?;
@@ -201,7 +217,9 @@ async fn upload(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result
                 return Err(FarmerError::Invalid(format!("upload interrupted: {e}")));
             }
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         batch.extend_from_slice(&data);
         if batch.len() >= UPLOAD_BATCH {
             flush(farmer, &id, &mut at, &mut batch).await?;
@@ -228,7 +246,11 @@ async fn flush(
     Ok(())
 }
 
-async fn sealed(farmer: &Farmer, id: [u8; 32], req: &Request<Incoming>) -> Result<Reply, FarmerError> {
+async fn sealed(
+    farmer: &Farmer,
+    id: [u8; 32],
+    req: &Request<Incoming>,
+) -> Result<Reply, FarmerError> {
     authorise(farmer, &id, req)?;
     let path = farmer.current_sealed(&id)?;
     let file = tokio::fs::File::open(&path)

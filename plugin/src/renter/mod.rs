@@ -201,7 +201,13 @@ impl Renter {
         let mut attempt = 0;
         let opened = loop {
             let sent = client
-                .exchange::<Q, R>(record.contract_id, record.outbound, request, record.farmer, timeout)
+                .exchange::<Q, R>(
+                    record.contract_id,
+                    record.outbound,
+                    request,
+                    record.farmer,
+                    timeout,
+                )
                 .await;
             match sent {
                 // The same bytes again: the farmer answers an exact retry with its reply.
@@ -217,7 +223,36 @@ impl Renter {
             .next(opened.seq)
             .map_err(|e| farmer_fault(format!("reply out of sequence: {e}")))?;
         record.outbound += 1;
+        // The farmer has acted on this message: record that before anything else.
+        self.store(record)?;
         Ok(opened.body)
+    }
+
+    /// Starts a new exchange (a download). If this renter crashed after the farmer acted
+    /// on its last message but before it recorded the reply, both sequence numbers are
+    /// behind: the farmer says which number it expects, and the conversation resumes
+    /// from there. Only forward jumps are accepted.
+    async fn exchange_resync<Q: PeerMessage, R: PeerMessage>(
+        &self,
+        record: &mut RentedContract,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<R, RenterError> {
+        match self.exchange(record, request, timeout).await {
+            Err(RenterError::Peer(PeerCallError::Refused(e)))
+                if e.next_seq.is_some_and(|next| next > record.outbound) =>
+            {
+                tracing::info!(from = record.outbound, to = ?e.next_seq, "resynchronising with the farmer");
+                record.outbound = e.next_seq.unwrap_or(record.outbound);
+                // The farmer answers each accepted message once, so its own counter
+                // stands at the same number.
+                record.inbound = dstore_protocol::peer::SequenceGuard {
+                    next: record.outbound,
+                };
+                self.exchange(record, request, timeout).await
+            }
+            other => other,
+        }
     }
 
     // ----- dstore-open -----------------------------------------------------------------
@@ -232,7 +267,10 @@ impl Renter {
         let meta = std::fs::metadata(file)
             .map_err(|e| RenterError::Invalid(format!("{}: {e}", file.display())))?;
         if !meta.is_file() {
-            return Err(RenterError::Invalid(format!("{} is not a file", file.display())));
+            return Err(RenterError::Invalid(format!(
+                "{} is not a file",
+                file.display()
+            )));
         }
         let farmer_url = normalise_url(farmer_url)?;
         let info = PeerClient::new(&farmer_url, self.identity).info().await?;
@@ -302,7 +340,9 @@ impl Renter {
                 .phase(&id_hex, "encrypting", record.plaintext_length);
             let tree = self.encrypt(record, Path::new(&record.source)).await?;
             if tree.length() != record.ciphertext_length {
-                return Err(RenterError::Invalid("the file changed while it was read".into()));
+                return Err(RenterError::Invalid(
+                    "the file changed while it was read".into(),
+                ));
             }
             record.root_c = Some(tree.root());
             record.phase = StoragePhase::Uploading;
@@ -313,7 +353,8 @@ impl Renter {
             length: record.ciphertext_length,
         };
         self.upload(record).await?;
-        self.progress.phase(&id_hex, "receipt", record.ciphertext_length);
+        self.progress
+            .phase(&id_hex, "receipt", record.ciphertext_length);
         let done = UploadDone {
             root_c: stored.root,
             length: stored.length,
@@ -344,7 +385,9 @@ impl Renter {
                 let id = record.contract_id;
                 let lock = renter.lock_for(&id);
                 let _guard = lock.lock().await;
-                let Ok(Some(mut record)) = renter.load(&id) else { return };
+                let Ok(Some(mut record)) = renter.load(&id) else {
+                    return;
+                };
                 tracing::info!(contract = %hex::encode(id), "resuming an interrupted upload");
                 if let Err(e) = renter.finish_open(&mut record).await {
                     tracing::warn!(contract = %hex::encode(id), "resumed upload failed: {e}");
@@ -364,9 +407,17 @@ impl Renter {
     }
 
     /// Encrypts the file into the staged C and keeps C's Merkle leaves (for fraud proofs).
-    async fn encrypt(&self, record: &RentedContract, file: &Path) -> Result<MerkleTree, RenterError> {
+    async fn encrypt(
+        &self,
+        record: &RentedContract,
+        file: &Path,
+    ) -> Result<MerkleTree, RenterError> {
         let (key, id) = (record.file_key, record.contract_id);
-        let (source, staged, leaves) = (file.to_path_buf(), self.staged_c(&id), self.leaves_path(&id));
+        let (source, staged, leaves) = (
+            file.to_path_buf(),
+            self.staged_c(&id),
+            self.leaves_path(&id),
+        );
         tokio::task::spawn_blocking(move || {
             let input = std::io::BufReader::new(std::fs::File::open(&source)?);
             let output = std::io::BufWriter::new(std::fs::File::create(&staged)?);
@@ -402,7 +453,12 @@ impl Renter {
                 return Ok(());
             }
             let sent = client
-                .upload_from(&id, &self.staged_c(&id), status.received, reporter(&self.progress, &id_hex))
+                .upload_from(
+                    &id,
+                    &self.staged_c(&id),
+                    status.received,
+                    reporter(&self.progress, &id_hex),
+                )
                 .await;
             match sent {
                 Ok(status) if status.received == record.ciphertext_length => return Ok(()),
@@ -461,7 +517,10 @@ impl Renter {
         self.progress.phase(&id_hex, "key exchange", 0);
         let tip = self.tip().await?;
         let key_index = self.db.next_key_index().map_err(internal)?;
-        let (r, r2) = (self.secret(Role::Download, key_index)?, self.secret(Role::Tx2, key_index)?);
+        let (r, r2) = (
+            self.secret(Role::Download, key_index)?,
+            self.secret(Role::Tx2, key_index)?,
+        );
         let mut download_id = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut download_id);
         let (commitment, reveal) = commit_key(&mut rand::thread_rng(), &r, &id);
@@ -493,14 +552,15 @@ impl Renter {
             renter_commitment: commitment,
             renter_tx2_key: r2.public_key(SECP256K1),
         };
-        let offer: DownloadOffer = self.exchange(record, &request, QUICK_CALL).await?;
+        let offer: DownloadOffer = self.exchange_resync(record, &request, QUICK_CALL).await?;
         offer.check(record.price, tip).map_err(farmer_fault)?;
         if offer.download_id != download_id {
             return Err(farmer_fault("the offer is for another download"));
         }
         current(record).farmer_commitment = Some(offer.farmer_commitment);
         self.store(record)?;
-        self.progress.phase(&id_hex, "sealing", record.ciphertext_length);
+        self.progress
+            .phase(&id_hex, "sealing", record.ciphertext_length);
         let revealed: FarmerReveal = self
             .exchange(record, &RenterReveal { reveal }, SLOW_CALL)
             .await?;
@@ -516,8 +576,13 @@ impl Renter {
             price: record.price,
         };
         let transcript = revealed.transcript;
-        verify_transcript(&transcript, &record.farmer, &contract.seal_context(download_id), &receipt)
-            .map_err(farmer_fault)?;
+        verify_transcript(
+            &transcript,
+            &record.farmer,
+            &contract.seal_context(download_id),
+            &receipt,
+        )
+        .map_err(farmer_fault)?;
         if transcript.length != receipt.length {
             return Err(farmer_fault("the sealed copy's length differs from C's"));
         }
@@ -529,19 +594,32 @@ impl Renter {
 
         // 2. E is fetched and checked against root_E before any money moves.
         let sealed = self.sealed_file(&download_id);
-        self.progress.phase(&id_hex, "downloading", transcript.length);
+        self.progress
+            .phase(&id_hex, "downloading", transcript.length);
         self.client(record)
-            .fetch_sealed(&id, &sealed, transcript.length, reporter(&self.progress, &id_hex))
+            .fetch_sealed(
+                &id,
+                &sealed,
+                transcript.length,
+                reporter(&self.progress, &id_hex),
+            )
             .await?;
         let path = sealed.clone();
         tokio::task::spawn_blocking(move || {
-            check_sealed_copy(&transcript, std::io::BufReader::new(std::fs::File::open(&path)?))
-                .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            check_sealed_copy(
+                &transcript,
+                std::io::BufReader::new(std::fs::File::open(&path)?),
+            )
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .await
         .map_err(internal)?
-        .map_err(|e| farmer_fault(format!("the sealed copy fails root_E ({e}); nothing was paid")))?;
+        .map_err(|e| {
+            farmer_fault(format!(
+                "the sealed copy fails root_E ({e}); nothing was paid"
+            ))
+        })?;
 
         // 3. TX1, stored before it is broadcast.
         self.progress.phase(&id_hex, "funding TX1", 0);
@@ -609,7 +687,8 @@ impl Renter {
             .await
             .map_err(internal)?
         };
-        verified.map_err(|e| farmer_fault(format!("the proof does not verify ({e}); not paying")))?;
+        verified
+            .map_err(|e| farmer_fault(format!("the proof does not verify ({e}); not paying")))?;
 
         // 6. TX3 for txid = SHA256(D), stored as signed before the signature leaves.
         let tx2_txid = txid_from_digest(&statement.digest);
@@ -654,8 +733,10 @@ impl Renter {
         )
         .map_err(farmer_fault)?;
         let joint = joint_secret_key(&r, &f).map_err(internal)?;
-        self.progress.phase(&id_hex, "decrypting", record.ciphertext_length);
-        self.finish_download(record, &joint, &r, tx2, output).await?;
+        self.progress
+            .phase(&id_hex, "decrypting", record.ciphertext_length);
+        self.finish_download(record, &joint, &r, tx2, output)
+            .await?;
         let d = current(record).clone();
         let _ = std::fs::remove_file(&sealed);
         Ok(json!({
@@ -671,7 +752,8 @@ impl Renter {
     }
 
     fn sealed_file(&self, download_id: &[u8; 32]) -> PathBuf {
-        self.work_dir.join(format!("{}.sealed", hex::encode(download_id)))
+        self.work_dir
+            .join(format!("{}.sealed", hex::encode(download_id)))
     }
 
     /// This renter's CRS for `shape` and its hash: generated once, kept on disk and in
@@ -691,9 +773,10 @@ impl Renter {
     }
 
     async fn load_or_make_crs(&self, shape: &Shape) -> Result<Arc<Crs>, RenterError> {
-        let key = hex::encode(dstore_protocol::hashing::sha256(&[
-            &serde_json::to_vec(shape).map_err(internal)?
-        ]));
+        let key = hex::encode(dstore_protocol::hashing::sha256(&[&serde_json::to_vec(
+            shape,
+        )
+        .map_err(internal)?]));
         let path = self.crs_dir.join(format!("renter-{key}.crs"));
         let shape = *shape;
         let lock_path = self.crs_dir.join(format!("renter-{key}.lock"));
@@ -728,7 +811,10 @@ impl Renter {
         crs_hash: [u8; 32],
     ) -> Result<ProofReady, RenterError> {
         let offer = CrsOffer { crs_hash };
-        match self.exchange::<_, ProofReady>(record, &offer, SLOW_CALL).await {
+        match self
+            .exchange::<_, ProofReady>(record, &offer, SLOW_CALL)
+            .await
+        {
             Err(RenterError::Peer(PeerCallError::Refused(e))) if e.code == UNKNOWN_CRS => {}
             other => return other,
         }
@@ -738,7 +824,9 @@ impl Renter {
                 .await
                 .map_err(internal)?
         };
-        self.client(record).put_crs(&record.contract_id, bytes).await?;
+        self.client(record)
+            .put_crs(&record.contract_id, bytes)
+            .await?;
         self.exchange(record, &offer, SLOW_CALL).await
     }
 
@@ -758,7 +846,11 @@ impl Renter {
         }
     }
 
-    async fn find_tx(&self, txid: &Txid, from_height: u32) -> Result<Option<Transaction>, RenterError> {
+    async fn find_tx(
+        &self,
+        txid: &Txid,
+        from_height: u32,
+    ) -> Result<Option<Transaction>, RenterError> {
         if let Ok(hex) = self
             .bitcoind
             .call("getrawtransaction", json!([txid.to_string()]))
@@ -796,7 +888,9 @@ impl Renter {
         let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
         let (key, id) = (record.file_key, record.contract_id);
         let sealed = self.sealed_file(&d.download_id);
-        let unsealed = self.work_dir.join(format!("{}.c", hex::encode(d.download_id)));
+        let unsealed = self
+            .work_dir
+            .join(format!("{}.c", hex::encode(d.download_id)));
         let joint_key = *joint;
         let (sealed_in, unsealed_out) = (sealed.clone(), unsealed.clone());
         let root_ok = tokio::task::spawn_blocking(move || {
@@ -832,7 +926,10 @@ impl Renter {
         let _ = std::fs::remove_file(&unsealed);
         if let Err(e) = decrypted {
             let _ = std::fs::remove_file(&partial);
-            return Err(RenterError::Invalid(format!("cannot write {}: {e}", output.display())));
+            return Err(RenterError::Invalid(format!(
+                "cannot write {}: {e}",
+                output.display()
+            )));
         }
         std::fs::rename(&partial, output).map_err(|e| {
             let _ = std::fs::remove_file(&partial);
@@ -857,7 +954,10 @@ impl Renter {
         let d = current(record).clone();
         let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
         let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
-        let (sealed, leaves) = (self.sealed_file(&d.download_id), self.leaves_path(&record.contract_id));
+        let (sealed, leaves) = (
+            self.sealed_file(&d.download_id),
+            self.leaves_path(&record.contract_id),
+        );
         let (joint, r) = (*joint, *r);
         let length = record.ciphertext_length;
         let proof: FraudProof = tokio::task::spawn_blocking(move || {
@@ -868,10 +968,16 @@ impl Renter {
                 .collect();
             let c_tree = MerkleTree::from_leaves(leaves, length).map_err(internal)?;
             let open = || std::fs::File::open(&sealed).map(std::io::BufReader::new);
-            let (index, segment) = find_bad_segment(&joint, &transcript.ephemeral, open().map_err(internal)?, &c_tree)
-                .map_err(internal)?
-                .ok_or_else(|| internal("root_C differs but no segment does"))?;
-            let e_tree = check_sealed_copy(&transcript, open().map_err(internal)?).map_err(internal)?;
+            let (index, segment) = find_bad_segment(
+                &joint,
+                &transcript.ephemeral,
+                open().map_err(internal)?,
+                &c_tree,
+            )
+            .map_err(internal)?
+            .ok_or_else(|| internal("root_C differs but no segment does"))?;
+            let e_tree =
+                check_sealed_copy(&transcript, open().map_err(internal)?).map_err(internal)?;
             build_fraud_proof(FraudEvidence {
                 receipt: &receipt,
                 transcript: &transcript,
@@ -909,7 +1015,11 @@ impl Renter {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         let mut record = self.existing(id)?;
-        let Some(index) = record.downloads.iter().rposition(|d| d.phase.money_locked()) else {
+        let Some(index) = record
+            .downloads
+            .iter()
+            .rposition(|d| d.phase.money_locked())
+        else {
             return Ok(json!({
                 "contract_id": hex::encode(id),
                 "status": "nothing",
@@ -928,7 +1038,12 @@ impl Renter {
         });
         if self.unspent(&tx1_outpoint).await? {
             if tip < contract.refund_height {
-                return Ok(waiting(base, contract.refund_height, tip, "TX1 refund (after T1)"));
+                return Ok(waiting(
+                    base,
+                    contract.refund_height,
+                    tip,
+                    "TX1 refund (after T1)",
+                ));
             }
             let tx = contract
                 .tx1_refund(tx1_outpoint, &r, &destination, REFUND_FEE)
@@ -936,15 +1051,23 @@ impl Renter {
             return self.broadcast_refund(&mut record, index, tx, base).await;
         }
         // TX1 is spent: by TX2 (then TX2:0 may come back after Δ) or by our own refund.
-        let tx2_txid = d.tx2_txid.ok_or_else(|| internal("TX1 spent before TX2 was known"))?;
-        let tx2_outpoint = OutPoint { txid: tx2_txid, vout: 0 };
+        let tx2_txid = d
+            .tx2_txid
+            .ok_or_else(|| internal("TX1 spent before TX2 was known"))?;
+        let tx2_outpoint = OutPoint {
+            txid: tx2_txid,
+            vout: 0,
+        };
         if !self.unspent(&tx2_outpoint).await? {
             record.downloads[index].phase = DownloadPhase::Refunded;
             self.store(&record)?;
-            return Ok(merge(base, json!({
-                "status": "nothing",
-                "message": "the contract outputs are already spent (the farmer claimed, or a refund confirmed)",
-            })));
+            return Ok(merge(
+                base,
+                json!({
+                    "status": "nothing",
+                    "message": "the contract outputs are already spent (the farmer claimed, or a refund confirmed)",
+                }),
+            ));
         }
         let confirmations = self.confirmations(&tx2_txid).await?;
         let due = u32::from(contract.payout_delay);
@@ -952,7 +1075,11 @@ impl Renter {
             let at = tip + (due - confirmations);
             return Ok(waiting(base, at, tip, "TX2 refund (Δ blocks after TX2)"));
         }
-        let tx2_fee = record.price - d.unsigned_tx2.as_ref().map(|t| t.output[0].value).unwrap_or_default();
+        let tx2_fee = record.price
+            - d.unsigned_tx2
+                .as_ref()
+                .map(|t| t.output[0].value)
+                .unwrap_or_default();
         let value = contract.tx2_value(tx2_fee).map_err(internal)?;
         let r2 = self.secret(Role::Tx2, d.key_index)?;
         let tx = contract
@@ -976,17 +1103,23 @@ impl Renter {
             .await?;
         record.downloads[index].phase = DownloadPhase::Refunded;
         self.store(record)?;
-        Ok(merge(base, json!({
-            "status": "broadcast",
-            "txid": txid.to_string(),
-            "amount_sat": tx.output[0].value.to_sat(),
-        })))
+        Ok(merge(
+            base,
+            json!({
+                "status": "broadcast",
+                "txid": txid.to_string(),
+                "amount_sat": tx.output[0].value.to_sat(),
+            }),
+        ))
     }
 
     async fn unspent(&self, outpoint: &OutPoint) -> Result<bool, RenterError> {
         let found = self
             .bitcoind
-            .call("gettxout", json!([outpoint.txid.to_string(), outpoint.vout, true]))
+            .call(
+                "gettxout",
+                json!([outpoint.txid.to_string(), outpoint.vout, true]),
+            )
             .await?;
         Ok(!found.is_null())
     }
@@ -1005,7 +1138,9 @@ pub fn verify_fraud_file(path: &Path) -> Result<Value, RenterError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| RenterError::Invalid(format!("{}: {e}", path.display())))?;
     if meta.len() > MAX_FRAUD_FILE {
-        return Err(RenterError::Invalid("the file is too large for a fraud proof".into()));
+        return Err(RenterError::Invalid(
+            "the file is too large for a fraud proof".into(),
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| RenterError::Invalid(e.to_string()))?;
     let proof: FraudProof = serde_json::from_slice(&bytes)
@@ -1086,4 +1221,45 @@ fn normalise_url(url: &str) -> Result<String, RenterError> {
         )));
     }
     Ok(with_scheme.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn farmer_urls_are_http_host_port() {
+        assert_eq!(
+            normalise_url("127.0.0.1:9737").unwrap(),
+            "http://127.0.0.1:9737"
+        );
+        assert_eq!(
+            normalise_url("http://farmer.example:9737/").unwrap(),
+            "http://farmer.example:9737"
+        );
+        assert!(normalise_url("ftp://x:1").is_err());
+        assert!(normalise_url("http://").is_err());
+        assert!(normalise_url("").is_err());
+    }
+
+    #[test]
+    fn partial_output_is_hidden_next_to_the_output() {
+        assert_eq!(
+            partial_path(Path::new("/a/b/file.bin")),
+            PathBuf::from("/a/b/.file.bin.dstore-partial")
+        );
+        assert!(absolute(Path::new("")).is_err());
+        assert!(absolute(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn only_funded_downloads_lock_money() {
+        use DownloadPhase::*;
+        for phase in [Tx1Funded, Tx2Signed, Tx3Signed] {
+            assert!(phase.money_locked(), "{phase:?}");
+        }
+        for phase in [Offered, Fetching, Done, Fraud, Refunded, Failed] {
+            assert!(!phase.money_locked(), "{phase:?}");
+        }
+    }
 }
