@@ -62,6 +62,9 @@ const QUICK_CALL: Duration = Duration::from_secs(60);
 /// Largest fraud-proof file `dstore-verify-fraud` reads.
 const MAX_FRAUD_FILE: u64 = 16 << 20;
 
+/// A CRS with its hash (its cache key on the farmer's side).
+type HashedCrs = (Arc<Crs>, [u8; 32]);
+
 /// Why a renter operation failed. Each maps to one JSON-RPC error.
 #[derive(Debug, thiserror::Error)]
 pub enum RenterError {
@@ -106,7 +109,7 @@ pub struct Renter {
     pub progress: Arc<Tracker>,
     dev_fault: Option<DevFault>,
     /// The CRS in use, by shape, with its hash (loading and hashing it takes seconds).
-    crs: tokio::sync::Mutex<std::collections::HashMap<Shape, (Arc<Crs>, [u8; 32])>>,
+    crs: tokio::sync::Mutex<std::collections::HashMap<Shape, HashedCrs>>,
     locks: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -758,7 +761,7 @@ impl Renter {
 
     /// This renter's CRS for `shape` and its hash: generated once, kept on disk and in
     /// memory.
-    async fn crs_for(&self, shape: &Shape) -> Result<(Arc<Crs>, [u8; 32]), RenterError> {
+    async fn crs_for(&self, shape: &Shape) -> Result<HashedCrs, RenterError> {
         let mut cache = self.crs.lock().await;
         if let Some(found) = cache.get(shape) {
             return Ok(found.clone());
