@@ -93,7 +93,8 @@ pub struct Args {
 pub enum DevFault {
     /// Farmer: the process exits when TX1 is announced (the farmer disappears).
     ExitAfterTx1,
-    /// Farmer: never broadcasts TX2 after getting the renter's TX3 signature.
+    /// Farmer: stores TX2 and TX3 after the renter's TX3 signature but does not broadcast
+    /// them (a restart without the fault re-broadcasts them, as after a crash).
     WithholdTx2,
     /// Farmer: serves E with one byte flipped (fails root_E before payment).
     FlipSealedByte,

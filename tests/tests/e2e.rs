@@ -161,6 +161,48 @@ fn e2e_farmer_never_broadcasts_tx2_then_refund_after_t1() {
 }
 
 #[test]
+fn e2e_tx2_broadcast_late_finishes_the_paid_download_without_paying_twice() {
+    let mut m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("withhold-tx2"),
+            ..Faults::default()
+        },
+    );
+    let data = random_bytes(16, 70_000);
+    let input = m.file("in", &data);
+    let id = m.open(&input).expect("dstore-open");
+    let output = m.dir.path().join("out");
+    let err = m.download(&id, &output).unwrap_err();
+    assert!(err.contains("TX2"), "{err}");
+    let paid = m.renter_balance_sat();
+    // The farmer restarts (as after a crash between storing and broadcasting its claim)
+    // and broadcasts TX2 and TX3 then; the renter's next dstore-download finishes the
+    // download it paid for.
+    m.kill_farmer();
+    m.start_farmer();
+    let result = m
+        .download(&id, &output)
+        .expect("the paid download finishes");
+    assert!(std::fs::read(&output).unwrap() == data);
+    let s = status(&m, &id);
+    assert_eq!(
+        s["downloads"].as_array().unwrap().len(),
+        1,
+        "no second download: {s}"
+    );
+    assert_eq!(s["downloads"][0]["phase"], "done");
+    assert_eq!(m.renter_balance_sat(), paid, "nothing paid twice");
+    m.node.mine(1);
+    let tx3 = farmer_status(&m, &id)["payouts"][0]["tx3"]
+        .as_str()
+        .expect("the farmer recorded its payout")
+        .to_string();
+    assert_eq!(m.node.confirmations(&tx3), 1);
+    assert_eq!(m.node.confirmations(result["tx2"].as_str().unwrap()), 1);
+}
+
+#[test]
 fn e2e_lying_farmer_fails_root_e_before_any_payment() {
     let m = Market::start(
         &crs_dir(),

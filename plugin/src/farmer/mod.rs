@@ -713,10 +713,6 @@ impl Farmer {
         let contract = download
             .contract
             .ok_or(FarmerError::WrongPhase("no contract"))?;
-        if self.config.dev_fault == Some(DevFault::WithholdTx2) {
-            tracing::warn!("dev fault withhold-tx2: keeping TX2 to itself");
-            return Err(FarmerError::Internal("TX2 withheld".into()));
-        }
         let template = download
             .template
             .clone()
@@ -748,16 +744,12 @@ impl Farmer {
         download.phase = FarmerPhase::Claiming;
         // Both transactions are on disk before either leaves this process.
         self.store(&record)?;
+        if self.config.dev_fault == Some(DevFault::WithholdTx2) {
+            tracing::warn!("dev fault withhold-tx2: keeping TX2 to itself");
+            return Err(FarmerError::Internal("TX2 withheld".into()));
+        }
         self.broadcast_claim(&template.tx, &tx3).await?;
-        let download = record.download.as_mut().expect("checked above");
-        download.phase = FarmerPhase::Claimed;
-        record.payouts.push(Payout {
-            download_id: download.download_id,
-            tx2: claimed.tx2,
-            tx3: claimed.tx3,
-            amount: tx3.output[0].value,
-        });
-        tracing::info!(tx2 = %claimed.tx2, tx3 = %claimed.tx3, "download paid: TX2 and TX3 broadcast");
+        mark_claimed(&mut record);
         Ok(Step {
             record,
             reply: claimed,
@@ -783,25 +775,48 @@ impl Farmer {
         Ok(())
     }
 
-    /// After a restart: re-broadcasts claims that were stored but maybe never sent, and
-    /// reloads the CRSs checked before.
+    /// After a restart: broadcasts the claims that were stored but maybe never sent, and
+    /// records their payouts.
     pub async fn resume(&self) -> Result<(), FarmerError> {
-        for record in self.list()? {
+        for mut record in self.list()? {
             let Some(download) = &record.download else {
                 continue;
             };
             if download.phase != FarmerPhase::Claiming {
                 continue;
             }
-            if let (Some(template), Some(tx3)) = (&download.template, &download.tx3) {
-                let _lock = self.lock_for(&record.contract_id);
-                if let Err(e) = self.broadcast_claim(&template.tx, tx3).await {
-                    tracing::warn!("re-broadcasting a stored claim failed: {e}");
+            let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
+                continue;
+            };
+            match self.broadcast_claim(&template.tx, tx3).await {
+                Ok(()) => {
+                    mark_claimed(&mut record);
+                    self.store(&record)?;
                 }
+                Err(e) => tracing::warn!("re-broadcasting a stored claim failed: {e}"),
             }
         }
         Ok(())
     }
+}
+
+/// Records a broadcast claim: the download is paid, and its payout is TX3's output.
+fn mark_claimed(record: &mut FarmedContract) {
+    let Some(download) = record.download.as_mut() else {
+        return;
+    };
+    let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
+        return;
+    };
+    let payout = Payout {
+        download_id: download.download_id,
+        tx2: template.txid,
+        tx3: tx3.compute_txid(),
+        amount: tx3.output[0].value,
+    };
+    tracing::info!(tx2 = %payout.tx2, tx3 = %payout.tx3, "download paid: TX2 and TX3 broadcast");
+    download.phase = FarmerPhase::Claimed;
+    record.payouts.push(payout);
 }
 
 /// Flips the first byte of a file, if it has one (test-only faults).

@@ -488,14 +488,24 @@ impl Renter {
         if record.phase != StoragePhase::Stored {
             return Err(RenterError::Invalid("the file is not stored yet".into()));
         }
-        if let Some(open) = record.downloads.iter().find(|d| d.phase.money_locked()) {
-            return Err(RenterError::Invalid(format!(
-                "download {} still has money locked in TX1/TX2: use dstore-refund",
-                hex::encode(open.download_id)
-            )));
+        let paid = record
+            .downloads
+            .last()
+            .is_some_and(|d| d.phase == DownloadPhase::Tx3Signed);
+        if !paid {
+            if let Some(open) = record.downloads.iter().find(|d| d.phase.money_locked()) {
+                return Err(RenterError::Invalid(format!(
+                    "download {} still has money locked in TX1/TX2: use dstore-refund",
+                    hex::encode(open.download_id)
+                )));
+            }
         }
         let id_hex = hex::encode(id);
-        let outcome = self.run_download(&mut record, &output).await;
+        let outcome = if paid {
+            self.resume_paid(&mut record, &output).await
+        } else {
+            self.run_download(&mut record, &output).await
+        };
         if let Err(e) = &outcome {
             if let Some(d) = record.downloads.last_mut() {
                 d.error = Some(e.to_string());
@@ -727,6 +737,21 @@ impl Renter {
 
         // 7. TX2 on the chain reveals f: unseal, decrypt, check, write.
         let tx2 = self.wait_for_tx(&tx2_txid, tip).await?;
+        self.complete(record, &r, tx2, output).await
+    }
+
+    /// Finishes the paid download at the end of `record` once TX2 is known: extracts f,
+    /// unseals E, checks root_C, decrypts to `output`.
+    async fn complete(
+        &self,
+        record: &mut RentedContract,
+        r: &SecretKey,
+        tx2: Transaction,
+        output: &Path,
+    ) -> Result<Value, RenterError> {
+        let id = record.contract_id;
+        let d = current(record).clone();
+        let contract = d.contract.ok_or_else(|| internal("no contract"))?;
         let f = extract_farmer_key(
             &tx2,
             0,
@@ -735,23 +760,44 @@ impl Renter {
             Some(&contract.tx1_script_pubkey().map_err(internal)?),
         )
         .map_err(farmer_fault)?;
-        let joint = joint_secret_key(&r, &f).map_err(internal)?;
+        let joint = joint_secret_key(r, &f).map_err(internal)?;
         self.progress
-            .phase(&id_hex, "decrypting", record.ciphertext_length);
-        self.finish_download(record, &joint, &r, tx2, output)
-            .await?;
-        let d = current(record).clone();
-        let _ = std::fs::remove_file(&sealed);
+            .phase(&hex::encode(id), "decrypting", record.ciphertext_length);
+        self.finish_download(record, &joint, r, tx2, output).await?;
+        let _ = std::fs::remove_file(self.sealed_file(&d.download_id));
         Ok(json!({
-            "contract_id": id_hex,
-            "download_id": hex::encode(download_id),
+            "contract_id": hex::encode(id),
+            "download_id": hex::encode(d.download_id),
             "output": output.display().to_string(),
             "bytes": record.plaintext_length,
             "price_sat": record.price.to_sat(),
-            "tx1": outpoint.txid.to_string(),
-            "tx2": tx2_txid.to_string(),
+            "tx1": d.tx1_outpoint.map(|o| o.txid.to_string()),
+            "tx2": d.tx2_txid.map(|t| t.to_string()),
             "tx3": d.tx3_txid.map(|t| t.to_string()),
         }))
+    }
+
+    /// A download whose TX3 the renter signed but whose TX2 had not appeared: if TX2 is on
+    /// the chain now, the renter has paid and finishes it instead of paying again.
+    async fn resume_paid(
+        &self,
+        record: &mut RentedContract,
+        output: &Path,
+    ) -> Result<Value, RenterError> {
+        let d = current(record).clone();
+        let contract = d.contract.ok_or_else(|| internal("no contract"))?;
+        let tx2_txid = d.tx2_txid.ok_or_else(|| internal("no TX2 id"))?;
+        let Some(tx2) = self.find_tx(&tx2_txid, d.start_height).await? else {
+            return Err(RenterError::Wait(format!(
+                "download {} is paid for once TX2 {tx2_txid} appears; until then dstore-refund returns TX1's money after height {}",
+                hex::encode(d.download_id),
+                contract.refund_height
+            )));
+        };
+        tracing::info!(contract = %hex::encode(record.contract_id), "TX2 appeared: finishing the paid download");
+        let r = self.secret(Role::Download, d.key_index)?;
+        current(record).output = Some(output.display().to_string());
+        self.complete(record, &r, tx2, output).await
     }
 
     fn sealed_file(&self, download_id: &[u8; 32]) -> PathBuf {
