@@ -96,6 +96,9 @@ pub enum DevFault {
     /// Farmer: stores TX2 and TX3 after the renter's TX3 signature but does not broadcast
     /// them (a restart without the fault re-broadcasts them, as after a crash).
     WithholdTx2,
+    /// Farmer: broadcasts TX2 but never TX3 (the renter gets the file, and after Δ its
+    /// money back through the TX2 refund).
+    WithholdTx3,
     /// Farmer: serves E with one byte flipped (fails root_E before payment).
     FlipSealedByte,
     /// Farmer: seals data that is not C, with an honest transcript of it (fraud after payment).

@@ -203,6 +203,43 @@ fn e2e_tx2_broadcast_late_finishes_the_paid_download_without_paying_twice() {
 }
 
 #[test]
+fn e2e_farmer_that_never_claims_lets_the_renter_refund_tx2_after_delta() {
+    let m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("withhold-tx3"),
+            ..Faults::default()
+        },
+    );
+    let data = random_bytes(17, 9_000);
+    let input = m.file("in", &data);
+    let id = m.open(&input).expect("dstore-open");
+    let before = m.renter_balance_sat();
+    let output = m.dir.path().join("out");
+    // TX2 alone reveals f: the renter gets its file.
+    m.download(&id, &output)
+        .expect("the download completes on TX2 alone");
+    assert!(std::fs::read(&output).unwrap() == data);
+    // The farmer never claims TX2:0, so after Δ blocks it goes back to the renter.
+    m.node.mine(1);
+    let early = m.renter().call_ok("dstore-refund", json!([id]));
+    assert_eq!(early["status"], "waiting", "{early}");
+    assert!(
+        early["message"].as_str().unwrap().contains("TX2 refund"),
+        "{early}"
+    );
+    mine_to_height(&m, early["refund_height"].as_u64().unwrap());
+    let refund = m.renter().call_ok("dstore-refund", json!([id]));
+    assert_eq!(refund["status"], "broadcast", "{refund}");
+    m.node.mine(1);
+    assert_eq!(m.node.confirmations(refund["txid"].as_str().unwrap()), 1);
+    let lost = before - m.renter_balance_sat();
+    assert!(lost < 5_000, "only fees are lost: {lost}");
+    let again = m.renter().call_ok("dstore-refund", json!([id]));
+    assert_eq!(again["status"], "nothing", "{again}");
+}
+
+#[test]
 fn e2e_lying_farmer_fails_root_e_before_any_payment() {
     let m = Market::start(
         &crs_dir(),

@@ -748,6 +748,11 @@ impl Farmer {
             tracing::warn!("dev fault withhold-tx2: keeping TX2 to itself");
             return Err(FarmerError::Internal("TX2 withheld".into()));
         }
+        if self.config.dev_fault == Some(DevFault::WithholdTx3) {
+            tracing::warn!("dev fault withhold-tx3: broadcasting TX2 only");
+            self.broadcast(&template.tx).await?;
+            return Err(FarmerError::Internal("TX3 withheld".into()));
+        }
         self.broadcast_claim(&template.tx, &tx3).await?;
         mark_claimed(&mut record);
         Ok(Step {
@@ -761,18 +766,21 @@ impl Farmer {
         tx2: &Transaction,
         tx3: &Transaction,
     ) -> Result<(), FarmerError> {
-        for tx in [tx2, tx3] {
-            match self
-                .bitcoind
-                .call("sendrawtransaction", json!([serialize_hex(tx)]))
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.to_string().contains("already") => {}
-                Err(e) => return Err(internal(format!("broadcast {}: {e}", tx.compute_txid()))),
-            }
+        self.broadcast(tx2).await?;
+        self.broadcast(tx3).await
+    }
+
+    /// Sends a transaction to bitcoind; one it already has is not an error.
+    async fn broadcast(&self, tx: &Transaction) -> Result<(), FarmerError> {
+        match self
+            .bitcoind
+            .call("sendrawtransaction", json!([serialize_hex(tx)]))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("already") => Ok(()),
+            Err(e) => Err(internal(format!("broadcast {}: {e}", tx.compute_txid()))),
         }
-        Ok(())
     }
 
     /// After a restart: broadcasts the claims that were stored but maybe never sent, and

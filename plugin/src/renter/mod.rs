@@ -1064,15 +1064,17 @@ impl Renter {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         let mut record = self.existing(id)?;
+        // The latest download with money in TX1 or TX2:0; a finished one still counts
+        // while the farmer has not claimed TX2:0 with TX3.
         let Some(index) = record
             .downloads
             .iter()
-            .rposition(|d| d.phase.money_locked())
+            .rposition(|d| d.phase.money_locked() || d.phase == DownloadPhase::Done)
         else {
             return Ok(json!({
                 "contract_id": hex::encode(id),
                 "status": "nothing",
-                "message": "no download of this contract has money locked",
+                "message": "no download of this contract has money in TX1 or TX2",
             }));
         };
         let d = record.downloads[index].clone();
@@ -1108,13 +1110,11 @@ impl Renter {
             vout: 0,
         };
         if !self.unspent(&tx2_outpoint).await? {
-            record.downloads[index].phase = DownloadPhase::Refunded;
-            self.store(&record)?;
             return Ok(merge(
                 base,
                 json!({
                     "status": "nothing",
-                    "message": "the contract outputs are already spent (the farmer claimed, or a refund confirmed)",
+                    "message": "nothing to refund: the farmer claimed TX2's output with TX3, or a refund already spent it",
                 }),
             ));
         }
