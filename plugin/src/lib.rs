@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod db;
 pub mod farmer;
 pub mod jsonrpc;
+pub mod locks;
 pub mod methods;
 pub mod progress;
 pub mod renter;

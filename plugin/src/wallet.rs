@@ -232,21 +232,12 @@ impl PluginWallet {
         amount: Amount,
         fee_rate: Option<FeeRate>,
     ) -> Result<Txid, WalletError> {
-        let address = self.parse_address(address)?;
-        let mut inner = self.lock()?;
-        self.sync_locked(&mut inner)?;
-        let fee_rate = match fee_rate {
-            Some(rate) => rate,
-            None => self.estimate_fee_rate()?,
+        let output = bdk_wallet::bitcoin::TxOut {
+            value: amount,
+            script_pubkey: self.parse_address(address)?.script_pubkey(),
         };
-        let master = inner.master;
-        let tx = build_and_sign(&mut inner.wallet, &master, address, amount, fee_rate)?;
-        // The revealed change index is on disk before the transaction can exist anywhere else.
-        persist(&mut inner)?;
-        let txid = self.rpc.client()?.send_raw_transaction(&tx)?;
-        inner.wallet.apply_unconfirmed_txs([(tx, unix_now())]);
-        persist(&mut inner)?;
-        Ok(txid)
+        let funded = self.fund_output(output, fee_rate)?;
+        self.broadcast(&funded.tx)
     }
 
     /// Builds and signs (without broadcasting) a transaction paying `output`; the change
@@ -264,7 +255,7 @@ impl PluginWallet {
             None => self.estimate_fee_rate()?,
         };
         let master = inner.master;
-        let (tx, prevouts) = build_and_sign_script(&mut inner.wallet, &master, &output, fee_rate)?;
+        let (tx, prevouts) = build_and_sign(&mut inner.wallet, &master, &output, fee_rate)?;
         persist(&mut inner)?;
         let vout = tx
             .output
@@ -323,20 +314,6 @@ impl PluginWallet {
 }
 
 fn build_and_sign(
-    wallet: &mut Wallet,
-    master: &Xpriv,
-    address: Address,
-    amount: Amount,
-    fee_rate: FeeRate,
-) -> Result<Transaction, WalletError> {
-    let output = bdk_wallet::bitcoin::TxOut {
-        value: amount,
-        script_pubkey: address.script_pubkey(),
-    };
-    build_and_sign_script(wallet, master, &output, fee_rate).map(|(tx, _)| tx)
-}
-
-fn build_and_sign_script(
     wallet: &mut Wallet,
     master: &Xpriv,
     output: &bdk_wallet::bitcoin::TxOut,

@@ -36,6 +36,7 @@ use crate::bitcoind::Bitcoind;
 use crate::config::DevFault;
 use crate::db::{self, Db};
 use crate::jsonrpc::code;
+use crate::locks::ContractLocks;
 use crate::storage::BlobStore;
 use crate::wallet::PluginWallet;
 use crate::wire::ErrorBody;
@@ -140,7 +141,7 @@ pub struct Farmer {
     bitcoind: Arc<Bitcoind>,
     wallet: Arc<PluginWallet>,
     config: FarmerConfig,
-    locks: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    locks: ContractLocks,
     checked_crs: Mutex<HashMap<[u8; 32], Arc<Crs>>>,
 }
 
@@ -169,7 +170,7 @@ impl Farmer {
             bitcoind,
             wallet,
             config,
-            locks: Mutex::new(HashMap::new()),
+            locks: ContractLocks::default(),
             checked_crs: Mutex::new(HashMap::new()),
         })
     }
@@ -185,11 +186,6 @@ impl Farmer {
             "price_per_download_sat": self.config.price_per_download.to_sat(),
             "max_file_bytes": self.config.max_file_bytes,
         })
-    }
-
-    fn lock_for(&self, id: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(*id).or_default().clone()
     }
 
     pub fn load(&self, id: &[u8; 32]) -> Result<Option<FarmedContract>, FarmerError> {
@@ -235,8 +231,7 @@ impl Farmer {
     /// Handles one envelope posted to `/dstore/v1/msg/<kind>`; returns the signed reply.
     pub async fn handle_message(&self, kind: &str, bytes: &[u8]) -> Result<Vec<u8>, FarmerError> {
         let (contract_id, _) = peer::peek(bytes)?;
-        let lock = self.lock_for(&contract_id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(&contract_id).await;
         let record = self.load(&contract_id)?;
         if let Some(reply) = record.as_ref().and_then(|r| r.repeat_reply(bytes)) {
             return Ok(reply);
@@ -343,8 +338,7 @@ impl Farmer {
         offset: u64,
         data: &[u8],
     ) -> Result<u64, FarmerError> {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
         if record.receipt.is_some() {
             return Err(FarmerError::WrongPhase("the upload is already complete"));
@@ -380,10 +374,16 @@ impl Farmer {
         let receiver = UploadReceiver::resume(record.upload.clone())?;
         let stored = receiver.finish(&done.root_c, done.length)?;
         let id = record.contract_id;
-        self.blobs
-            .truncate_staged(&id, stored.length)
-            .map_err(internal)?;
-        self.blobs.commit(&id).await.map_err(internal)?;
+        // A crash after the move into the object store leaves no staging file: the blob
+        // is already in place.
+        let moved = self.blobs.staged_len(&id).map_err(internal)? == 0
+            && self.blobs.size(&id).await.ok() == Some(stored.length);
+        if !moved {
+            self.blobs
+                .truncate_staged(&id, stored.length)
+                .map_err(internal)?;
+            self.blobs.commit(&id).await.map_err(internal)?;
+        }
         let receipt = StorageReceipt::sign(&self.identity, id, stored, record.expiry_height);
         record.receipt = Some(receipt);
         tracing::info!(contract = %hex::encode(id), bytes = stored.length, "upload stored");
@@ -513,9 +513,7 @@ impl Farmer {
         message: Tx1Funded,
     ) -> Result<Step<Tx2Unsigned>, FarmerError> {
         let download = record.download_in(FarmerPhase::Revealed)?;
-        let contract = download
-            .contract
-            .ok_or(FarmerError::WrongPhase("no contract"))?;
+        let contract = download.agreed()?;
         if self.config.dev_fault == Some(DevFault::ExitAfterTx1) {
             tracing::warn!("dev fault exit-after-tx1: the farmer disappears");
             std::process::exit(1);
@@ -567,9 +565,7 @@ impl Farmer {
         message: Tx2RenterSig,
     ) -> Result<Step<Tx2Statement>, FarmerError> {
         let download = record.download_in(FarmerPhase::Tx2Offered)?;
-        let contract = download
-            .contract
-            .ok_or(FarmerError::WrongPhase("no contract"))?;
+        let contract = download.agreed()?;
         let unsigned = download
             .unsigned_tx2
             .clone()
@@ -593,23 +589,19 @@ impl Farmer {
     /// check aborts the download for good: the signed TX2 is never proved about or
     /// broadcast, so a renter probing with subverted CRSs learns at most one bit, once.
     pub async fn receive_crs(&self, id: &[u8; 32], bytes: Vec<u8>) -> Result<(), FarmerError> {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
-        let template = download
-            .template
-            .clone()
-            .ok_or(FarmerError::WrongPhase("no TX2"))?;
+        let template = download.signed_tx2()?;
         let shape = zk::Shape::of(&template).map_err(internal)?;
         let checked = tokio::task::spawn_blocking(move || {
-            zk::check_crs(&shape, &bytes, &mut rand::thread_rng()).map(|crs| (crs, bytes))
+            zk::check_crs(&shape, &bytes, &mut rand::thread_rng())
         })
         .await
         .map_err(internal)?;
         let download = record.download.as_mut().expect("checked above");
         match checked {
-            Ok((crs, _)) => {
+            Ok(crs) => {
                 let hash = zk::crs_hash(&crs);
                 write_atomically(
                     &self.checked_crs_path(&hash),
@@ -675,10 +667,7 @@ impl Farmer {
         offer: CrsOffer,
     ) -> Result<Step<ProofReady>, FarmerError> {
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
-        let template = download
-            .template
-            .clone()
-            .ok_or(FarmerError::WrongPhase("no TX2"))?;
+        let template = download.signed_tx2()?;
         let crs = self
             .checked(&offer.crs_hash)
             .await?
@@ -710,13 +699,8 @@ impl Farmer {
         message: Tx3RenterSig,
     ) -> Result<Step<Claimed>, FarmerError> {
         let download = record.download_in(FarmerPhase::Proved)?;
-        let contract = download
-            .contract
-            .ok_or(FarmerError::WrongPhase("no contract"))?;
-        let template = download
-            .template
-            .clone()
-            .ok_or(FarmerError::WrongPhase("no TX2"))?;
+        let contract = download.agreed()?;
+        let template = download.signed_tx2()?;
         let payout = download
             .payout_script
             .clone()

@@ -14,6 +14,8 @@ use dstore_protocol::seal::SealTranscript;
 use dstore_protocol::upload::UploadCheckpoint;
 use serde::{Deserialize, Serialize};
 
+use super::FarmerError;
+
 /// One stored file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FarmedContract {
@@ -172,6 +174,19 @@ impl FarmedDownload {
             payout_delay: self.payout_delay,
             price,
         }
+    }
+
+    /// The agreed download contract (known once the renter revealed R).
+    pub fn agreed(&self) -> Result<DownloadContract, FarmerError> {
+        self.contract
+            .ok_or(FarmerError::WrongPhase("no download contract yet"))
+    }
+
+    /// The TX2 this farmer signed under one nonce.
+    pub fn signed_tx2(&self) -> Result<Tx2Template, FarmerError> {
+        self.template
+            .clone()
+            .ok_or(FarmerError::WrongPhase("no signed TX2 yet"))
     }
 
     /// A download whose claim is being broadcast: it must finish before another starts.

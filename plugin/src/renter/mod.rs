@@ -43,6 +43,7 @@ use crate::bitcoind::Bitcoind;
 use crate::config::DevFault;
 use crate::db::{self, Db};
 use crate::farmer::UNKNOWN_CRS;
+use crate::locks::ContractLocks;
 use crate::progress::{reporter, Tracker};
 use crate::wallet::PluginWallet;
 use crate::wire::{PeerCallError, PeerClient};
@@ -110,7 +111,7 @@ pub struct Renter {
     dev_fault: Option<DevFault>,
     /// The CRS in use, by shape, with its hash (loading and hashing it takes seconds).
     crs: tokio::sync::Mutex<std::collections::HashMap<Shape, HashedCrs>>,
-    locks: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    locks: ContractLocks,
 }
 
 impl Renter {
@@ -140,13 +141,8 @@ impl Renter {
             progress: Arc::new(Tracker::default()),
             dev_fault,
             crs: Default::default(),
-            locks: Default::default(),
+            locks: ContractLocks::default(),
         })
-    }
-
-    fn lock_for(&self, id: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(*id).or_default().clone()
     }
 
     pub fn load(&self, id: &[u8; 32]) -> Result<Option<RentedContract>, RenterError> {
@@ -307,8 +303,7 @@ impl Renter {
             downloads: Vec::new(),
         };
         let id_hex = hex::encode(contract_id);
-        let lock = self.lock_for(&contract_id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(&contract_id).await;
         let outcome = self.run_open(&mut record).await;
         self.progress.finish(&id_hex);
         outcome.map(|()| contract_id)
@@ -386,8 +381,7 @@ impl Renter {
             let renter = self.clone();
             tokio::spawn(async move {
                 let id = record.contract_id;
-                let lock = renter.lock_for(&id);
-                let _guard = lock.lock().await;
+                let _guard = renter.locks.lock(&id).await;
                 let Ok(Some(mut record)) = renter.load(&id) else {
                     return;
                 };
@@ -482,8 +476,7 @@ impl Renter {
     /// Buys one download of contract `id` and writes the file to `output`.
     pub async fn download(&self, id: &[u8; 32], output: &Path) -> Result<Value, RenterError> {
         let output = absolute(output)?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
         if record.phase != StoragePhase::Stored {
             return Err(RenterError::Invalid("the file is not stored yet".into()));
@@ -1061,8 +1054,7 @@ impl Renter {
 
     /// Broadcasts the refund due now for contract `id`'s open download, or says when.
     pub async fn refund(&self, id: &[u8; 32]) -> Result<Value, RenterError> {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
         // The latest download with money in TX1 or TX2:0; a finished one still counts
         // while the farmer has not claimed TX2:0 with TX3.
