@@ -11,6 +11,12 @@ export DSTORE_BITCOIN_DIR="$(dirname "$BITCOIN_BIN")"
 log "bitcoind: $("$BITCOIN_BIN/bitcoind" -version | head -n 1)"
 
 scripts/install-build-deps.sh
+# A local S3-compatible server for the farmer's S3 storage test (moto's, from PyPI).
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto[server] (local S3-compatible server for e2e_farmer_keeps_files_in_an_s3_compatible_store)"
+  python3 -m pip install -q 'moto[server]'
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub storage_dir: Option<PathBuf>,
 
+    /// Farmer: keep stored files in this object store instead of --storage-dir
+    /// (`s3://bucket/prefix`; endpoint and keys from the AWS_* environment variables)
+    #[arg(long, value_name = "URL")]
+    pub storage_url: Option<String>,
+
     /// Farmer: the least it sells one download for, in satoshis (default 100000)
     #[arg(long, value_name = "N")]
     pub price_per_download_sat: Option<u64>,
@@ -112,6 +117,8 @@ pub enum DevFault {
 pub struct FarmerSettings {
     pub peer_bind: SocketAddr,
     pub storage_dir: PathBuf,
+    /// An object store URL for the blobs (uploads still stage under `storage_dir`).
+    pub storage_url: Option<String>,
     pub price_per_download_sat: u64,
     pub max_file_bytes: u64,
 }
@@ -209,6 +216,7 @@ impl Config {
                 .storage_dir
                 .clone()
                 .unwrap_or_else(|| network_dir.join("storage")),
+            storage_url: args.storage_url.clone(),
             price_per_download_sat: args.price_per_download_sat.unwrap_or(DEFAULT_PRICE_SAT),
             max_file_bytes: args.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
         });

@@ -139,7 +139,10 @@ async fn start_farmer(
     bitcoind: &Arc<Bitcoind>,
     wallet: &Arc<PluginWallet>,
 ) -> Result<Arc<Farmer>, StartError> {
-    let blobs = BlobStore::local(&settings.storage_dir)?;
+    let blobs = match &settings.storage_url {
+        None => BlobStore::local(&settings.storage_dir)?,
+        Some(url) => BlobStore::from_url(url, settings.storage_dir.join("staging"))?,
+    };
     let farmer = Farmer::new(
         seed,
         db.clone(),

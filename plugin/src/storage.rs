@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
 /// Chunk size when moving a finished upload into the object store (S3's minimum part size
@@ -35,6 +36,8 @@ pub enum StorageError {
     NotFound(String),
     #[error("storage I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("bad storage URL {0}")]
+    BadUrl(String),
     #[error("object store failed: {0}")]
     Store(#[from] object_store::Error),
 }
@@ -57,6 +60,22 @@ impl BlobStore {
         fs::create_dir_all(&objects)?;
         let store = LocalFileSystem::new_with_prefix(&objects)?;
         BlobStore::with_store(Arc::new(store), dir.join("staging"))
+    }
+
+    /// Blobs in the object store a URL names (`s3://bucket/prefix` for S3-compatible
+    /// stores, configured by the standard `AWS_*` environment variables such as
+    /// `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` and
+    /// `AWS_ALLOW_HTTP`), staging under `staging`.
+    pub fn from_url(url: &str, staging: PathBuf) -> Result<BlobStore, StorageError> {
+        let parsed = url::Url::parse(url).map_err(|e| StorageError::BadUrl(format!("{url}: {e}")))?;
+        let options = std::env::vars().filter(|(key, _)| key.starts_with("AWS_"));
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        };
+        BlobStore::with_store(store, staging)
     }
 
     /// Blobs in any object store, staging in a local directory.

@@ -41,6 +41,16 @@ impl Market {
 
     /// Like [`Market::start`], with the farmer accepting files up to `max_file_bytes`.
     pub fn start_with(crs_dir: &Path, faults: Faults, max_file_bytes: u64) -> Market {
+        Self::start_custom(crs_dir, faults, max_file_bytes, &[])
+    }
+
+    /// Like [`Market::start_with`], with extra farmer flags.
+    pub fn start_custom(
+        crs_dir: &Path,
+        faults: Faults,
+        max_file_bytes: u64,
+        farmer_extra: &[String],
+    ) -> Market {
         let dir = tempfile::Builder::new()
             .prefix("dstore-e2e-")
             .tempdir()
@@ -60,6 +70,7 @@ impl Market {
             format!("--max-file-bytes={max_file_bytes}"),
             crs.clone(),
         ];
+        farmer_args.extend(farmer_extra.iter().cloned());
         if let Some(fault) = faults.farmer {
             farmer_args.push(format!("--dev-fault={fault}"));
         }

@@ -693,3 +693,91 @@ fn e2e_dstore_cli_opens_downloads_and_reports() {
     let err = dstore_cli(&m, &["status", "nope"]).unwrap_err();
     assert!(err.contains("error code: -8"), "{err}");
 }
+
+/// A local S3-compatible server (moto's, installed from PyPI by scripts/test.sh), stopped
+/// on drop.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = dstore_tests::ports::free_ports(1)[0];
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]') runs");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while http.get(&endpoint).send().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        S3Server { child, endpoint }
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let response = reqwest::blocking::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
+    fn list(&self, bucket: &str) -> String {
+        reqwest::blocking::get(format!("{}/{bucket}?list-type=2", self.endpoint))
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn e2e_farmer_keeps_files_in_an_s3_compatible_store() {
+    let s3 = S3Server::start();
+    s3.create_bucket("dstore-blobs");
+    // The plugins inherit these (the object store reads the standard AWS_* variables).
+    for (key, value) in [
+        ("AWS_ENDPOINT", s3.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "dstore-test"),
+        ("AWS_SECRET_ACCESS_KEY", "dstore-test-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        std::env::set_var(key, value);
+    }
+    let m = Market::start_custom(
+        &crs_dir(),
+        Faults::default(),
+        80 << 20,
+        &["--storage-url=s3://dstore-blobs/farm".to_string()],
+    );
+    let data = random_bytes(18, 9 * 1024 * 1024 + 1);
+    let input = m.file("in", &data);
+    let id = m.open(&input).expect("dstore-open");
+    let listing = s3.list("dstore-blobs");
+    assert!(
+        listing.contains(&format!("farm/blobs/{id}")),
+        "the ciphertext is in the bucket: {listing}"
+    );
+    let local = m.dir.path().join("farmer-storage").join("objects");
+    assert!(!local.exists(), "nothing stored on the local disk");
+    let out = m.dir.path().join("out");
+    m.download(&id, &out)
+        .expect("dstore-download from the S3-backed farmer");
+    assert!(std::fs::read(&out).unwrap() == data);
+}
