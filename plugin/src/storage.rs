@@ -67,7 +67,8 @@ impl BlobStore {
     /// `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` and
     /// `AWS_ALLOW_HTTP`), staging under `staging`.
     pub fn from_url(url: &str, staging: PathBuf) -> Result<BlobStore, StorageError> {
-        let parsed = url::Url::parse(url).map_err(|e| StorageError::BadUrl(format!("{url}: {e}")))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| StorageError::BadUrl(format!("{url}: {e}")))?;
         let options = std::env::vars().filter(|(key, _)| key.starts_with("AWS_"));
         let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
