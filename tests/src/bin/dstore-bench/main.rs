@@ -5,6 +5,7 @@
 
 mod datapath;
 mod measure;
+mod transfer;
 mod zk;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ enum Command {
     /// The Groth16 reused-nonce proof on a real TX2 template: constraints, setup, prove
     /// and verify times, sizes and peak RSS, against ark-crypto-primitives' SHA-256 gadget.
     Zk(zk::ZkArgs),
+    /// dstore-open and dstore-download of a 256 MiB file between a renter and a farmer
+    /// plugin on regtest over loopback, against nginx serving it to curl, and a 16 MiB
+    /// round trip with its proving share.
+    Transfer(transfer::TransferArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Datapath(args) => datapath::run(&args),
         Command::DatapathEncryptWorker(args) => datapath::run_worker(&args),
         Command::Zk(args) => zk::run(&args),
+        Command::Transfer(args) => transfer::run(&args),
     }
 }
