@@ -23,7 +23,7 @@
 //! and parallel paths give the same commitment on the file's first few MiB.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,8 +31,6 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use clap::Args;
 use dstore_protocol::datapath::{ciphertext_len, encrypt_and_commit, encrypt_and_commit_parallel};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 
 use crate::measure::{
     figure, kib_to_mib, load_average, mib_per_s, peak_rss_kib, time_command, Report, MIB,
@@ -147,19 +145,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
 /// Writes `bytes` bytes of a ChaCha stream to `path`, 1 MiB at a time, and fsyncs it.
 fn write_random_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
     let start = Instant::now();
-    let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut rng = StdRng::from_entropy();
-    let mut block = vec![0u8; MIB as usize];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        rng.fill_bytes(&mut block[..n]);
-        file.write_all(&block[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-        left -= n as u64;
-    }
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    crate::measure::write_random_bytes(path, bytes)?;
     eprintln!(
         "datapath: wrote {} MiB of random bytes to {} in {:.2} s (fsynced)",
         bytes / MIB,

@@ -105,3 +105,26 @@ pub fn load_average() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".to_owned())
 }
+
+/// Writes `bytes` bytes of a ChaCha stream to `path`, 1 MiB at a time, and fsyncs it.
+pub fn write_random_bytes(path: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use rand::rngs::StdRng;
+    use rand::{RngCore, SeedableRng};
+    use std::io::Write;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut rng = StdRng::from_entropy();
+    let mut block = vec![0u8; MIB as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        rng.fill_bytes(&mut block[..n]);
+        file.write_all(&block[..n])
+            .with_context(|| format!("writing {}", path.display()))?;
+        left -= n as u64;
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}

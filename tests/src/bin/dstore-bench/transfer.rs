@@ -36,7 +36,7 @@
 //! trip after the 256 MiB one.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -51,8 +51,6 @@ use clap::Args;
 use dstore_tests::market::{Faults, Market};
 use dstore_tests::node::rpc_call;
 use dstore_tests::{ports, tail, PluginProcess};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -174,21 +172,9 @@ fn secs(d: Duration) -> String {
 
 // ----- the files ------------------------------------------------------------------------
 
-/// Writes `bytes` bytes of a ChaCha stream to `path`, 1 MiB at a time, and fsyncs it.
+/// Writes a random file (see [`measure::write_random_bytes`]) and returns its path.
 fn write_random_file(path: &Path, bytes: u64) -> anyhow::Result<PathBuf> {
-    let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut rng = StdRng::from_entropy();
-    let mut block = vec![0u8; MIB as usize];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        rng.fill_bytes(&mut block[..n]);
-        file.write_all(&block[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-        left -= n as u64;
-    }
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    crate::measure::write_random_bytes(path, bytes)?;
     Ok(path.to_path_buf())
 }
 
