@@ -16,6 +16,7 @@
 //! * [`extract`]: recovering f from a TX1 spend (3.6).
 //! * [`peer`]: signed, versioned, sequenced peer messages (7).
 //! * [`messages`]: the renter/farmer message catalogue and term checks (1, 3.3, 7).
+//! * [`watch`]: the watchtower's decision core: what a block or transaction touches, due broadcasts (6).
 //! * [`zk`]: the Groth16 reused-nonce proof and the farmer's CRS check (3.4, 3.5).
 //! * [`hashing`], [`network`]: shared helpers.
 
@@ -32,4 +33,5 @@ pub mod peer;
 pub mod receipt;
 pub mod seal;
 pub mod upload;
+pub mod watch;
 pub mod zk;
