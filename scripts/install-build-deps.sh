@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dstore's own build needs beyond a Rust toolchain:
 # libclang (bindgen, for the rocksdb crate's C++ bindings), a C++ compiler, and OpenSSL's
-# headers (TLS for the S3 object-store client).
+# headers (TLS for the S3 object-store client), and libzmq (the watchtower's bitcoind ZMQ
+# subscription).
 set -euo pipefail
 
 log() { echo "install-build-deps: $*" >&2; }
 
 missing=()
-for pkg in libclang-dev g++ libssl-dev pkg-config; do
+for pkg in libclang-dev g++ libssl-dev pkg-config libzmq3-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # Any libclang-NN-dev will do for bindgen.

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use dstore_protocol::network::Network;
 
+use crate::tower_client::TowerSettings;
+
 /// The conf file's name inside the datadir.
 pub const CONF_FILE_NAME: &str = "dstore.conf";
 
@@ -90,6 +92,15 @@ pub struct Args {
     /// Where CRSs are cached: the renter's own, the farmer's checked ones (default <datadir>/<network>/crs)
     #[arg(long, value_name = "DIR")]
     pub crs_cache_dir: Option<PathBuf>,
+
+    /// A dstore-watchtower to register every download with (http://[user:password@]host:port)
+    #[arg(long, value_name = "URL")]
+    pub watchtower_url: Option<String>,
+
+    /// The watchtower's cookie file, read at each call (default
+    /// $HOME/.dstore-watchtower/<network>/.cookie)
+    #[arg(long, value_name = "PATH")]
+    pub watchtower_cookie: Option<PathBuf>,
 }
 
 /// Misbehaviours the functional tests make a real plugin process commit, to show that
@@ -149,6 +160,8 @@ pub struct Config {
     pub farmer: Option<FarmerSettings>,
     pub crs_cache_dir: PathBuf,
     pub dev_fault: Option<DevFault>,
+    /// The watchtower every download is registered with (`--watchtower-url`).
+    pub watchtower: Option<TowerSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +185,8 @@ pub enum ConfigError {
     HalfUserPass,
     #[error("no datadir given and $HOME is not set")]
     NoHome,
+    #[error("{0}")]
+    Watchtower(String),
 }
 
 impl Config {
@@ -220,8 +235,27 @@ impl Config {
             price_per_download_sat: args.price_per_download_sat.unwrap_or(DEFAULT_PRICE_SAT),
             max_file_bytes: args.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
         });
+        let watchtower = match (args.watchtower_url, args.watchtower_cookie) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::Watchtower(
+                    "--watchtower-cookie needs --watchtower-url".into(),
+                ))
+            }
+            (Some(url), cookie) => Some(
+                TowerSettings::resolve(&url, cookie, || {
+                    home().ok().map(|h| {
+                        h.join(".dstore-watchtower")
+                            .join(network.name())
+                            .join(".cookie")
+                    })
+                })
+                .map_err(ConfigError::Watchtower)?,
+            ),
+        };
         Ok(Config {
             farmer,
+            watchtower,
             dev_fault: args.dev_fault,
             crs_cache_dir: args
                 .crs_cache_dir
@@ -243,7 +277,7 @@ impl Config {
     }
 }
 
-fn home() -> Result<PathBuf, ConfigError> {
+pub fn home() -> Result<PathBuf, ConfigError> {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .ok_or(ConfigError::NoHome)
@@ -253,7 +287,7 @@ fn default_datadir() -> Result<PathBuf, ConfigError> {
     Ok(home()?.join(".dstore"))
 }
 
-fn default_bitcoind_cookie(network: Network) -> Result<PathBuf, ConfigError> {
+pub fn default_bitcoind_cookie(network: Network) -> Result<PathBuf, ConfigError> {
     let bitcoin_dir = home()?.join(".bitcoin");
     Ok(match network {
         Network::Mainnet => bitcoin_dir.join(".cookie"),
@@ -265,7 +299,7 @@ fn default_bitcoind_cookie(network: Network) -> Result<PathBuf, ConfigError> {
 
 /// Turns the conf file's `key=value` lines into `--key=value` flags. A missing file is an
 /// empty conf.
-fn read_conf_flags(path: &Path) -> Result<Vec<String>, ConfigError> {
+pub fn read_conf_flags(path: &Path) -> Result<Vec<String>, ConfigError> {
     let text = match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
@@ -305,7 +339,7 @@ fn parse_conf(path: &Path, text: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Program name, then the conf file's flags, then the real flags (which win).
-fn layer(argv: &[String], conf_flags: &[String]) -> Vec<String> {
+pub fn layer(argv: &[String], conf_flags: &[String]) -> Vec<String> {
     let mut merged = Vec::with_capacity(argv.len() + conf_flags.len());
     merged.extend(argv.first().cloned());
     merged.extend(conf_flags.iter().cloned());
@@ -316,6 +350,7 @@ fn layer(argv: &[String], conf_flags: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tower_client::TowerAuth;
 
     fn argv(items: &[&str]) -> Vec<String> {
         std::iter::once("dstore-plugin")
@@ -412,6 +447,42 @@ mod tests {
             Config::from_args(argv(&["--datadir", datadir])),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn watchtower_flags_layer_over_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let base = ["--datadir", datadir, "--bitcoind-cookie", "/c"];
+        assert!(Config::from_args(argv(&base)).unwrap().watchtower.is_none());
+        std::fs::write(
+            dir.path().join(CONF_FILE_NAME),
+            "watchtower-url=http://127.0.0.1:18460\nwatchtower-cookie=/tower/regtest/.cookie\n",
+        )
+        .unwrap();
+        let tower = Config::from_args(argv(&base)).unwrap().watchtower.unwrap();
+        assert_eq!(tower.url, "http://127.0.0.1:18460");
+        assert_eq!(
+            tower.auth,
+            TowerAuth::Cookie("/tower/regtest/.cookie".into())
+        );
+        let mut flags = base.to_vec();
+        flags.extend([
+            "--watchtower-cookie",
+            "/other/.cookie",
+            "--watchtower-url",
+            "127.0.0.1:9",
+        ]);
+        let tower = Config::from_args(argv(&flags)).unwrap().watchtower.unwrap();
+        assert_eq!(tower.url, "http://127.0.0.1:9", "the flag wins");
+        assert_eq!(tower.auth, TowerAuth::Cookie("/other/.cookie".into()));
+        std::fs::write(dir.path().join(CONF_FILE_NAME), "watchtower-cookie=/c\n").unwrap();
+        let err = Config::from_args(argv(&base)).unwrap_err();
+        assert!(matches!(err, ConfigError::Watchtower(_)), "{err}");
+        let mut flags = base.to_vec();
+        flags.extend(["--watchtower-url", "http://u:secret@h:1"]);
+        let err = Config::from_args(argv(&flags)).unwrap_err().to_string();
+        assert!(err.contains("not both") && !err.contains("secret"), "{err}");
     }
 
     #[test]

@@ -13,9 +13,11 @@ pub mod node;
 pub mod parties;
 pub mod plugin;
 pub mod ports;
+pub mod tower;
 
 pub use node::BitcoinNode;
 pub use plugin::PluginProcess;
+pub use tower::TowerProcess;
 
 /// A JSON-RPC error as a caller receives it.
 #[derive(Debug, Clone, PartialEq)]

@@ -35,22 +35,7 @@ impl BitcoinNode {
         let zmq = |port: u16| format!("tcp://127.0.0.1:{port}");
         let (p2p_port, rpc_port) = (ports[0], ports[1]);
         let (zmq_rawtx, zmq_rawblock, zmq_sequence) = (zmq(ports[2]), zmq(ports[3]), zmq(ports[4]));
-        let child = Command::new(bins::bitcoind())
-            .arg("-regtest")
-            .arg(format!("-datadir={}", datadir.path().display()))
-            .arg(format!("-port={p2p_port}"))
-            .arg(format!("-rpcport={rpc_port}"))
-            .args(["-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", "-server=1"])
-            .args(["-listen=0", "-dnsseed=0", "-fixedseeds=0", "-discover=0"])
-            .args(["-txindex=1", "-acceptnonstdtxn=0", "-printtoconsole=0"])
-            .arg(format!("-zmqpubrawtx={zmq_rawtx}"))
-            .arg(format!("-zmqpubrawblock={zmq_rawblock}"))
-            .arg(format!("-zmqpubsequence={zmq_sequence}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn bitcoind");
+        let child = spawn_bitcoind(datadir.path(), p2p_port, rpc_port, [&zmq_rawtx, &zmq_rawblock, &zmq_sequence]);
         let mut node = BitcoinNode {
             child,
             datadir,
@@ -66,6 +51,27 @@ impl BitcoinNode {
         };
         node.wait_ready();
         node
+    }
+
+    /// Stops bitcoind (RPC `stop`) and waits for it to exit; [`resume`](Self::resume)
+    /// starts it again on the same datadir and ports.
+    pub fn pause(&mut self) {
+        let _ = self.rpc("stop", json!([]));
+        let child = &mut self.child;
+        wait_until("bitcoind exit", Duration::from_secs(60), || {
+            child.try_wait().ok().flatten()
+        });
+    }
+
+    /// Starts bitcoind again after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.child = spawn_bitcoind(
+            self.datadir.path(),
+            self.p2p_port,
+            self.rpc_port,
+            [&self.zmq_rawtx, &self.zmq_rawblock, &self.zmq_sequence],
+        );
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -179,6 +185,25 @@ impl Drop for BitcoinNode {
             let _ = child.wait();
         }
     }
+}
+
+fn spawn_bitcoind(datadir: &Path, p2p_port: u16, rpc_port: u16, zmq: [&String; 3]) -> Child {
+    Command::new(bins::bitcoind())
+        .arg("-regtest")
+        .arg(format!("-datadir={}", datadir.display()))
+        .arg(format!("-port={p2p_port}"))
+        .arg(format!("-rpcport={rpc_port}"))
+        .args(["-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", "-server=1"])
+        .args(["-listen=0", "-dnsseed=0", "-fixedseeds=0", "-discover=0"])
+        .args(["-txindex=1", "-acceptnonstdtxn=0", "-printtoconsole=0"])
+        .arg(format!("-zmqpubrawtx={}", zmq[0]))
+        .arg(format!("-zmqpubrawblock={}", zmq[1]))
+        .arg(format!("-zmqpubsequence={}", zmq[2]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn bitcoind")
 }
 
 /// A JSON-RPC 1.0 call with Basic auth; returns `result` or the error object.

@@ -1,25 +1,39 @@
-//! `dstore-watchtower`: the always-on enforcement service. Only a skeleton so far: it
-//! parses its command line and says plainly that enforcement does not exist yet.
+//! `dstore-watchtower`: parse the configuration, start logging, run the service.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "dstore-watchtower",
-    version,
-    about = "dstore watchtower (not implemented yet)"
-)]
-struct Args {
-    /// Data directory
-    #[arg(long, value_name = "DIR")]
-    datadir: Option<PathBuf>,
-}
+use dstore_plugin::config::ConfigError;
+use dstore_watchtower::config::Config;
+use dstore_watchtower::service;
 
 fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!("dstore-watchtower: contract enforcement is not implemented yet; nothing is watched");
-    ExitCode::FAILURE
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(ConfigError::Invalid(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(service::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

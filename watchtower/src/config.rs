@@ -1,0 +1,146 @@
+//! dstore-watchtower's configuration: defaults < `<datadir>/watchtower.conf` < flags, in
+//! the same `key=value` conf format as dstore-plugin's.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+use dstore_plugin::config::{
+    default_bitcoind_cookie, home, layer, read_conf_flags, BitcoindAuth, ConfigError,
+};
+use dstore_protocol::network::Network;
+
+pub const CONF_FILE_NAME: &str = "watchtower.conf";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dstore-watchtower",
+    version,
+    about = "dstore watchtower: enforces dstore contracts while the plugins are offline",
+    args_override_self = true
+)]
+pub struct Args {
+    /// Data directory (default: $HOME/.dstore-watchtower)
+    #[arg(long, value_name = "DIR")]
+    pub datadir: Option<PathBuf>,
+
+    /// Bitcoin network: regtest, signet, testnet or mainnet (default: regtest)
+    #[arg(long)]
+    pub network: Option<Network>,
+
+    /// bitcoind's JSON-RPC URL (default: http://127.0.0.1:<network's bitcoind port>)
+    #[arg(long, value_name = "URL")]
+    pub bitcoind_rpc_url: Option<String>,
+
+    /// bitcoind's cookie file (default: $HOME/.bitcoin/<network dir>/.cookie)
+    #[arg(long, value_name = "PATH")]
+    pub bitcoind_cookie: Option<PathBuf>,
+
+    /// bitcoind RPC user name (instead of the cookie)
+    #[arg(long, value_name = "USER")]
+    pub bitcoind_rpc_user: Option<String>,
+
+    /// bitcoind RPC password (instead of the cookie)
+    #[arg(long, value_name = "PASSWORD")]
+    pub bitcoind_rpc_password: Option<String>,
+
+    /// bitcoind's -zmqpubrawtx endpoint (tcp://host:port)
+    #[arg(long, value_name = "URL")]
+    pub zmq_rawtx: Option<String>,
+
+    /// bitcoind's -zmqpubrawblock endpoint (tcp://host:port)
+    #[arg(long, value_name = "URL")]
+    pub zmq_rawblock: Option<String>,
+
+    /// bitcoind's -zmqpubsequence endpoint (tcp://host:port)
+    #[arg(long, value_name = "URL")]
+    pub zmq_sequence: Option<String>,
+
+    /// Port of the watchtower's JSON-RPC server (default 18460)
+    #[arg(long, value_name = "N")]
+    pub rpc_port: Option<u16>,
+
+    /// Address the JSON-RPC server binds to (default 127.0.0.1)
+    #[arg(long, value_name = "ADDR")]
+    pub rpc_bind: Option<IpAddr>,
+
+    /// Serve Prometheus metrics at http://<ADDR:PORT>/metrics (off by default)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// Seconds between RPC reconciliations when no notification arrives (default 5)
+    #[arg(long, value_name = "N")]
+    pub poll_seconds: Option<u64>,
+}
+
+/// Default JSON-RPC port of the watchtower.
+pub const DEFAULT_RPC_PORT: u16 = 18460;
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub datadir: PathBuf,
+    pub network: Network,
+    pub bitcoind_rpc_url: String,
+    pub bitcoind_auth: BitcoindAuth,
+    /// The distinct ZMQ endpoints to subscribe to, with the topics each should carry.
+    pub zmq_endpoints: Vec<String>,
+    pub rpc_bind: IpAddr,
+    pub rpc_port: u16,
+    pub metrics_bind: Option<SocketAddr>,
+    pub poll_seconds: u64,
+}
+
+impl Config {
+    /// Reads the flags from the process's command line and the conf file under them.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let argv: Vec<String> = std::env::args().collect();
+        let first = Args::try_parse_from(&argv).map_err(ConfigError::Invalid)?;
+        let datadir = match first.datadir {
+            Some(dir) => dir,
+            None => home()?.join(".dstore-watchtower"),
+        };
+        let conf = read_conf_flags(&datadir.join(CONF_FILE_NAME))?;
+        let args = Args::try_parse_from(layer(&argv, &conf)).map_err(ConfigError::Invalid)?;
+        Config::resolve(args, datadir)
+    }
+
+    fn resolve(args: Args, datadir: PathBuf) -> Result<Config, ConfigError> {
+        let network = args.network.unwrap_or(Network::Regtest);
+        let bitcoind_auth = match (args.bitcoind_rpc_user, args.bitcoind_rpc_password) {
+            (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
+            (None, None) => BitcoindAuth::Cookie(match args.bitcoind_cookie {
+                Some(path) => path,
+                None => default_bitcoind_cookie(network)?,
+            }),
+            _ => return Err(ConfigError::HalfUserPass),
+        };
+        let mut zmq_endpoints = Vec::new();
+        for endpoint in [args.zmq_rawtx, args.zmq_rawblock, args.zmq_sequence]
+            .into_iter()
+            .flatten()
+        {
+            if !zmq_endpoints.contains(&endpoint) {
+                zmq_endpoints.push(endpoint);
+            }
+        }
+        Ok(Config {
+            network,
+            bitcoind_rpc_url: args.bitcoind_rpc_url.unwrap_or_else(|| {
+                format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port())
+            }),
+            bitcoind_auth,
+            zmq_endpoints,
+            rpc_bind: args.rpc_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            rpc_port: args.rpc_port.unwrap_or(DEFAULT_RPC_PORT),
+            metrics_bind: args.metrics_bind,
+            poll_seconds: args.poll_seconds.unwrap_or(5).max(1),
+            datadir,
+        })
+    }
+
+    /// `<datadir>/<network>`: the cookie and the database live here.
+    pub fn network_dir(&self) -> PathBuf {
+        self.datadir.join(self.network.name())
+    }
+}

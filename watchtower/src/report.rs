@@ -1,0 +1,53 @@
+//! The JSON the watchtower's RPC shows for a watch: its transactions' states at the tip,
+//! the extracted key (public once TX2 is out, but only shown to authenticated callers),
+//! and what it has seen on the chain.
+
+use bitcoin::consensus::encode::serialize_hex;
+use dstore_protocol::watch::{TxState, Watch};
+use serde_json::{json, Value};
+
+pub fn summary(watch: &Watch, tip: Option<u32>) -> Value {
+    let r = &watch.registration;
+    json!({
+        "id": hex::encode(r.id),
+        "role": r.role,
+        "key_extracted": watch.key.is_some(),
+        "transactions": r.transactions.len(),
+        "settled": tip.is_some_and(|t| watch.settled(t)),
+    })
+}
+
+pub fn status(watch: &Watch, tip: Option<u32>) -> Value {
+    let r = &watch.registration;
+    let transactions: Vec<Value> = r
+        .transactions
+        .iter()
+        .map(|p| {
+            let attempts = watch.attempts_of(&p.name);
+            let state = tip.map(|t| watch.state_of(p, t)).unwrap_or(TxState::Waiting { height: None });
+            json!({
+                "name": p.name,
+                "txid": p.tx.compute_txid().to_string(),
+                "status": state,
+                "broadcasts": attempts.map(|a| a.broadcasts).unwrap_or(0),
+                "last_broadcast_height": attempts.and_then(|a| a.last_broadcast_height),
+                "last_error": attempts.and_then(|a| a.last_error.clone()),
+            })
+        })
+        .collect();
+    json!({
+        "id": hex::encode(r.id),
+        "role": r.role,
+        "tip_height": tip,
+        "key": watch.key.as_ref().map(|k| json!({
+            "secret": hex::encode(k.secret.secret_bytes()),
+            "tx2_txid": k.tx2.compute_txid().to_string(),
+            "tx2": serialize_hex(&k.tx2),
+        })),
+        "extract_note": watch.extract_note,
+        "transactions": transactions,
+        "seen": watch.seen,
+        "spends": watch.spends,
+        "settled": tip.is_some_and(|t| watch.settled(t)),
+    })
+}

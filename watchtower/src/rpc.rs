@@ -1,0 +1,190 @@
+//! The watchtower's JSON-RPC server, in bitcoind's dialect (HTTP POST, Basic auth against
+//! a cookie file, bitcoind's error codes): tower-register, tower-list, tower-status,
+//! tower-forget, tower-getinfo, help and stop.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dstore_plugin::cookie::CookieFile;
+use dstore_plugin::jsonrpc::{self, code, RpcError, Version};
+use dstore_protocol::watch::{Registration, RegistrationError, WatchId};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::tower::{Tower, TowerError};
+
+/// Largest request accepted (a registration is a few kilobytes).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
+
+type Reply = Response<Full<Bytes>>;
+
+const HELP: &str = "tower-register {registration}\ntower-list\ntower-status \"id\"\ntower-forget \"id\"\ntower-getinfo\nhelp\nstop";
+
+/// Serves until `shutdown` flips to true; `stop` requests flip it.
+pub async fn serve(
+    tower: Arc<Tower>,
+    cookie: Arc<CookieFile>,
+    listener: TcpListener,
+    shutdown: watch::Sender<bool>,
+) {
+    let mut stopping = shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let (tower, cookie, shutdown) = (tower.clone(), cookie.clone(), shutdown.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let (tower, cookie, shutdown) = (tower.clone(), cookie.clone(), shutdown.clone());
+            async move { Ok::<_, Infallible>(handle(&tower, &cookie, &shutdown, req).await) }
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("RPC connection closed with error: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(
+    tower: &Tower,
+    cookie: &CookieFile,
+    shutdown: &watch::Sender<bool>,
+    req: Request<Incoming>,
+) -> Reply {
+    if req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "JSONRPC server handles only POST requests");
+    }
+    let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    if !cookie.authorizes(auth) {
+        if auth.is_some() {
+            tracing::warn!("incorrect RPC password attempt");
+            tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+        }
+        let mut reply = plain(StatusCode::UNAUTHORIZED, "");
+        reply
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"jsonrpc\""));
+        return reply;
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
+    };
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(_) => return json_reply(500, &jsonrpc::reply(Version::V1Legacy, None, Err(RpcError::new(code::PARSE_ERROR, "Parse error")))),
+    };
+    let request = match jsonrpc::parse_request(&parsed) {
+        Ok(request) => request,
+        Err(e) => {
+            let status = e.error.legacy_http_status();
+            return json_reply(status, &jsonrpc::reply(e.version, e.id, Err(e.error)));
+        }
+    };
+    let outcome = dispatch(tower, shutdown, &request.method, &request.params).await;
+    let status = match (&outcome, request.version) {
+        (Err(e), Version::V1Legacy) => e.legacy_http_status(),
+        _ => 200,
+    };
+    json_reply(status, &jsonrpc::reply(request.version, request.id.clone(), outcome))
+}
+
+/// Runs one method.
+pub async fn dispatch(
+    tower: &Tower,
+    shutdown: &watch::Sender<bool>,
+    method: &str,
+    params: &Value,
+) -> Result<Value, RpcError> {
+    match method {
+        "tower-register" => {
+            let registration = Registration::from_json(registration_param(params)?)
+                .map_err(registration_error)?;
+            let id = hex::encode(registration.id);
+            let merge = tower.register(registration).await.map_err(tower_error)?;
+            Ok(json!({"id": id, "result": merge}))
+        }
+        "tower-list" => Ok(tower.list().await),
+        "tower-status" => tower.status(&id_param(params)?).await.map_err(tower_error),
+        "tower-forget" => {
+            let id = id_param(params)?;
+            tower.forget(&id).await.map_err(tower_error)?;
+            Ok(json!({"id": hex::encode(id), "forgotten": true}))
+        }
+        "tower-getinfo" => Ok(tower.info().await),
+        "help" => Ok(Value::String(HELP.into())),
+        "stop" => {
+            let _ = shutdown.send(true);
+            Ok(Value::String("dstore-watchtower stopping".into()))
+        }
+        other => Err(RpcError::new(code::METHOD_NOT_FOUND, format!("Method not found: {other}"))),
+    }
+}
+
+/// The registration: the first positional parameter, `registration` by name, or the named
+/// parameters themselves.
+fn registration_param(params: &Value) -> Result<&Value, RpcError> {
+    match params {
+        Value::Array(items) if items.len() == 1 => Ok(&items[0]),
+        Value::Object(map) if map.contains_key("registration") => Ok(&map["registration"]),
+        Value::Object(_) => Ok(params),
+        _ => Err(RpcError::new(code::INVALID_PARAMS, "usage: tower-register {registration}")),
+    }
+}
+
+fn id_param(params: &Value) -> Result<WatchId, RpcError> {
+    let value = match params {
+        Value::Array(items) if items.len() == 1 => &items[0],
+        Value::Object(map) if map.contains_key("id") => &map["id"],
+        _ => return Err(RpcError::new(code::INVALID_PARAMS, "expected one parameter: the contract's watch id")),
+    };
+    let text = value
+        .as_str()
+        .ok_or_else(|| RpcError::new(code::TYPE_ERROR, "the id must be a string"))?;
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(text, &mut id)
+        .map_err(|_| RpcError::new(code::INVALID_PARAMETER, "the id must be 64 hex characters"))?;
+    Ok(id)
+}
+
+fn registration_error(e: RegistrationError) -> RpcError {
+    RpcError::new(code::INVALID_PARAMETER, e.to_string())
+}
+
+fn tower_error(e: TowerError) -> RpcError {
+    match e {
+        TowerError::Registration(e) => registration_error(e),
+        TowerError::UnknownWatch(id) => RpcError::new(code::INVALID_PARAMETER, format!("no watch {id}")),
+        TowerError::Bitcoind(e) => e.to_rpc_error(),
+        other => RpcError::new(code::INTERNAL_ERROR, other.to_string()),
+    }
+}
+
+fn json_reply(status: u16, value: &Value) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(jsonrpc::body(value))));
+    *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    reply
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *reply.status_mut() = status;
+    reply
+}

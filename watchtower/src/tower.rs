@@ -1,0 +1,430 @@
+//! The tower: the watch engine behind one lock, fed by ZMQ notices and RPC reconciliation,
+//! persisting every change before it acts and broadcasting whatever the engine says is due.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize_hex};
+use bitcoin::{Block, BlockHash, OutPoint, Transaction};
+use dstore_plugin::bitcoind::{Bitcoind, BitcoindError};
+use dstore_protocol::watch::{Engine, Merge, Registration, RegistrationError, Watch, WatchId};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::store::{Store, StoreError, Tip};
+
+/// bitcoind's "transaction already in block chain" (RPC_VERIFY_ALREADY_IN_CHAIN).
+const ALREADY_IN_CHAIN: i64 = -27;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TowerError {
+    #[error(transparent)]
+    Bitcoind(#[from] BitcoindError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    #[error("bitcoind sent something unreadable: {0}")]
+    BadChainData(String),
+    #[error("no watch {0}")]
+    UnknownWatch(String),
+}
+
+/// Counters for the metrics endpoint and `tower-getinfo`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub blocks_connected: AtomicU64,
+    pub blocks_disconnected: AtomicU64,
+    pub keys_extracted: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub broadcast_rejections: AtomicU64,
+    pub zmq_messages: AtomicU64,
+    pub zmq_malformed: AtomicU64,
+    pub zmq_gaps: AtomicU64,
+    pub reconcile_failures: AtomicU64,
+}
+
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+struct State {
+    engine: Engine,
+    tip: Option<Tip>,
+}
+
+pub struct Tower {
+    state: Mutex<State>,
+    store: Store,
+    bitcoind: Arc<Bitcoind>,
+    pub counters: Counters,
+}
+
+impl Tower {
+    /// Loads every stored watch and the last processed block.
+    pub fn open(store: Store, bitcoind: Arc<Bitcoind>) -> Result<Tower, TowerError> {
+        let mut engine = Engine::new();
+        for watch in store.watches()? {
+            engine.insert(watch);
+        }
+        let tip = store.tip()?;
+        tracing::info!(watches = engine.len(), tip = ?tip.map(|t| t.height), "watchtower state loaded");
+        Ok(Tower {
+            state: Mutex::new(State { engine, tip }),
+            store,
+            bitcoind,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn bitcoind(&self) -> &Bitcoind {
+        &self.bitcoind
+    }
+
+    /// Brings the processed tip to bitcoind's best block (disconnecting stale blocks first,
+    /// then connecting), then broadcasts whatever is due at the new tip.
+    pub async fn reconcile(&self) -> Result<(), TowerError> {
+        let mut state = self.state.lock().await;
+        let result = self.catch_up(&mut state).await;
+        if result.is_err() {
+            bump(&self.counters.reconcile_failures);
+        }
+        result?;
+        self.act(&mut state).await
+    }
+
+    async fn catch_up(&self, state: &mut State) -> Result<(), TowerError> {
+        loop {
+            let best = self.best_block().await?;
+            let Some(tip) = state.tip else {
+                // First start: nothing was registered before now, so nothing to replay.
+                state.tip = Some(best);
+                self.store.save([], Some(best))?;
+                return Ok(());
+            };
+            if tip.hash == best.hash {
+                return Ok(());
+            }
+            let header = self
+                .bitcoind
+                .call("getblockheader", json!([tip.hash.to_string(), true]))
+                .await?;
+            if header["confirmations"].as_i64().unwrap_or(-1) < 0 {
+                self.disconnect(state, tip, &header).await?;
+            } else if tip.height < best.height {
+                self.connect_next(state, tip).await?;
+            } else {
+                // Same height, other hash, yet ours is active: bitcoind moved; look again.
+                continue;
+            }
+        }
+    }
+
+    async fn best_block(&self) -> Result<Tip, TowerError> {
+        let hash = self.bitcoind.call("getbestblockhash", json!([])).await?;
+        let hash = parse_hash(&hash)?;
+        let header = self
+            .bitcoind
+            .call("getblockheader", json!([hash.to_string(), true]))
+            .await?;
+        Ok(Tip {
+            height: height_of(&header)?,
+            hash,
+        })
+    }
+
+    async fn fetch_block(&self, hash: &BlockHash) -> Result<Block, TowerError> {
+        let hex = self
+            .bitcoind
+            .call("getblock", json!([hash.to_string(), 0]))
+            .await?;
+        let hex = hex
+            .as_str()
+            .ok_or_else(|| TowerError::BadChainData("getblock: not a hex string".into()))?;
+        deserialize_hex(hex).map_err(|e| TowerError::BadChainData(format!("block {hash}: {e}")))
+    }
+
+    async fn disconnect(&self, state: &mut State, tip: Tip, header: &Value) -> Result<(), TowerError> {
+        let block = self.fetch_block(&tip.hash).await?;
+        let previous = parse_hash(&header["previousblockhash"])?;
+        let changed = state.engine.disconnect_block(&block, tip.height);
+        let new_tip = Tip {
+            height: tip.height - 1,
+            hash: previous,
+        };
+        self.persist(state, &changed, Some(new_tip))?;
+        state.tip = Some(new_tip);
+        bump(&self.counters.blocks_disconnected);
+        tracing::warn!(height = tip.height, hash = %tip.hash, "block disconnected (reorg)");
+        Ok(())
+    }
+
+    async fn connect_next(&self, state: &mut State, tip: Tip) -> Result<(), TowerError> {
+        let height = tip.height + 1;
+        let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
+        let hash = parse_hash(&hash)?;
+        let block = self.fetch_block(&hash).await?;
+        if block.header.prev_blockhash != tip.hash {
+            // A reorg raced us; the next round sees our tip as stale and disconnects it.
+            return Ok(());
+        }
+        let keys_before = self.keys_known(state);
+        let changed = state.engine.connect_block(&block, height);
+        let new_tip = Tip { height, hash };
+        self.persist(state, &changed, Some(new_tip))?;
+        state.tip = Some(new_tip);
+        self.note_new_keys(state, keys_before);
+        bump(&self.counters.blocks_connected);
+        tracing::debug!(height, %hash, touched = changed.len(), "block connected");
+        Ok(())
+    }
+
+    fn keys_known(&self, state: &State) -> usize {
+        state.engine.watches().filter(|(_, w)| w.key.is_some()).count()
+    }
+
+    fn note_new_keys(&self, state: &State, before: usize) {
+        let after = self.keys_known(state);
+        for _ in before..after {
+            bump(&self.counters.keys_extracted);
+        }
+    }
+
+    fn persist(
+        &self,
+        state: &State,
+        changed: &BTreeSet<WatchId>,
+        tip: Option<Tip>,
+    ) -> Result<(), TowerError> {
+        let watches: Vec<&Watch> = changed.iter().filter_map(|id| state.engine.get(id)).collect();
+        self.store.save(watches, tip)?;
+        Ok(())
+    }
+
+    /// A transaction from the rawtx feed: recorded as unconfirmed (a confirmation comes
+    /// with its block), and a TX2 among them yields f at once.
+    pub async fn on_raw_tx(&self, bytes: &[u8]) -> Result<(), TowerError> {
+        let tx: Transaction = deserialize(bytes)
+            .map_err(|e| TowerError::BadChainData(format!("rawtx: {e}")))?;
+        let mut state = self.state.lock().await;
+        let keys_before = self.keys_known(&state);
+        let changed = state.engine.observe(&tx, None);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.persist(&state, &changed, None)?;
+        self.note_new_keys(&state, keys_before);
+        for id in &changed {
+            if let Some(watch) = state.engine.get(id) {
+                if watch.key.is_some() {
+                    tracing::info!(watch = %hex::encode(id), txid = %tx.compute_txid(), "TX2 seen: key extracted and stored");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Broadcasts every due transaction: the intent is stored first, then bitcoind is asked,
+    /// then its answer is stored. Replaying a stored intent re-sends the same bytes.
+    async fn act(&self, state: &mut State) -> Result<(), TowerError> {
+        let Some(tip) = state.tip else {
+            return Ok(());
+        };
+        for due in state.engine.due(tip.height) {
+            let id = due.id;
+            if let Some(watch) = state.engine.watch_mut(&id) {
+                watch.record_intent(&due.name, tip.height);
+            }
+            self.persist(state, &BTreeSet::from([id]), None)?;
+            let txid = due.tx.compute_txid();
+            let rejection = match self
+                .bitcoind
+                .call("sendrawtransaction", json!([serialize_hex(&due.tx)]))
+                .await
+            {
+                Ok(_) => None,
+                Err(BitcoindError::Rpc(e)) if e.code == ALREADY_IN_CHAIN => None,
+                Err(BitcoindError::Rpc(e)) => Some(e.message),
+                // bitcoind is away: the intent stays and the next reconcile retries.
+                Err(other) => return Err(other.into()),
+            };
+            match &rejection {
+                None => {
+                    bump(&self.counters.broadcasts);
+                    tracing::info!(watch = %hex::encode(id), name = %due.name, %txid, height = tip.height, "broadcast");
+                }
+                Some(reason) => {
+                    bump(&self.counters.broadcast_rejections);
+                    tracing::info!(watch = %hex::encode(id), name = %due.name, %txid, "bitcoind refused the broadcast for now: {reason}");
+                }
+            }
+            if let Some(watch) = state.engine.watch_mut(&id) {
+                watch.record_broadcast(&due.name, tip.height, rejection);
+            }
+            self.persist(state, &BTreeSet::from([id]), None)?;
+        }
+        Ok(())
+    }
+
+    /// Registers (or merges) a contract; then looks back for what it missed and acts.
+    pub async fn register(&self, registration: Registration) -> Result<Merge, TowerError> {
+        let mut state = self.state.lock().await;
+        let id = registration.id;
+        let rescan = registration.rescan_from_height;
+        let merge = state.engine.register(registration)?;
+        self.persist(&state, &BTreeSet::from([id]), None)?;
+        tracing::info!(watch = %hex::encode(id), ?merge, "registration");
+        if merge != Merge::Unchanged {
+            if let Err(e) = self.look_back(&mut state, &id, rescan).await {
+                tracing::warn!(watch = %hex::encode(id), "look-back after registration failed: {e}; the next reconcile catches up");
+            }
+            self.act(&mut state).await.ok();
+        }
+        Ok(merge)
+    }
+
+    /// Replays blocks from `from` to the tip and the mempool's spends of the watched
+    /// outpoints, for one newly registered watch.
+    async fn look_back(
+        &self,
+        state: &mut State,
+        id: &WatchId,
+        from: Option<u32>,
+    ) -> Result<(), TowerError> {
+        let Some(tip) = state.tip else {
+            return Ok(());
+        };
+        let keys_before = self.keys_known(state);
+        if let Some(from) = from {
+            for height in from.min(tip.height)..=tip.height {
+                let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
+                let block = self.fetch_block(&parse_hash(&hash)?).await?;
+                if let Some(watch) = state.engine.watch_mut(id) {
+                    for tx in &block.txdata {
+                        watch.observe(tx, Some(height));
+                    }
+                }
+            }
+        }
+        let outpoints: Vec<OutPoint> = state
+            .engine
+            .get(id)
+            .map(|w| w.watched_outpoints().into_iter().collect())
+            .unwrap_or_default();
+        for tx in self.mempool_spends(&outpoints).await? {
+            if let Some(watch) = state.engine.watch_mut(id) {
+                watch.observe(&tx, None);
+            }
+        }
+        self.persist(state, &BTreeSet::from([*id]), None)?;
+        self.note_new_keys(state, keys_before);
+        Ok(())
+    }
+
+    /// Mempool transactions spending any of `outpoints` (bitcoind's gettxspendingprevout).
+    async fn mempool_spends(&self, outpoints: &[OutPoint]) -> Result<Vec<Transaction>, TowerError> {
+        let mut found = Vec::new();
+        for chunk in outpoints.chunks(500) {
+            let query: Vec<Value> = chunk
+                .iter()
+                .map(|o| json!({"txid": o.txid.to_string(), "vout": o.vout}))
+                .collect();
+            let answer = self.bitcoind.call("gettxspendingprevout", json!([query])).await?;
+            for entry in answer.as_array().into_iter().flatten() {
+                let Some(spender) = entry["spendingtxid"].as_str() else {
+                    continue;
+                };
+                let hex = self
+                    .bitcoind
+                    .call("getrawtransaction", json!([spender, false]))
+                    .await?;
+                if let Some(tx) = hex.as_str().and_then(|h| deserialize_hex(h).ok()) {
+                    found.push(tx);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// After a ZMQ gap: the mempool's spends of every watched outpoint, replayed.
+    pub async fn resync_mempool(&self) -> Result<(), TowerError> {
+        let outpoints: Vec<OutPoint> = {
+            let state = self.state.lock().await;
+            let mut all = BTreeSet::new();
+            for (_, watch) in state.engine.watches() {
+                all.extend(watch.watched_outpoints());
+            }
+            all.into_iter().collect()
+        };
+        for tx in self.mempool_spends(&outpoints).await? {
+            let mut state = self.state.lock().await;
+            let keys_before = self.keys_known(&state);
+            let changed = state.engine.observe(&tx, None);
+            self.persist(&state, &changed, None)?;
+            self.note_new_keys(&state, keys_before);
+        }
+        Ok(())
+    }
+
+    pub async fn forget(&self, id: &WatchId) -> Result<(), TowerError> {
+        let mut state = self.state.lock().await;
+        if state.engine.forget(id).is_none() {
+            return Err(TowerError::UnknownWatch(hex::encode(id)));
+        }
+        self.store.forget(id)?;
+        Ok(())
+    }
+
+    pub async fn status(&self, id: &WatchId) -> Result<Value, TowerError> {
+        let state = self.state.lock().await;
+        let watch = state
+            .engine
+            .get(id)
+            .ok_or_else(|| TowerError::UnknownWatch(hex::encode(id)))?;
+        Ok(crate::report::status(watch, state.tip.map(|t| t.height)))
+    }
+
+    pub async fn list(&self) -> Value {
+        let state = self.state.lock().await;
+        let tip = state.tip.map(|t| t.height);
+        let mut rows: Vec<Value> = state
+            .engine
+            .watches()
+            .map(|(_, w)| crate::report::summary(w, tip))
+            .collect();
+        rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        Value::Array(rows)
+    }
+
+    pub async fn info(&self) -> Value {
+        let state = self.state.lock().await;
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "tip_height": state.tip.map(|t| t.height),
+            "tip_hash": state.tip.map(|t| t.hash.to_string()),
+            "contracts": state.engine.len(),
+            "keys_extracted": state.engine.watches().filter(|(_, w)| w.key.is_some()).count(),
+        })
+    }
+
+    /// (watches, tip height) for the metrics endpoint.
+    pub async fn gauges(&self) -> (usize, Option<u32>) {
+        let state = self.state.lock().await;
+        (state.engine.len(), state.tip.map(|t| t.height))
+    }
+}
+
+fn parse_hash(value: &Value) -> Result<BlockHash, TowerError> {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| TowerError::BadChainData(format!("not a block hash: {value}")))
+}
+
+fn height_of(header: &Value) -> Result<u32, TowerError> {
+    header["height"]
+        .as_u64()
+        .and_then(|h| u32::try_from(h).ok())
+        .ok_or_else(|| TowerError::BadChainData("a header without a height".into()))
+}
