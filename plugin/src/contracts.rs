@@ -12,8 +12,8 @@ use crate::app::App;
 use crate::farmer::records::FarmedContract;
 use crate::jsonrpc::{code, RpcError};
 use crate::methods::Params;
-use crate::renter::records::{RentedContract, StoragePhase};
-use crate::renter::{verify_fraud_file, RenterError};
+use crate::renter::records::{RentedContract, StoragePhase, TowerRecord};
+use crate::renter::{verify_fraud_file, RenterError, TX1_REFUND_NAME, TX2_REFUND_NAME};
 use crate::wire::PeerCallError;
 
 fn renter_error(e: RenterError) -> RpcError {
@@ -92,7 +92,7 @@ pub(crate) fn status(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcErro
             .load(&id)
             .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?
         {
-            return Ok(farmed_json(&record, true));
+            return Ok(farmed_json(app, &record, true));
         }
     }
     Err(RpcError::new(
@@ -113,7 +113,7 @@ pub(crate) fn list(app: &Arc<App>) -> Result<Value, RpcError> {
         let farmed = farmer
             .list()
             .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?;
-        out.extend(farmed.iter().map(|r| farmed_json(r, false)));
+        out.extend(farmed.iter().map(|r| farmed_json(app, r, false)));
     }
     Ok(Value::Array(out))
 }
@@ -168,6 +168,13 @@ fn rented_json(app: &App, record: &RentedContract, detail: bool) -> Value {
                 "output": d.output,
                 "fraud_proof": d.fraud_proof,
                 "error": d.error,
+                "watchtower": d.watchtower.as_ref().map(|t| json!({
+                    "registered": t.registered,
+                    "registered_height": t.registered_height,
+                    "refunds": tower_refunds(t),
+                    "tx2_from_tower": t.tx2_from_tower,
+                    "error": t.last_error,
+                })),
             })).collect::<Vec<_>>(),
         });
         merge(&mut value, extra);
@@ -175,7 +182,16 @@ fn rented_json(app: &App, record: &RentedContract, detail: bool) -> Value {
     value
 }
 
-fn farmed_json(record: &FarmedContract, detail: bool) -> Value {
+/// The names of the refunds a renter's watchtower holds.
+fn tower_refunds(t: &TowerRecord) -> Vec<&'static str> {
+    let mut names = vec![TX1_REFUND_NAME];
+    if t.tx2_refund.is_some() {
+        names.push(TX2_REFUND_NAME);
+    }
+    names
+}
+
+fn farmed_json(app: &App, record: &FarmedContract, detail: bool) -> Value {
     let stored = record.receipt.is_some();
     let earned: u64 = record.payouts.iter().map(|p| p.amount.to_sat()).sum();
     let phase = match (&record.download, stored) {
@@ -204,6 +220,10 @@ fn farmed_json(record: &FarmedContract, detail: bool) -> Value {
                 "tx3": p.tx3.to_string(),
                 "amount_sat": p.amount.to_sat(),
             })).collect::<Vec<_>>(),
+            "watchtower": match (&app.config.watchtower, &record.download) {
+                (Some(_), Some(d)) => json!({"registered": d.tower_registered}),
+                _ => Value::Null,
+            },
         });
         merge(&mut value, extra);
     }

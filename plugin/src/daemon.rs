@@ -18,6 +18,7 @@ use crate::jsonrpc::code;
 use crate::renter::Renter;
 use crate::server;
 use crate::storage::BlobStore;
+use crate::tower_client::TowerClient;
 use crate::wallet::{PluginWallet, RpcTarget, WalletError};
 
 /// How long to wait for a bitcoind that is still loading (RPC error -28).
@@ -75,19 +76,30 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let wallet = Arc::new(open_wallet(&config).await?);
     let db = Arc::new(Db::open(&config.network_dir().join("db"))?);
     let seed = *wallet.seed();
-    let renter = Arc::new(Renter::new(
-        seed,
-        db.clone(),
-        wallet.clone(),
-        bitcoind.clone(),
-        &config.network_dir(),
-        config.crs_cache_dir.clone(),
-        config.dev_fault,
-    )?);
+    let tower = config
+        .watchtower
+        .clone()
+        .map(|settings| Arc::new(TowerClient::new(settings)));
+    if let Some(tower) = &tower {
+        tracing::info!(url = %tower.url(), "contracts are registered with a watchtower");
+    }
+    let renter = Arc::new(
+        Renter::new(
+            seed,
+            db.clone(),
+            wallet.clone(),
+            bitcoind.clone(),
+            &config.network_dir(),
+            config.crs_cache_dir.clone(),
+            config.dev_fault,
+        )?
+        .with_watchtower(tower.clone()),
+    );
     let farmer = match &config.farmer {
         None => None,
         Some(settings) => {
-            Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet).await?)
+            let tower = tower.clone();
+            Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet, tower).await?)
         }
     };
     let addr = format!("{}:{}", config.rpc_bind, config.rpc_port);
@@ -115,6 +127,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let app = Arc::new(App::new(config, bitcoind, wallet, renter, farmer.clone()));
     tokio::spawn(stop_on_signal(app.clone()));
     app.renter.resume_uploads()?;
+    app.renter.resume_watchtower()?;
     if let Some((farmer, listener)) = farmer.zip(peer_listener) {
         let app = app.clone();
         tokio::spawn(async move {
@@ -138,6 +151,7 @@ async fn start_farmer(
     db: &Arc<Db>,
     bitcoind: &Arc<Bitcoind>,
     wallet: &Arc<PluginWallet>,
+    tower: Option<Arc<TowerClient>>,
 ) -> Result<Arc<Farmer>, StartError> {
     let blobs = match &settings.storage_url {
         None => BlobStore::local(&settings.storage_dir)?,
@@ -156,6 +170,7 @@ async fn start_farmer(
             crs_dir: config.crs_cache_dir.clone(),
             network: config.network.name().to_string(),
             dev_fault: config.dev_fault,
+            tower,
         },
     )?;
     farmer.resume().await?;

@@ -19,5 +19,6 @@ pub mod progress;
 pub mod renter;
 pub mod server;
 pub mod storage;
+pub mod tower_client;
 pub mod wallet;
 pub mod wire;

@@ -207,6 +207,7 @@ async fn getinfo(app: &Arc<App>) -> Result<Value, RpcError> {
         "blocks": blocks,
         "balance": balance,
         "roles": app.roles(),
+        "watchtower": app.config.watchtower.as_ref().map(|t| t.url.as_str()),
     }))
 }
 

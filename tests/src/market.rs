@@ -28,6 +28,8 @@ pub struct Market {
     pub peer_url: String,
     farmer_args: Vec<String>,
     renter_args: Vec<String>,
+    /// Renter flags kept across [`Market::start_renter`] (unlike its fault).
+    renter_extra: Vec<String>,
     /// Holds both datadirs and the test files.
     pub dir: TempDir,
 }
@@ -51,11 +53,26 @@ impl Market {
         max_file_bytes: u64,
         farmer_extra: &[String],
     ) -> Market {
+        Self::start_around(crs_dir, faults, max_file_bytes, |_| {
+            (farmer_extra.to_vec(), Vec::new())
+        })
+    }
+
+    /// Like [`Market::start_with`], with extra flags for both plugins chosen once the node
+    /// runs (e.g. watchtowers attached to it): `extra(&node)` returns the farmer's and the
+    /// renter's. Both keep them across restarts.
+    pub fn start_around(
+        crs_dir: &Path,
+        faults: Faults,
+        max_file_bytes: u64,
+        extra: impl FnOnce(&BitcoinNode) -> (Vec<String>, Vec<String>),
+    ) -> Market {
         let dir = tempfile::Builder::new()
             .prefix("dstore-e2e-")
             .tempdir()
             .expect("temp dir");
         let node = BitcoinNode::start();
+        let (farmer_extra, renter_extra) = extra(&node);
         let peer_port = ports::free_ports(1)[0];
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let crs = format!("--crs-cache-dir={}", crs_dir.display());
@@ -76,6 +93,7 @@ impl Market {
         }
         let farmer = start_plugin(&node, &dir.path().join("farmer"), &farmer_args);
         let mut renter_args = vec![crs];
+        renter_args.extend(renter_extra.iter().cloned());
         if let Some(fault) = faults.renter {
             renter_args.push(format!("--dev-fault={fault}"));
         }
@@ -90,6 +108,7 @@ impl Market {
             peer_url,
             farmer_args,
             renter_args,
+            renter_extra,
             dir,
         }
     }
@@ -165,7 +184,8 @@ impl Market {
 
     /// Starts the renter again on its datadir, without any fault.
     pub fn start_renter(&mut self) {
-        let args = [self.renter_args[0].clone()];
+        let mut args = vec![self.renter_args[0].clone()];
+        args.extend(self.renter_extra.iter().cloned());
         self.renter = Some(start_plugin(
             &self.node,
             &self.dir.path().join("renter"),

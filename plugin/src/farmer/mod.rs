@@ -29,6 +29,7 @@ use dstore_protocol::nonce_reuse::farmer_sign_tx2;
 use dstore_protocol::peer::{self, Expected, Opened, PeerError, PeerMessage, SequenceGuard};
 use dstore_protocol::receipt::StorageReceipt;
 use dstore_protocol::upload::UploadReceiver;
+use dstore_protocol::watch::{Presigned, Registration, WatchRole};
 use dstore_protocol::zk::{self, Crs, Statement};
 use serde_json::{json, Value};
 
@@ -38,6 +39,7 @@ use crate::db::{self, Db};
 use crate::jsonrpc::code;
 use crate::locks::ContractLocks;
 use crate::storage::BlobStore;
+use crate::tower_client::TowerClient;
 use crate::wallet::PluginWallet;
 use crate::wire::ErrorBody;
 use records::{FarmedContract, FarmedDownload, FarmerPhase, Payout};
@@ -130,6 +132,8 @@ pub struct FarmerConfig {
     pub network: String,
     /// Test-only misbehaviour (see [`DevFault`]).
     pub dev_fault: Option<DevFault>,
+    /// The watchtower that gets each claim (TX2 and TX3) on the chain (`--watchtower-url`).
+    pub tower: Option<Arc<TowerClient>>,
 }
 
 /// The farmer role's state.
@@ -737,6 +741,9 @@ impl Farmer {
             self.broadcast(&template.tx).await?;
             return Err(FarmerError::Internal("TX3 withheld".into()));
         }
+        // The tower holds the claim before it leaves this process: should the farmer die
+        // now, the tower still gets TX2 and TX3 mined (the same bytes twice is harmless).
+        self.register_claim(&mut record).await;
         self.broadcast_claim(&template.tx, &tx3).await?;
         mark_claimed(&mut record);
         Ok(Step {
@@ -767,16 +774,74 @@ impl Farmer {
         }
     }
 
+    /// Hands the current download's claim (TX2 and TX3, both fully signed) to the
+    /// watchtower, if one is configured. A failure is logged, never fatal: the farmer
+    /// broadcasts the claim itself anyway, and the registration is retried at the next start.
+    async fn register_claim(&self, record: &mut FarmedContract) {
+        let Some(tower) = &self.config.tower else {
+            return;
+        };
+        let Some(download) = record.download.as_mut() else {
+            return;
+        };
+        let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
+            return;
+        };
+        let registration = Registration {
+            id: download.download_id,
+            role: WatchRole::Farmer,
+            extract: None,
+            transactions: vec![
+                Presigned {
+                    name: "tx2".into(),
+                    tx: template.tx.clone(),
+                },
+                Presigned {
+                    name: "tx3".into(),
+                    tx: tx3.clone(),
+                },
+            ],
+            watch_txids: Vec::new(),
+            // The tip when the download was offered: the same on every retry, and early
+            // enough that the tower sees a TX2 or TX3 already mined.
+            rescan_from_height: Some(download.refund_height.saturating_sub(REFUND_MARGIN)),
+        };
+        let id = hex::encode(download.download_id);
+        match tower.register(&registration).await {
+            Ok(verdict) => {
+                tracing::info!(download = %id, tower = %tower.url(), %verdict, "claim registered with the watchtower");
+                download.tower_registered = true;
+            }
+            Err(e) => {
+                tracing::warn!(download = %id, "watchtower registration of the claim failed ({e}); it is retried at the next start")
+            }
+        }
+    }
+
     /// After a restart: broadcasts the claims that were stored but maybe never sent, and
-    /// records their payouts.
+    /// records their payouts; hands the watchtower the claims it does not hold yet.
     pub async fn resume(&self) -> Result<(), FarmerError> {
         for mut record in self.list()? {
             let Some(download) = &record.download else {
                 continue;
             };
+            if download.phase == FarmerPhase::Claimed
+                && !download.tower_registered
+                && self.config.tower.is_some()
+            {
+                self.register_claim(&mut record).await;
+                if record.download.as_ref().is_some_and(|d| d.tower_registered) {
+                    self.store(&record)?;
+                }
+                continue;
+            }
             if download.phase != FarmerPhase::Claiming {
                 continue;
             }
+            self.register_claim(&mut record).await;
+            let Some(download) = &record.download else {
+                continue;
+            };
             let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
                 continue;
             };
@@ -785,7 +850,10 @@ impl Farmer {
                     mark_claimed(&mut record);
                     self.store(&record)?;
                 }
-                Err(e) => tracing::warn!("re-broadcasting a stored claim failed: {e}"),
+                Err(e) => {
+                    tracing::warn!("re-broadcasting a stored claim failed: {e}");
+                    self.store(&record)?;
+                }
             }
         }
         Ok(())

@@ -127,6 +127,9 @@ pub struct FarmedDownload {
     pub checked_crs: Option<[u8; 32]>,
     pub payout_script: Option<ScriptBuf>,
     pub tx3: Option<Transaction>,
+    /// The farmer's watchtower holds TX2 and TX3 (only with `--watchtower-url`).
+    #[serde(default)]
+    pub tower_registered: bool,
 }
 
 impl FarmedDownload {
@@ -154,6 +157,7 @@ impl FarmedDownload {
             checked_crs: None,
             payout_script: None,
             tx3: None,
+            tower_registered: false,
         }
     }
 

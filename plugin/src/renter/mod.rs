@@ -35,6 +35,7 @@ use dstore_protocol::seal::{
     build_fraud_proof, check_sealed_copy, find_bad_segment, unseal, verify_fraud_proof,
     verify_transcript, FraudEvidence, FraudProof,
 };
+use dstore_protocol::watch::{ExtractSpec, Presigned, Registration, WatchRole};
 use dstore_protocol::zk::{self, Crs, Shape};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -45,9 +46,10 @@ use crate::db::{self, Db};
 use crate::farmer::UNKNOWN_CRS;
 use crate::locks::ContractLocks;
 use crate::progress::{reporter, Tracker};
+use crate::tower_client::TowerClient;
 use crate::wallet::PluginWallet;
 use crate::wire::{PeerCallError, PeerClient};
-use records::{DownloadPhase, RentedContract, RentedDownload, StoragePhase};
+use records::{DownloadPhase, RentedContract, RentedDownload, StoragePhase, TowerRecord};
 
 /// Largest TX2 fee the renter accepts out of the price.
 pub const MAX_TX2_FEE: Amount = Amount::from_sat(20_000);
@@ -60,6 +62,11 @@ const TX2_WAIT: Duration = Duration::from_secs(60);
 /// Peer calls that make the farmer do heavy work (sealing, proving) get this long.
 const SLOW_CALL: Duration = Duration::from_secs(900);
 const QUICK_CALL: Duration = Duration::from_secs(60);
+/// While waiting for TX2, the watchtower is asked every this many polls of bitcoind.
+const TOWER_POLL_EVERY: u32 = 10;
+/// Names of the renter's refunds in its watchtower registration.
+pub const TX1_REFUND_NAME: &str = "tx1-refund";
+pub const TX2_REFUND_NAME: &str = "tx2-refund";
 /// Largest fraud-proof file `dstore-verify-fraud` reads.
 const MAX_FRAUD_FILE: u64 = 16 << 20;
 
@@ -112,6 +119,8 @@ pub struct Renter {
     /// The CRS in use, by shape, with its hash (loading and hashing it takes seconds).
     crs: tokio::sync::Mutex<std::collections::HashMap<Shape, HashedCrs>>,
     locks: ContractLocks,
+    /// The watchtower each download is registered with (`--watchtower-url`).
+    tower: Option<Arc<TowerClient>>,
 }
 
 impl Renter {
@@ -142,7 +151,14 @@ impl Renter {
             dev_fault,
             crs: Default::default(),
             locks: ContractLocks::default(),
+            tower: None,
         })
+    }
+
+    /// Registers every download with `tower` from now on.
+    pub fn with_watchtower(mut self, tower: Option<Arc<TowerClient>>) -> Renter {
+        self.tower = tower;
+        self
     }
 
     pub fn load(&self, id: &[u8; 32]) -> Result<Option<RentedContract>, RenterError> {
@@ -549,6 +565,7 @@ impl Renter {
             fraud_proof: None,
             refund_txid: None,
             error: None,
+            watchtower: None,
         });
         self.store(record)?;
 
@@ -646,6 +663,9 @@ impl Renter {
         d.tx1_outpoint = Some(outpoint);
         d.phase = DownloadPhase::Tx1Funded;
         self.store(record)?;
+        // The watchtower holds TX1's refund (and watches for TX2) before TX1 exists.
+        let last = record.downloads.len() - 1;
+        self.sync_tower(record, last).await?;
         let wallet = self.wallet.clone();
         let tx1 = funded.tx.clone();
         tokio::task::spawn_blocking(move || wallet.broadcast(&tx1))
@@ -711,6 +731,8 @@ impl Renter {
         d.tx2_txid = Some(tx2_txid);
         d.phase = DownloadPhase::Tx3Signed;
         self.store(record)?;
+        // The signature lets the farmer broadcast TX2: TX2's refund goes to the tower first.
+        self.sync_tower(record, last).await?;
         self.progress.phase(&id_hex, "waiting for TX2", 0);
         let claimed = self
             .exchange::<_, Claimed>(
@@ -729,7 +751,7 @@ impl Renter {
         self.store(record)?;
 
         // 7. TX2 on the chain reveals f: unseal, decrypt, check, write.
-        let tx2 = self.wait_for_tx(&tx2_txid, tip).await?;
+        let tx2 = self.wait_for_tx2(record, &tx2_txid, tip).await?;
         self.complete(record, &r, tx2, output).await
     }
 
@@ -780,7 +802,16 @@ impl Renter {
         let d = current(record).clone();
         let contract = d.contract.ok_or_else(|| internal("no contract"))?;
         let tx2_txid = d.tx2_txid.ok_or_else(|| internal("no TX2 id"))?;
-        let Some(tx2) = self.find_tx(&tx2_txid, d.start_height).await? else {
+        if d.watchtower.as_ref().is_some_and(|t| !t.registered) {
+            let last = record.downloads.len() - 1;
+            self.sync_tower(record, last).await?;
+        }
+        // The tower saw TX2 even if this renter was offline when it appeared.
+        let tx2 = match self.tx2_from_tower(record, &tx2_txid).await? {
+            Some(tx2) => Some(tx2),
+            None => self.find_tx(&tx2_txid, d.start_height).await?,
+        };
+        let Some(tx2) = tx2 else {
             return Err(RenterError::Wait(format!(
                 "download {} is paid for once TX2 {tx2_txid} appears; until then dstore-refund returns TX1's money after height {}",
                 hex::encode(d.download_id),
@@ -872,12 +903,25 @@ impl Renter {
         self.exchange(record, &offer, SLOW_CALL).await
     }
 
-    /// Waits until `txid` is in the mempool or a block since `from_height`.
-    async fn wait_for_tx(&self, txid: &Txid, from_height: u32) -> Result<Transaction, RenterError> {
+    /// Waits until TX2 (`txid`) is in the mempool or a block since `from_height`, or the
+    /// watchtower of the current download has it.
+    async fn wait_for_tx2(
+        &self,
+        record: &mut RentedContract,
+        txid: &Txid,
+        from_height: u32,
+    ) -> Result<Transaction, RenterError> {
         let started = Instant::now();
+        let mut polls = 0u32;
         loop {
             if let Some(tx) = self.find_tx(txid, from_height).await? {
                 return Ok(tx);
+            }
+            polls += 1;
+            if polls.is_multiple_of(TOWER_POLL_EVERY) {
+                if let Some(tx) = self.tx2_from_tower(record, txid).await? {
+                    return Ok(tx);
+                }
             }
             if started.elapsed() > TX2_WAIT {
                 return Err(RenterError::Wait(format!(
@@ -1050,6 +1094,227 @@ impl Renter {
         ))
     }
 
+    // ----- the watchtower ---------------------------------------------------------------
+
+    /// Hands download `index` of `record` to the watchtower, if one is configured: signs
+    /// the refunds it lacks (TX1's once TX1 is funded, TX2's once TX2's txid is known),
+    /// stores them, then (re-)registers. Only a failure to store is an error: a tower that
+    /// is down or refuses is logged and recorded, and the registration is sent again at
+    /// the next start (and by the next `dstore-download` of a paid download), so the
+    /// download itself never stalls on its tower.
+    async fn sync_tower(
+        &self,
+        record: &mut RentedContract,
+        index: usize,
+    ) -> Result<(), RenterError> {
+        let Some(tower) = self.tower.clone() else {
+            return Ok(());
+        };
+        let price = record.price;
+        let d = &mut record.downloads[index];
+        let download = hex::encode(d.download_id);
+        let changed = match self.tower_refunds(d, price) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(%download, "cannot sign the refunds for the watchtower: {e}");
+                return Ok(());
+            }
+        };
+        if changed {
+            // The refunds are on disk before the tower sees them, so every retry sends
+            // the same bytes.
+            self.store(record)?;
+        }
+        let d = &record.downloads[index];
+        let Some(registration) = tower_registration(record.contract_id, d)? else {
+            return Ok(());
+        };
+        let outcome = tower.register(&registration).await;
+        let height = match &outcome {
+            Ok(_) => self.tip().await.ok(),
+            Err(_) => None,
+        };
+        let Some(t) = record.downloads[index].watchtower.as_mut() else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(verdict) => {
+                tracing::info!(%download, tower = %tower.url(), %verdict, refunds = registration.transactions.len(), "registered with the watchtower");
+                t.registered = true;
+                t.registered_height = height.or(t.registered_height);
+                t.last_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(%download, "watchtower registration failed ({e}); it is retried at the next start");
+                t.registered = false;
+                t.last_error = Some(e.to_string());
+            }
+        }
+        self.store(record)
+    }
+
+    /// Signs the refunds download `d` can have now and the tower does not hold yet;
+    /// returns whether anything was added. TX1's refund pays a fresh wallet script, and
+    /// TX2's pays the same one.
+    fn tower_refunds(&self, d: &mut RentedDownload, price: Amount) -> Result<bool, RenterError> {
+        let (Some(contract), Some(tx1_outpoint)) = (d.contract, d.tx1_outpoint) else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        if d.watchtower.is_none() {
+            let r = self.secret(Role::Download, d.key_index)?;
+            let destination = RefundDestination::wallet_script(self.wallet.new_script()?);
+            let tx1_refund = contract
+                .tx1_refund(tx1_outpoint, &r, &destination, REFUND_FEE)
+                .map_err(internal)?;
+            d.watchtower = Some(TowerRecord {
+                tx1_refund,
+                tx2_refund: None,
+                registered: false,
+                registered_height: None,
+                last_error: None,
+                tx2_from_tower: false,
+            });
+            changed = true;
+        }
+        let t = d.watchtower.as_mut().expect("set above");
+        if let (None, Some(tx2_txid), Some(unsigned)) = (&t.tx2_refund, d.tx2_txid, &d.unsigned_tx2)
+        {
+            let tx2_fee = price
+                .checked_sub(unsigned.output[0].value)
+                .ok_or_else(|| internal("TX2 pays more than the price"))?;
+            let value = contract.tx2_value(tx2_fee).map_err(internal)?;
+            let r2 = self.secret(Role::Tx2, d.key_index)?;
+            let destination =
+                RefundDestination::wallet_script(t.tx1_refund.output[0].script_pubkey.clone());
+            let tx2_outpoint = OutPoint {
+                txid: tx2_txid,
+                vout: 0,
+            };
+            t.tx2_refund = Some(
+                contract
+                    .tx2_refund(tx2_outpoint, value, &r2, &destination, REFUND_FEE)
+                    .map_err(internal)?,
+            );
+            t.registered = false;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// After a restart: registers again, in the background, every download that still
+    /// has money in TX1 or TX2 (the tower answers "unchanged" if it holds it already) and
+    /// every one whose last registration failed.
+    pub fn resume_watchtower(self: &Arc<Self>) -> Result<(), RenterError> {
+        if self.tower.is_none() {
+            return Ok(());
+        }
+        for record in self.list()? {
+            let due = |d: &RentedDownload| {
+                d.tx1_outpoint.is_some()
+                    && (d.phase.money_locked()
+                        || d.watchtower.as_ref().is_some_and(|t| !t.registered))
+            };
+            if !record.downloads.iter().any(due) {
+                continue;
+            }
+            let renter = self.clone();
+            tokio::spawn(async move {
+                let id = record.contract_id;
+                let _guard = renter.locks.lock(&id).await;
+                let Ok(Some(mut record)) = renter.load(&id) else {
+                    return;
+                };
+                for index in 0..record.downloads.len() {
+                    if !due(&record.downloads[index]) {
+                        continue;
+                    }
+                    if let Err(e) = renter.sync_tower(&mut record, index).await {
+                        tracing::warn!(contract = %hex::encode(id), "watchtower re-registration: {e}");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// TX2 as the current download's watchtower extracted f from it, if it has.
+    async fn tx2_from_tower(
+        &self,
+        record: &mut RentedContract,
+        txid: &Txid,
+    ) -> Result<Option<Transaction>, RenterError> {
+        let Some(tower) = &self.tower else {
+            return Ok(None);
+        };
+        let d = current(record);
+        let download = hex::encode(d.download_id);
+        let status = match tower.status(&d.download_id).await {
+            Ok(Some(status)) => status,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(%download, "cannot ask the watchtower for TX2: {e}");
+                return Ok(None);
+            }
+        };
+        let Some(key) = status.key else {
+            return Ok(None);
+        };
+        if key.tx2.compute_txid() != *txid {
+            tracing::warn!(%download, "the watchtower's TX2 is not the one this renter signed TX3 for; ignored");
+            return Ok(None);
+        }
+        tracing::info!(%download, tx2 = %txid, "TX2 from the watchtower");
+        if let Some(t) = d.watchtower.as_mut() {
+            t.tx2_from_tower = true;
+        }
+        self.store(record)?;
+        Ok(Some(key.tx2))
+    }
+
+    /// The txid of the refund the watchtower holds for download `d` (TX1's, or TX2's when
+    /// `tx2` is set), if that refund is in the mempool or the chain: the tower broadcast it.
+    async fn tower_refund_seen(
+        &self,
+        d: &RentedDownload,
+        tx2: bool,
+    ) -> Result<Option<Transaction>, RenterError> {
+        let held = d.watchtower.as_ref().and_then(|t| {
+            if tx2 {
+                t.tx2_refund.clone()
+            } else {
+                Some(t.tx1_refund.clone())
+            }
+        });
+        let Some(tx) = held else { return Ok(None) };
+        let found = self.find_tx(&tx.compute_txid(), d.start_height).await?;
+        Ok(found.map(|_| tx))
+    }
+
+    /// Records a refund the watchtower broadcast.
+    fn refunded_by_tower(
+        &self,
+        record: &mut RentedContract,
+        index: usize,
+        tx: &Transaction,
+        base: Value,
+    ) -> Result<Value, RenterError> {
+        let txid = tx.compute_txid();
+        let d = &mut record.downloads[index];
+        d.refund_txid = Some(txid);
+        d.phase = DownloadPhase::Refunded;
+        self.store(record)?;
+        Ok(merge(
+            base,
+            json!({
+                "status": "broadcast",
+                "broadcast_by": "watchtower",
+                "txid": txid.to_string(),
+                "amount_sat": tx.output[0].value.to_sat(),
+            }),
+        ))
+    }
+
     // ----- dstore-refund ---------------------------------------------------------------
 
     /// Broadcasts the refund due now for contract `id`'s open download, or says when.
@@ -1073,7 +1338,9 @@ impl Renter {
         let contract = d.contract.ok_or_else(|| internal("no contract"))?;
         let tx1_outpoint = d.tx1_outpoint.ok_or_else(|| internal("no TX1"))?;
         let tip = self.tip().await?;
-        let destination = RefundDestination::wallet_script(self.wallet.new_script()?);
+        let destination = || -> Result<RefundDestination, RenterError> {
+            Ok(RefundDestination::wallet_script(self.wallet.new_script()?))
+        };
         let r = self.secret(Role::Download, d.key_index)?;
         let base = json!({
             "contract_id": hex::encode(id),
@@ -1088,12 +1355,20 @@ impl Renter {
                     "TX1 refund (after T1)",
                 ));
             }
-            let tx = contract
-                .tx1_refund(tx1_outpoint, &r, &destination, REFUND_FEE)
-                .map_err(internal)?;
+            // The copy the watchtower holds, if any: both may broadcast the same bytes.
+            let tx = match &d.watchtower {
+                Some(t) => t.tx1_refund.clone(),
+                None => contract
+                    .tx1_refund(tx1_outpoint, &r, &destination()?, REFUND_FEE)
+                    .map_err(internal)?,
+            };
             return self.broadcast_refund(&mut record, index, tx, base).await;
         }
-        // TX1 is spent: by TX2 (then TX2:0 may come back after Δ) or by our own refund.
+        // TX1 is spent: by TX2 (then TX2:0 may come back after Δ), by our own refund, or by
+        // the watchtower's copy of it.
+        if let Some(tx) = self.tower_refund_seen(&d, false).await? {
+            return self.refunded_by_tower(&mut record, index, &tx, base);
+        }
         let tx2_txid = d
             .tx2_txid
             .ok_or_else(|| internal("TX1 spent before TX2 was known"))?;
@@ -1102,6 +1377,9 @@ impl Renter {
             vout: 0,
         };
         if !self.unspent(&tx2_outpoint).await? {
+            if let Some(tx) = self.tower_refund_seen(&d, true).await? {
+                return self.refunded_by_tower(&mut record, index, &tx, base);
+            }
             return Ok(merge(
                 base,
                 json!({
@@ -1123,9 +1401,12 @@ impl Renter {
                 .unwrap_or_default();
         let value = contract.tx2_value(tx2_fee).map_err(internal)?;
         let r2 = self.secret(Role::Tx2, d.key_index)?;
-        let tx = contract
-            .tx2_refund(tx2_outpoint, value, &r2, &destination, REFUND_FEE)
-            .map_err(internal)?;
+        let tx = match d.watchtower.as_ref().and_then(|t| t.tx2_refund.clone()) {
+            Some(tx) => tx,
+            None => contract
+                .tx2_refund(tx2_outpoint, value, &r2, &destination()?, REFUND_FEE)
+                .map_err(internal)?,
+        };
         self.broadcast_refund(&mut record, index, tx, base).await
     }
 
@@ -1204,6 +1485,43 @@ fn subverted(mut crs: Crs) -> Crs {
     crs.vk.delta_g2 = ark_bn254::G2Affine::zero();
     crs.delta_g1 = ark_bn254::G1Affine::zero();
     crs
+}
+
+/// The registration download `d` of contract `contract_id` should have at its watchtower:
+/// f's extraction from whatever spends TX1:0, the refunds signed so far, TX2's txid once
+/// known, and a rescan from the download's start. `None` before the tower has a record.
+fn tower_registration(
+    contract_id: [u8; 32],
+    d: &RentedDownload,
+) -> Result<Option<Registration>, RenterError> {
+    let (Some(contract), Some(tx1_outpoint), Some(t)) =
+        (d.contract, d.tx1_outpoint, d.watchtower.as_ref())
+    else {
+        return Ok(None);
+    };
+    let mut transactions = vec![Presigned {
+        name: TX1_REFUND_NAME.into(),
+        tx: t.tx1_refund.clone(),
+    }];
+    if let Some(tx) = &t.tx2_refund {
+        transactions.push(Presigned {
+            name: TX2_REFUND_NAME.into(),
+            tx: tx.clone(),
+        });
+    }
+    Ok(Some(Registration {
+        id: d.download_id,
+        role: WatchRole::Renter,
+        extract: Some(ExtractSpec {
+            tx1_outpoint,
+            farmer_key: contract.farmer_key,
+            contract_id,
+            tx1_script_pubkey: contract.tx1_script_pubkey().map_err(internal)?,
+        }),
+        transactions,
+        watch_txids: d.tx2_txid.into_iter().collect(),
+        rescan_from_height: Some(d.start_height),
+    }))
 }
 
 fn current(record: &mut RentedContract) -> &mut RentedDownload {

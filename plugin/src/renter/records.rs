@@ -107,4 +107,27 @@ pub struct RentedDownload {
     pub fraud_proof: Option<String>,
     pub refund_txid: Option<Txid>,
     pub error: Option<String>,
+    /// What this download handed its watchtower (only with `--watchtower-url`).
+    #[serde(default)]
+    pub watchtower: Option<TowerRecord>,
+}
+
+/// The renter's registration of one download with its watchtower. The signed refunds are
+/// kept so that every re-registration sends the same bytes (the tower refuses a different
+/// transaction under a name it already holds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TowerRecord {
+    /// TX1:0 back to the wallet after T1; its output script is the refund destination.
+    pub tx1_refund: Transaction,
+    /// TX2:0 back to the wallet Δ blocks after TX2 (known once TX3 is signed).
+    pub tx2_refund: Option<Transaction>,
+    /// The tower accepted everything above (false: not yet, retried at the next start).
+    pub registered: bool,
+    /// Chain height when the tower last accepted the registration.
+    pub registered_height: Option<u32>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// TX2 (and so f) came from the tower's extraction rather than from bitcoind.
+    #[serde(default)]
+    pub tx2_from_tower: bool,
 }
