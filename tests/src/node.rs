@@ -35,7 +35,12 @@ impl BitcoinNode {
         let zmq = |port: u16| format!("tcp://127.0.0.1:{port}");
         let (p2p_port, rpc_port) = (ports[0], ports[1]);
         let (zmq_rawtx, zmq_rawblock, zmq_sequence) = (zmq(ports[2]), zmq(ports[3]), zmq(ports[4]));
-        let child = spawn_bitcoind(datadir.path(), p2p_port, rpc_port, [&zmq_rawtx, &zmq_rawblock, &zmq_sequence]);
+        let child = spawn_bitcoind(
+            datadir.path(),
+            p2p_port,
+            rpc_port,
+            [&zmq_rawtx, &zmq_rawblock, &zmq_sequence],
+        );
         let mut node = BitcoinNode {
             child,
             datadir,

@@ -90,12 +90,19 @@ impl TowerProcess {
         self.child = Some(child);
         let (cookie, log) = (self.cookie_path(), self.log_path());
         let child = self.child.as_mut().expect("just spawned");
-        wait_until("dstore-watchtower start-up", Duration::from_secs(60), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("dstore-watchtower exited during start-up: {status}\n{}", tail(&log, 40));
-            }
-            cookie.is_file().then_some(())
-        });
+        wait_until(
+            "dstore-watchtower start-up",
+            Duration::from_secs(60),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "dstore-watchtower exited during start-up: {status}\n{}",
+                        tail(&log, 40)
+                    );
+                }
+                cookie.is_file().then_some(())
+            },
+        );
     }
 
     /// SIGKILL, then wait for the exit.
@@ -110,9 +117,11 @@ impl TowerProcess {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let _ = self.call("stop", json!([]));
         let mut child = self.child.take()?;
-        Some(wait_until("dstore-watchtower exit", Duration::from_secs(30), || {
-            child.try_wait().ok().flatten()
-        }))
+        Some(wait_until(
+            "dstore-watchtower exit",
+            Duration::from_secs(30),
+            || child.try_wait().ok().flatten(),
+        ))
     }
 
     /// True while the process is alive.
@@ -166,10 +175,14 @@ impl TowerProcess {
 
     /// Waits until the tower's processed tip reaches `height`.
     pub fn wait_for_tip(&self, height: u64) {
-        wait_until(&format!("tower tip {height}"), Duration::from_secs(60), || {
-            let info = self.call("tower-getinfo", json!([])).ok()?;
-            (info["tip_height"].as_u64()? >= height).then_some(())
-        });
+        wait_until(
+            &format!("tower tip {height}"),
+            Duration::from_secs(60),
+            || {
+                let info = self.call("tower-getinfo", json!([])).ok()?;
+                (info["tip_height"].as_u64()? >= height).then_some(())
+            },
+        );
     }
 }
 

@@ -29,7 +29,13 @@ struct Contract {
 impl Contract {
     /// A contract whose TX1 is confirmed, TX1's refund opens `t1_ahead` blocks above the
     /// tip and TX2's Δ blocks after TX2 confirms.
-    fn new(node: &BitcoinNode, funder: &mut Funder, rng: &mut StdRng, t1_ahead: u32, delta: u16) -> Self {
+    fn new(
+        node: &BitcoinNode,
+        funder: &mut Funder,
+        rng: &mut StdRng,
+        t1_ahead: u32,
+        delta: u16,
+    ) -> Self {
         let parties = Parties::new(node, rng, t1_ahead, delta);
         let c = &parties.contract;
         let (_, tx1_outpoint) = funder.fund(node, c.tx1_output().unwrap());
@@ -120,7 +126,9 @@ fn setup(seed: u64, coins: u32) -> (StdRng, BitcoinNode, Funder) {
 }
 
 fn key_of(tower: &TowerProcess, id: &str) -> Option<String> {
-    tower.status(id)["key"]["secret"].as_str().map(str::to_string)
+    tower.status(id)["key"]["secret"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn wait_for_key(tower: &TowerProcess, contract: &Contract) {
@@ -147,10 +155,21 @@ fn in_mempool(node: &BitcoinNode, tx: &Transaction) -> bool {
 }
 
 /// Mines one block at a time until `tx` is confirmed (the tower broadcasts it when due).
-fn mine_until_confirmed(node: &BitcoinNode, tower: &TowerProcess, tx: &Transaction, max_blocks: u32) {
+fn mine_until_confirmed(
+    node: &BitcoinNode,
+    tower: &TowerProcess,
+    tx: &Transaction,
+    max_blocks: u32,
+) {
     let txid = tx.compute_txid().to_string();
     for _ in 0..max_blocks {
-        if node.rpc("getrawtransaction", json!([txid, true])).ok().and_then(|t| t["confirmations"].as_u64()).unwrap_or(0) > 0 {
+        if node
+            .rpc("getrawtransaction", json!([txid, true]))
+            .ok()
+            .and_then(|t| t["confirmations"].as_u64())
+            .unwrap_or(0)
+            > 0
+        {
             return;
         }
         if in_mempool(node, tx) {
@@ -160,7 +179,9 @@ fn mine_until_confirmed(node: &BitcoinNode, tower: &TowerProcess, tx: &Transacti
         node.mine(1);
         tower.wait_for_tip(node.block_count());
         // Give the tower a moment to broadcast what became due at this tip.
-        let _ = wait_until_or_timeout(Duration::from_secs(3), || in_mempool(node, tx).then_some(()));
+        let _ = wait_until_or_timeout(Duration::from_secs(3), || {
+            in_mempool(node, tx).then_some(())
+        });
     }
     panic!("{txid} was not confirmed within {max_blocks} blocks");
 }
@@ -197,12 +218,18 @@ fn tower_extracts_the_key_from_tx2_in_the_mempool() {
     eprintln!("tower_tx2_to_key_ms: {:.1}", latency.as_secs_f64() * 1e3);
     assert_eq!(key, contract.f_hex());
     let status = tower.status(&contract.id_hex());
-    assert_eq!(status["key"]["tx2_txid"], contract.tx2.compute_txid().to_string());
+    assert_eq!(
+        status["key"]["tx2_txid"],
+        contract.tx2.compute_txid().to_string()
+    );
     // The key is stored: it survives a kill -9.
     let mut tower = tower;
     tower.kill9();
     tower.restart();
-    assert_eq!(key_of(&tower, &contract.id_hex()).as_deref(), Some(contract.f_hex().as_str()));
+    assert_eq!(
+        key_of(&tower, &contract.id_hex()).as_deref(),
+        Some(contract.f_hex().as_str())
+    );
 }
 
 #[test]
@@ -218,9 +245,11 @@ fn tower_catches_up_after_missed_notifications() {
     tower.restart();
     wait_for_key(&tower, &contract);
     tower.wait_for_tip(node.block_count());
-    wait_until("the TX2 refund in the mempool", Duration::from_secs(30), || {
-        in_mempool(&node, &contract.tx2_refund).then_some(())
-    });
+    wait_until(
+        "the TX2 refund in the mempool",
+        Duration::from_secs(30),
+        || in_mempool(&node, &contract.tx2_refund).then_some(()),
+    );
     node.mine(1);
     let txid = contract.tx2_refund.compute_txid().to_string();
     assert_eq!(node.confirmations(&txid), 1);
@@ -263,12 +292,20 @@ fn reorg_out_tx2(seed: u64, depth: u32) {
         node.rpc_ok("generateblock", json!([address, []]));
     }
     let best = node.rpc_ok("getbestblockhash", json!([]));
-    wait_until("the tower on the new chain", Duration::from_secs(60), || {
-        let info = tower.call("tower-getinfo", json!([])).ok()?;
-        (info["tip_hash"] == best).then_some(())
-    });
+    wait_until(
+        "the tower on the new chain",
+        Duration::from_secs(60),
+        || {
+            let info = tower.call("tower-getinfo", json!([])).ok()?;
+            (info["tip_hash"] == best).then_some(())
+        },
+    );
     assert_eq!(seen_height(&tower), Value::Null, "TX2 is unconfirmed again");
-    assert_eq!(key_of(&tower, &contract.id_hex()).as_deref(), Some(contract.f_hex().as_str()), "the key stays");
+    assert_eq!(
+        key_of(&tower, &contract.id_hex()).as_deref(),
+        Some(contract.f_hex().as_str()),
+        "the key stays"
+    );
     let refund = tx_state(&tower, &contract.id_hex(), "tx2-refund");
     assert_eq!(refund["status"]["state"], "waiting", "{refund}");
 
@@ -401,16 +438,42 @@ fn tower_rejects_bad_rpc_and_keeps_running() {
     let code = |body: &str| post(&tower, auth, body).1["error"]["code"].as_i64();
     assert_eq!(code("this is not json"), Some(-32700));
     assert_eq!(code(r#"{"method": 5}"#), Some(-32600));
-    assert_eq!(code(r#"{"method": "tower-nothing", "params": []}"#), Some(-32601));
-    assert_eq!(code(r#"{"method": "tower-register", "params": [1, 2]}"#), Some(-32602));
-    assert_eq!(code(r#"{"method": "tower-register", "params": [{"id": "zz", "role": "renter"}]}"#), Some(-8));
-    assert_eq!(code(r#"{"method": "tower-register", "params": [{"id": "00", "role": "renter", "watch_txids": []}]}"#), Some(-8));
-    assert_eq!(code(r#"{"method": "tower-status", "params": [7]}"#), Some(-3));
-    let unknown = format!(r#"{{"method": "tower-status", "params": ["{}"]}}"#, "ab".repeat(32));
+    assert_eq!(
+        code(r#"{"method": "tower-nothing", "params": []}"#),
+        Some(-32601)
+    );
+    assert_eq!(
+        code(r#"{"method": "tower-register", "params": [1, 2]}"#),
+        Some(-32602)
+    );
+    assert_eq!(
+        code(r#"{"method": "tower-register", "params": [{"id": "zz", "role": "renter"}]}"#),
+        Some(-8)
+    );
+    assert_eq!(
+        code(
+            r#"{"method": "tower-register", "params": [{"id": "00", "role": "renter", "watch_txids": []}]}"#
+        ),
+        Some(-8)
+    );
+    assert_eq!(
+        code(r#"{"method": "tower-status", "params": [7]}"#),
+        Some(-3)
+    );
+    let unknown = format!(
+        r#"{{"method": "tower-status", "params": ["{}"]}}"#,
+        "ab".repeat(32)
+    );
     assert_eq!(code(&unknown), Some(-8));
-    let forget = format!(r#"{{"method": "tower-forget", "params": ["{}"]}}"#, "ab".repeat(32));
+    let forget = format!(
+        r#"{{"method": "tower-forget", "params": ["{}"]}}"#,
+        "ab".repeat(32)
+    );
     assert_eq!(code(&forget), Some(-8));
-    let huge = format!(r#"{{"method": "tower-list", "params": ["{}"]}}"#, "x".repeat(2 << 20));
+    let huge = format!(
+        r#"{{"method": "tower-list", "params": ["{}"]}}"#,
+        "x".repeat(2 << 20)
+    );
     assert_ne!(post(&tower, auth, &huge).0, 200);
     assert!(tower.running());
     assert_eq!(tower.call_ok("tower-list", json!([])), json!([]));
@@ -429,7 +492,11 @@ fn tower_ignores_malformed_zmq_and_survives_bitcoind_restarts() {
     let metrics = format!("127.0.0.1:{}", port[1]);
     let mut tower = TowerProcess::start_with(
         &node,
-        &[&format!("--zmq-rawtx={fake}"), &format!("--metrics-bind={metrics}"), "--poll-seconds=1"],
+        &[
+            &format!("--zmq-rawtx={fake}"),
+            &format!("--metrics-bind={metrics}"),
+            "--poll-seconds=1",
+        ],
     );
     tower.call_ok("tower-register", json!([contract.renter_registration()]));
     std::thread::sleep(Duration::from_millis(500)); // ZMQ subscriptions propagate
@@ -444,13 +511,21 @@ fn tower_ignores_malformed_zmq_and_survives_bitcoind_restarts() {
         vec![b"sequence".to_vec(), vec![0; 5], seq(4)],
         // Not a subscribed topic: ZMQ itself drops it before the tower sees it.
         vec![b"hashtx".to_vec(), vec![0; 32], seq(5)],
-        vec![b"rawtx".to_vec(), serialize_hex(&contract.tx3).into_bytes(), seq(6), vec![1]],
+        vec![
+            b"rawtx".to_vec(),
+            serialize_hex(&contract.tx3).into_bytes(),
+            seq(6),
+            vec![1],
+        ],
     ];
     for parts in &bad {
         publisher.send_multipart(parts.iter(), 0).unwrap();
     }
     let malformed = || -> Option<u64> {
-        let text = reqwest::blocking::get(format!("http://{metrics}/metrics")).ok()?.text().ok()?;
+        let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))
+            .ok()?
+            .text()
+            .ok()?;
         text.lines()
             .find(|l| l.starts_with("dstore_tower_zmq_malformed_total "))?
             .split_whitespace()
@@ -458,16 +533,21 @@ fn tower_ignores_malformed_zmq_and_survives_bitcoind_restarts() {
             .parse()
             .ok()
     };
-    wait_until("malformed ZMQ messages counted", Duration::from_secs(30), || {
-        (malformed()? >= bad.len() as u64 - 1).then_some(())
-    });
+    wait_until(
+        "malformed ZMQ messages counted",
+        Duration::from_secs(30),
+        || (malformed()? >= bad.len() as u64 - 1).then_some(()),
+    );
     assert!(tower.running());
 
     // bitcoind goes away: the tower keeps answering, then follows it when it is back.
     node.pause();
     std::thread::sleep(Duration::from_secs(3));
     assert!(tower.running());
-    assert_eq!(tower.call_ok("tower-list", json!([]))[0]["id"], contract.id_hex());
+    assert_eq!(
+        tower.call_ok("tower-list", json!([]))[0]["id"],
+        contract.id_hex()
+    );
     node.resume();
     broadcast(&node, &contract.tx2).unwrap();
     node.mine(1);
@@ -485,7 +565,10 @@ fn tower_refuses_to_run_during_initial_block_download() {
         .arg(format!("--datadir={}", datadir.path().display()))
         .arg("--network=regtest")
         .arg(format!("--bitcoind-rpc-url={}", node.rpc_url()))
-        .arg(format!("--bitcoind-cookie={}", node.cookie_path().display()))
+        .arg(format!(
+            "--bitcoind-cookie={}",
+            node.cookie_path().display()
+        ))
         .arg(format!("--zmq-rawtx={}", node.zmq_rawtx))
         .arg(format!("--rpc-port={}", ports::free_ports(1)[0]))
         .output()
@@ -511,7 +594,10 @@ fn tower_race_between_tx3_and_the_tx2_refund_ends_either_way() {
         renter_tower.call_ok("tower-register", json!([c.renter_registration()]));
     }
     // The farmer's tower pushes TX2 and TX3 at once: TX3 confirms before Δ.
-    farmer_tower.call_ok("tower-register", json!([farmer_wins.farmer_registration(farmer_id(&farmer_wins), None)]));
+    farmer_tower.call_ok(
+        "tower-register",
+        json!([farmer_wins.farmer_registration(farmer_id(&farmer_wins), None)]),
+    );
     mine_until_confirmed(&node, &farmer_tower, &farmer_wins.tx3, 5);
     // The other contract's TX2 confirms but its farmer's tower is down until after Δ.
     farmer_tower.kill9();
@@ -520,20 +606,29 @@ fn tower_race_between_tx3_and_the_tx2_refund_ends_either_way() {
     mine_until_confirmed(&node, &renter_tower, &renter_wins.tx2_refund, 10);
     farmer_tower.restart();
     // It registers late, asking the tower to look back to before TX2.
-    farmer_tower.call_ok("tower-register", json!([renter_wins.farmer_registration(farmer_id(&renter_wins), Some(before_tx2))]));
+    farmer_tower.call_ok(
+        "tower-register",
+        json!([renter_wins.farmer_registration(farmer_id(&renter_wins), Some(before_tx2))]),
+    );
     node.mine(6);
     renter_tower.wait_for_tip(node.block_count());
     farmer_tower.wait_for_tip(node.block_count());
 
     // Whoever won, both towers agree and neither keeps fighting.
     let renter_refund = tx_state(&renter_tower, &farmer_wins.id_hex(), "tx2-refund");
-    assert_eq!(renter_refund["status"]["state"], "superseded", "{renter_refund}");
+    assert_eq!(
+        renter_refund["status"]["state"], "superseded",
+        "{renter_refund}"
+    );
     assert_eq!(renter_refund["broadcasts"], 0, "the refund was never due");
     let tx3 = tx_state(&farmer_tower, &hex::encode(farmer_id(&farmer_wins)), "tx3");
     assert_eq!(tx3["status"]["state"], "buried", "{tx3}");
     let lost = tx_state(&farmer_tower, &hex::encode(farmer_id(&renter_wins)), "tx3");
     assert_eq!(lost["status"]["state"], "superseded", "{lost}");
-    assert_eq!(lost["status"]["by"], renter_wins.tx2_refund.compute_txid().to_string());
+    assert_eq!(
+        lost["status"]["by"],
+        renter_wins.tx2_refund.compute_txid().to_string()
+    );
     let won = tx_state(&renter_tower, &renter_wins.id_hex(), "tx2-refund");
     assert_eq!(won["status"]["state"], "buried", "{won}");
     wait_for_key(&renter_tower, &farmer_wins);

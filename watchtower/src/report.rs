@@ -24,7 +24,9 @@ pub fn status(watch: &Watch, tip: Option<u32>) -> Value {
         .iter()
         .map(|p| {
             let attempts = watch.attempts_of(&p.name);
-            let state = tip.map(|t| watch.state_of(p, t)).unwrap_or(TxState::Waiting { height: None });
+            let state = tip
+                .map(|t| watch.state_of(p, t))
+                .unwrap_or(TxState::Waiting { height: None });
             json!({
                 "name": p.name,
                 "txid": p.tx.compute_txid().to_string(),

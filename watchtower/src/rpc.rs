@@ -66,7 +66,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Reply {
     if req.method() != Method::POST {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "JSONRPC server handles only POST requests");
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "JSONRPC server handles only POST requests",
+        );
     }
     let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
     if !cookie.authorizes(auth) {
@@ -75,18 +78,31 @@ async fn handle(
             tokio::time::sleep(AUTH_FAILURE_DELAY).await;
         }
         let mut reply = plain(StatusCode::UNAUTHORIZED, "");
-        reply
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"jsonrpc\""));
+        reply.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"jsonrpc\""),
+        );
         return reply;
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
-        Err(_) => return json_reply(500, &jsonrpc::reply(Version::V1Legacy, None, Err(RpcError::new(code::PARSE_ERROR, "Parse error")))),
+        Err(_) => {
+            return json_reply(
+                500,
+                &jsonrpc::reply(
+                    Version::V1Legacy,
+                    None,
+                    Err(RpcError::new(code::PARSE_ERROR, "Parse error")),
+                ),
+            )
+        }
     };
     let request = match jsonrpc::parse_request(&parsed) {
         Ok(request) => request,
@@ -100,7 +116,10 @@ async fn handle(
         (Err(e), Version::V1Legacy) => e.legacy_http_status(),
         _ => 200,
     };
-    json_reply(status, &jsonrpc::reply(request.version, request.id.clone(), outcome))
+    json_reply(
+        status,
+        &jsonrpc::reply(request.version, request.id.clone(), outcome),
+    )
 }
 
 /// Runs one method.
@@ -112,8 +131,8 @@ pub async fn dispatch(
 ) -> Result<Value, RpcError> {
     match method {
         "tower-register" => {
-            let registration = Registration::from_json(registration_param(params)?)
-                .map_err(registration_error)?;
+            let registration =
+                Registration::from_json(registration_param(params)?).map_err(registration_error)?;
             let id = hex::encode(registration.id);
             let merge = tower.register(registration).await.map_err(tower_error)?;
             Ok(json!({"id": id, "result": merge}))
@@ -131,7 +150,10 @@ pub async fn dispatch(
             let _ = shutdown.send(true);
             Ok(Value::String("dstore-watchtower stopping".into()))
         }
-        other => Err(RpcError::new(code::METHOD_NOT_FOUND, format!("Method not found: {other}"))),
+        other => Err(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("Method not found: {other}"),
+        )),
     }
 }
 
@@ -142,7 +164,10 @@ fn registration_param(params: &Value) -> Result<&Value, RpcError> {
         Value::Array(items) if items.len() == 1 => Ok(&items[0]),
         Value::Object(map) if map.contains_key("registration") => Ok(&map["registration"]),
         Value::Object(_) => Ok(params),
-        _ => Err(RpcError::new(code::INVALID_PARAMS, "usage: tower-register {registration}")),
+        _ => Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "usage: tower-register {registration}",
+        )),
     }
 }
 
@@ -150,7 +175,12 @@ fn id_param(params: &Value) -> Result<WatchId, RpcError> {
     let value = match params {
         Value::Array(items) if items.len() == 1 => &items[0],
         Value::Object(map) if map.contains_key("id") => &map["id"],
-        _ => return Err(RpcError::new(code::INVALID_PARAMS, "expected one parameter: the contract's watch id")),
+        _ => {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "expected one parameter: the contract's watch id",
+            ))
+        }
     };
     let text = value
         .as_str()
@@ -168,7 +198,9 @@ fn registration_error(e: RegistrationError) -> RpcError {
 fn tower_error(e: TowerError) -> RpcError {
     match e {
         TowerError::Registration(e) => registration_error(e),
-        TowerError::UnknownWatch(id) => RpcError::new(code::INVALID_PARAMETER, format!("no watch {id}")),
+        TowerError::UnknownWatch(id) => {
+            RpcError::new(code::INVALID_PARAMETER, format!("no watch {id}"))
+        }
         TowerError::Bitcoind(e) => e.to_rpc_error(),
         other => RpcError::new(code::INTERNAL_ERROR, other.to_string()),
     }

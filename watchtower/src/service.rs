@@ -47,7 +47,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
 pub async fn run(config: Config) -> Result<(), ServiceError> {
     // Secrets (cookie, extracted keys in the database) are created private.
     unsafe { libc::umask(0o077) };
-    let bitcoind = Arc::new(Bitcoind::new(&config.bitcoind_rpc_url, config.bitcoind_auth.clone()));
+    let bitcoind = Arc::new(Bitcoind::new(
+        &config.bitcoind_rpc_url,
+        config.bitcoind_auth.clone(),
+    ));
     check_chain(&bitcoind, config.network).await?;
     let dir = config.network_dir();
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
@@ -57,11 +60,22 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
 
     let (shutdown, mut stopping) = watch::channel(false);
     let rpc_addr = std::net::SocketAddr::new(config.rpc_bind, config.rpc_port);
-    let listener = TcpListener::bind(rpc_addr).await.map_err(io(format!("cannot listen on {rpc_addr}")))?;
-    let cookie = Arc::new(CookieFile::create(&dir.join(".cookie")).map_err(io("cannot write the RPC cookie"))?);
-    tokio::spawn(crate::rpc::serve(tower.clone(), cookie.clone(), listener, shutdown.clone()));
+    let listener = TcpListener::bind(rpc_addr)
+        .await
+        .map_err(io(format!("cannot listen on {rpc_addr}")))?;
+    let cookie = Arc::new(
+        CookieFile::create(&dir.join(".cookie")).map_err(io("cannot write the RPC cookie"))?,
+    );
+    tokio::spawn(crate::rpc::serve(
+        tower.clone(),
+        cookie.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     if let Some(addr) = config.metrics_bind {
-        let listener = TcpListener::bind(addr).await.map_err(io(format!("cannot listen on {addr}")))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("cannot listen on {addr}")))?;
         tokio::spawn(crate::metrics::serve(tower.clone(), listener));
     }
     let (sender, mut notices) = mpsc::channel(10_000);
@@ -120,7 +134,11 @@ async fn handle(tower: &Tower, notice: Notice) {
         }
         Notice::Block | Notice::Sequence(b'C') | Notice::Sequence(b'D') => reconcile(tower).await,
         Notice::Sequence(_) => {}
-        Notice::Gap { topic, expected, got } => {
+        Notice::Gap {
+            topic,
+            expected,
+            got,
+        } => {
             bump(&tower.counters.zmq_gaps);
             tracing::warn!(%topic, expected, got, "ZMQ notifications were missed; reconciling over RPC");
             reconcile(tower).await;

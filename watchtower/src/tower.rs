@@ -145,7 +145,12 @@ impl Tower {
         deserialize_hex(hex).map_err(|e| TowerError::BadChainData(format!("block {hash}: {e}")))
     }
 
-    async fn disconnect(&self, state: &mut State, tip: Tip, header: &Value) -> Result<(), TowerError> {
+    async fn disconnect(
+        &self,
+        state: &mut State,
+        tip: Tip,
+        header: &Value,
+    ) -> Result<(), TowerError> {
         let block = self.fetch_block(&tip.hash).await?;
         let previous = parse_hash(&header["previousblockhash"])?;
         let changed = state.engine.disconnect_block(&block, tip.height);
@@ -181,7 +186,11 @@ impl Tower {
     }
 
     fn keys_known(&self, state: &State) -> usize {
-        state.engine.watches().filter(|(_, w)| w.key.is_some()).count()
+        state
+            .engine
+            .watches()
+            .filter(|(_, w)| w.key.is_some())
+            .count()
     }
 
     fn note_new_keys(&self, state: &State, before: usize) {
@@ -197,7 +206,10 @@ impl Tower {
         changed: &BTreeSet<WatchId>,
         tip: Option<Tip>,
     ) -> Result<(), TowerError> {
-        let watches: Vec<&Watch> = changed.iter().filter_map(|id| state.engine.get(id)).collect();
+        let watches: Vec<&Watch> = changed
+            .iter()
+            .filter_map(|id| state.engine.get(id))
+            .collect();
         self.store.save(watches, tip)?;
         Ok(())
     }
@@ -205,8 +217,8 @@ impl Tower {
     /// A transaction from the rawtx feed: recorded as unconfirmed (a confirmation comes
     /// with its block), and a TX2 among them yields f at once.
     pub async fn on_raw_tx(&self, bytes: &[u8]) -> Result<(), TowerError> {
-        let tx: Transaction = deserialize(bytes)
-            .map_err(|e| TowerError::BadChainData(format!("rawtx: {e}")))?;
+        let tx: Transaction =
+            deserialize(bytes).map_err(|e| TowerError::BadChainData(format!("rawtx: {e}")))?;
         let mut state = self.state.lock().await;
         let keys_before = self.keys_known(&state);
         let changed = state.engine.observe(&tx, None);
@@ -330,7 +342,10 @@ impl Tower {
                 .iter()
                 .map(|o| json!({"txid": o.txid.to_string(), "vout": o.vout}))
                 .collect();
-            let answer = self.bitcoind.call("gettxspendingprevout", json!([query])).await?;
+            let answer = self
+                .bitcoind
+                .call("gettxspendingprevout", json!([query]))
+                .await?;
             for entry in answer.as_array().into_iter().flatten() {
                 let Some(spender) = entry["spendingtxid"].as_str() else {
                     continue;

@@ -19,7 +19,11 @@ pub enum Notice {
     /// bitcoind's sequence topic: a block connected/disconnected or a mempool change.
     Sequence(u8),
     /// A sequence number skipped: something was missed on `topic`.
-    Gap { topic: String, expected: u32, got: u32 },
+    Gap {
+        topic: String,
+        expected: u32,
+        got: u32,
+    },
     /// A message the tower could not read.
     Malformed(String),
 }
@@ -47,7 +51,11 @@ pub fn parse(parts: &[Vec<u8>]) -> Result<(String, Vec<u8>, u32), String> {
         "rawtx" if body.len() < 10 => return Err("rawtx: shorter than a transaction".into()),
         _ => {}
     }
-    Ok((topic.to_string(), body.clone(), u32::from_le_bytes(sequence)))
+    Ok((
+        topic.to_string(),
+        body.clone(),
+        u32::from_le_bytes(sequence),
+    ))
 }
 
 /// Per-topic sequence counters; reports the first number after a skipped one.
@@ -158,8 +166,14 @@ mod tests {
     #[test]
     fn skipped_sequence_numbers_are_gaps_per_topic() {
         let mut detector = GapDetector::default();
-        assert_eq!(interpret(&mut detector, &message("rawtx", &[0; 60], 7)).len(), 1);
-        assert_eq!(interpret(&mut detector, &message("rawtx", &[0; 60], 8)).len(), 1);
+        assert_eq!(
+            interpret(&mut detector, &message("rawtx", &[0; 60], 7)).len(),
+            1
+        );
+        assert_eq!(
+            interpret(&mut detector, &message("rawtx", &[0; 60], 8)).len(),
+            1
+        );
         let mut block = vec![0u8; 33];
         block[32] = b'C';
         assert_eq!(

@@ -20,9 +20,7 @@ use bitcoin::{Block, OutPoint, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::extract_farmer_key;
-pub use registration::{
-    ExtractSpec, Merge, Presigned, Registration, RegistrationError, WatchRole,
-};
+pub use registration::{ExtractSpec, Merge, Presigned, Registration, RegistrationError, WatchRole};
 
 /// Confirmations after which a broadcast transaction is left alone.
 pub const BURIED_DEPTH: u32 = 6;
@@ -83,15 +81,21 @@ pub struct Watch {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TxState {
     /// Not valid yet; `height` is the first tip at which it will be, when known.
-    Waiting { height: Option<u32> },
+    Waiting {
+        height: Option<u32>,
+    },
     /// Valid now: broadcast it (again).
     Due,
     /// Broadcast at this tip already.
     Broadcast,
-    Confirmed { depth: u32 },
+    Confirmed {
+        depth: u32,
+    },
     Buried,
     /// Another transaction confirmed spending one of its inputs.
-    Superseded { by: Txid },
+    Superseded {
+        by: Txid,
+    },
 }
 
 /// A broadcast the engine asks the shell to make.
@@ -130,8 +134,7 @@ impl Watch {
     /// Every outpoint whose spend matters: TX1's output and the pre-signed inputs.
     pub fn watched_outpoints(&self) -> BTreeSet<OutPoint> {
         let r = &self.registration;
-        let mut outpoints: BTreeSet<OutPoint> =
-            r.extract.iter().map(|e| e.tx1_outpoint).collect();
+        let mut outpoints: BTreeSet<OutPoint> = r.extract.iter().map(|e| e.tx1_outpoint).collect();
         for p in &r.transactions {
             outpoints.extend(p.tx.input.iter().map(|i| i.previous_output));
         }
@@ -270,7 +273,11 @@ impl Watch {
         }
         match self.valid_from(&p.tx) {
             Some(height) if height <= tip + 1 => {}
-            other => return TxState::Waiting { height: other.map(|h| h - 1) },
+            other => {
+                return TxState::Waiting {
+                    height: other.map(|h| h - 1),
+                }
+            }
         }
         let attempts = self.attempts_of(&p.name);
         if attempts.and_then(|a| a.last_broadcast_height) == Some(tip) {
@@ -283,7 +290,10 @@ impl Watch {
     /// parents' confirmations tell; `None` while a CSV parent is unconfirmed.
     fn valid_from(&self, tx: &Transaction) -> Option<u32> {
         let mut from = 0u32;
-        let locktime_enforced = tx.input.iter().any(|i| i.sequence.enables_absolute_lock_time());
+        let locktime_enforced = tx
+            .input
+            .iter()
+            .any(|i| i.sequence.enables_absolute_lock_time());
         if let (true, LockTime::Blocks(height)) = (locktime_enforced, tx.lock_time) {
             from = from.max(height.to_consensus_u32() + 1);
         }

@@ -190,9 +190,12 @@ pub mod tx_hex {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Transaction, D::Error> {
         let text = String::deserialize(d)?;
         if text.len() > 2 * MAX_TX_BYTES {
-            return Err(serde::de::Error::custom("transaction larger than 100,000 bytes"));
+            return Err(serde::de::Error::custom(
+                "transaction larger than 100,000 bytes",
+            ));
         }
-        deserialize_hex(&text).map_err(|e| serde::de::Error::custom(format!("bad transaction hex: {e}")))
+        deserialize_hex(&text)
+            .map_err(|e| serde::de::Error::custom(format!("bad transaction hex: {e}")))
     }
 }
 

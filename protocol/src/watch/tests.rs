@@ -22,13 +22,17 @@ struct Setup {
 fn setup() -> Setup {
     let p = parties(61);
     let c = &p.contract;
-    let unsigned = c.unsigned_tx2(tx1_outpoint(), Amount::from_sat(2_000)).unwrap();
+    let unsigned = c
+        .unsigned_tx2(tx1_outpoint(), Amount::from_sat(2_000))
+        .unwrap();
     let sig_r = c.renter_sign_tx2(&unsigned, &p.r).unwrap();
     let tx2 = farmer_sign_tx2(&mut StdRng::seed_from_u64(5), c, &unsigned, &p.f, &sig_r)
         .unwrap()
         .tx;
     let destination = RefundDestination::p2wpkh_of(&p.r);
-    let tx1_refund = c.tx1_refund(tx1_outpoint(), &p.r, &destination, FEE).unwrap();
+    let tx1_refund = c
+        .tx1_refund(tx1_outpoint(), &p.r, &destination, FEE)
+        .unwrap();
     let tx2_outpoint = OutPoint {
         txid: tx2.compute_txid(),
         vout: 0,
@@ -99,14 +103,20 @@ fn states(engine: &Engine, tip: u32) -> Vec<TxState> {
 fn tx2_in_the_mempool_yields_f_once() {
     let s = setup();
     let mut engine = Engine::new();
-    assert_eq!(engine.register(renter_registration(&s)).unwrap(), Merge::Registered);
+    assert_eq!(
+        engine.register(renter_registration(&s)).unwrap(),
+        Merge::Registered
+    );
     let changed = engine.observe(&s.tx2, None);
     assert_eq!(changed.len(), 1);
     let key = engine.get(&[9; 32]).unwrap().key.clone().unwrap();
     assert_eq!(key.secret, s.p.f);
     // Seeing it again, or unconfirmed after confirmed, changes nothing.
     assert!(engine.observe(&s.tx2, None).is_empty());
-    assert_eq!(engine.connect_block(&block(vec![s.tx2.clone()]), 300).len(), 1);
+    assert_eq!(
+        engine.connect_block(&block(vec![s.tx2.clone()]), 300).len(),
+        1
+    );
     assert!(engine.observe(&s.tx2, None).is_empty());
 }
 
@@ -116,7 +126,10 @@ fn the_tx1_refund_is_due_at_t1_and_superseded_by_tx2() {
     let t1 = s.p.contract.refund_height;
     let mut engine = Engine::new();
     engine.register(renter_registration(&s)).unwrap();
-    assert_eq!(states(&engine, t1 - 1)[0], TxState::Waiting { height: Some(t1) });
+    assert_eq!(
+        states(&engine, t1 - 1)[0],
+        TxState::Waiting { height: Some(t1) }
+    );
     assert_eq!(states(&engine, t1)[0], TxState::Due);
     assert_eq!(engine.due(t1).len(), 1);
     let watch = engine.watch_mut(&[9; 32]).unwrap();
@@ -161,7 +174,10 @@ fn the_tx2_refund_waits_delta_blocks_after_tx2_confirms() {
     assert_eq!(states(&engine, due_tip)[1], TxState::Due);
     // A reorg of TX2 puts the refund back to waiting; the key stays.
     engine.disconnect_block(&block(vec![s.tx2.clone()]), 1000);
-    assert_eq!(states(&engine, due_tip)[1], TxState::Waiting { height: None });
+    assert_eq!(
+        states(&engine, due_tip)[1],
+        TxState::Waiting { height: None }
+    );
     assert!(engine.get(&[9; 32]).unwrap().key.is_some());
 }
 
@@ -170,7 +186,10 @@ fn forgetting_and_reregistering_reindexes() {
     let s = setup();
     let mut engine = Engine::new();
     engine.register(renter_registration(&s)).unwrap();
-    assert_eq!(engine.register(renter_registration(&s)).unwrap(), Merge::Unchanged);
+    assert_eq!(
+        engine.register(renter_registration(&s)).unwrap(),
+        Merge::Unchanged
+    );
     assert!(engine.forget(&[9; 32]).is_some());
     assert!(engine.observe(&s.tx2, None).is_empty());
     assert!(engine.by_txid.is_empty() && engine.by_outpoint.is_empty());
