@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dstore demo on regtest, end to end, with one command.
 #
-# Starts a regtest bitcoind, a farmer dstore-plugin and a renter dstore-plugin, funds the
+# Starts a regtest bitcoind, a watchtower, a farmer dstore-plugin and a renter dstore-plugin
+# registered with the tower, funds the
 # renter, stores a 16 MiB file with the farmer (dstore-open), buys it back through the
 # paid mode-L chain (dstore-download: TX1, TX2, Groth16 proof, TX3), compares checksums
 # and prints every txid and the farmer's payout. Everything is driven with plain
@@ -27,6 +28,7 @@ step "Building dstore"
 scripts/install-build-deps.sh
 cargo build --quiet --bins
 PLUGIN="$PWD/target/debug/dstore-plugin"
+TOWER="$PWD/target/debug/dstore-watchtower"
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -40,7 +42,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NODE_RPC="$(free_port)"; NODE_P2P="$(free_port)"
 FARMER_RPC="$(free_port)"; RENTER_RPC="$(free_port)"; PEER="$(free_port)"
-ZMQ_TX="$(free_port)"; ZMQ_BLOCK="$(free_port)"; ZMQ_SEQ="$(free_port)"
+ZMQ_TX="$(free_port)"; ZMQ_BLOCK="$(free_port)"; ZMQ_SEQ="$(free_port)"; TOWER_RPC="$(free_port)"
 
 step "1. Starting regtest bitcoind (RPC port $NODE_RPC, ZMQ on)"
 mkdir -p "$WORK/bitcoind"
@@ -51,6 +53,19 @@ mkdir -p "$WORK/bitcoind"
 PIDS+=($!)
 NODE_CLI=("$BIN/bitcoin-cli" -regtest -datadir="$WORK/bitcoind" -rpcport="$NODE_RPC")
 "${NODE_CLI[@]}" -rpcwait -rpcwaittimeout=60 getblockcount >/dev/null || die "bitcoind did not start"
+# One block ends regtest's initial block download (the watchtower refuses to run during it).
+"${NODE_CLI[@]}" generatetodescriptor 1 "raw(51)" >/dev/null
+
+step "1. Starting the renter's dstore-watchtower (RPC $TOWER_RPC, subscribed to bitcoind's ZMQ)"
+"$TOWER" --datadir="$WORK/tower" --network=regtest \
+  --bitcoind-rpc-url="http://127.0.0.1:$NODE_RPC" --bitcoind-cookie="$WORK/bitcoind/regtest/.cookie" \
+  --zmq-rawtx="tcp://127.0.0.1:$ZMQ_TX" --zmq-rawblock="tcp://127.0.0.1:$ZMQ_BLOCK" \
+  --zmq-sequence="tcp://127.0.0.1:$ZMQ_SEQ" --rpc-port="$TOWER_RPC" 2>"$WORK/tower.log" &
+PIDS+=($!)
+for _ in $(seq 1 100); do [ -f "$WORK/tower/regtest/.cookie" ] && break; sleep 0.2; done
+[ -f "$WORK/tower/regtest/.cookie" ] || { cat "$WORK/tower.log" >&2; die "the watchtower did not start"; }
+TOWER_CLI=("$BIN/bitcoin-cli" -regtest -rpcport="$TOWER_RPC" -rpccookiefile="$WORK/tower/regtest/.cookie")
+"${TOWER_CLI[@]}" tower-getinfo
 
 start_plugin() { # name rpc_port extra flags...
   local name="$1" port="$2"; shift 2
@@ -75,7 +90,8 @@ FARMER=("$BIN/bitcoin-cli" -regtest -rpcport="$FARMER_RPC" -rpccookiefile="$WORK
 "${FARMER[@]}" dstore-getinfo
 
 step "1. Starting the renter plugin (RPC $RENTER_RPC)"
-start_plugin renter "$RENTER_RPC"
+start_plugin renter "$RENTER_RPC" --watchtower-url="http://127.0.0.1:$TOWER_RPC" \
+  --watchtower-cookie="$WORK/tower/regtest/.cookie"
 RENTER=("$BIN/bitcoin-cli" -regtest -rpcport="$RENTER_RPC" -rpccookiefile="$WORK/renter/regtest/.cookie")
 echo "talk to them with: bitcoin-cli -regtest -rpcport=<port> -rpccookiefile=<datadir>/regtest/.cookie <method>"
 
@@ -126,5 +142,12 @@ FARMER_AFTER="$("${FARMER[@]}" dstore-getbalance)"
 echo "farmer wallet: $FARMER_BEFORE BTC -> $FARMER_AFTER BTC"
 python3 -c "import sys; sys.exit(0 if float('$FARMER_AFTER') > float('$FARMER_BEFORE') else 1)" \
   || die "the farmer was not paid"
+
+step "7. The renter's watchtower: it holds this download's refunds and extracted f from TX2"
+DL="$(json 'v["download_id"]' <"$WORK/download.json")"
+"${TOWER_CLI[@]}" tower-status "$DL" >"$WORK/tower-status.json"
+json '"key extracted from TX2 %s: %s" % (v["key"]["tx2_txid"], "yes" if v["key"] else "no")' <"$WORK/tower-status.json"
+json '"\n".join("%s %s: %s" % (t["name"], t["txid"], t["status"]["state"]) for t in v["transactions"])' <"$WORK/tower-status.json"
+json 'v["key"] is not None' <"$WORK/tower-status.json" | grep -q True || die "the watchtower has no key"
 echo
 echo "demo: OK"
