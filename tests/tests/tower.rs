@@ -352,6 +352,9 @@ fn tower_rebroadcasts_a_reorged_out_refund() {
     assert_eq!(node.confirmations(&txid), 1);
 }
 
+/// One step of a contract's life, acted out against the tower.
+type Step<'a> = Box<dyn Fn(&TowerProcess) + 'a>;
+
 #[test]
 fn tower_survives_kill_9_at_20_random_points() {
     let (mut rng, node, mut funder) = setup(606, 4);
@@ -362,7 +365,7 @@ fn tower_survives_kill_9_at_20_random_points() {
     let c = Contract::new(&node, &mut funder, &mut rng, 400, 4);
     let c_id = [0xcc; 32];
     let mut tower = TowerProcess::start_with(&node, &["--poll-seconds=1"]);
-    let mut steps: Vec<Box<dyn Fn(&TowerProcess)>> = vec![
+    let mut steps: Vec<Step> = vec![
         Box::new(|t: &TowerProcess| {
             t.call_ok("tower-register", json!([a.renter_registration()]));
         }),
