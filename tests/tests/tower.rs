@@ -637,3 +637,51 @@ fn tower_race_between_tx3_and_the_tx2_refund_ends_either_way() {
     wait_for_key(&renter_tower, &farmer_wins);
     wait_for_key(&renter_tower, &renter_wins);
 }
+
+#[test]
+fn tower_bumps_a_stuck_transaction_by_cpfp() {
+    let (_, node, mut funder) = setup(610, 1);
+    let tower = TowerProcess::start_with(&node, &["--poll-seconds=1"]);
+    let info = tower.call_ok("tower-getinfo", json!([]));
+    let address: bitcoin::Address<bitcoin::address::NetworkUnchecked> =
+        info["wallet_address"].as_str().unwrap().parse().unwrap();
+    let own_script = address.assume_checked().script_pubkey();
+    // A pre-signed transaction with an output paying the tower's key: CPFP-able.
+    let claim = funder.build(bitcoin::TxOut {
+        value: bitcoin::Amount::from_sat(100_000),
+        script_pubkey: own_script,
+    });
+    let registration = serde_json::to_value(Registration {
+        id: [0x77; 32],
+        role: WatchRole::Farmer,
+        extract: None,
+        transactions: vec![presigned("claim", &claim)],
+        watch_txids: vec![],
+        rescan_from_height: None,
+    })
+    .unwrap();
+    tower.call_ok("tower-register", json!([registration]));
+    let txid = claim.compute_txid().to_string();
+    wait_until("the claim in the mempool", Duration::from_secs(30), || {
+        in_mempool(&node, &claim).then_some(())
+    });
+    // Miners ignore it (its fee counts as zero for them): it is stuck.
+    node.rpc_ok("prioritisetransaction", json!([txid, 0, -1000]));
+    for _ in 0..3 {
+        node.mine(1);
+        tower.wait_for_tip(node.block_count());
+    }
+    assert_eq!(node.confirmations(&txid), 0, "stuck");
+    let child = wait_until("a CPFP child", Duration::from_secs(30), || {
+        let state = tx_state(&tower, &hex::encode([0x77; 32]), "claim");
+        state["last_bump_txid"].as_str().map(str::to_string)
+    });
+    node.wait_for_tx(&child, Duration::from_secs(30));
+    node.mine(1);
+    assert_eq!(
+        node.confirmations(&txid),
+        1,
+        "the child carried the claim into a block"
+    );
+    assert_eq!(node.confirmations(&child), 1);
+}

@@ -9,4 +9,5 @@ pub mod rpc;
 pub mod service;
 pub mod store;
 pub mod tower;
+pub mod wallet;
 pub mod zmq_feed;

@@ -34,6 +34,8 @@ pub fn status(watch: &Watch, tip: Option<u32>) -> Value {
                 "broadcasts": attempts.map(|a| a.broadcasts).unwrap_or(0),
                 "last_broadcast_height": attempts.and_then(|a| a.last_broadcast_height),
                 "last_error": attempts.and_then(|a| a.last_error.clone()),
+                "bumps": attempts.map(|a| a.bumps).unwrap_or(0),
+                "last_bump_txid": attempts.and_then(|a| a.last_bump_txid).map(|t| t.to_string()),
             })
         })
         .collect();

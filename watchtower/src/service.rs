@@ -55,7 +55,10 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let dir = config.network_dir();
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
     let store = Store::open(&dir.join("db"))?;
-    let tower = Arc::new(Tower::open(store, bitcoind)?);
+    let wallet =
+        crate::wallet::TowerWallet::load_or_create(&dir.join("wallet.key"), config.network)
+            .map_err(io("cannot load the tower's wallet key"))?;
+    let tower = Arc::new(Tower::open(store, bitcoind, wallet)?);
     tower.reconcile().await?;
 
     let (shutdown, mut stopping) = watch::channel(false);

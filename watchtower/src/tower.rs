@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize_hex};
-use bitcoin::{Block, BlockHash, OutPoint, Transaction};
+use bitcoin::{Amount, Block, BlockHash, OutPoint, Transaction, TxOut};
 use dstore_plugin::bitcoind::{Bitcoind, BitcoindError};
 use dstore_protocol::watch::{Engine, Merge, Registration, RegistrationError, Watch, WatchId};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::store::{Store, StoreError, Tip};
+use crate::wallet::TowerWallet;
+use dstore_protocol::watch::cpfp::{cpfp_child, CpfpError};
+use dstore_protocol::watch::DueBroadcast;
 
 /// bitcoind's "transaction already in block chain" (RPC_VERIFY_ALREADY_IN_CHAIN).
 const ALREADY_IN_CHAIN: i64 = -27;
@@ -39,6 +42,7 @@ pub struct Counters {
     pub keys_extracted: AtomicU64,
     pub broadcasts: AtomicU64,
     pub broadcast_rejections: AtomicU64,
+    pub cpfp_bumps: AtomicU64,
     pub zmq_messages: AtomicU64,
     pub zmq_malformed: AtomicU64,
     pub zmq_gaps: AtomicU64,
@@ -58,12 +62,21 @@ pub struct Tower {
     state: Mutex<State>,
     store: Store,
     bitcoind: Arc<Bitcoind>,
+    wallet: TowerWallet,
     pub counters: Counters,
 }
 
+/// Package feerate of the first CPFP bump; each further bump of the same transaction adds
+/// as much again (so a later child can replace an earlier one).
+const BUMP_FEERATE_SAT_VB: u64 = 25;
+
 impl Tower {
     /// Loads every stored watch and the last processed block.
-    pub fn open(store: Store, bitcoind: Arc<Bitcoind>) -> Result<Tower, TowerError> {
+    pub fn open(
+        store: Store,
+        bitcoind: Arc<Bitcoind>,
+        wallet: TowerWallet,
+    ) -> Result<Tower, TowerError> {
         let mut engine = Engine::new();
         for watch in store.watches()? {
             engine.insert(watch);
@@ -74,6 +87,7 @@ impl Tower {
             state: Mutex::new(State { engine, tip }),
             store,
             bitcoind,
+            wallet,
             counters: Counters::default(),
         })
     }
@@ -243,40 +257,144 @@ impl Tower {
         let Some(tip) = state.tip else {
             return Ok(());
         };
-        for due in state.engine.due(tip.height) {
-            let id = due.id;
-            if let Some(watch) = state.engine.watch_mut(&id) {
-                watch.record_intent(&due.name, tip.height);
-            }
-            self.persist(state, &BTreeSet::from([id]), None)?;
-            let txid = due.tx.compute_txid();
-            let rejection = match self
-                .bitcoind
-                .call("sendrawtransaction", json!([serialize_hex(&due.tx)]))
-                .await
-            {
-                Ok(_) => None,
-                Err(BitcoindError::Rpc(e)) if e.code == ALREADY_IN_CHAIN => None,
-                Err(BitcoindError::Rpc(e)) => Some(e.message),
-                // bitcoind is away: the intent stays and the next reconcile retries.
-                Err(other) => return Err(other.into()),
-            };
-            match &rejection {
-                None => {
-                    bump(&self.counters.broadcasts);
-                    tracing::info!(watch = %hex::encode(id), name = %due.name, %txid, height = tip.height, "broadcast");
-                }
-                Some(reason) => {
-                    bump(&self.counters.broadcast_rejections);
-                    tracing::info!(watch = %hex::encode(id), name = %due.name, %txid, "bitcoind refused the broadcast for now: {reason}");
-                }
-            }
-            if let Some(watch) = state.engine.watch_mut(&id) {
-                watch.record_broadcast(&due.name, tip.height, rejection);
-            }
-            self.persist(state, &BTreeSet::from([id]), None)?;
+        let script = self.wallet.script();
+        let actions = state.engine.actions(tip.height, Some(&script));
+        for due in actions.broadcasts {
+            self.broadcast(state, tip.height, due).await?;
+        }
+        for stuck in actions.bumps {
+            self.bump(state, tip.height, stuck).await?;
         }
         Ok(())
+    }
+
+    async fn broadcast(
+        &self,
+        state: &mut State,
+        tip: u32,
+        due: DueBroadcast,
+    ) -> Result<(), TowerError> {
+        let id = due.id;
+        if let Some(watch) = state.engine.watch_mut(&id) {
+            watch.record_intent(&due.name, tip);
+        }
+        self.persist(state, &BTreeSet::from([id]), None)?;
+        let txid = due.tx.compute_txid();
+        let rejection = match self.send(&due.tx).await {
+            Ok(()) => None,
+            Err(BitcoindError::Rpc(e)) => Some(e.message),
+            // bitcoind is away: the intent stays and the next reconcile retries.
+            Err(other) => return Err(other.into()),
+        };
+        match &rejection {
+            None => {
+                bump(&self.counters.broadcasts);
+                tracing::info!(watch = %hex::encode(id), name = %due.name, %txid, height = tip, "broadcast");
+            }
+            Some(reason) => {
+                bump(&self.counters.broadcast_rejections);
+                tracing::info!(watch = %hex::encode(id), name = %due.name, %txid, "bitcoind refused the broadcast for now: {reason}");
+            }
+        }
+        if let Some(watch) = state.engine.watch_mut(&id) {
+            watch.record_broadcast(&due.name, tip, rejection);
+        }
+        self.persist(state, &BTreeSet::from([id]), None)?;
+        Ok(())
+    }
+
+    /// sendrawtransaction; "already in the chain" counts as sent.
+    async fn send(&self, tx: &Transaction) -> Result<(), BitcoindError> {
+        match self
+            .bitcoind
+            .call("sendrawtransaction", json!([serialize_hex(tx)]))
+            .await
+        {
+            Err(BitcoindError::Rpc(e)) if e.code == ALREADY_IN_CHAIN => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Bumps a stuck transaction with a child spending its output to the tower's key (and
+    /// the tower's own coins if that output is too small). The bump is recorded first.
+    async fn bump(
+        &self,
+        state: &mut State,
+        tip: u32,
+        stuck: DueBroadcast,
+    ) -> Result<(), TowerError> {
+        let id = stuck.id;
+        let bumps = state
+            .engine
+            .get(&id)
+            .and_then(|w| w.attempts_of(&stuck.name))
+            .map(|a| a.bumps)
+            .unwrap_or(0);
+        let feerate = BUMP_FEERATE_SAT_VB * u64::from(bumps + 1);
+        let key = &self.wallet.secret;
+        let child = match cpfp_child(&stuck.tx, Amount::ZERO, key, &[], feerate) {
+            Err(CpfpError::InsufficientFunds(_)) => {
+                let coins = self.own_coins().await?;
+                cpfp_child(&stuck.tx, Amount::ZERO, key, &coins, feerate)
+            }
+            other => other,
+        };
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(watch = %hex::encode(id), name = %stuck.name, "cannot bump: {e}");
+                return Ok(());
+            }
+        };
+        let child_txid = child.compute_txid();
+        if let Some(watch) = state.engine.watch_mut(&id) {
+            watch.record_bump(&stuck.name, tip, child_txid);
+        }
+        self.persist(state, &BTreeSet::from([id]), None)?;
+        match self.send(&child).await {
+            Ok(()) => {
+                bump(&self.counters.cpfp_bumps);
+                tracing::info!(watch = %hex::encode(id), name = %stuck.name, child = %child_txid, feerate, "stuck for 3 blocks: bumped by CPFP");
+            }
+            Err(BitcoindError::Rpc(e)) => {
+                tracing::warn!(watch = %hex::encode(id), name = %stuck.name, "bitcoind refused the CPFP child: {}", e.message)
+            }
+            Err(other) => return Err(other.into()),
+        }
+        Ok(())
+    }
+
+    /// The tower's confirmed coins, from bitcoind's UTXO set (scantxoutset).
+    async fn own_coins(&self) -> Result<Vec<(OutPoint, TxOut)>, TowerError> {
+        let descriptor = format!("addr({})", self.wallet.address);
+        let scan = self
+            .bitcoind
+            .call("scantxoutset", json!(["start", [descriptor]]))
+            .await?;
+        let mut coins = Vec::new();
+        for u in scan["unspents"].as_array().into_iter().flatten() {
+            let (Some(txid), Some(vout), Some(amount)) = (
+                u["txid"].as_str().and_then(|t| t.parse().ok()),
+                u["vout"].as_u64(),
+                u["amount"].as_f64(),
+            ) else {
+                continue;
+            };
+            let Ok(value) = Amount::from_btc(amount) else {
+                continue;
+            };
+            coins.push((
+                OutPoint {
+                    txid,
+                    vout: vout as u32,
+                },
+                TxOut {
+                    value,
+                    script_pubkey: self.wallet.script(),
+                },
+            ));
+        }
+        Ok(coins)
     }
 
     /// Registers (or merges) a contract; then looks back for what it missed and acts.
@@ -312,10 +430,8 @@ impl Tower {
             for height in from.min(tip.height)..=tip.height {
                 let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
                 let block = self.fetch_block(&parse_hash(&hash)?).await?;
-                if let Some(watch) = state.engine.watch_mut(id) {
-                    for tx in &block.txdata {
-                        watch.observe(tx, Some(height));
-                    }
+                for tx in &block.txdata {
+                    state.engine.observe_for(id, tx, Some(height));
                 }
             }
         }
@@ -325,9 +441,7 @@ impl Tower {
             .map(|w| w.watched_outpoints().into_iter().collect())
             .unwrap_or_default();
         for tx in self.mempool_spends(&outpoints).await? {
-            if let Some(watch) = state.engine.watch_mut(id) {
-                watch.observe(&tx, None);
-            }
+            state.engine.observe_for(id, &tx, None);
         }
         self.persist(state, &BTreeSet::from([*id]), None)?;
         self.note_new_keys(state, keys_before);
@@ -419,7 +533,8 @@ impl Tower {
             "tip_height": state.tip.map(|t| t.height),
             "tip_hash": state.tip.map(|t| t.hash.to_string()),
             "contracts": state.engine.len(),
-            "keys_extracted": state.engine.watches().filter(|(_, w)| w.key.is_some()).count(),
+            "keys_extracted": state.engine.keys(),
+            "wallet_address": self.wallet.address.to_string(),
         })
     }
 

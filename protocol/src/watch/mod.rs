@@ -9,9 +9,10 @@
 //! downgrades exactly what it confirmed, so replaying any stretch of the chain after a
 //! crash, a missed notification or a reorg converges on the same state.
 
+pub mod cpfp;
 pub mod registration;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bitcoin::absolute::LockTime;
 use bitcoin::relative;
@@ -24,6 +25,9 @@ pub use registration::{ExtractSpec, Merge, Presigned, Registration, Registration
 
 /// Confirmations after which a broadcast transaction is left alone.
 pub const BURIED_DEPTH: u32 = 6;
+
+/// Blocks a broadcast transaction may sit unconfirmed before the tower bumps it (again).
+pub const STUCK_BLOCKS: u32 = 3;
 
 /// A watch's id (the download id the plugin registered it under).
 pub type WatchId = [u8; 32];
@@ -62,6 +66,16 @@ pub struct Attempts {
     pub broadcasts: u32,
     /// bitcoind's last rejection, if the last try was rejected.
     pub last_error: Option<String>,
+    /// Tip height of the first broadcast bitcoind accepted.
+    #[serde(default)]
+    pub first_accepted_height: Option<u32>,
+    /// CPFP bumps made (intent stored before each), the last one's tip and child.
+    #[serde(default)]
+    pub bumps: u32,
+    #[serde(default)]
+    pub last_bump_height: Option<u32>,
+    #[serde(default)]
+    pub last_bump_txid: Option<Txid>,
 }
 
 /// One registered contract and everything the tower has learnt about it.
@@ -104,6 +118,15 @@ pub struct DueBroadcast {
     pub id: WatchId,
     pub name: String,
     pub tx: Transaction,
+}
+
+/// What the shell should do for a watch at a tip.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Transactions to broadcast (or re-broadcast).
+    pub broadcasts: Vec<DueBroadcast>,
+    /// Stuck transactions with an output paying the tower: bump them by CPFP.
+    pub bumps: Vec<DueBroadcast>,
 }
 
 impl Watch {
@@ -322,6 +345,22 @@ impl Watch {
             .collect()
     }
 
+    /// The next tip above `tip` at which time alone may change what is due: a timelock
+    /// opening, a re-broadcast, a stuck check. `None` if only a chain event can.
+    pub fn next_check(&self, tip: u32) -> Option<u32> {
+        self.registration
+            .transactions
+            .iter()
+            .filter_map(|p| match self.state_of(p, tip) {
+                TxState::Due | TxState::Broadcast => Some(tip + 1),
+                TxState::Waiting { height: Some(h) } => Some(h.max(tip + 1)),
+                // Buried is reached by blocks only; a reorg marks the watch dirty.
+                TxState::Confirmed { depth } => Some(tip + (BURIED_DEPTH - depth)),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Records the intent to broadcast `name` at `tip`: stored before the broadcast.
     pub fn record_intent(&mut self, name: &str, tip: u32) {
         self.attempts_mut(name).intent_height = Some(tip);
@@ -332,7 +371,38 @@ impl Watch {
         let attempts = self.attempts_mut(name);
         attempts.last_broadcast_height = Some(tip);
         attempts.broadcasts += 1;
+        if rejection.is_none() && attempts.first_accepted_height.is_none() {
+            attempts.first_accepted_height = Some(tip);
+        }
         attempts.last_error = rejection;
+    }
+
+    /// Pre-signed transactions accepted into the mempool at least [`STUCK_BLOCKS`] blocks
+    /// ago, still unconfirmed, with an output paying `own_script` (so a child can bump
+    /// them), and not bumped in the last [`STUCK_BLOCKS`] blocks.
+    pub fn stuck(&self, tip: u32, own_script: &bitcoin::Script) -> Vec<&Presigned> {
+        self.registration
+            .transactions
+            .iter()
+            .filter(|p| matches!(self.state_of(p, tip), TxState::Due | TxState::Broadcast))
+            .filter(|p| p.tx.output.iter().any(|o| o.script_pubkey == *own_script))
+            .filter(|p| {
+                let Some(a) = self.attempts_of(&p.name) else {
+                    return false;
+                };
+                let waited = |since: Option<u32>| since.is_some_and(|h| tip >= h + STUCK_BLOCKS);
+                waited(a.first_accepted_height)
+                    && (a.last_bump_height.is_none() || waited(a.last_bump_height))
+            })
+            .collect()
+    }
+
+    /// Records the intent to bump `name` at `tip` with child `child` (before broadcasting it).
+    pub fn record_bump(&mut self, name: &str, tip: u32, child: Txid) {
+        let attempts = self.attempts_mut(name);
+        attempts.bumps += 1;
+        attempts.last_bump_height = Some(tip);
+        attempts.last_bump_txid = Some(child);
     }
 
     /// True once nothing is left to do: every pre-signed transaction buried or superseded
@@ -347,12 +417,18 @@ impl Watch {
     }
 }
 
-/// Every registered watch, indexed by the txids and outpoints it cares about.
+/// Every registered watch, indexed by the txids and outpoints it cares about, and
+/// scheduled: a watch is re-evaluated only when a chain event or the shell touched it
+/// (`dirty`) or at the next height where a timelock opens or a re-broadcast is due
+/// (`schedule`), so a block costs what it touches, not what is registered.
 #[derive(Debug, Default)]
 pub struct Engine {
     watches: HashMap<WatchId, Watch>,
     by_txid: HashMap<Txid, Vec<WatchId>>,
     by_outpoint: HashMap<OutPoint, Vec<WatchId>>,
+    dirty: BTreeSet<WatchId>,
+    schedule: BTreeMap<u32, BTreeSet<WatchId>>,
+    keys: usize,
 }
 
 impl Engine {
@@ -376,10 +452,17 @@ impl Engine {
         self.watches.iter()
     }
 
+    /// How many watches hold an extracted key.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
     /// Adds a watch loaded from storage (or replaces one).
     pub fn insert(&mut self, watch: Watch) {
         let id = watch.registration.id;
         self.unindex(&id);
+        self.keys += usize::from(watch.key.is_some());
+        self.dirty.insert(id);
         for txid in watch.watched_txids() {
             self.by_txid.entry(txid).or_default().push(id);
         }
@@ -413,6 +496,8 @@ impl Engine {
         let Some(old) = self.watches.get(id) else {
             return;
         };
+        self.keys -= usize::from(old.key.is_some());
+        self.dirty.remove(id);
         for txid in old.watched_txids() {
             remove_from(&mut self.by_txid, &txid, id);
         }
@@ -442,11 +527,14 @@ impl Engine {
         let mut changed = BTreeSet::new();
         for id in self.touched_by(tx, &txid) {
             if let Some(watch) = self.watches.get_mut(&id) {
+                let had_key = watch.key.is_some();
                 if watch.observe(tx, height) {
+                    self.keys += usize::from(!had_key && watch.key.is_some());
                     changed.insert(id);
                 }
             }
         }
+        self.dirty.extend(&changed);
         changed
     }
 
@@ -466,33 +554,76 @@ impl Engine {
         for tx in &block.txdata {
             ids.extend(self.touched_by(tx, &tx.compute_txid()));
         }
-        ids.into_iter()
+        let changed: BTreeSet<WatchId> = ids
+            .into_iter()
             .filter(|id| {
                 self.watches
                     .get_mut(id)
                     .is_some_and(|w| w.disconnect(&txids, height))
             })
-            .collect()
+            .collect();
+        self.dirty.extend(&changed);
+        changed
     }
 
-    /// Every broadcast due at `tip`, across all watches.
-    pub fn due(&self, tip: u32) -> Vec<DueBroadcast> {
-        let mut due = Vec::new();
-        for (id, watch) in &self.watches {
-            for p in watch.due(tip) {
-                due.push(DueBroadcast {
-                    id: *id,
-                    name: p.name.clone(),
-                    tx: p.tx.clone(),
-                });
+    /// Every broadcast due at `tip`, across all watches (scheduled evaluation; see
+    /// [`actions`](Self::actions)).
+    pub fn due(&mut self, tip: u32) -> Vec<DueBroadcast> {
+        self.actions(tip, None).broadcasts
+    }
+
+    /// What is due at `tip` among the watches that were touched or scheduled for it;
+    /// `own_script` (the tower's key) enables CPFP bumps of stuck transactions paying it.
+    pub fn actions(&mut self, tip: u32, own_script: Option<&bitcoin::Script>) -> Actions {
+        let mut ids = std::mem::take(&mut self.dirty);
+        let later = self.schedule.split_off(&(tip + 1));
+        for (_, scheduled) in std::mem::replace(&mut self.schedule, later) {
+            ids.extend(scheduled);
+        }
+        let mut actions = Actions::default();
+        for id in ids {
+            let Some(watch) = self.watches.get(&id) else {
+                continue;
+            };
+            let make = |p: &Presigned| DueBroadcast {
+                id,
+                name: p.name.clone(),
+                tx: p.tx.clone(),
+            };
+            actions
+                .broadcasts
+                .extend(watch.due(tip).into_iter().map(make));
+            if let Some(script) = own_script {
+                actions
+                    .bumps
+                    .extend(watch.stuck(tip, script).into_iter().map(make));
+            }
+            if let Some(next) = watch.next_check(tip) {
+                self.schedule.entry(next).or_default().insert(id);
             }
         }
-        due.sort_by(|a, b| (a.id, &a.name).cmp(&(b.id, &b.name)));
-        due
+        actions
     }
 
+    /// Gives mutable access to a watch's bookkeeping (broadcast and bump records); it is
+    /// re-evaluated at the next [`actions`](Self::actions).
     pub fn watch_mut(&mut self, id: &WatchId) -> Option<&mut Watch> {
+        self.dirty.insert(*id);
         self.watches.get_mut(id)
+    }
+
+    /// Records `tx` for watch `id` only (a look-back after its registration).
+    pub fn observe_for(&mut self, id: &WatchId, tx: &Transaction, height: Option<u32>) -> bool {
+        let Some(watch) = self.watches.get_mut(id) else {
+            return false;
+        };
+        let had_key = watch.key.is_some();
+        let changed = watch.observe(tx, height);
+        self.keys += usize::from(!had_key && watch.key.is_some());
+        if changed {
+            self.dirty.insert(*id);
+        }
+        changed
     }
 }
 

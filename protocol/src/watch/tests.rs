@@ -205,3 +205,38 @@ fn a_refund_spending_tx1_yields_no_key_and_no_panic() {
     assert!(watch.key.is_none());
     assert!(watch.extract_note.is_some());
 }
+
+#[test]
+fn a_transaction_paying_the_tower_is_bumped_after_three_blocks_stuck() {
+    let s = setup();
+    let key = SecretKey::from_slice(&[3; 32]).unwrap();
+    let own = cpfp::own_script(&key);
+    let mut claim = s.tx1_refund.clone();
+    claim.output[0].script_pubkey = own.clone();
+    let mut registration = renter_registration(&s);
+    registration.transactions = vec![Presigned {
+        name: "claim".into(),
+        tx: claim,
+    }];
+    let mut engine = Engine::new();
+    engine.register(registration).unwrap();
+    let t1 = s.p.contract.refund_height;
+    let watch = engine.watch_mut(&[9; 32]).unwrap();
+    watch.record_broadcast("claim", t1, Some("rejected".into()));
+    assert!(watch.stuck(t1 + 5, &own).is_empty(), "never accepted");
+    watch.record_broadcast("claim", t1 + 1, None);
+    assert!(watch.stuck(t1 + 3, &own).is_empty());
+    assert_eq!(watch.stuck(t1 + 4, &own).len(), 1);
+    let other = cpfp::own_script(&SecretKey::from_slice(&[4; 32]).unwrap());
+    assert!(
+        watch.stuck(t1 + 4, &other).is_empty(),
+        "no output the tower can spend"
+    );
+    watch.record_bump("claim", t1 + 4, s.tx2.compute_txid());
+    assert!(watch.stuck(t1 + 5, &own).is_empty());
+    assert_eq!(
+        watch.stuck(t1 + 7, &own).len(),
+        1,
+        "still stuck: bumped again"
+    );
+}
