@@ -35,21 +35,8 @@ pub struct Args {
     #[arg(long)]
     pub network: Option<Network>,
 
-    /// bitcoind's JSON-RPC URL (default: http://127.0.0.1:<network's bitcoind port>)
-    #[arg(long, value_name = "URL")]
-    pub bitcoind_rpc_url: Option<String>,
-
-    /// bitcoind's cookie file (default: $HOME/.bitcoin/<network dir>/.cookie)
-    #[arg(long, value_name = "PATH")]
-    pub bitcoind_cookie: Option<PathBuf>,
-
-    /// bitcoind RPC user name (instead of the cookie)
-    #[arg(long, value_name = "USER")]
-    pub bitcoind_rpc_user: Option<String>,
-
-    /// bitcoind RPC password (instead of the cookie)
-    #[arg(long, value_name = "PASSWORD")]
-    pub bitcoind_rpc_password: Option<String>,
+    #[command(flatten)]
+    pub bitcoind: BitcoindArgs,
 
     /// Port of dstore-plugin's own JSON-RPC server (default 18450 on regtest)
     #[arg(long, value_name = "N")]
@@ -101,6 +88,44 @@ pub struct Args {
     /// $HOME/.dstore-watchtower/<network>/.cookie)
     #[arg(long, value_name = "PATH")]
     pub watchtower_cookie: Option<PathBuf>,
+}
+
+/// How to reach bitcoind: the flags dstore-plugin and dstore-watchtower share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BitcoindArgs {
+    /// bitcoind's JSON-RPC URL (default: http://127.0.0.1:<network's bitcoind port>)
+    #[arg(long, value_name = "URL")]
+    pub bitcoind_rpc_url: Option<String>,
+
+    /// bitcoind's cookie file (default: $HOME/.bitcoin/<network dir>/.cookie)
+    #[arg(long, value_name = "PATH")]
+    pub bitcoind_cookie: Option<PathBuf>,
+
+    /// bitcoind RPC user name (instead of the cookie)
+    #[arg(long, value_name = "USER")]
+    pub bitcoind_rpc_user: Option<String>,
+
+    /// bitcoind RPC password (instead of the cookie)
+    #[arg(long, value_name = "PASSWORD")]
+    pub bitcoind_rpc_password: Option<String>,
+}
+
+impl BitcoindArgs {
+    /// The RPC URL and credentials, with `network`'s defaults for what is not given.
+    pub fn resolve(self, network: Network) -> Result<(String, BitcoindAuth), ConfigError> {
+        let url = self
+            .bitcoind_rpc_url
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port()));
+        let auth = match (self.bitcoind_rpc_user, self.bitcoind_rpc_password) {
+            (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
+            (None, None) => BitcoindAuth::Cookie(match self.bitcoind_cookie {
+                Some(path) => path,
+                None => default_bitcoind_cookie(network)?,
+            }),
+            _ => return Err(ConfigError::HalfUserPass),
+        };
+        Ok((url, auth))
+    }
 }
 
 /// Misbehaviours the functional tests make a real plugin process commit, to show that
@@ -211,17 +236,7 @@ impl Config {
 
     fn resolve(args: Args, datadir: PathBuf) -> Result<Self, ConfigError> {
         let network = args.network.unwrap_or(Network::Regtest);
-        let bitcoind_rpc_url = args
-            .bitcoind_rpc_url
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port()));
-        let bitcoind_auth = match (args.bitcoind_rpc_user, args.bitcoind_rpc_password) {
-            (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
-            (None, None) => BitcoindAuth::Cookie(match args.bitcoind_cookie {
-                Some(path) => path,
-                None => default_bitcoind_cookie(network)?,
-            }),
-            _ => return Err(ConfigError::HalfUserPass),
-        };
+        let (bitcoind_rpc_url, bitcoind_auth) = args.bitcoind.resolve(network)?;
         let network_dir = datadir.join(network.name());
         let farmer = args.farmer.unwrap_or(false).then(|| FarmerSettings {
             peer_bind: args

@@ -14,6 +14,7 @@ pub mod db;
 pub mod farmer;
 pub mod jsonrpc;
 pub mod locks;
+pub mod logging;
 pub mod methods;
 pub mod progress;
 pub mod renter;

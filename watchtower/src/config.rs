@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use dstore_plugin::config::{
-    default_bitcoind_cookie, home, layer, read_conf_flags, BitcoindAuth, ConfigError,
+    home, layer, read_conf_flags, BitcoindArgs, BitcoindAuth, ConfigError,
 };
 use dstore_protocol::network::Network;
 
@@ -28,21 +28,8 @@ pub struct Args {
     #[arg(long)]
     pub network: Option<Network>,
 
-    /// bitcoind's JSON-RPC URL (default: http://127.0.0.1:<network's bitcoind port>)
-    #[arg(long, value_name = "URL")]
-    pub bitcoind_rpc_url: Option<String>,
-
-    /// bitcoind's cookie file (default: $HOME/.bitcoin/<network dir>/.cookie)
-    #[arg(long, value_name = "PATH")]
-    pub bitcoind_cookie: Option<PathBuf>,
-
-    /// bitcoind RPC user name (instead of the cookie)
-    #[arg(long, value_name = "USER")]
-    pub bitcoind_rpc_user: Option<String>,
-
-    /// bitcoind RPC password (instead of the cookie)
-    #[arg(long, value_name = "PASSWORD")]
-    pub bitcoind_rpc_password: Option<String>,
+    #[command(flatten)]
+    pub bitcoind: BitcoindArgs,
 
     /// bitcoind's -zmqpubrawtx endpoint (tcp://host:port)
     #[arg(long, value_name = "URL")]
@@ -107,14 +94,7 @@ impl Config {
 
     fn resolve(args: Args, datadir: PathBuf) -> Result<Config, ConfigError> {
         let network = args.network.unwrap_or(Network::Regtest);
-        let bitcoind_auth = match (args.bitcoind_rpc_user, args.bitcoind_rpc_password) {
-            (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
-            (None, None) => BitcoindAuth::Cookie(match args.bitcoind_cookie {
-                Some(path) => path,
-                None => default_bitcoind_cookie(network)?,
-            }),
-            _ => return Err(ConfigError::HalfUserPass),
-        };
+        let (bitcoind_rpc_url, bitcoind_auth) = args.bitcoind.resolve(network)?;
         let mut zmq_endpoints = Vec::new();
         for endpoint in [args.zmq_rawtx, args.zmq_rawblock, args.zmq_sequence]
             .into_iter()
@@ -126,9 +106,7 @@ impl Config {
         }
         Ok(Config {
             network,
-            bitcoind_rpc_url: args.bitcoind_rpc_url.unwrap_or_else(|| {
-                format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port())
-            }),
+            bitcoind_rpc_url,
             bitcoind_auth,
             zmq_endpoints,
             rpc_bind: args.rpc_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
