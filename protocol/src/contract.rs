@@ -69,7 +69,7 @@ pub enum ContractError {
     Tx1OutputMismatch(u32),
 }
 
-fn miniscript_err(e: impl std::fmt::Display) -> ContractError {
+pub(crate) fn miniscript_err(e: impl std::fmt::Display) -> ContractError {
     ContractError::Miniscript(e.to_string())
 }
 
@@ -157,7 +157,7 @@ pub struct DownloadContract {
     pub price: Amount,
 }
 
-fn bkey(key: &PublicKey) -> bitcoin::PublicKey {
+pub(crate) fn bkey(key: &PublicKey) -> bitcoin::PublicKey {
     bitcoin::PublicKey::new(*key)
 }
 
@@ -169,7 +169,7 @@ fn bkey(key: &PublicKey) -> bitcoin::PublicKey {
 /// multisig-spending transactions (TX2, TX3: nLockTime 0, final sequences) can never
 /// satisfy, so a signature cannot be moved between branches. Every other sanity rule is
 /// kept, and a key repeated inside one multisig (the seed's `multi(3,F,F,R)`) is refused.
-fn sanity_checked(text: &str) -> Result<KeyDescriptor, ContractError> {
+pub(crate) fn sanity_checked(text: &str) -> Result<KeyDescriptor, ContractError> {
     let descriptor = KeyDescriptor::from_str(text).map_err(miniscript_err)?;
     match &descriptor {
         Descriptor::Sh(sh) => match sh.as_inner() {
@@ -203,7 +203,7 @@ fn check_miniscript<Ctx: ScriptContext>(
     Ok(())
 }
 
-fn fixed_sighash_all(sig: ecdsa::Signature) -> bitcoin::ecdsa::Signature {
+pub(crate) fn fixed_sighash_all(sig: ecdsa::Signature) -> bitcoin::ecdsa::Signature {
     bitcoin::ecdsa::Signature {
         signature: sig,
         sighash_type: EcdsaSighashType::All,
@@ -258,7 +258,7 @@ fn one_in_one_out(
     }
 }
 
-fn unsigned_input(previous_output: OutPoint, sequence: Sequence) -> TxIn {
+pub(crate) fn unsigned_input(previous_output: OutPoint, sequence: Sequence) -> TxIn {
     TxIn {
         previous_output,
         script_sig: ScriptBuf::new(),
@@ -267,7 +267,7 @@ fn unsigned_input(previous_output: OutPoint, sequence: Sequence) -> TxIn {
     }
 }
 
-fn require_key(secret: &SecretKey, expected: &PublicKey) -> Result<(), ContractError> {
+pub(crate) fn require_key(secret: &SecretKey, expected: &PublicKey) -> Result<(), ContractError> {
     if secret.public_key(SECP256K1) == *expected {
         Ok(())
     } else {

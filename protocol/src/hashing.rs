@@ -23,6 +23,25 @@ pub fn tagged_hash(tag: &str, parts: &[&[u8]]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// A value uniform in [0, span) drawn from tagged_hash(tag, parts ‖ attempt), rejecting
+/// draws past the largest multiple of `span` so there is no modulo bias. `span` must be
+/// non-zero.
+pub fn uniform_below(tag: &str, parts: &[&[u8]], span: u64) -> u64 {
+    assert!(span > 0, "uniform_below needs a non-empty range");
+    let zone = u64::MAX - (u64::MAX % span);
+    (0u32..)
+        .map(|attempt| {
+            let counter = attempt.to_be_bytes();
+            let mut all = parts.to_vec();
+            all.push(&counter);
+            let h = tagged_hash(tag, &all);
+            u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+        })
+        .find(|v| *v < zone)
+        .expect("rejection sampling terminates")
+        % span
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,11 @@
 //! * [`peer`]: signed, versioned, sequenced peer messages (7).
 //! * [`messages`]: the renter/farmer message catalogue and term checks (1, 3.3, 7).
 //! * [`watch`]: the watchtower's decision core: what a block or transaction touches, due broadcasts (6).
+//! * [`audit`]: the audit contract: candidates, coin toss, TX_A/A_ij/RF, swap, beacon, Merkle audits (5).
 //! * [`zk`]: the Groth16 reused-nonce proof and the farmer's CRS check (3.4, 3.5).
 //! * [`hashing`], [`network`]: shared helpers.
 
+pub mod audit;
 pub mod contract;
 pub mod datapath;
 pub mod extract;

@@ -1,0 +1,304 @@
+//! Unit tests of the audit contract's pure parts: the whole setup in memory, and each refusal.
+
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::{SecretKey, SECP256K1};
+use bitcoin::{Amount, ScriptBuf, Txid};
+use miniscript::policy::Concrete;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use std::str::FromStr;
+
+use super::book::{AuditBook, RefundId};
+use super::candidates::{self, Candidate, Lock};
+use super::coin_toss;
+use super::opening::{self, OpeningError};
+use super::swap::{FarmerSwap, RenterSwap, SwapError};
+use super::transactions::{AuditTerms, AuditTxError, Signer, SigningKeys, Spent};
+
+struct Party {
+    funding: SecretKey,
+    claim: SecretKey,
+}
+
+impl Party {
+    fn keys(&self, with_claim: bool) -> SigningKeys {
+        SigningKeys {
+            funding: self.funding,
+            claim: with_claim.then_some(self.claim),
+        }
+    }
+}
+
+fn party(rng: &mut StdRng) -> Party {
+    Party {
+        funding: SecretKey::new(rng),
+        claim: SecretKey::new(rng),
+    }
+}
+
+fn terms(renter: &Party, farmer: &Party, audits: u32) -> AuditTerms {
+    AuditTerms {
+        contract_id: [7; 32],
+        renter_funding_key: renter.funding.public_key(SECP256K1),
+        farmer_funding_key: farmer.funding.public_key(SECP256K1),
+        renter_claim_key: renter.claim.public_key(SECP256K1),
+        farmer_claim_key: farmer.claim.public_key(SECP256K1),
+        first_audit_height: 200,
+        period: 10,
+        claim_window: 5,
+        audits,
+        amount: Amount::from_sat(50_000),
+        candidate_fee: Amount::from_sat(1_000),
+        refund_fee: Amount::from_sat(2_000),
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn segment(data: &[u8], index: u64) -> Vec<u8> {
+    let start = index as usize * 4096;
+    data[start..(start + 4096).min(data.len())].to_vec()
+}
+
+fn plan(rng: &mut StdRng, data: &[u8], audits: usize, per_audit: usize) -> Vec<Vec<Candidate>> {
+    let count = (data.len() as u64).div_ceil(4096);
+    (0..audits)
+        .map(|_| {
+            candidates::choose_secrets(rng, count, per_audit)
+                .into_iter()
+                .map(|s| candidates::candidate(s, &segment(data, s.segment_index)))
+                .collect()
+        })
+        .collect()
+}
+
+fn locks(plan: &[Vec<Candidate>]) -> Vec<Vec<Lock>> {
+    plan.iter()
+        .map(|a| a.iter().map(|c| c.lock).collect())
+        .collect()
+}
+
+fn toss(plan: &[Vec<Candidate>], rng: &mut StdRng) -> [u8; 32] {
+    let (mut nf, mut nr) = ([0u8; 32], [0u8; 32]);
+    rng.fill_bytes(&mut nf);
+    rng.fill_bytes(&mut nr);
+    let commitment = coin_toss::commit(&nf);
+    coin_toss::check_reveal(&commitment, &nf).unwrap();
+    coin_toss::seed(&[7; 32], &coin_toss::locks_digest(&locks(plan)), &nf, &nr)
+}
+
+struct Setup {
+    renter: Party,
+    farmer: Party,
+    book: AuditBook,
+}
+
+fn setup(audits: u32) -> Setup {
+    let mut rng = StdRng::seed_from_u64(audits as u64);
+    let (renter, farmer) = (party(&mut rng), party(&mut rng));
+    let file = data(10 * 4096 + 5);
+    let plan = plan(&mut rng, &file, audits as usize, 4);
+    let seed = toss(&plan, &mut rng);
+    let openings = opening::openings(&plan, &seed);
+    opening::check_openings(&locks(&plan), &seed, &openings, 11, |i| segment(&file, i)).unwrap();
+    let book = AuditBook {
+        terms: terms(&renter, &farmer, audits),
+        funding_txid: Txid::from_byte_array([3; 32]),
+        renter_destination: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([9; 20])),
+        kept_locks: opening::kept_locks(&locks(&plan), &seed),
+    };
+    book.check().unwrap();
+    Setup {
+        renter,
+        farmer,
+        book,
+    }
+}
+
+#[test]
+fn the_candidate_script_is_what_miniscript_compiles_from_the_policy() {
+    let s = setup(1);
+    let t = s.book.terms;
+    let lock = s.book.lock(0, 0).unwrap();
+    let h = bitcoin::hashes::hash160::Hash::from_byte_array(lock);
+    let policy = format!(
+        "or(and(pk({}),hash160({h})),and(pk({}),older({})))",
+        bitcoin::PublicKey::new(t.farmer_claim_key),
+        bitcoin::PublicKey::new(t.renter_claim_key),
+        t.claim_window
+    );
+    let compiled = Concrete::<bitcoin::PublicKey>::from_str(&policy)
+        .unwrap()
+        .compile::<miniscript::Segwitv0>()
+        .unwrap();
+    let ours = t.candidate_descriptor(&lock).unwrap();
+    assert_eq!(
+        ours.to_string().split('#').next().unwrap(),
+        format!("wsh({compiled})")
+    );
+}
+
+#[test]
+fn terms_are_checked() {
+    let s = setup(2);
+    let mut t = s.book.terms;
+    t.claim_window = 10;
+    assert!(matches!(t.check(), Err(AuditTxError::BadTerms(_))));
+    let mut t = s.book.terms;
+    t.audits = 0;
+    assert!(t.check().is_err());
+    let mut t = s.book.terms;
+    t.candidate_fee = t.amount;
+    assert!(t.check().is_err());
+    let mut t = s.book.terms;
+    t.first_audit_height = 499_999_990;
+    assert!(t.check().is_err());
+}
+
+#[test]
+fn refund_shapes_spend_the_right_outputs() {
+    let s = setup(3);
+    let rf1 = s.book.refund(RefundId::Unraced(1)).unwrap();
+    assert_eq!(rf1.spends, vec![Spent::Funding(1), Spent::Funding(2)]);
+    assert_eq!(rf1.tx.lock_time.to_consensus_u32(), 215);
+    assert_eq!(rf1.tx.output[0].value, Amount::from_sat(98_000));
+    let rf01 = s.book.refund(RefundId::AfterCandidate(0, 1)).unwrap();
+    let candidate = s.book.candidate(0, 1).unwrap();
+    assert_eq!(
+        rf01.tx.input[0].previous_output.txid,
+        candidate.tx.compute_txid()
+    );
+    assert_eq!(rf01.tx.input[0].sequence.0, 5);
+    assert_eq!(rf01.tx.input.len(), 3);
+    assert_eq!(candidate.tx.lock_time.to_consensus_u32(), 200);
+}
+
+#[test]
+fn the_renter_verifies_every_refund_signature() {
+    let s = setup(2);
+    let mut sigs = s
+        .book
+        .farmer_refund_signatures(&s.farmer.keys(false))
+        .unwrap();
+    s.book.verify_farmer_refund_signatures(&sigs).unwrap();
+    sigs.swap(0, 1);
+    assert!(s.book.verify_farmer_refund_signatures(&sigs).is_err());
+    sigs.pop();
+    assert!(matches!(
+        s.book.verify_farmer_refund_signatures(&sigs),
+        Err(AuditTxError::SignatureCount { .. })
+    ));
+}
+
+#[test]
+fn the_swap_runs_one_candidate_at_a_time_farmer_first() {
+    let s = setup(2);
+    let (mut renter, mut farmer) = (RenterSwap::new(), FarmerSwap::new());
+    let rkeys = s.renter.keys(true);
+    let fkeys = s.farmer.keys(false);
+    assert_eq!(
+        farmer.receive(&s.book, 0, dummy_sig()),
+        Err(SwapError::Waiting(0))
+    );
+    while !farmer.complete(&s.book) {
+        let (step, fsig) = farmer.next(&s.book, &fkeys).unwrap();
+        assert_eq!(farmer.next(&s.book, &fkeys).unwrap(), (step, fsig));
+        let before = renter.clone();
+        assert!(matches!(
+            renter.receive(&s.book, &rkeys, step + 1, fsig),
+            Err(SwapError::OutOfOrder { .. })
+        ));
+        assert!(renter.receive(&s.book, &rkeys, step, dummy_sig()).is_err());
+        assert_eq!(renter, before);
+        let rsig = renter.receive(&s.book, &rkeys, step, fsig).unwrap();
+        assert!(farmer.receive(&s.book, step, fsig).is_err());
+        farmer.receive(&s.book, step, rsig).unwrap();
+    }
+    assert_eq!(renter.expecting(&s.book), None);
+    assert_eq!(farmer.next(&s.book, &fkeys), Err(SwapError::Complete));
+    assert_eq!(renter.signed_candidates(&s.book).len(), 4);
+    assert_eq!(farmer.signed_candidates(&s.book).len(), 4);
+}
+
+fn dummy_sig() -> bitcoin::secp256k1::ecdsa::Signature {
+    let key = SecretKey::from_slice(&[1; 32]).unwrap();
+    SECP256K1.sign_ecdsa(&bitcoin::secp256k1::Message::from_digest([0; 32]), &key)
+}
+
+#[test]
+fn a_renter_planting_bad_locks_is_caught_by_the_opening() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let file = data(8 * 4096);
+    let mut caught = 0;
+    for _ in 0..40 {
+        let mut plan = plan(&mut rng, &file, 1, 16);
+        // Half of the locks are for segments the file does not contain.
+        for c in plan[0].iter_mut().take(8) {
+            *c = candidates::candidate(c.secret, &[0xEE; 4096]);
+        }
+        let seed = toss(&plan, &mut rng);
+        let openings = opening::openings(&plan, &seed);
+        let verdict =
+            opening::check_openings(&locks(&plan), &seed, &openings, 8, |i| segment(&file, i));
+        if matches!(verdict, Err(OpeningError::Candidate { .. })) {
+            caught += 1;
+        }
+    }
+    // Escaping needs all 8 bad locks in the unopened half: 1/C(16,8) = 1/12870.
+    assert_eq!(caught, 40);
+}
+
+#[test]
+fn openings_must_be_the_tossed_positions() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let file = data(4 * 4096);
+    let plan = plan(&mut rng, &file, 2, 4);
+    let seed = toss(&plan, &mut rng);
+    let mut openings = opening::openings(&plan, &seed);
+    openings[0].position = (openings[0].position + 1) % 4;
+    let verdict =
+        opening::check_openings(&locks(&plan), &seed, &openings, 4, |i| segment(&file, i));
+    assert_eq!(verdict, Err(OpeningError::WrongPositions));
+    let odd = vec![vec![[0u8; 20]; 3]];
+    assert_eq!(
+        opening::check_shape(&odd),
+        Err(OpeningError::BadCandidateCount(0))
+    );
+}
+
+#[test]
+fn claims_and_reclaims_need_the_right_keys() {
+    let s = setup(1);
+    let lock = s.book.lock(0, 0).unwrap();
+    let txid = s.book.candidate(0, 0).unwrap().tx.compute_txid();
+    let dest = s.book.renter_destination.clone();
+    let fee = Amount::from_sat(500);
+    assert!(s
+        .book
+        .terms
+        .claim(txid, &lock, &[0; 32], &s.renter.claim, &dest, fee)
+        .is_err());
+    // A wrong preimage leaves the hash path unsatisfiable.
+    assert!(s
+        .book
+        .terms
+        .claim(txid, &lock, &[0; 32], &s.farmer.claim, &dest, fee)
+        .is_err());
+    let reclaim = s
+        .book
+        .terms
+        .reclaim(txid, &lock, &s.renter.claim, &dest, fee)
+        .unwrap();
+    assert_eq!(reclaim.input[0].sequence.0, 5);
+    assert!(s
+        .book
+        .terms
+        .sign(
+            &s.book.candidate(0, 0).unwrap(),
+            Signer::Farmer,
+            &s.renter.keys(false)
+        )
+        .is_err());
+}
