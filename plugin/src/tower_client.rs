@@ -558,6 +558,7 @@ mod tests {
             transactions: vec![],
             watch_txids: vec![Txid::from_byte_array([1; 32])],
             rescan_from_height: Some(5),
+            auditor: None,
         };
         assert_eq!(client.register(&registration).await.unwrap(), "registered");
         // The tower restarted with a new cookie.

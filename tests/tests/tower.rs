@@ -89,6 +89,7 @@ impl Contract {
             ],
             watch_txids: vec![self.tx2.compute_txid()],
             rescan_from_height: None,
+            auditor: None,
         })
         .unwrap()
     }
@@ -102,6 +103,7 @@ impl Contract {
             transactions: vec![presigned("tx2", &self.tx2), presigned("tx3", &self.tx3)],
             watch_txids: vec![],
             rescan_from_height,
+            auditor: None,
         })
         .unwrap()
     }
@@ -112,10 +114,7 @@ impl Contract {
 }
 
 fn presigned(name: &str, tx: &Transaction) -> Presigned {
-    Presigned {
-        name: name.into(),
-        tx: tx.clone(),
-    }
+    Presigned::new(name, tx.clone())
 }
 
 fn setup(seed: u64, coins: u32) -> (StdRng, BitcoinNode, Funder) {
@@ -658,6 +657,7 @@ fn tower_bumps_a_stuck_transaction_by_cpfp() {
         transactions: vec![presigned("claim", &claim)],
         watch_txids: vec![],
         rescan_from_height: None,
+        auditor: None,
     })
     .unwrap();
     tower.call_ok("tower-register", json!([registration]));

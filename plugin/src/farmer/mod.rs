@@ -792,19 +792,14 @@ impl Farmer {
             role: WatchRole::Farmer,
             extract: None,
             transactions: vec![
-                Presigned {
-                    name: "tx2".into(),
-                    tx: template.tx.clone(),
-                },
-                Presigned {
-                    name: "tx3".into(),
-                    tx: tx3.clone(),
-                },
+                Presigned::new("tx2", template.tx.clone()),
+                Presigned::new("tx3", tx3.clone()),
             ],
             watch_txids: Vec::new(),
             // The tip when the download was offered: the same on every retry, and early
             // enough that the tower sees a TX2 or TX3 already mined.
             rescan_from_height: Some(download.refund_height.saturating_sub(REFUND_MARGIN)),
+            auditor: None,
         };
         let id = hex::encode(download.download_id);
         match tower.register(&registration).await {

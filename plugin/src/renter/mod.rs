@@ -1499,15 +1499,9 @@ fn tower_registration(
     else {
         return Ok(None);
     };
-    let mut transactions = vec![Presigned {
-        name: TX1_REFUND_NAME.into(),
-        tx: t.tx1_refund.clone(),
-    }];
+    let mut transactions = vec![Presigned::new(TX1_REFUND_NAME, t.tx1_refund.clone())];
     if let Some(tx) = &t.tx2_refund {
-        transactions.push(Presigned {
-            name: TX2_REFUND_NAME.into(),
-            tx: tx.clone(),
-        });
+        transactions.push(Presigned::new(TX2_REFUND_NAME, tx.clone()));
     }
     Ok(Some(Registration {
         id: d.download_id,
@@ -1521,6 +1515,7 @@ fn tower_registration(
         transactions,
         watch_txids: d.tx2_txid.into_iter().collect(),
         rescan_from_height: Some(d.start_height),
+        auditor: None,
     }))
 }
 

@@ -40,6 +40,38 @@ pub struct Presigned {
     pub name: String,
     #[serde(with = "tx_hex")]
     pub tx: Transaction,
+    /// Alternatives: of the transactions sharing a group (an audit's candidates, which all
+    /// spend the same output) the tower broadcasts only one, the beacon's choice
+    /// (PROTOCOL.md 5), in the group's registration order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+}
+
+impl Presigned {
+    /// A transaction broadcast on its own (no group).
+    pub fn new(name: impl Into<String>, tx: Transaction) -> Self {
+        Presigned {
+            name: name.into(),
+            tx,
+            group: None,
+        }
+    }
+}
+
+/// What an auditor needs to run a contract's audits (PROTOCOL.md 5): the audit book, the
+/// secret (index, salt) of every kept candidate, and where and what to challenge.
+/// Only the auditor's tower gets one; it holds the secrets encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditorSpec {
+    pub book: crate::audit::book::AuditBook,
+    /// Per audit, the secrets of its kept candidates, in the book's kept-lock order.
+    pub secrets: Vec<Vec<crate::audit::candidates::CandidateSecret>>,
+    /// The farmer's peer endpoint base URL (e.g. `http://127.0.0.1:9735`).
+    pub farmer_url: String,
+    /// root_C and length of the stored ciphertext, for off-chain Merkle audits.
+    #[serde(with = "hex::serde")]
+    pub root_c: [u8; 32],
+    pub length: u64,
 }
 
 /// One contract as registered.
@@ -57,6 +89,9 @@ pub struct Registration {
     /// Where the tower looks back for events that happened before the registration.
     #[serde(default)]
     pub rescan_from_height: Option<u32>,
+    /// Present when this tower is the contract's auditor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auditor: Option<AuditorSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,13 +261,11 @@ mod tests {
             extract: None,
             transactions: names
                 .iter()
-                .map(|(n, l)| Presigned {
-                    name: n.to_string(),
-                    tx: tx(*l),
-                })
+                .map(|(n, l)| Presigned::new(*n, tx(*l)))
                 .collect(),
             watch_txids: vec![],
             rescan_from_height: None,
+            auditor: None,
         }
     }
 

@@ -61,17 +61,12 @@ fn renter_registration(s: &Setup) -> Registration {
             tx1_script_pubkey: c.tx1_script_pubkey().unwrap(),
         }),
         transactions: vec![
-            Presigned {
-                name: "tx1-refund".into(),
-                tx: s.tx1_refund.clone(),
-            },
-            Presigned {
-                name: "tx2-refund".into(),
-                tx: s.tx2_refund.clone(),
-            },
+            Presigned::new("tx1-refund", s.tx1_refund.clone()),
+            Presigned::new("tx2-refund", s.tx2_refund.clone()),
         ],
         watch_txids: vec![s.tx2.compute_txid()],
         rescan_from_height: None,
+        auditor: None,
     }
 }
 
@@ -214,10 +209,7 @@ fn a_transaction_paying_the_tower_is_bumped_after_three_blocks_stuck() {
     let mut claim = s.tx1_refund.clone();
     claim.output[0].script_pubkey = own.clone();
     let mut registration = renter_registration(&s);
-    registration.transactions = vec![Presigned {
-        name: "claim".into(),
-        tx: claim,
-    }];
+    registration.transactions = vec![Presigned::new("claim", claim)];
     let mut engine = Engine::new();
     engine.register(registration).unwrap();
     let t1 = s.p.contract.refund_height;

@@ -257,12 +257,10 @@ fn renter_registration(kept: &Kept) -> anyhow::Result<Registration> {
         id: kept.contract.contract_id,
         role: WatchRole::Renter,
         extract: Some(extract_spec(&kept.contract, kept.outpoint)?),
-        transactions: vec![Presigned {
-            name: "tx1-refund".into(),
-            tx: refund,
-        }],
+        transactions: vec![Presigned::new("tx1-refund", refund)],
         watch_txids: vec![],
         rescan_from_height: None,
+        auditor: None,
     })
 }
 
@@ -637,6 +635,7 @@ fn latency_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
             transactions: vec![],
             watch_txids: vec![],
             rescan_from_height: None,
+            auditor: None,
         };
         tower
             .call(
