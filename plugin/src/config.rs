@@ -88,6 +88,15 @@ pub struct Args {
     /// $HOME/.dstore-watchtower/<network>/.cookie)
     #[arg(long, value_name = "PATH")]
     pub watchtower_cookie: Option<PathBuf>,
+
+    /// A third-party auditor (a dstore-watchtower) that holds the audit salts instead of
+    /// the renter's own watchtower (http://[user:password@]host:port)
+    #[arg(long, value_name = "URL")]
+    pub auditor_url: Option<String>,
+
+    /// The auditor's cookie file (default $HOME/.dstore-watchtower/<network>/.cookie)
+    #[arg(long, value_name = "PATH")]
+    pub auditor_cookie: Option<PathBuf>,
 }
 
 /// How to reach bitcoind: the flags dstore-plugin and dstore-watchtower share.
@@ -146,6 +155,12 @@ pub enum DevFault {
     SealWrongData,
     /// Renter: sends a subverted CRS (δ = identity).
     SubvertCrs,
+    /// Farmer: stops answering the audit swap after half the candidates.
+    AuditSwapStopHalf,
+    /// Renter: stops the audit swap after half the candidates.
+    AuditRenterStopHalf,
+    /// Renter: half of each audit's candidate locks hash data that is not in the file.
+    AuditBadLocks,
 }
 
 /// The farmer role's settings (present only with `--farmer`).
@@ -187,6 +202,8 @@ pub struct Config {
     pub dev_fault: Option<DevFault>,
     /// The watchtower every download is registered with (`--watchtower-url`).
     pub watchtower: Option<TowerSettings>,
+    /// The third-party auditor of audit contracts (`--auditor-url`).
+    pub auditor: Option<TowerSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,27 +267,13 @@ impl Config {
             price_per_download_sat: args.price_per_download_sat.unwrap_or(DEFAULT_PRICE_SAT),
             max_file_bytes: args.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
         });
-        let watchtower = match (args.watchtower_url, args.watchtower_cookie) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(ConfigError::Watchtower(
-                    "--watchtower-cookie needs --watchtower-url".into(),
-                ))
-            }
-            (Some(url), cookie) => Some(
-                TowerSettings::resolve(&url, cookie, || {
-                    home().ok().map(|h| {
-                        h.join(".dstore-watchtower")
-                            .join(network.name())
-                            .join(".cookie")
-                    })
-                })
-                .map_err(ConfigError::Watchtower)?,
-            ),
-        };
+        let watchtower = tower_settings(args.watchtower_url, args.watchtower_cookie, network)?;
+        let auditor = tower_settings(args.auditor_url, args.auditor_cookie, network)
+            .map_err(|e| ConfigError::Watchtower(format!("auditor: {e}")))?;
         Ok(Config {
             farmer,
             watchtower,
+            auditor,
             dev_fault: args.dev_fault,
             crs_cache_dir: args
                 .crs_cache_dir
@@ -289,6 +292,29 @@ impl Config {
     /// `<datadir>/<network>`: the cookie, the seed and the wallet live here.
     pub fn network_dir(&self) -> PathBuf {
         self.datadir.join(self.network.name())
+    }
+}
+
+/// Resolves a tower's URL and cookie flags (`--watchtower-*` or `--auditor-*`).
+fn tower_settings(
+    url: Option<String>,
+    cookie: Option<PathBuf>,
+    network: Network,
+) -> Result<Option<TowerSettings>, ConfigError> {
+    match (url, cookie) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ConfigError::Watchtower(
+            "a tower cookie needs the tower's URL".into(),
+        )),
+        (Some(url), cookie) => TowerSettings::resolve(&url, cookie, || {
+            home().ok().map(|h| {
+                h.join(".dstore-watchtower")
+                    .join(network.name())
+                    .join(".cookie")
+            })
+        })
+        .map(Some)
+        .map_err(ConfigError::Watchtower),
     }
 }
 

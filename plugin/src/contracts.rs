@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::farmer::records::FarmedContract;
 use crate::jsonrpc::{code, RpcError};
 use crate::methods::Params;
-use crate::renter::records::{RentedContract, StoragePhase, TowerRecord};
+use crate::renter::records::{AuditRequest, RentedContract, StoragePhase, TowerRecord};
 use crate::renter::{verify_fraud_file, RenterError, TX1_REFUND_NAME, TX2_REFUND_NAME};
 use crate::wire::PeerCallError;
 
@@ -52,13 +52,47 @@ pub(crate) async fn open(app: &Arc<App>, args: &Params<'_>) -> Result<Value, Rpc
             )
         })?)),
     };
+    let audits = audit_request(args)?;
     let id = app
         .renter
-        .open(&url, &file, price)
+        .open(&url, &file, price, audits)
         .await
         .map_err(renter_error)?;
     Ok(json!(hex::encode(id)))
 }
+
+/// `[audits N] [audit_period_blocks P] [audit_amount_sat A]`: no audits unless N > 0.
+fn audit_request(args: &Params<'_>) -> Result<Option<AuditRequest>, RpcError> {
+    let whole = |i: usize, name: &str, default: u64| -> Result<u64, RpcError> {
+        match args.decimal_text(i)? {
+            None => Ok(default),
+            Some(text) => text.parse::<u64>().map_err(|_| {
+                RpcError::new(
+                    code::TYPE_ERROR,
+                    format!("{name} must be a whole number, not '{text}'"),
+                )
+            }),
+        }
+    };
+    let audits = whole(3, "audits", 0)?;
+    if audits == 0 {
+        return Ok(None);
+    }
+    let period = whole(4, "audit_period_blocks", DEFAULT_AUDIT_PERIOD)?;
+    let amount = whole(5, "audit_amount_sat", DEFAULT_AUDIT_AMOUNT_SAT)?;
+    let too_big =
+        |name: &str| RpcError::new(code::INVALID_PARAMETER, format!("{name} is too large"));
+    Ok(Some(AuditRequest {
+        audits: u32::try_from(audits).map_err(|_| too_big("audits"))?,
+        period: u32::try_from(period).map_err(|_| too_big("audit_period_blocks"))?,
+        amount: Amount::from_sat(amount),
+    }))
+}
+
+/// A day of blocks between audits unless `dstore-open` says otherwise.
+const DEFAULT_AUDIT_PERIOD: u64 = 144;
+/// Paid per passed audit unless `dstore-open` says otherwise.
+const DEFAULT_AUDIT_AMOUNT_SAT: u64 = 10_000;
 
 pub(crate) async fn download(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
     let id = contract_id(args, 0)?;
@@ -82,10 +116,14 @@ pub(crate) async fn verify_fraud(args: &Params<'_>) -> Result<Value, RpcError> {
         .map_err(renter_error)
 }
 
-pub(crate) fn status(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+pub(crate) async fn status(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
     let id = contract_id(args, 0)?;
     if let Some(record) = app.renter.load(&id).map_err(renter_error)? {
-        return Ok(rented_json(app, &record, true));
+        let mut value = rented_json(app, &record, true);
+        if let Some(audits) = app.renter.audit_status(&record).await {
+            value["audits"] = audits;
+        }
+        return Ok(value);
     }
     if let Some(farmer) = &app.farmer {
         if let Some(record) = farmer
@@ -224,6 +262,15 @@ fn farmed_json(app: &App, record: &FarmedContract, detail: bool) -> Value {
                 (Some(_), Some(d)) => json!({"registered": d.tower_registered}),
                 _ => Value::Null,
             },
+            "audits": record.audit.as_ref().map(|a| json!({
+                "phase": a.phase,
+                "audits": a.book.as_ref().map(|b| b.terms.audits),
+                "heights": a.book.as_ref().map(|b| (0..b.terms.audits).map(|i| b.terms.audit_height(i)).collect::<Vec<_>>()),
+                "funding_txid": a.book.as_ref().map(|b| b.funding_txid),
+                "swapped": a.swap.done.len(),
+                "claims": a.claims.iter().map(crate::farmer::audit::claim_summary).collect::<Vec<_>>(),
+                "watchtower_registered": a.tower_registered,
+            })),
         });
         merge(&mut value, extra);
     }

@@ -93,7 +93,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             config.crs_cache_dir.clone(),
             config.dev_fault,
         )?
-        .with_watchtower(tower.clone()),
+        .with_watchtower(tower.clone())
+        .with_auditor(
+            config
+                .auditor
+                .clone()
+                .map(|settings| Arc::new(TowerClient::new(settings))),
+        ),
     );
     let farmer = match &config.farmer {
         None => None,

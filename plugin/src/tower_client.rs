@@ -291,6 +291,19 @@ impl TowerClient {
         }
     }
 
+    /// The tower's status of watch `id` as it sent it (for sections the plugin shows as
+    /// is, like `audits`); `None` when it has no such watch.
+    pub async fn status_raw(&self, id: &[u8; 32]) -> Result<Option<Value>, TowerError> {
+        match self
+            .call("tower-status", json!([hex::encode(id)]), STATUS_TIMEOUT)
+            .await
+        {
+            Ok(value) => Ok(Some(value)),
+            Err(TowerError::Refused { code, .. }) if code == UNKNOWN_WATCH => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn call(
         &self,
         method: &str,

@@ -255,7 +255,12 @@ impl PluginWallet {
             None => self.estimate_fee_rate()?,
         };
         let master = inner.master;
-        let (tx, prevouts) = build_and_sign(&mut inner.wallet, &master, &output, fee_rate)?;
+        let (tx, prevouts) = build_and_sign(
+            &mut inner.wallet,
+            &master,
+            std::slice::from_ref(&output),
+            fee_rate,
+        )?;
         persist(&mut inner)?;
         let vout = tx
             .output
@@ -265,6 +270,34 @@ impl PluginWallet {
         Ok(Funded {
             tx,
             vout: vout as u32,
+            prevouts,
+        })
+    }
+
+    /// Builds and signs (without broadcasting) a transaction whose first outputs are
+    /// exactly `outputs`, in order (the change comes after them): TX_A of an audit contract.
+    pub fn fund_outputs(
+        &self,
+        outputs: &[bdk_wallet::bitcoin::TxOut],
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Funded, WalletError> {
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)?;
+        let fee_rate = match fee_rate {
+            Some(rate) => rate,
+            None => self.estimate_fee_rate()?,
+        };
+        let master = inner.master;
+        let (tx, prevouts) = build_and_sign(&mut inner.wallet, &master, outputs, fee_rate)?;
+        persist(&mut inner)?;
+        if tx.output.get(..outputs.len()) != Some(outputs) {
+            return Err(WalletError::Build(
+                "the outputs are not in the requested order".into(),
+            ));
+        }
+        Ok(Funded {
+            tx,
+            vout: 0,
             prevouts,
         })
     }
@@ -316,13 +349,18 @@ impl PluginWallet {
 fn build_and_sign(
     wallet: &mut Wallet,
     master: &Xpriv,
-    output: &bdk_wallet::bitcoin::TxOut,
+    outputs: &[bdk_wallet::bitcoin::TxOut],
     fee_rate: FeeRate,
 ) -> Result<(Transaction, Vec<bdk_wallet::bitcoin::TxOut>), WalletError> {
     let mut builder = wallet.build_tx();
-    builder
-        .add_recipient(output.script_pubkey.clone(), output.value)
-        .fee_rate(fee_rate);
+    for output in outputs {
+        builder.add_recipient(output.script_pubkey.clone(), output.value);
+    }
+    builder.fee_rate(fee_rate);
+    if outputs.len() > 1 {
+        // Several outputs are a contract's (TX_A): their order is part of the contract.
+        builder.ordering(bdk_wallet::TxOrdering::Untouched);
+    }
     let mut psbt = builder.finish().map_err(|e| match e {
         bdk_wallet::error::CreateTxError::CoinSelection(e) => {
             WalletError::InsufficientFunds(e.to_string())

@@ -24,8 +24,9 @@ use crate::hashing::tagged_hash;
 /// The peer protocol version this library speaks.
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
 
-/// Largest envelope accepted (bulk data travels as streams, never in envelopes).
-pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+/// Largest envelope accepted (bulk data travels as streams, never in envelopes). The
+/// largest message is the farmer's refund signatures of a 52-audit contract (~2 MB).
+pub const MAX_ENVELOPE_BYTES: usize = 4 << 20;
 
 /// Why a peer message was refused. Each maps to one clear error for the sender.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

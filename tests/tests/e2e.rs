@@ -357,7 +357,8 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
         body["message"].as_str().unwrap().contains("malformed"),
         "{body}"
     );
-    let (code, _) = post(&m, "open_request", vec![b' '; 100_000]);
+    let oversized = dstore_protocol::peer::MAX_ENVELOPE_BYTES + 1;
+    let (code, _) = post(&m, "open_request", vec![b' '; oversized]);
     assert_eq!(code, 413);
     let (code, body) = post(&m, "no_such_kind", open(10, 0));
     assert_eq!(code, 404, "{body}");

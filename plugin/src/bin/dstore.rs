@@ -2,7 +2,7 @@
 //! the same JSON-RPC methods bitcoin-cli would, and shows progress bars while `open` and
 //! `download` run.
 //!
-//! `dstore open <farmer_peer_url> <file> [price_sat]`, `dstore download <id> <out>`,
+//! `dstore open <farmer_peer_url> <file> [price_sat] [audits] [audit_period_blocks] [audit_amount_sat]`, `dstore download <id> <out>`,
 //! `dstore status <id>`, `dstore list`, `dstore refund <id>`, `dstore verify-fraud <file>`,
 //! or any other method name with its arguments (`dstore getinfo`, `dstore getblockcount`).
 

@@ -8,6 +8,7 @@
 //! reply. A rejected message changes nothing. An exact repeat of the last message gets the
 //! stored reply again, so a renter whose connection broke can simply retry.
 
+pub mod audit;
 pub mod records;
 pub mod server;
 
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
 use bitcoin::{Amount, OutPoint, Transaction};
+use dstore_protocol::audit::messages::{AuditOpenings, AuditProposal, AuditSwap, AuditToss};
 use dstore_protocol::hashing::sha256;
 use dstore_protocol::keys::{commit_key, derive_key, identity_keypair, verify_reveal, Role};
 use dstore_protocol::messages::{
@@ -279,6 +281,10 @@ impl Farmer {
             Tx2RenterSig::KIND => step!(Tx2RenterSig, on_tx2_renter_sig),
             CrsOffer::KIND => step!(CrsOffer, on_crs_offer),
             Tx3RenterSig::KIND => step!(Tx3RenterSig, on_tx3_renter_sig),
+            AuditProposal::KIND => step!(AuditProposal, on_audit_proposal),
+            AuditToss::KIND => step!(AuditToss, on_audit_toss),
+            AuditOpenings::KIND => step!(AuditOpenings, on_audit_openings),
+            AuditSwap::KIND => step!(AuditSwap, on_audit_swap),
             other => Err(FarmerError::Invalid(format!(
                 "unknown message kind {}",
                 other.chars().take(40).collect::<String>()
@@ -817,6 +823,7 @@ impl Farmer {
     /// records their payouts; hands the watchtower the claims it does not hold yet.
     pub async fn resume(&self) -> Result<(), FarmerError> {
         for mut record in self.list()? {
+            self.resume_audits(&mut record).await;
             let Some(download) = &record.download else {
                 continue;
             };

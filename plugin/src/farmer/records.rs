@@ -38,6 +38,9 @@ pub struct FarmedContract {
     /// Hash of the last message handled and its reply, to answer an exact retry.
     pub last_request: Option<[u8; 32]>,
     pub last_reply: Option<Vec<u8>>,
+    /// The audit contract, once the renter proposed one.
+    #[serde(default)]
+    pub audit: Option<FarmedAudit>,
 }
 
 impl FarmedContract {
@@ -64,6 +67,7 @@ impl FarmedContract {
             payouts: Vec::new(),
             last_request: None,
             last_reply: None,
+            audit: None,
         }
     }
 }
@@ -209,4 +213,58 @@ pub struct Payout {
     pub tx3: Txid,
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub amount: Amount,
+}
+
+/// Where the farmer's half of the audit setup stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FarmedAuditPhase {
+    /// Keys and toss commitment sent; waiting for the renter's nonce.
+    Accepted,
+    /// Toss decided; waiting for the openings and TX_A.
+    Tossed,
+    /// Refunds signed; swapping candidate signatures.
+    Swapping,
+    /// Every candidate signed by both.
+    Complete,
+}
+
+impl FarmedAuditPhase {
+    /// The renter message this phase waits for, for error messages.
+    pub fn expected_message(self) -> &'static str {
+        match self {
+            FarmedAuditPhase::Accepted => "expected the renter's toss nonce",
+            FarmedAuditPhase::Tossed => "expected the audit openings",
+            FarmedAuditPhase::Swapping => "expected a swap step",
+            FarmedAuditPhase::Complete => "the audit setup is complete",
+        }
+    }
+}
+
+/// The farmer's half of a contract's audits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FarmedAudit {
+    /// Fa and Fc derive from the seed (role Audit) at these indices.
+    pub funding_key_index: u32,
+    pub claim_key_index: u32,
+    pub proposal: dstore_protocol::audit::messages::AuditProposal,
+    /// Committed before the renter's nonce was known; revealed after.
+    #[serde(with = "hex::serde")]
+    pub farmer_nonce: [u8; 32],
+    pub seed: Option<[u8; 32]>,
+    pub book: Option<dstore_protocol::audit::book::AuditBook>,
+    pub swap: dstore_protocol::audit::swap::FarmerSwap,
+    pub phase: FarmedAuditPhase,
+    pub claims: Vec<AuditClaim>,
+    /// The farmer's tower holds the candidates (only with `--watchtower-url`).
+    pub tower_registered: bool,
+}
+
+/// A claim of a confirmed candidate, stored before it was broadcast.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditClaim {
+    pub audit: u32,
+    pub candidate: u32,
+    pub candidate_txid: Txid,
+    pub claim: Transaction,
 }

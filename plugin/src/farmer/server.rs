@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use super::{Farmer, FarmerError};
 use crate::wire::{self, ErrorBody, UploadStatus, AUTH_HEADER};
+use dstore_protocol::audit::wire::{MerkleRequest, RevealRequest};
 use dstore_protocol::peer::MAX_ENVELOPE_BYTES;
 
 /// Upload bytes are flushed to disk and recorded in batches of this size.
@@ -75,6 +76,18 @@ async fn route(farmer: &Farmer, req: Request<Incoming>) -> Reply {
             Ok(id) => sealed(farmer, id, &req).await,
             Err(e) => Err(e),
         },
+        (Method::POST, ["dstore", "v1", "audit", "reveal"]) => {
+            match read_json::<RevealRequest>(req).await {
+                Ok(request) => farmer.audit_reveal(request).await.map(|r| json(&r)),
+                Err(e) => Err(e),
+            }
+        }
+        (Method::POST, ["dstore", "v1", "audit", "merkle"]) => {
+            match read_json::<MerkleRequest>(req).await {
+                Ok(request) => farmer.merkle_answer(request).await.map(|r| json(&r)),
+                Err(e) => Err(e),
+            }
+        }
         (Method::PUT, ["dstore", "v1", "crs", id]) => match parse_id(id) {
             Ok(id) => crs(farmer, id, req).await,
             Err(e) => Err(e),
@@ -82,6 +95,24 @@ async fn route(farmer: &Farmer, req: Request<Incoming>) -> Reply {
         _ => Err(FarmerError::Invalid(format!("no such endpoint: {path}"))),
     };
     outcome.unwrap_or_else(|e| error(&e))
+}
+
+/// A small JSON request body (an auditor's release or challenge), size-limited.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, FarmerError> {
+    const MAX_AUDIT_REQUEST_BYTES: usize = 4096;
+    let bytes = Limited::new(req.into_body(), MAX_AUDIT_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            FarmerError::Peer(dstore_protocol::peer::PeerError::Oversized(
+                MAX_AUDIT_REQUEST_BYTES + 1,
+            ))
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FarmerError::Invalid(format!("malformed request: {e}")))
 }
 
 fn parse_id(text: &str) -> Result<[u8; 32], FarmerError> {

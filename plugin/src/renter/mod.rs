@@ -8,6 +8,7 @@
 //! State is stored (synced) before each step that commits money or secrets: TX1 before it
 //! is broadcast, TX3's signature before it is sent, a refund before it is broadcast.
 
+pub mod audit;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -121,6 +122,9 @@ pub struct Renter {
     locks: ContractLocks,
     /// The watchtower each download is registered with (`--watchtower-url`).
     tower: Option<Arc<TowerClient>>,
+    /// A third-party auditor that holds the audit salts instead of `tower`
+    /// (`--auditor-url`).
+    auditor: Option<Arc<TowerClient>>,
 }
 
 impl Renter {
@@ -152,12 +156,19 @@ impl Renter {
             crs: Default::default(),
             locks: ContractLocks::default(),
             tower: None,
+            auditor: None,
         })
     }
 
     /// Registers every download with `tower` from now on.
     pub fn with_watchtower(mut self, tower: Option<Arc<TowerClient>>) -> Renter {
         self.tower = tower;
+        self
+    }
+
+    /// Gives the audit salts to `auditor` instead of the renter's own tower.
+    pub fn with_auditor(mut self, auditor: Option<Arc<TowerClient>>) -> Renter {
+        self.auditor = auditor;
         self
     }
 
@@ -278,7 +289,11 @@ impl Renter {
         farmer_url: &str,
         file: &Path,
         price: Option<Amount>,
+        audits: Option<records::AuditRequest>,
     ) -> Result<[u8; 32], RenterError> {
+        if let Some(request) = &audits {
+            request.check()?;
+        }
         let meta = std::fs::metadata(file)
             .map_err(|e| RenterError::Invalid(format!("{}: {e}", file.display())))?;
         if !meta.is_file() {
@@ -317,12 +332,50 @@ impl Renter {
             outbound: 0,
             inbound: Default::default(),
             downloads: Vec::new(),
+            audit: None,
         };
         let id_hex = hex::encode(contract_id);
         let _guard = self.locks.lock(&contract_id).await;
-        let outcome = self.run_open(&mut record).await;
+        let mut outcome = self.run_open(&mut record).await;
+        if let (Ok(()), Some(request)) = (&outcome, audits) {
+            self.progress.phase(&id_hex, "audit setup", 0);
+            outcome = self.open_audits(&mut record, request).await;
+        }
+        if outcome.is_ok() {
+            self.discard_staged(&record);
+        }
         self.progress.finish(&id_hex);
         outcome.map(|()| contract_id)
+    }
+
+    /// Plans and sets up the audit contract; a failure before TX_A is broadcast marks the
+    /// audits failed (no money moved), a later one leaves the setup to resume at start.
+    async fn open_audits(
+        &self,
+        record: &mut RentedContract,
+        request: records::AuditRequest,
+    ) -> Result<(), RenterError> {
+        self.plan_audits(record, request).await?;
+        let outcome = self.setup_audits(record).await;
+        if let (Err(e), Some(audit)) = (&outcome, record.audit.as_mut()) {
+            audit.error = Some(e.to_string());
+            if audit.phase < records::RentedAuditPhase::Swapping {
+                audit.phase = records::RentedAuditPhase::Failed;
+            }
+            self.store(record)?;
+        }
+        outcome
+    }
+
+    /// The staged copy of C is kept until the audit candidates are chosen from it.
+    fn discard_staged(&self, record: &RentedContract) {
+        let pending = record.audit.as_ref().is_some_and(|a| {
+            a.phase < records::RentedAuditPhase::Swapping
+                && a.phase != records::RentedAuditPhase::Failed
+        });
+        if !pending {
+            let _ = std::fs::remove_file(self.staged_c(&record.contract_id));
+        }
     }
 
     async fn run_open(&self, record: &mut RentedContract) -> Result<(), RenterError> {
@@ -383,7 +436,6 @@ impl Renter {
         record.receipt = Some(receipt);
         record.phase = StoragePhase::Stored;
         self.store(record)?;
-        let _ = std::fs::remove_file(self.staged_c(&id));
         tracing::info!(contract = %id_hex, bytes = record.ciphertext_length, "file stored");
         Ok(())
     }
@@ -392,6 +444,9 @@ impl Renter {
     pub fn resume_uploads(self: &Arc<Self>) -> Result<(), RenterError> {
         for record in self.list()? {
             if record.phase == StoragePhase::Stored {
+                if record.audit.is_some() {
+                    self.resume_audit_in_background(record.contract_id);
+                }
                 continue;
             }
             let renter = self.clone();
@@ -404,11 +459,25 @@ impl Renter {
                 tracing::info!(contract = %hex::encode(id), "resuming an interrupted upload");
                 if let Err(e) = renter.finish_open(&mut record).await {
                     tracing::warn!(contract = %hex::encode(id), "resumed upload failed: {e}");
+                } else {
+                    renter.discard_staged(&record);
                 }
                 renter.progress.finish(&hex::encode(id));
             });
         }
         Ok(())
+    }
+
+    fn resume_audit_in_background(self: &Arc<Self>, id: [u8; 32]) {
+        let renter = self.clone();
+        tokio::spawn(async move {
+            let _guard = renter.locks.lock(&id).await;
+            let Ok(Some(mut record)) = renter.load(&id) else {
+                return;
+            };
+            renter.resume_audits(&mut record).await;
+            renter.discard_staged(&record);
+        });
     }
 
     fn staged_c(&self, id: &[u8; 32]) -> PathBuf {

@@ -46,6 +46,9 @@ pub struct RentedContract {
     /// The next message number expected from the farmer.
     pub inbound: SequenceGuard,
     pub downloads: Vec<RentedDownload>,
+    /// The audit contract, when `dstore-open` asked for audits.
+    #[serde(default)]
+    pub audit: Option<RentedAudit>,
 }
 
 /// Where a download stands, renter side.
@@ -130,4 +133,62 @@ pub struct TowerRecord {
     /// TX2 (and so f) came from the tower's extraction rather than from bitcoind.
     #[serde(default)]
     pub tx2_from_tower: bool,
+}
+
+/// What `dstore-open` asked for: N audits every P blocks, A satoshis each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRequest {
+    pub audits: u32,
+    pub period: u32,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub amount: Amount,
+}
+
+/// Where the renter's half of the audit setup stands (in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RentedAuditPhase {
+    /// Candidates chosen; the proposal is next.
+    Planned,
+    /// The farmer accepted and committed to its toss nonce.
+    Proposed,
+    /// The toss is decided.
+    Tossed,
+    /// TX_A built (not broadcast) and every refund signed by the farmer.
+    Booked,
+    /// TX_A broadcast; swapping candidate signatures.
+    Swapping,
+    /// Every candidate signed by both and handed to the tower.
+    Complete,
+    /// The setup failed before TX_A was broadcast.
+    Failed,
+}
+
+/// The renter's half of a contract's audits. The candidates hold the salts: secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RentedAudit {
+    pub request: AuditRequest,
+    /// Ra and Rc derive from the seed (role Audit) at these indices.
+    pub funding_key_index: u32,
+    pub claim_key_index: u32,
+    /// 2m candidates per audit, with their secret (index, salt).
+    pub candidates: Vec<Vec<dstore_protocol::audit::candidates::Candidate>>,
+    #[serde(with = "hex::serde")]
+    pub renter_nonce: [u8; 32],
+    /// Where refunds and reclaims pay (a wallet script).
+    pub destination: bitcoin::ScriptBuf,
+    pub proposal: Option<dstore_protocol::audit::messages::AuditProposal>,
+    pub accepted: Option<dstore_protocol::audit::messages::AuditAccepted>,
+    pub seed: Option<[u8; 32]>,
+    /// TX_A, signed, stored before the openings are sent and before it is broadcast.
+    pub funding_tx: Option<Transaction>,
+    pub book: Option<dstore_protocol::audit::book::AuditBook>,
+    pub refund_signatures: Option<Vec<Vec<bitcoin::secp256k1::ecdsa::Signature>>>,
+    pub swap: dstore_protocol::audit::swap::RenterSwap,
+    pub phase: RentedAuditPhase,
+    /// The tower holds every refund (before TX_A was broadcast).
+    pub tower_registered: bool,
+    /// The tower (and auditor) hold every candidate signed by both.
+    pub candidates_registered: bool,
+    pub error: Option<String>,
 }

@@ -10,3 +10,5 @@ pub mod swap;
 #[cfg(test)]
 mod tests;
 pub mod transactions;
+pub mod wire;
+pub mod messages;

@@ -1,0 +1,630 @@
+//! The renter's half of the audit contract (PROTOCOL.md 5): choosing salted candidates over the staged ciphertext, the coin toss, TX_A from the wallet, the farmer's refund signatures checked and handed to the watchtower before TX_A is broadcast, the candidate swap, and the auditor's registration (the renter's own tower, or `--auditor-url`).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use bitcoin::secp256k1::SECP256K1;
+use bitcoin::{Amount, Transaction, Witness};
+use dstore_protocol::audit::book::{AuditBook, KeptLock, RefundId};
+use dstore_protocol::audit::candidates::{self, Candidate, CandidateSecret};
+use dstore_protocol::audit::coin_toss;
+use dstore_protocol::audit::messages::{
+    AuditAccepted, AuditOpenings, AuditProposal, AuditRefundSignatures, AuditSwap, AuditSwapReply,
+    AuditToss, AuditTossReveal, ProposedTerms,
+};
+use dstore_protocol::audit::opening;
+use dstore_protocol::audit::swap::RenterSwap;
+use dstore_protocol::audit::transactions::SigningKeys;
+use dstore_protocol::keys::Role;
+use dstore_protocol::merkle::{segment_count, SEGMENT_SIZE};
+use dstore_protocol::watch::registration::AuditorSpec;
+use dstore_protocol::watch::{Presigned, Registration, WatchRole};
+use rand::RngCore;
+use serde_json::{json, Value};
+
+use super::records::{AuditRequest, RentedAudit, RentedAuditPhase, RentedContract};
+use super::{farmer_fault, internal, Renter, RenterError, QUICK_CALL};
+use crate::config::DevFault;
+
+/// Candidates kept per audit (m); the renter proposes 2m and the toss opens m.
+pub const KEPT_PER_AUDIT: usize = 8;
+/// Fee of each candidate A_ij.
+pub const CANDIDATE_FEE: Amount = Amount::from_sat(1_000);
+/// Fee of the renter's reclaim of an unclaimed candidate.
+pub const RECLAIM_FEE: Amount = Amount::from_sat(1_000);
+/// Smallest audit amount: it must pay a candidate and a claim and leave more than dust.
+pub const MIN_AUDIT_AMOUNT: Amount = Amount::from_sat(5_000);
+/// Bounds on the audit period P (blocks).
+pub const MIN_AUDIT_PERIOD: u32 = 3;
+pub const MAX_AUDIT_PERIOD: u32 = 52_560;
+/// Most audits per contract (the farmer enforces the same bound).
+pub const MAX_AUDITS: u32 = 52;
+
+impl AuditRequest {
+    /// Checks what `dstore-open` was asked for.
+    pub fn check(&self) -> Result<(), RenterError> {
+        let bad = |why: String| Err(RenterError::Invalid(why));
+        if self.audits == 0 || self.audits > MAX_AUDITS {
+            return bad(format!("audits must be 1 to {MAX_AUDITS}"));
+        }
+        if !(MIN_AUDIT_PERIOD..=MAX_AUDIT_PERIOD).contains(&self.period) {
+            return bad(format!(
+                "audit_period_blocks must be {MIN_AUDIT_PERIOD} to {MAX_AUDIT_PERIOD}"
+            ));
+        }
+        if self.amount < MIN_AUDIT_AMOUNT {
+            return bad(format!(
+                "audit_amount_sat must be at least {}",
+                MIN_AUDIT_AMOUNT.to_sat()
+            ));
+        }
+        Ok(())
+    }
+
+    /// W: half the period (at least one block), so a refund at T_i + W is mined before
+    /// audit i+1 can start.
+    pub fn claim_window(&self) -> u16 {
+        (self.period / 2).clamp(1, u32::from(u16::MAX)) as u16
+    }
+
+    /// Each refund's fee: it grows with the number of outputs it gathers.
+    pub fn refund_fee(&self) -> Amount {
+        Amount::from_sat(1_000 + 400 * u64::from(self.audits))
+    }
+}
+
+impl Renter {
+    /// Runs (or resumes) the audit setup of `record` up to a complete swap.
+    pub(super) async fn setup_audits(
+        &self,
+        record: &mut RentedContract,
+    ) -> Result<(), RenterError> {
+        loop {
+            let Some(audit) = record.audit.as_ref() else {
+                return Ok(());
+            };
+            match audit.phase {
+                RentedAuditPhase::Planned => self.propose(record).await?,
+                RentedAuditPhase::Proposed => self.toss(record).await?,
+                RentedAuditPhase::Tossed => self.book(record).await?,
+                RentedAuditPhase::Booked => self.fund(record).await?,
+                RentedAuditPhase::Swapping => self.swap(record).await?,
+                RentedAuditPhase::Complete | RentedAuditPhase::Failed => return Ok(()),
+            }
+        }
+    }
+
+    /// Chooses 2m salted candidates per audit over the staged C and stores them (the
+    /// metadata store's files are 0600: the salts are secrets).
+    pub(super) async fn plan_audits(
+        &self,
+        record: &mut RentedContract,
+        request: AuditRequest,
+    ) -> Result<(), RenterError> {
+        request.check()?;
+        let staged = self.staged_c(&record.contract_id);
+        let length = record.ciphertext_length;
+        let bad_locks = self.dev_fault == Some(DevFault::AuditBadLocks);
+        let audits = request.audits as usize;
+        let candidates = tokio::task::spawn_blocking(move || {
+            choose_candidates(&staged, length, audits, 2 * KEPT_PER_AUDIT, bad_locks)
+        })
+        .await
+        .map_err(internal)??;
+        let funding_key_index = self.db.next_key_index().map_err(internal)?;
+        let claim_key_index = self.db.next_key_index().map_err(internal)?;
+        let mut renter_nonce = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut renter_nonce);
+        record.audit = Some(RentedAudit {
+            request,
+            funding_key_index,
+            claim_key_index,
+            candidates,
+            renter_nonce,
+            destination: self.wallet.new_script()?,
+            proposal: None,
+            accepted: None,
+            seed: None,
+            funding_tx: None,
+            book: None,
+            refund_signatures: None,
+            swap: RenterSwap::new(),
+            phase: RentedAuditPhase::Planned,
+            tower_registered: false,
+            candidates_registered: false,
+            error: None,
+        });
+        self.store(record)
+    }
+
+    fn audit_keys(&self, audit: &RentedAudit) -> Result<SigningKeys, RenterError> {
+        Ok(SigningKeys {
+            funding: self.secret(Role::Audit, audit.funding_key_index)?,
+            claim: Some(self.secret(Role::Audit, audit.claim_key_index)?),
+        })
+    }
+
+    async fn propose(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let tip = self.tip().await?;
+        let audit = audit_of(record)?;
+        let keys = self.audit_keys(audit)?;
+        let r = audit.request;
+        let proposal = AuditProposal {
+            terms: ProposedTerms {
+                renter_funding_key: keys.funding.public_key(SECP256K1),
+                renter_claim_key: keys
+                    .claim
+                    .map(|k| k.public_key(SECP256K1))
+                    .ok_or_else(|| internal("no claim key"))?,
+                first_audit_height: tip + r.period,
+                period: r.period,
+                claim_window: r.claim_window(),
+                audits: r.audits,
+                amount: r.amount,
+                candidate_fee: CANDIDATE_FEE,
+                refund_fee: r.refund_fee(),
+            },
+            renter_destination: audit.destination.clone(),
+            locks: audit
+                .candidates
+                .iter()
+                .map(|set| set.iter().map(|c| KeptLock(c.lock)).collect())
+                .collect(),
+        };
+        let accepted: AuditAccepted = self.exchange(record, &proposal, QUICK_CALL).await?;
+        let audit = audit_mut(record)?;
+        audit.proposal = Some(proposal);
+        audit.accepted = Some(accepted);
+        audit.phase = RentedAuditPhase::Proposed;
+        self.store(record)
+    }
+
+    async fn toss(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let audit = audit_of(record)?;
+        let toss = AuditToss {
+            renter_nonce: audit.renter_nonce,
+        };
+        let reveal: AuditTossReveal = self.exchange(record, &toss, QUICK_CALL).await?;
+        let contract_id = record.contract_id;
+        let audit = audit_mut(record)?;
+        let accepted = audit
+            .accepted
+            .as_ref()
+            .ok_or_else(|| internal("no acceptance"))?;
+        coin_toss::check_reveal(&accepted.toss_commitment, &reveal.farmer_nonce)
+            .map_err(farmer_fault)?;
+        let locks = raw_locks(&audit.candidates);
+        audit.seed = Some(coin_toss::seed(
+            &contract_id,
+            &coin_toss::locks_digest(&locks),
+            &reveal.farmer_nonce,
+            &audit.renter_nonce,
+        ));
+        audit.phase = RentedAuditPhase::Tossed;
+        self.store(record)
+    }
+
+    /// TX_A from the wallet (stored, not broadcast), the openings, and the farmer's refund
+    /// signatures, each checked.
+    async fn book(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let contract_id = record.contract_id;
+        let audit = audit_of(record)?.clone();
+        let (proposal, accepted, seed) = match (&audit.proposal, &audit.accepted, audit.seed) {
+            (Some(p), Some(a), Some(s)) => (p, a, s),
+            _ => return Err(internal("audit setup state is incomplete")),
+        };
+        let terms = proposal.terms.with_farmer(
+            contract_id,
+            accepted.farmer_funding_key,
+            accepted.farmer_claim_key,
+        );
+        terms.check().map_err(farmer_fault)?;
+        let funding_tx = match audit.funding_tx.clone() {
+            Some(tx) => tx,
+            None => {
+                let outputs = terms.funding_outputs().map_err(internal)?;
+                let wallet = self.wallet.clone();
+                let funded =
+                    tokio::task::spawn_blocking(move || wallet.fund_outputs(&outputs, None))
+                        .await
+                        .map_err(internal)??;
+                audit_mut(record)?.funding_tx = Some(funded.tx.clone());
+                self.store(record)?;
+                funded.tx
+            }
+        };
+        let book = AuditBook {
+            terms,
+            funding_txid: funding_tx.compute_txid(),
+            renter_destination: audit.destination.clone(),
+            kept_locks: opening::kept_locks(&raw_locks(&audit.candidates), &seed),
+        };
+        book.check().map_err(internal)?;
+        let openings = AuditOpenings {
+            openings: opening::openings(&audit.candidates, &seed),
+            funding_tx: unsigned(&funding_tx),
+        };
+        let reply: AuditRefundSignatures = self.exchange(record, &openings, QUICK_CALL).await?;
+        book.verify_farmer_refund_signatures(&reply.signatures)
+            .map_err(farmer_fault)?;
+        let audit = audit_mut(record)?;
+        audit.book = Some(book);
+        audit.refund_signatures = Some(reply.signatures);
+        audit.phase = RentedAuditPhase::Booked;
+        self.store(record)
+    }
+
+    /// The refunds go to the watchtower (and the salts to the auditor) before TX_A is
+    /// broadcast; then TX_A.
+    async fn fund(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        self.register_refunds(record).await?;
+        let tx = audit_of(record)?
+            .funding_tx
+            .clone()
+            .ok_or_else(|| internal("no TX_A"))?;
+        let wallet = self.wallet.clone();
+        tokio::task::spawn_blocking(move || wallet.broadcast(&tx))
+            .await
+            .map_err(internal)??;
+        audit_mut(record)?.phase = RentedAuditPhase::Swapping;
+        self.store(record)?;
+        tracing::info!(contract = %hex::encode(record.contract_id), "audit contract funded (TX_A broadcast)");
+        Ok(())
+    }
+
+    /// One candidate at a time: the farmer's signature first, checked, then ours.
+    async fn swap(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let audit = audit_of(record)?;
+        let book = audit
+            .book
+            .clone()
+            .ok_or_else(|| internal("no audit book"))?;
+        let keys = self.audit_keys(audit)?;
+        let total = book.swap_order().len();
+        let stop_at_half = self.dev_fault == Some(DevFault::AuditRenterStopHalf);
+        loop {
+            let audit = audit_of(record)?;
+            let done = audit.swap.done.len();
+            if stop_at_half && done >= total / 2 {
+                self.register_candidates(record).await;
+                return Err(RenterError::Invalid(
+                    "dev fault: the renter stops swapping halfway".into(),
+                ));
+            }
+            let request = AuditSwap {
+                step: done as u32,
+                renter_signature: done.checked_sub(1).map(|last| audit.swap.done[last].renter),
+            };
+            let reply: AuditSwapReply = match self.exchange(record, &request, QUICK_CALL).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // Whatever is signed by both still goes to the tower to race.
+                    self.register_candidates(record).await;
+                    return Err(e);
+                }
+            };
+            let Some(farmer_signature) = reply.farmer_signature else {
+                if done != total {
+                    return Err(farmer_fault("it ended the swap early"));
+                }
+                audit_mut(record)?.phase = RentedAuditPhase::Complete;
+                self.store(record)?;
+                self.register_candidates(record).await;
+                return Ok(());
+            };
+            if reply.step as usize != done {
+                return Err(farmer_fault(format!(
+                    "it signed swap step {} instead of {done}",
+                    reply.step
+                )));
+            }
+            let audit = audit_mut(record)?;
+            audit
+                .swap
+                .receive(&book, &keys, done, farmer_signature)
+                .map_err(farmer_fault)?;
+            self.store(record)?;
+            if done + 1 == total {
+                // The last renter signature travels in one more request.
+                continue;
+            }
+        }
+    }
+
+    /// The renter's tower gets every refund (and, by default, the auditor's secrets);
+    /// failing to register stops the setup before TX_A exists.
+    async fn register_refunds(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let tip = self.tip().await?;
+        let audit = audit_of(record)?;
+        let auditor = if self.auditor.is_none() {
+            Some(self.auditor_spec(record, audit)?)
+        } else {
+            None
+        };
+        let transactions = self.signed_refunds(audit)?;
+        let Some(tower) = self.tower.clone() else {
+            tracing::warn!("no --watchtower-url: nobody will broadcast this contract's audits and refunds while the plugin is down");
+            return Ok(());
+        };
+        let registration = Registration {
+            id: record.contract_id,
+            role: WatchRole::Renter,
+            extract: None,
+            transactions,
+            watch_txids: Vec::new(),
+            rescan_from_height: Some(tip),
+            auditor,
+        };
+        tower.register(&registration).await.map_err(|e| {
+            RenterError::Invalid(format!(
+                "the watchtower refused the audit refunds ({e}); TX_A was not broadcast"
+            ))
+        })?;
+        audit_mut(record)?.tower_registered = true;
+        self.store(record)
+    }
+
+    fn auditor_spec(
+        &self,
+        record: &RentedContract,
+        audit: &RentedAudit,
+    ) -> Result<AuditorSpec, RenterError> {
+        let book = audit
+            .book
+            .clone()
+            .ok_or_else(|| internal("no audit book"))?;
+        let seed = audit.seed.ok_or_else(|| internal("no toss"))?;
+        let secrets: Vec<Vec<CandidateSecret>> = opening::kept(&audit.candidates, &seed)
+            .into_iter()
+            .map(|set| set.into_iter().map(|c| c.secret).collect())
+            .collect();
+        Ok(AuditorSpec {
+            book,
+            secrets,
+            farmer_url: record.farmer_url.clone(),
+            root_c: record.root_c.ok_or_else(|| internal("no root_C"))?,
+            length: record.ciphertext_length,
+        })
+    }
+
+    /// Every refund, signed by both: per audit, RF_ij and the plain reclaim for each
+    /// candidate, then RF_i.
+    fn signed_refunds(&self, audit: &RentedAudit) -> Result<Vec<Presigned>, RenterError> {
+        let book = audit
+            .book
+            .as_ref()
+            .ok_or_else(|| internal("no audit book"))?;
+        let sigs = audit
+            .refund_signatures
+            .as_ref()
+            .ok_or_else(|| internal("no refund signatures"))?;
+        let keys = self.audit_keys(audit)?;
+        let ids = book.refund_ids();
+        let signed = |id: RefundId| -> Result<Transaction, RenterError> {
+            let index = ids
+                .iter()
+                .position(|x| *x == id)
+                .ok_or_else(|| internal("unknown refund"))?;
+            book.signed_refund(id, &keys, &sigs[index])
+                .map_err(internal)
+        };
+        let claim_secret = keys.claim.ok_or_else(|| internal("no claim key"))?;
+        let mut out = Vec::new();
+        for i in 0..book.terms.audits {
+            for j in 0..book.kept_per_audit() as u32 {
+                out.push(Presigned::new(
+                    format!("audit-{i}-refund-after-{j}"),
+                    signed(RefundId::AfterCandidate(i, j))?,
+                ));
+                let candidate = book.candidate(i, j).map_err(internal)?;
+                let lock = book.lock(i, j).map_err(internal)?;
+                let reclaim = book
+                    .terms
+                    .reclaim(
+                        candidate.tx.compute_txid(),
+                        &lock,
+                        &claim_secret,
+                        &book.renter_destination,
+                        RECLAIM_FEE,
+                    )
+                    .map_err(internal)?;
+                out.push(Presigned::new(format!("audit-{i}-reclaim-{j}"), reclaim));
+            }
+            out.push(Presigned::new(
+                format!("audit-{i}-refund"),
+                signed(RefundId::Unraced(i))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The candidates signed by both go to the renter's tower (grouped by audit: it
+    /// broadcasts the beacon's choice at each T_i), and with `--auditor-url` the auditor
+    /// gets its secrets and the same candidates. Failures are logged and retried at start.
+    async fn register_candidates(&self, record: &mut RentedContract) {
+        let Ok(audit) = audit_of(record) else { return };
+        let Some(book) = audit.book.clone() else {
+            return;
+        };
+        let candidates: Vec<Presigned> = audit
+            .swap
+            .signed_candidates(&book)
+            .into_iter()
+            .map(|c| Presigned {
+                name: format!("audit-{}-candidate-{}", c.audit, c.j),
+                tx: c.tx,
+                group: Some(c.audit),
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let mut ok = true;
+        let base = Registration {
+            id: record.contract_id,
+            role: WatchRole::Renter,
+            extract: None,
+            transactions: candidates,
+            watch_txids: Vec::new(),
+            rescan_from_height: Some(
+                book.terms
+                    .first_audit_height
+                    .saturating_sub(book.terms.period),
+            ),
+            auditor: None,
+        };
+        if let Some(tower) = &self.tower {
+            if let Err(e) = tower.register(&base).await {
+                tracing::warn!(contract = %hex::encode(record.contract_id), "registering the audit candidates failed ({e}); retried at the next start");
+                ok = false;
+            }
+        }
+        if let Some(auditor) = &self.auditor {
+            let spec = match self.auditor_spec(record, audit) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!("cannot build the auditor's registration: {e}");
+                    return;
+                }
+            };
+            let registration = Registration {
+                auditor: Some(spec),
+                ..base
+            };
+            if let Err(e) = auditor.register(&registration).await {
+                tracing::warn!(contract = %hex::encode(record.contract_id), "registering with the auditor failed ({e}); retried at the next start");
+                ok = false;
+            }
+        }
+        if let Ok(audit) = audit_mut(record) {
+            audit.candidates_registered = ok;
+        }
+        let _ = self.store(record);
+    }
+
+    /// After a restart: finishes audit setups a crash interrupted (before TX_A, a refused
+    /// or unreachable farmer just marks the audits failed) and re-registers candidates.
+    pub(super) async fn resume_audits(&self, record: &mut RentedContract) {
+        let Some(audit) = record.audit.as_ref() else {
+            return;
+        };
+        match audit.phase {
+            RentedAuditPhase::Complete if !audit.candidates_registered => {
+                self.register_candidates(record).await
+            }
+            RentedAuditPhase::Complete | RentedAuditPhase::Failed => {}
+            _ => {
+                if let Err(e) = self.setup_audits(record).await {
+                    tracing::warn!(contract = %hex::encode(record.contract_id), "resuming the audit setup failed: {e}");
+                    self.register_candidates(record).await;
+                }
+            }
+        }
+    }
+
+    /// The `audits` section of `dstore-status`: the terms, the setup, and what the
+    /// watchtower (or auditor) reports for each audit.
+    pub async fn audit_status(&self, record: &RentedContract) -> Option<Value> {
+        let audit = record.audit.as_ref()?;
+        let mut value = json!({
+            "phase": audit.phase,
+            "audits": audit.request.audits,
+            "period_blocks": audit.request.period,
+            "amount_sat": audit.request.amount.to_sat(),
+            "swapped": audit.swap.done.len(),
+            "error": audit.error,
+        });
+        if let Some(book) = &audit.book {
+            value["funding_txid"] = json!(book.funding_txid);
+            value["claim_window_blocks"] = json!(book.terms.claim_window);
+            value["heights"] = json!((0..book.terms.audits)
+                .map(|i| book.terms.audit_height(i))
+                .collect::<Vec<_>>());
+        }
+        let reporter = self.auditor.as_ref().or(self.tower.as_ref());
+        if let Some(tower) = reporter {
+            value["tower"] = match tower.status_raw(&record.contract_id).await {
+                Ok(Some(status)) => status.get("audits").cloned().unwrap_or(Value::Null),
+                Ok(None) => json!("not registered"),
+                Err(e) => json!(format!("unreachable: {e}")),
+            };
+        }
+        Some(value)
+    }
+}
+
+/// 2m candidates per audit over the staged ciphertext. With `bad_locks` (a test-only
+/// fault) half of each audit's locks hash data that is not in the file.
+fn choose_candidates(
+    staged: &Path,
+    length: u64,
+    audits: usize,
+    per_audit: usize,
+    bad_locks: bool,
+) -> Result<Vec<Vec<Candidate>>, RenterError> {
+    let count = segment_count(length);
+    if count == 0 {
+        return Err(RenterError::Invalid(
+            "an empty file cannot be audited".into(),
+        ));
+    }
+    let mut file = std::fs::File::open(staged).map_err(|e| {
+        internal(format!(
+            "the staged ciphertext is gone ({e}); audits must be set up with the upload"
+        ))
+    })?;
+    let mut rng = rand::thread_rng();
+    (0..audits)
+        .map(|_| {
+            candidates::choose_secrets(&mut rng, count, per_audit)
+                .into_iter()
+                .enumerate()
+                .map(|(n, secret)| {
+                    let mut segment = read_segment(&mut file, length, secret.segment_index)?;
+                    if bad_locks && n % 2 == 0 {
+                        segment.iter_mut().for_each(|b| *b ^= 0x5a);
+                    }
+                    Ok(candidates::candidate(secret, &segment))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn read_segment(file: &mut std::fs::File, length: u64, index: u64) -> Result<Vec<u8>, RenterError> {
+    let start = index * SEGMENT_SIZE as u64;
+    let len = (length - start).min(SEGMENT_SIZE as u64) as usize;
+    let mut segment = vec![0u8; len];
+    file.seek(SeekFrom::Start(start)).map_err(internal)?;
+    file.read_exact(&mut segment).map_err(internal)?;
+    Ok(segment)
+}
+
+fn raw_locks(candidates: &[Vec<Candidate>]) -> Vec<Vec<[u8; 20]>> {
+    candidates
+        .iter()
+        .map(|set| set.iter().map(|c| c.lock).collect())
+        .collect()
+}
+
+/// TX_A without its witnesses: what the farmer needs (outputs and a final txid), without
+/// handing it a transaction it could broadcast.
+fn unsigned(tx: &Transaction) -> Transaction {
+    let mut tx = tx.clone();
+    tx.input.iter_mut().for_each(|i| i.witness = Witness::new());
+    tx
+}
+
+fn audit_of(record: &RentedContract) -> Result<&RentedAudit, RenterError> {
+    record
+        .audit
+        .as_ref()
+        .ok_or_else(|| internal("this contract has no audits"))
+}
+
+fn audit_mut(record: &mut RentedContract) -> Result<&mut RentedAudit, RenterError> {
+    record
+        .audit
+        .as_mut()
+        .ok_or_else(|| internal("this contract has no audits"))
+}
