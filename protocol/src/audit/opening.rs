@@ -42,7 +42,7 @@ pub fn check_shape(locks: &[Vec<Lock>]) -> Result<usize, OpeningError> {
     for (audit, set) in locks.iter().enumerate() {
         let ok = set.len() == per_audit
             && per_audit >= 2
-            && per_audit % 2 == 0
+            && per_audit.is_multiple_of(2)
             && per_audit <= MAX_CANDIDATES_PER_AUDIT;
         if !ok {
             return Err(OpeningError::BadCandidateCount(audit as u32));
