@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::node::btc_to_sat;
-use crate::{ports, BitcoinNode, PluginProcess};
+use crate::{ports, BitcoinNode, PluginProcess, TowerProcess};
 
 /// The price the farmer asks per download in the tests (satoshis).
 pub const TEST_PRICE_SAT: u64 = 20_000;
@@ -113,6 +113,29 @@ impl Market {
         }
     }
 
+    /// A market whose farmer and renter each register with their own dstore-watchtower,
+    /// started with `farmer_tower_flags` and `renter_tower_flags`; returns the market, the
+    /// farmer's tower and the renter's tower.
+    pub fn with_towers(
+        crs_dir: &Path,
+        faults: Faults,
+        farmer_tower_flags: &[&str],
+        renter_tower_flags: &[&str],
+    ) -> (Market, TowerProcess, TowerProcess) {
+        let mut towers = None;
+        let m = Market::start_around(crs_dir, faults, 80 << 20, |node| {
+            // A tower refuses to start on a node still in initial block download.
+            node.mine(1);
+            let farmer_tower = TowerProcess::start_with(node, farmer_tower_flags);
+            let renter_tower = TowerProcess::start_with(node, renter_tower_flags);
+            let args = (tower_flags(&farmer_tower), tower_flags(&renter_tower));
+            towers = Some((farmer_tower, renter_tower));
+            args
+        });
+        let (farmer_tower, renter_tower) = towers.expect("towers started");
+        (m, farmer_tower, renter_tower)
+    }
+
     /// Writes `data` to a file in the market's directory.
     pub fn file(&self, name: &str, data: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -192,6 +215,14 @@ impl Market {
             &args,
         ));
     }
+}
+
+/// The plugin flags that point it at `tower`.
+pub fn tower_flags(tower: &TowerProcess) -> Vec<String> {
+    vec![
+        format!("--watchtower-url={}", tower.rpc_url()),
+        format!("--watchtower-cookie={}", tower.cookie_path().display()),
+    ]
 }
 
 fn start_plugin(node: &BitcoinNode, datadir: &Path, args: &[String]) -> PluginProcess {

@@ -24,26 +24,9 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     data
 }
 
-fn tower_args(tower: &TowerProcess) -> Vec<String> {
-    vec![
-        format!("--watchtower-url={}", tower.rpc_url()),
-        format!("--watchtower-cookie={}", tower.cookie_path().display()),
-    ]
-}
-
 /// A market whose farmer and renter each register with their own tower.
 fn market_with_towers(faults: Faults) -> (Market, TowerProcess, TowerProcess) {
-    let mut towers = None;
-    let m = Market::start_around(&crs_dir(), faults, 80 << 20, |node| {
-        // A tower refuses to start on a node still in initial block download.
-        node.mine(1);
-        let (farmer_tower, renter_tower) = (TowerProcess::start(node), TowerProcess::start(node));
-        let args = (tower_args(&farmer_tower), tower_args(&renter_tower));
-        towers = Some((farmer_tower, renter_tower));
-        args
-    });
-    let (farmer_tower, renter_tower) = towers.expect("towers started");
-    (m, farmer_tower, renter_tower)
+    Market::with_towers(&crs_dir(), faults, &[], &[])
 }
 
 fn states(watch: &Value) -> Vec<(String, String)> {

@@ -285,12 +285,6 @@ impl Renter {
         loop {
             let audit = audit_of(record)?;
             let done = audit.swap.done.len();
-            if stop_at_half && done >= total / 2 {
-                self.register_candidates(record).await;
-                return Err(RenterError::Invalid(
-                    "dev fault: the renter stops swapping halfway".into(),
-                ));
-            }
             let request = AuditSwap {
                 step: done as u32,
                 renter_signature: done.checked_sub(1).map(|last| audit.swap.done[last].renter),
@@ -303,6 +297,12 @@ impl Renter {
                     return Err(e);
                 }
             };
+            if stop_at_half && done >= total / 2 {
+                self.register_candidates(record).await;
+                return Err(RenterError::Invalid(
+                    "dev fault: the renter stops swapping halfway".into(),
+                ));
+            }
             let Some(farmer_signature) = reply.farmer_signature else {
                 if done != total {
                     return Err(farmer_fault("it ended the swap early"));
@@ -318,16 +318,11 @@ impl Renter {
                     reply.step
                 )));
             }
-            let audit = audit_mut(record)?;
-            audit
+            audit_mut(record)?
                 .swap
                 .receive(&book, &keys, done, farmer_signature)
                 .map_err(farmer_fault)?;
             self.store(record)?;
-            if done + 1 == total {
-                // The last renter signature travels in one more request.
-                continue;
-            }
         }
     }
 

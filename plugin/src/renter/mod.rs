@@ -332,30 +332,31 @@ impl Renter {
             outbound: 0,
             inbound: Default::default(),
             downloads: Vec::new(),
+            requested_audits: audits,
             audit: None,
         };
         let id_hex = hex::encode(contract_id);
         let _guard = self.locks.lock(&contract_id).await;
         let mut outcome = self.run_open(&mut record).await;
-        if let (Ok(()), Some(request)) = (&outcome, audits) {
-            self.progress.phase(&id_hex, "audit setup", 0);
-            outcome = self.open_audits(&mut record, request).await;
-        }
         if outcome.is_ok() {
-            self.discard_staged(&record);
+            outcome = self.open_audits(&mut record).await;
         }
+        self.discard_staged(&record);
         self.progress.finish(&id_hex);
         outcome.map(|()| contract_id)
     }
 
     /// Plans and sets up the audit contract; a failure before TX_A is broadcast marks the
     /// audits failed (no money moved), a later one leaves the setup to resume at start.
-    async fn open_audits(
-        &self,
-        record: &mut RentedContract,
-        request: records::AuditRequest,
-    ) -> Result<(), RenterError> {
-        self.plan_audits(record, request).await?;
+    async fn open_audits(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let Some(request) = record.requested_audits else {
+            return Ok(());
+        };
+        self.progress
+            .phase(&hex::encode(record.contract_id), "audit setup", 0);
+        if record.audit.is_none() {
+            self.plan_audits(record, request).await?;
+        }
         let outcome = self.setup_audits(record).await;
         if let (Err(e), Some(audit)) = (&outcome, record.audit.as_mut()) {
             audit.error = Some(e.to_string());
@@ -367,8 +368,12 @@ impl Renter {
         outcome
     }
 
-    /// The staged copy of C is kept until the audit candidates are chosen from it.
+    /// The staged copy of C is kept until the upload is done and the audit candidates are
+    /// chosen from it.
     fn discard_staged(&self, record: &RentedContract) {
+        if record.phase != StoragePhase::Stored {
+            return;
+        }
         let pending = record.audit.as_ref().is_some_and(|a| {
             a.phase < records::RentedAuditPhase::Swapping
                 && a.phase != records::RentedAuditPhase::Failed
@@ -457,11 +462,14 @@ impl Renter {
                     return;
                 };
                 tracing::info!(contract = %hex::encode(id), "resuming an interrupted upload");
-                if let Err(e) = renter.finish_open(&mut record).await {
-                    tracing::warn!(contract = %hex::encode(id), "resumed upload failed: {e}");
-                } else {
-                    renter.discard_staged(&record);
+                let mut outcome = renter.finish_open(&mut record).await;
+                if outcome.is_ok() {
+                    outcome = renter.open_audits(&mut record).await;
                 }
+                if let Err(e) = outcome {
+                    tracing::warn!(contract = %hex::encode(id), "resumed upload failed: {e}");
+                }
+                renter.discard_staged(&record);
                 renter.progress.finish(&hex::encode(id));
             });
         }

@@ -46,6 +46,9 @@ pub struct RentedContract {
     /// The next message number expected from the farmer.
     pub inbound: SequenceGuard,
     pub downloads: Vec<RentedDownload>,
+    /// What `dstore-open` asked for, kept so a resumed upload still sets the audits up.
+    #[serde(default)]
+    pub requested_audits: Option<AuditRequest>,
     /// The audit contract, when `dstore-open` asked for audits.
     #[serde(default)]
     pub audit: Option<RentedAudit>,
