@@ -5,10 +5,10 @@ pub mod book;
 pub mod candidates;
 pub mod coin_toss;
 pub mod merkle_audit;
+pub mod messages;
 pub mod opening;
 pub mod swap;
 #[cfg(test)]
 mod tests;
 pub mod transactions;
 pub mod wire;
-pub mod messages;
