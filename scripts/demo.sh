@@ -60,7 +60,8 @@ step "1. Starting the renter's dstore-watchtower (RPC $TOWER_RPC, subscribed to 
 "$TOWER" --datadir="$WORK/tower" --network=regtest \
   --bitcoind-rpc-url="http://127.0.0.1:$NODE_RPC" --bitcoind-cookie="$WORK/bitcoind/regtest/.cookie" \
   --zmq-rawtx="tcp://127.0.0.1:$ZMQ_TX" --zmq-rawblock="tcp://127.0.0.1:$ZMQ_BLOCK" \
-  --zmq-sequence="tcp://127.0.0.1:$ZMQ_SEQ" --rpc-port="$TOWER_RPC" 2>"$WORK/tower.log" &
+  --zmq-sequence="tcp://127.0.0.1:$ZMQ_SEQ" --rpc-port="$TOWER_RPC" --merkle-audit-every=2 \
+  2>"$WORK/tower.log" &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -f "$WORK/tower/regtest/.cookie" ] && break; sleep 0.2; done
 [ -f "$WORK/tower/regtest/.cookie" ] || { cat "$WORK/tower.log" >&2; die "the watchtower did not start"; }
@@ -149,5 +150,54 @@ DL="$(json 'v["download_id"]' <"$WORK/download.json")"
 json '"key extracted from TX2 %s: %s" % (v["key"]["tx2_txid"], "yes" if v["key"] else "no")' <"$WORK/tower-status.json"
 json '"\n".join("%s %s: %s" % (t["name"], t["txid"], t["status"]["state"]) for t in v["transactions"])' <"$WORK/tower-status.json"
 json 'v["key"] is not None' <"$WORK/tower-status.json" | grep -q True || die "the watchtower has no key"
+
+step "8. Audit contract: dstore-open with 3 audits, one every 6 blocks, 20000 sat each"
+echo "(the renter's watchtower is the auditor: it holds the salts and runs a Merkle audit every 2 blocks)"
+head -c $((1024 * 1024)) /dev/urandom >"$WORK/audited.bin"
+AID="$("${RENTER[@]}" dstore-open "http://127.0.0.1:$PEER" "$WORK/audited.bin" 50000 3 6 20000)"
+"${RENTER[@]}" dstore-status "$AID" >"$WORK/audit-status.json"
+json '"contract %s: %s, %s candidate signatures swapped, TX_A %s" % (v["contract_id"], v["audits"]["phase"], v["audits"]["swapped"], v["audits"]["funding_txid"])' <"$WORK/audit-status.json"
+json '"audit heights T_i: %s (claim window W = %s blocks)" % (v["audits"]["heights"], v["audits"]["claim_window_blocks"])' <"$WORK/audit-status.json"
+T0="$(json 'v["audits"]["heights"][0]' <"$WORK/audit-status.json")"
+T1="$(json 'v["audits"]["heights"][1]' <"$WORK/audit-status.json")"
+T2="$(json 'v["audits"]["heights"][2]' <"$WORK/audit-status.json")"
+W="$(json 'v["audits"]["claim_window_blocks"]' <"$WORK/audit-status.json")"
+FARMER_BEFORE="$("${FARMER[@]}" dstore-getbalance)"
+mine_to() { # height: one block at a time, giving the tower and the farmer time to act
+  while [ "$("${NODE_CLI[@]}" getblockcount)" -lt "$1" ]; do
+    "${NODE_CLI[@]}" generatetoaddress 1 "$ADDR" >/dev/null
+    sleep 1
+  done
+}
+audit_report() {
+  "${RENTER[@]}" dstore-status "$AID" >"$WORK/audit-status.json"
+  json '"\n".join("audit %s at height %s: %s" % (a.get("audit"), a.get("height"), a.get("outcome")) for a in v["audits"]["tower"]["audits"])' <"$WORK/audit-status.json"
+  json '"Merkle audits: %d passed, %d failed" % (sum(1 for r in v["audits"]["tower"]["merkle"] if r["ok"]), sum(1 for r in v["audits"]["tower"]["merkle"] if not r["ok"]))' <"$WORK/audit-status.json"
+}
+
+step "9. Audit 0: at T_0 = $T0 the tower broadcasts the beacon's candidate, releases its salt, the farmer claims"
+mine_to "$((T0 + 2))"
+for _ in $(seq 1 30); do
+  CLAIMS="$("${FARMER[@]}" dstore-status "$AID" | json 'len(v["audits"]["claims"])')"
+  [ "$CLAIMS" -ge 1 ] && break; sleep 1
+done
+[ "$CLAIMS" -ge 1 ] || die "the farmer did not claim audit 0"
+"${NODE_CLI[@]}" generatetoaddress 1 "$ADDR" >/dev/null
+"${FARMER[@]}" dstore-status "$AID" \
+  | json '"\n".join("farmer claimed audit %s: %s sat in %s" % (c["audit"], c["amount_sat"], c["claim_txid"]) for c in v["audits"]["claims"])'
+echo "farmer wallet: $FARMER_BEFORE BTC -> $("${FARMER[@]}" dstore-getbalance) BTC"
+audit_report
+
+step "10. The farmer loses the file; audit 1 (T_1 = $T1) cannot be claimed, and after W the renter's refund takes the rest back"
+RENTER_BEFORE="$("${RENTER[@]}" dstore-getbalance)"
+BLOB="$WORK/farmer-storage/objects/blobs/$AID"
+[ -f "$BLOB" ] || die "no farmer blob at $BLOB"
+head -c "$(stat -c %s "$BLOB")" /dev/zero >"$BLOB.zero" && mv "$BLOB.zero" "$BLOB"
+echo "overwrote the farmer's copy with zeros"
+mine_to "$((T2 + W + 3))"
+audit_report
+json 'v["audits"]["tower"]["audits"][1]["outcome"]' <"$WORK/audit-status.json" | grep -q refunded \
+  || die "audit 1 was not refunded"
+echo "renter wallet: $RENTER_BEFORE BTC -> $("${RENTER[@]}" dstore-getbalance) BTC"
 echo
 echo "demo: OK"
