@@ -217,7 +217,10 @@ impl AuditTerms {
     }
 
     /// The farmer's check of TX_A before it signs anything that spends it: outputs 0..N are
-    /// O_0..O_{N−1} and every input is a witness spend (so the txid it signs against is final).
+    /// O_0..O_{N−1}, and no input carries a scriptSig (the farmer sees TX_A unsigned; a
+    /// scriptSig there would be a legacy or wrapped spend whose signature could change the
+    /// txid). A malleated TX_A would only hurt the renter, whose refunds would name a txid
+    /// that never confirms; the plugin's renter funds TX_A from native segwit coins.
     pub fn check_funding(&self, tx_a: &Transaction) -> Result<(), AuditTxError> {
         for (i, expected) in self.funding_outputs()?.iter().enumerate() {
             if tx_a.output.get(i) != Some(expected) {
