@@ -260,6 +260,7 @@ impl PluginWallet {
             &master,
             std::slice::from_ref(&output),
             fee_rate,
+            false,
         )?;
         persist(&mut inner)?;
         let vout = tx
@@ -288,7 +289,7 @@ impl PluginWallet {
             None => self.estimate_fee_rate()?,
         };
         let master = inner.master;
-        let (tx, prevouts) = build_and_sign(&mut inner.wallet, &master, outputs, fee_rate)?;
+        let (tx, prevouts) = build_and_sign(&mut inner.wallet, &master, outputs, fee_rate, true)?;
         persist(&mut inner)?;
         if tx.output.get(..outputs.len()) != Some(outputs) {
             return Err(WalletError::Build(
@@ -351,14 +352,15 @@ fn build_and_sign(
     master: &Xpriv,
     outputs: &[bdk_wallet::bitcoin::TxOut],
     fee_rate: FeeRate,
+    keep_order: bool,
 ) -> Result<(Transaction, Vec<bdk_wallet::bitcoin::TxOut>), WalletError> {
     let mut builder = wallet.build_tx();
     for output in outputs {
         builder.add_recipient(output.script_pubkey.clone(), output.value);
     }
     builder.fee_rate(fee_rate);
-    if outputs.len() > 1 {
-        // Several outputs are a contract's (TX_A): their order is part of the contract.
+    if keep_order {
+        // A contract's outputs (TX_A): their order is part of the contract, change last.
         builder.ordering(bdk_wallet::TxOrdering::Untouched);
     }
     let mut psbt = builder.finish().map_err(|e| match e {
