@@ -172,7 +172,7 @@ mine_to() { # height: one block at a time, giving the tower and the farmer time 
 audit_report() {
   "${RENTER[@]}" dstore-status "$AID" >"$WORK/audit-status.json"
   json '"\n".join("audit %s at height %s: %s" % (a.get("audit"), a.get("height"), a.get("outcome")) for a in v["audits"]["tower"]["audits"])' <"$WORK/audit-status.json"
-  json '"Merkle audits: %d passed, %d failed" % (sum(1 for r in v["audits"]["tower"]["merkle"] if r["ok"]), sum(1 for r in v["audits"]["tower"]["merkle"] if not r["ok"]))' <"$WORK/audit-status.json"
+  json '"Merkle audits: %s passed, %s failed" % (v["audits"]["tower"]["merkle"]["passed"], v["audits"]["tower"]["merkle"]["failed"])' <"$WORK/audit-status.json"
 }
 
 step "9. Audit 0: at T_0 = $T0 the tower broadcasts the beacon's candidate, releases its salt, the farmer claims"
