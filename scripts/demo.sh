@@ -163,9 +163,10 @@ T1="$(json 'v["audits"]["heights"][1]' <"$WORK/audit-status.json")"
 T2="$(json 'v["audits"]["heights"][2]' <"$WORK/audit-status.json")"
 W="$(json 'v["audits"]["claim_window_blocks"]' <"$WORK/audit-status.json")"
 FARMER_BEFORE="$("${FARMER[@]}" dstore-getbalance)"
-mine_to() { # height: one block at a time, giving the tower and the farmer time to act
+mine_to() { # height: one block at a time (to an anyone-can-spend script, so the wallets
+  # below change only by the audits), giving the tower and the farmer time to act
   while [ "$("${NODE_CLI[@]}" getblockcount)" -lt "$1" ]; do
-    "${NODE_CLI[@]}" generatetoaddress 1 "$ADDR" >/dev/null
+    "${NODE_CLI[@]}" generatetodescriptor 1 "raw(51)" >/dev/null
     sleep 1
   done
 }
@@ -182,7 +183,7 @@ for _ in $(seq 1 30); do
   [ "$CLAIMS" -ge 1 ] && break; sleep 1
 done
 [ "$CLAIMS" -ge 1 ] || die "the farmer did not claim audit 0"
-"${NODE_CLI[@]}" generatetoaddress 1 "$ADDR" >/dev/null
+"${NODE_CLI[@]}" generatetodescriptor 1 "raw(51)" >/dev/null
 "${FARMER[@]}" dstore-status "$AID" \
   | json '"\n".join("farmer claimed audit %s: %s sat in %s" % (c["audit"], c["amount_sat"], c["claim_txid"]) for c in v["audits"]["claims"])'
 echo "farmer wallet: $FARMER_BEFORE BTC -> $("${FARMER[@]}" dstore-getbalance) BTC"
@@ -198,6 +199,6 @@ mine_to "$((T2 + W + 3))"
 audit_report
 json 'v["audits"]["tower"]["audits"][1]["outcome"]' <"$WORK/audit-status.json" | grep -q refunded \
   || die "audit 1 was not refunded"
-echo "renter wallet: $RENTER_BEFORE BTC -> $("${RENTER[@]}" dstore-getbalance) BTC"
+echo "renter wallet: $RENTER_BEFORE BTC -> $("${RENTER[@]}" dstore-getbalance) BTC (audit 1's candidate output and audit 2's output, less the refund fee)"
 echo
 echo "demo: OK"
