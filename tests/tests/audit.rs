@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dstore_tests::market::{Faults, Market};
+use dstore_tests::market::{tower_flags, Faults, Market};
 use dstore_tests::{wait_until, TowerProcess};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -157,7 +157,10 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
     let s = renter_status(&m, &id);
     assert_eq!(outcomes(&s), ["paid", "paid", "paid", "paid"], "{s}");
     let merkle = &s["audits"]["tower"]["merkle"];
-    assert!(merkle["passed"].as_u64() > Some(0), "Merkle audits ran: {s}");
+    assert!(
+        merkle["passed"].as_u64() > Some(0),
+        "Merkle audits ran: {s}"
+    );
     assert_eq!(merkle["failed"], 0, "{s}");
 }
 
@@ -354,5 +357,50 @@ fn audit_bad_input_gets_clear_errors_and_changes_nothing() {
         answer["items"].as_array().map(Vec::len),
         Some(4),
         "{answer}"
+    );
+}
+
+#[test]
+fn audit_third_party_auditor_holds_the_salts() {
+    let mut auditor = None;
+    let mut towers = None;
+    let m = Market::start_around(&crs_dir(), Faults::default(), 80 << 20, |node| {
+        node.mine(1);
+        let farmer_tower = TowerProcess::start(node);
+        let renter_tower = TowerProcess::start(node);
+        let third = TowerProcess::start_with(node, &["--merkle-audit-every=2"]);
+        let mut renter_flags = tower_flags(&renter_tower);
+        renter_flags.push(format!("--auditor-url={}", third.rpc_url()));
+        renter_flags.push(format!(
+            "--auditor-cookie={}",
+            third.cookie_path().display()
+        ));
+        let flags = (tower_flags(&farmer_tower), renter_flags);
+        towers = Some((farmer_tower, renter_tower));
+        auditor = Some(third);
+        flags
+    });
+    let (farmer_tower, renter_tower) = towers.expect("towers");
+    let auditor = auditor.expect("auditor");
+    let input = m.file("in", &random_bytes(77, 100_000));
+    let id = open_with_audits(&m, &input, 2).expect("dstore-open with audits");
+    let heights = heights(&renter_status(&m, &id));
+
+    // The renter's own tower holds candidates and refunds but no salts; the auditor holds
+    // the salts, and only its status says what it released.
+    let own = renter_tower.status(&id);
+    assert!(own["audits"]["auditor"] != true, "{own}");
+    let third = auditor.status(&id);
+    assert_eq!(third["audits"]["auditor"], true, "{third}");
+
+    let towers = [&farmer_tower, &renter_tower, &auditor];
+    mine_to(&m, &towers, heights[1] + 2);
+    let claims = wait_for_claims(&m, &id, 2);
+    assert_eq!(claims.len(), 2);
+    let s = renter_status(&m, &id);
+    assert_eq!(outcomes(&s), ["paid", "paid"], "{s}");
+    assert!(
+        s["audits"]["tower"]["merkle"]["passed"].as_u64() > Some(0),
+        "{s}"
     );
 }
