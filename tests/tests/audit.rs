@@ -404,3 +404,97 @@ fn audit_third_party_auditor_holds_the_salts() {
         "{s}"
     );
 }
+
+fn post_message(m: &Market, kind: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/dstore/v1/msg/{kind}", m.peer_url))
+        .body(body)
+        .send()
+        .expect("farmer answers");
+    let code = response.status().as_u16();
+    let text = response.text().unwrap();
+    (code, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+#[test]
+fn audit_setup_messages_out_of_order_are_refused() {
+    use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
+    use bitcoin::{Amount, ScriptBuf};
+    use dstore_protocol::audit::book::KeptLock;
+    use dstore_protocol::audit::messages::{AuditProposal, AuditSwap, AuditToss, ProposedTerms};
+    use dstore_protocol::messages::OpenRequest;
+    use dstore_protocol::peer;
+
+    let m = Market::start(&crs_dir(), Faults::default());
+    let renter = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[9; 32]).unwrap());
+    let id = [43u8; 32];
+    let id_hex = hex::encode(id);
+    let open = OpenRequest {
+        file_length: 100,
+        download_price: Amount::from_sat(dstore_tests::market::TEST_PRICE_SAT),
+    };
+    let (code, body) = post_message(
+        &m,
+        "open_request",
+        peer::sign(&renter, id, 0, &open).unwrap(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let before = farmer_status(&m, &id_hex);
+
+    let key = renter.public_key();
+    let proposal = AuditProposal {
+        terms: ProposedTerms {
+            renter_funding_key: key,
+            renter_claim_key: key,
+            first_audit_height: 500,
+            period: 6,
+            claim_window: 3,
+            audits: 1,
+            amount: Amount::from_sat(20_000),
+            candidate_fee: Amount::from_sat(1_000),
+            refund_fee: Amount::from_sat(2_000),
+        },
+        renter_destination: ScriptBuf::new(),
+        locks: vec![vec![KeptLock([0; 20]); 4]],
+    };
+    let toss = AuditToss {
+        renter_nonce: [1; 32],
+    };
+    let swap = AuditSwap {
+        step: 0,
+        renter_signature: None,
+    };
+    for (kind, envelope, needle) in [
+        // Audits need the whole file first.
+        (
+            "audit_proposal",
+            peer::sign(&renter, id, 1, &proposal).unwrap(),
+            "upload is not finished",
+        ),
+        // Each later step needs the one before it.
+        (
+            "audit_toss",
+            peer::sign(&renter, id, 1, &toss).unwrap(),
+            "no audit proposal",
+        ),
+        (
+            "audit_swap",
+            peer::sign(&renter, id, 1, &swap).unwrap(),
+            "no audit proposal",
+        ),
+        // A message of one kind posted as another, and garbage.
+        (
+            "audit_openings",
+            peer::sign(&renter, id, 1, &toss).unwrap(),
+            "expected a audit_openings message",
+        ),
+        ("audit_proposal", b"{\"version\":1}".to_vec(), "malformed"),
+    ] {
+        let (code, body) = post_message(&m, kind, envelope);
+        assert_eq!(code, 400, "{kind}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{kind}: {body}");
+    }
+    assert_eq!(farmer_status(&m, &id_hex), before, "nothing changed");
+    assert!(before["audits"].is_null(), "{before}");
+}
