@@ -5,6 +5,7 @@
 //! test ends. When a test fails (the thread is panicking), each node prints the tail of its
 //! debug.log and each plugin its log, so the failure can be read without re-running.
 
+pub mod audit_fixture;
 pub mod bins;
 pub mod crs_cache;
 pub mod funding;

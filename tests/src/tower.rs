@@ -173,6 +173,21 @@ impl TowerProcess {
         self.call_ok("tower-status", json!([id]))
     }
 
+    /// The `audits` section of `tower-status` of watch `id`.
+    pub fn audits(&self, id: &str) -> Value {
+        self.status(id)["audits"].clone()
+    }
+
+    /// The `tower-status` entry of transaction `name` of watch `id`.
+    pub fn tx(&self, id: &str, name: &str) -> Value {
+        let status = self.status(id);
+        status["transactions"]
+            .as_array()
+            .and_then(|txs| txs.iter().find(|t| t["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no transaction {name} in {status}"))
+    }
+
     /// Waits until the tower's processed tip reaches `height`.
     pub fn wait_for_tip(&self, height: u64) {
         wait_until(

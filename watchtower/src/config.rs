@@ -10,6 +10,8 @@ use dstore_plugin::config::{
 };
 use dstore_protocol::network::Network;
 
+use crate::auditor::AuditorSettings;
+
 pub const CONF_FILE_NAME: &str = "watchtower.conf";
 
 #[derive(Debug, Clone, Parser)]
@@ -58,7 +60,19 @@ pub struct Args {
     /// Seconds between RPC reconciliations when no notification arrives (default 5)
     #[arg(long, value_name = "N")]
     pub poll_seconds: Option<u64>,
+
+    /// Challenge the farmer of every contract this tower audits to an off-chain Merkle
+    /// audit every N blocks (default 0: off)
+    #[arg(long, value_name = "N")]
+    pub merkle_audit_every: Option<u32>,
+
+    /// Segments per off-chain Merkle audit, 1 to 256 (default 16)
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub merkle_audit_k: Option<u32>,
 }
+
+/// Default segments per Merkle audit.
+pub const DEFAULT_MERKLE_AUDIT_K: u32 = 16;
 
 /// Default JSON-RPC port of the watchtower.
 pub const DEFAULT_RPC_PORT: u16 = 18460;
@@ -76,6 +90,7 @@ pub struct Config {
     pub rpc_port: u16,
     pub metrics_bind: Option<SocketAddr>,
     pub poll_seconds: u64,
+    pub auditor: AuditorSettings,
 }
 
 impl Config {
@@ -113,6 +128,10 @@ impl Config {
             rpc_port: args.rpc_port.unwrap_or(DEFAULT_RPC_PORT),
             metrics_bind: args.metrics_bind,
             poll_seconds: args.poll_seconds.unwrap_or(5).max(1),
+            auditor: AuditorSettings {
+                merkle_every: args.merkle_audit_every.unwrap_or(0),
+                merkle_k: args.merkle_audit_k.unwrap_or(DEFAULT_MERKLE_AUDIT_K),
+            },
             datadir,
         })
     }
@@ -120,5 +139,37 @@ impl Config {
     /// `<datadir>/<network>`: the cookie and the database live here.
     pub fn network_dir(&self) -> PathBuf {
         self.datadir.join(self.network.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[&str], conf: &[&str]) -> Result<Config, ConfigError> {
+        let argv: Vec<String> = std::iter::once("dstore-watchtower")
+            .chain(flags.iter().copied())
+            .map(String::from)
+            .collect();
+        let conf: Vec<String> = conf.iter().map(|s| s.to_string()).collect();
+        let args = Args::try_parse_from(layer(&argv, &conf)).map_err(ConfigError::Invalid)?;
+        Config::resolve(args, PathBuf::from("/tmp/tower"))
+    }
+
+    #[test]
+    fn merkle_audit_flags_and_conf() {
+        let none = config(&[], &[]).unwrap();
+        assert_eq!(none.auditor.merkle_every, 0);
+        assert_eq!(none.auditor.merkle_k, DEFAULT_MERKLE_AUDIT_K);
+        let conf = config(&[], &["--merkle-audit-every=6"]).unwrap();
+        assert_eq!(conf.auditor.merkle_every, 6);
+        let flag = config(
+            &["--merkle-audit-every=2", "--merkle-audit-k=4"],
+            &["--merkle-audit-every=6"],
+        )
+        .unwrap();
+        assert_eq!((flag.auditor.merkle_every, flag.auditor.merkle_k), (2, 4));
+        assert!(config(&["--merkle-audit-k=0"], &[]).is_err());
+        assert!(config(&["--merkle-audit-k=257"], &[]).is_err());
     }
 }

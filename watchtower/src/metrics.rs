@@ -83,6 +83,21 @@ pub async fn render(tower: &Tower) -> String {
             "Failed RPC reconciliations.",
             &c.reconcile_failures,
         ),
+        (
+            "dstore_tower_salt_releases_total",
+            "Candidate salts the farmer accepted.",
+            &c.salt_releases,
+        ),
+        (
+            "dstore_tower_merkle_audits_passed_total",
+            "Off-chain Merkle audits passed.",
+            &c.merkle_audits_passed,
+        ),
+        (
+            "dstore_tower_merkle_audits_failed_total",
+            "Off-chain Merkle audits failed.",
+            &c.merkle_audits_failed,
+        ),
     ];
     for (name, help, counter) in counters {
         metric(name, "counter", help, counter.load(Ordering::Relaxed));

@@ -1,6 +1,8 @@
 //! The JSON the watchtower's RPC shows for a watch: its transactions' states at the tip,
 //! the extracted key (public once TX2 is out, but only shown to authenticated callers),
-//! and what it has seen on the chain.
+//! what it has seen on the chain and, for an audit contract, the `audits` section
+//! ([`dstore_protocol::watch::auditor::AuditsReport`] documents its shape). The
+//! registration itself is never shown: an auditor's salts stay in the tower.
 
 use bitcoin::consensus::encode::serialize_hex;
 use dstore_protocol::watch::{TxState, Watch};
@@ -14,6 +16,8 @@ pub fn summary(watch: &Watch, tip: Option<u32>) -> Value {
         "key_extracted": watch.key.is_some(),
         "transactions": r.transactions.len(),
         "settled": tip.is_some_and(|t| watch.settled(t)),
+        "auditor": r.auditor.is_some(),
+        "audits_failed": watch.audit.as_ref().is_some_and(|a| a.failure.is_some()),
     })
 }
 
@@ -53,5 +57,6 @@ pub fn status(watch: &Watch, tip: Option<u32>) -> Value {
         "seen": watch.seen,
         "spends": watch.spends,
         "settled": tip.is_some_and(|t| watch.settled(t)),
+        "audits": watch.audits_report(tip),
     })
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dstore_plugin::cookie::CookieFile;
 use dstore_plugin::jsonrpc::{self, code, RpcError, Version};
+use dstore_protocol::watch::registration::MAX_REGISTRATION_JSON_BYTES;
 use dstore_protocol::watch::{Registration, RegistrationError, WatchId};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -21,8 +22,12 @@ use tokio::sync::watch;
 
 use crate::tower::{Tower, TowerError};
 
-/// Largest request accepted (a registration is a few kilobytes).
+/// Largest request accepted by any method but `tower-register`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Largest `tower-register` request: an audit contract's registration carries up to a
+/// few thousand transactions (see `MAX_REGISTRATION_JSON_BYTES`), plus the envelope.
+pub const MAX_REGISTER_BODY_BYTES: usize = MAX_REGISTRATION_JSON_BYTES + 4096;
 
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
 
@@ -84,7 +89,7 @@ async fn handle(
         );
         return reply;
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+    let body = match Limited::new(req.into_body(), MAX_REGISTER_BODY_BYTES)
         .collect()
         .await
     {
@@ -111,6 +116,9 @@ async fn handle(
             return json_reply(status, &jsonrpc::reply(e.version, e.id, Err(e.error)));
         }
     };
+    if body.len() > MAX_BODY_BYTES && request.method != "tower-register" {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large");
+    }
     let outcome = dispatch(tower, shutdown, &request.method, &request.params).await;
     let status = match (&outcome, request.version) {
         (Err(e), Version::V1Legacy) => e.legacy_http_status(),

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::secrets::SecretBox;
 use crate::store::{Store, StoreError};
 use crate::tower::{bump, Tower, TowerError};
 use crate::zmq_feed::{self, Notice};
@@ -54,11 +55,13 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     check_chain(&bitcoind, config.network).await?;
     let dir = config.network_dir();
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let store = Store::open(&dir.join("db"))?;
+    let secrets = SecretBox::new(&dir.join(crate::secrets::KEY_FILE));
+    let store = Store::open(&dir.join("db"), secrets)?;
     let wallet =
         crate::wallet::TowerWallet::load_or_create(&dir.join("wallet.key"), config.network)
             .map_err(io("cannot load the tower's wallet key"))?;
-    let tower = Arc::new(Tower::open(store, bitcoind, wallet)?);
+    let (tower, mut outcomes) = Tower::open(store, bitcoind, wallet, config.auditor)?;
+    let tower = Arc::new(tower);
     tower.reconcile().await?;
 
     let (shutdown, mut stopping) = watch::channel(false);
@@ -84,7 +87,7 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let (sender, mut notices) = mpsc::channel(10_000);
     let stop_zmq = Arc::new(AtomicBool::new(false));
     let zmq_thread = zmq_feed::spawn(config.zmq_endpoints.clone(), sender, stop_zmq.clone())?;
-    tracing::info!(rpc = %rpc_addr, zmq = ?config.zmq_endpoints, "dstore-watchtower running");
+    tracing::info!(rpc = %rpc_addr, zmq = ?config.zmq_endpoints, merkle_audit_every = config.auditor.merkle_every, "dstore-watchtower running");
 
     let mut poll = tokio::time::interval(Duration::from_secs(config.poll_seconds));
     loop {
@@ -93,6 +96,11 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
                 Some(notice) => handle(&tower, notice).await,
                 None => break,
             },
+            Some(outcome) = outcomes.recv() => {
+                if let Err(e) = tower.on_auditor_outcome(outcome).await {
+                    tracing::warn!("cannot record the farmer's answer: {e}");
+                }
+            }
             _ = poll.tick() => reconcile(&tower).await,
             _ = stopping.wait_for(|s| *s) => break,
             _ = tokio::signal::ctrl_c() => break,

@@ -1,19 +1,24 @@
 //! The tower: the watch engine behind one lock, fed by ZMQ notices and RPC reconciliation,
 //! persisting every change before it acts and broadcasting whatever the engine says is due.
+//! For auditor watches it also releases the salts of confirmed candidates and runs the
+//! off-chain Merkle audits ([`crate::auditor`]), recording each before it is sent.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize_hex};
-use bitcoin::{Amount, Block, BlockHash, OutPoint, Transaction, TxOut};
+use bitcoin::{Amount, Block, BlockHash, OutPoint, Transaction, TxOut, Txid};
 use dstore_plugin::bitcoind::{Bitcoind, BitcoindError};
 use dstore_protocol::watch::{Engine, Merge, Registration, RegistrationError, Watch, WatchId};
 use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Mutex;
 
+use crate::auditor::{Auditor, AuditorOutcome, AuditorSettings};
 use crate::store::{Store, StoreError, Tip};
 use crate::wallet::TowerWallet;
+use dstore_protocol::watch::auditor::{MerkleRecord, ReleaseDue};
 use dstore_protocol::watch::cpfp::{cpfp_child, CpfpError};
 use dstore_protocol::watch::DueBroadcast;
 
@@ -43,6 +48,9 @@ pub struct Counters {
     pub broadcasts: AtomicU64,
     pub broadcast_rejections: AtomicU64,
     pub cpfp_bumps: AtomicU64,
+    pub salt_releases: AtomicU64,
+    pub merkle_audits_passed: AtomicU64,
+    pub merkle_audits_failed: AtomicU64,
     pub zmq_messages: AtomicU64,
     pub zmq_malformed: AtomicU64,
     pub zmq_gaps: AtomicU64,
@@ -63,6 +71,7 @@ pub struct Tower {
     store: Store,
     bitcoind: Arc<Bitcoind>,
     wallet: TowerWallet,
+    auditor: Auditor,
     pub counters: Counters,
 }
 
@@ -71,25 +80,30 @@ pub struct Tower {
 const BUMP_FEERATE_SAT_VB: u64 = 25;
 
 impl Tower {
-    /// Loads every stored watch and the last processed block.
+    /// Loads every stored watch and the last processed block. The auditor's answers
+    /// arrive on the returned receiver; hand each to [`Tower::on_auditor_outcome`].
     pub fn open(
         store: Store,
         bitcoind: Arc<Bitcoind>,
         wallet: TowerWallet,
-    ) -> Result<Tower, TowerError> {
+        settings: AuditorSettings,
+    ) -> Result<(Tower, UnboundedReceiver<AuditorOutcome>), TowerError> {
         let mut engine = Engine::new();
         for watch in store.watches()? {
             engine.insert(watch);
         }
         let tip = store.tip()?;
         tracing::info!(watches = engine.len(), tip = ?tip.map(|t| t.height), "watchtower state loaded");
-        Ok(Tower {
+        let (auditor, outcomes) = Auditor::new(settings);
+        let tower = Tower {
             state: Mutex::new(State { engine, tip }),
             store,
             bitcoind,
             wallet,
+            auditor,
             counters: Counters::default(),
-        })
+        };
+        Ok((tower, outcomes))
     }
 
     pub fn bitcoind(&self) -> &Bitcoind {
@@ -257,6 +271,7 @@ impl Tower {
         let Some(tip) = state.tip else {
             return Ok(());
         };
+        self.fill_beacon_hashes(state, tip.height).await?;
         let script = self.wallet.script();
         let actions = state.engine.actions(tip.height, Some(&script));
         for due in actions.broadcasts {
@@ -265,7 +280,139 @@ impl Tower {
         for stuck in actions.bumps {
             self.bump(state, tip.height, stuck).await?;
         }
+        self.audit(state, tip)
+    }
+
+    /// Looks up the block hashes groups need that the engine did not see connected (a
+    /// watch registered, or the tower started, after its beacon block).
+    async fn fill_beacon_hashes(&self, state: &mut State, tip: u32) -> Result<(), TowerError> {
+        for height in state.engine.missing_block_hashes(tip) {
+            let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
+            let changed = state.engine.note_block_hash(height, parse_hash(&hash)?);
+            self.persist(state, &changed, None)?;
+        }
         Ok(())
+    }
+
+    /// The auditor's duties at `tip`: release the salts of confirmed candidates, and run
+    /// a Merkle audit where one is due. Each release is recorded and stored before it is
+    /// sent; the answers come back through [`Tower::on_auditor_outcome`].
+    fn audit(&self, state: &mut State, tip: Tip) -> Result<(), TowerError> {
+        let ids: Vec<WatchId> = state
+            .engine
+            .watches()
+            .filter(|(_, w)| w.audit.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.release_salts(state, &id, tip.height)?;
+            self.merkle_audit(state, &id, tip);
+        }
+        Ok(())
+    }
+
+    fn release_salts(&self, state: &mut State, id: &WatchId, tip: u32) -> Result<(), TowerError> {
+        let Some(watch) = state.engine.get(id) else {
+            return Ok(());
+        };
+        let Some(url) = watch
+            .registration
+            .auditor
+            .as_ref()
+            .map(|a| a.farmer_url.clone())
+        else {
+            return Ok(());
+        };
+        let requests: Vec<_> = watch
+            .releases_due()
+            .into_iter()
+            .filter(|due| self.auditor.may_release(id, due, tip))
+            .filter_map(|due| watch.reveal_request(&due).map(|r| (due, r)))
+            .collect();
+        for (due, request) in requests {
+            if let Some(watch) = state.engine.watch_mut(id) {
+                watch.record_release_attempt(&due, tip);
+            }
+            self.persist(state, &BTreeSet::from([*id]), None)?;
+            tracing::info!(watch = %hex::encode(id), audit = due.audit, candidate = due.candidate, txid = %due.candidate_txid, "candidate confirmed: releasing its salt to the farmer");
+            self.auditor.send_release(*id, due, tip, &url, request);
+        }
+        Ok(())
+    }
+
+    fn merkle_audit(&self, state: &State, id: &WatchId, tip: Tip) {
+        let Some(watch) = state.engine.get(id) else {
+            return;
+        };
+        let every = self.auditor.settings.merkle_every;
+        if !self.auditor.may_audit(id) || !watch.merkle_audit_due(tip.height, every) {
+            return;
+        }
+        if let Some(spec) = &watch.registration.auditor {
+            tracing::debug!(watch = %hex::encode(id), height = tip.height, "Merkle audit");
+            self.auditor.send_merkle(*id, tip, spec);
+        }
+    }
+
+    /// Records the farmer's answer to a release or a Merkle challenge. The request stops
+    /// counting as in flight only once its answer is recorded (under the state lock), so
+    /// no concurrent round sends it again in between.
+    pub async fn on_auditor_outcome(&self, outcome: AuditorOutcome) -> Result<(), TowerError> {
+        let mut state = self.state.lock().await;
+        let result = self.record_outcome(&mut state, &outcome);
+        self.auditor.finished(&outcome);
+        result
+    }
+
+    fn record_outcome(
+        &self,
+        state: &mut State,
+        outcome: &AuditorOutcome,
+    ) -> Result<(), TowerError> {
+        let id = match outcome {
+            AuditorOutcome::Release { id, .. } | AuditorOutcome::Merkle { id, .. } => *id,
+        };
+        let Some(watch) = state.engine.watch_mut(&id) else {
+            return Ok(());
+        };
+        match outcome {
+            AuditorOutcome::Release {
+                due, tip, result, ..
+            } => {
+                self.note_release(&id, due, result);
+                watch.record_release_outcome(due, *tip, result.clone());
+            }
+            AuditorOutcome::Merkle { record, .. } => {
+                self.note_merkle(&id, record);
+                watch.record_merkle_audit(record.clone());
+            }
+        }
+        self.persist(state, &BTreeSet::from([id]), None)
+    }
+
+    fn note_release(&self, id: &WatchId, due: &ReleaseDue, result: &Result<Txid, String>) {
+        let (watch, audit, candidate) = (hex::encode(id), due.audit, due.candidate);
+        match result {
+            Ok(claim) => {
+                bump(&self.counters.salt_releases);
+                tracing::info!(%watch, audit, candidate, %claim, "salt released; the farmer broadcast its claim");
+            }
+            Err(e) => {
+                tracing::warn!(%watch, audit, candidate, "salt release failed (retried next block): {e}")
+            }
+        }
+    }
+
+    fn note_merkle(&self, id: &WatchId, record: &MerkleRecord) {
+        let watch = hex::encode(id);
+        if record.ok {
+            bump(&self.counters.merkle_audits_passed);
+            tracing::info!(%watch, height = record.height, "Merkle audit passed");
+        } else {
+            bump(&self.counters.merkle_audits_failed);
+            let error = record.error.as_deref().unwrap_or("");
+            tracing::warn!(%watch, height = record.height, "Merkle audit FAILED: {error}; the candidates of later audits are withheld so the refunds return the money");
+        }
     }
 
     async fn broadcast(

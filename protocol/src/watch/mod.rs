@@ -8,8 +8,27 @@
 //! nothing, a mempool sighting never downgrades a confirmation, and disconnecting a block
 //! downgrades exactly what it confirmed, so replaying any stretch of the chain after a
 //! crash, a missed notification or a reorg converges on the same state.
+//!
+//! **Groups** (an audit's candidates, PROTOCOL.md 5): of the pre-signed transactions that
+//! share a group only one is ever broadcast. A member seen on the chain or in the mempool
+//! is the one (a confirmed one first); otherwise it is the beacon's choice, member
+//! j = `beacon_candidate(registration id, hash of block T − 1, members)` in registration
+//! order, where T is the group's nLockTime. The engine remembers the hashes of recent
+//! blocks and hands each watch the hashes its groups need ([`Watch::beacon_hashes`],
+//! persisted with it); a hash older than the engine's memory (a tower started late) is
+//! asked of the shell ([`Engine::missing_block_hashes`], [`Engine::note_block_hash`]).
+//! A member's confirmation that a reorg undoes is forgotten, not downgraded to "in the
+//! mempool", so the group falls back to the beacon's choice. A group whose T lies above
+//! [`Watch::groups_withheld_above`] is not broadcast at all (the auditor's Merkle audit
+//! failed: the renter lets RF_i take the money back).
+//!
+//! **Fallbacks**: of due transactions spending a common outpoint, only the first in
+//! registration order is broadcast, until bitcoind refuses it (RF_ij before the plain
+//! reclaim of the same candidate output).
 
+pub mod auditor;
 pub mod cpfp;
+mod groups;
 pub mod registration;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,17 +36,26 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bitcoin::absolute::LockTime;
 use bitcoin::relative;
 use bitcoin::secp256k1::SecretKey;
-use bitcoin::{Block, OutPoint, Transaction, Txid};
+use bitcoin::{Block, BlockHash, OutPoint, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::extract_farmer_key;
-pub use registration::{ExtractSpec, Merge, Presigned, Registration, RegistrationError, WatchRole};
+pub use auditor::AuditState;
+use groups::Derived;
+pub use groups::{lock_height, BeaconHash, GroupChoice};
+pub use registration::{
+    AuditorSpec, ExtractSpec, Merge, Presigned, Registration, RegistrationError, WatchRole,
+};
 
 /// Confirmations after which a broadcast transaction is left alone.
 pub const BURIED_DEPTH: u32 = 6;
 
 /// Blocks a broadcast transaction may sit unconfirmed before the tower bumps it (again).
 pub const STUCK_BLOCKS: u32 = 3;
+
+/// How many of the latest block hashes the engine remembers for groups registered after
+/// their beacon block was connected.
+pub const RECENT_BLOCK_HASHES: u32 = 144;
 
 /// A watch's id (the download id the plugin registered it under).
 pub type WatchId = [u8; 32];
@@ -88,6 +116,18 @@ pub struct Watch {
     pub seen: Vec<Sighting>,
     pub spends: Vec<Spend>,
     pub attempts: Vec<Attempts>,
+    /// The hashes of the blocks T − 1 of this watch's groups, once connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub beacon_hashes: Vec<BeaconHash>,
+    /// Groups whose nLockTime is above this height are not broadcast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_withheld_above: Option<u32>,
+    /// The auditor's bookkeeping, when the registration carries an [`AuditorSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Box<AuditState>>,
+    /// Indexes over the registration, built on first use.
+    #[serde(skip)]
+    derived: Derived,
 }
 
 /// Where one pre-signed transaction stands at a tip.
@@ -110,6 +150,12 @@ pub enum TxState {
     Superseded {
         by: Txid,
     },
+    /// Another member of its group is the one broadcast (seen, or the beacon's choice).
+    Alternative {
+        chosen: Txid,
+    },
+    /// Its group is withheld (a failed Merkle audit): never broadcast.
+    Withheld,
 }
 
 /// A broadcast the engine asks the shell to make.
@@ -131,13 +177,28 @@ pub struct Actions {
 
 impl Watch {
     pub fn new(registration: Registration) -> Self {
-        Watch {
+        let mut watch = Watch {
             registration,
             key: None,
             extract_note: None,
             seen: Vec::new(),
             spends: Vec::new(),
             attempts: Vec::new(),
+            beacon_hashes: Vec::new(),
+            groups_withheld_above: None,
+            audit: None,
+            derived: Derived::default(),
+        };
+        watch.attach_audit();
+        watch
+    }
+
+    /// Starts the auditor's bookkeeping once the registration carries an auditor spec.
+    pub fn attach_audit(&mut self) {
+        if self.audit.is_none() && self.registration.auditor.is_some() {
+            let spec = self.registration.auditor.as_ref();
+            self.audit = spec.map(|spec| Box::new(AuditState::new(spec)));
+            self.derived = Derived::default();
         }
     }
 
@@ -151,6 +212,10 @@ impl Watch {
             txids.insert(p.tx.compute_txid());
             txids.extend(p.tx.input.iter().map(|i| i.previous_output.txid));
         }
+        if let (Some(audit), Some(spec)) = (&self.audit, &r.auditor) {
+            txids.extend(audit.candidates.iter().flatten());
+            txids.insert(spec.book.funding_txid);
+        }
         txids
     }
 
@@ -160,6 +225,11 @@ impl Watch {
         let mut outpoints: BTreeSet<OutPoint> = r.extract.iter().map(|e| e.tx1_outpoint).collect();
         for p in &r.transactions {
             outpoints.extend(p.tx.input.iter().map(|i| i.previous_output));
+        }
+        if let (Some(audit), Some(spec)) = (&self.audit, &r.auditor) {
+            let funding = spec.book.funding_txid;
+            outpoints.extend((0..spec.book.terms.audits).map(|i| OutPoint::new(funding, i)));
+            outpoints.extend(audit.candidate_outpoints());
         }
         outpoints
     }
@@ -192,16 +262,16 @@ impl Watch {
     pub fn observe(&mut self, tx: &Transaction, height: Option<u32>) -> bool {
         let txid = tx.compute_txid();
         let mut changed = false;
-        if self.watched_txids().contains(&txid) {
+        if self.indexes().txids.contains(&txid) {
             changed |= self.note_sighting(txid, height);
         }
-        let outpoints = self.watched_outpoints();
         for (index, input) in tx.input.iter().enumerate() {
-            if !outpoints.contains(&input.previous_output) {
+            if !self.indexes().outpoints.contains(&input.previous_output) {
                 continue;
             }
             changed |= self.note_spend(input.previous_output, txid, height);
             changed |= self.try_extract(tx, index);
+            changed |= self.note_claim(tx, index);
         }
         changed
     }
@@ -258,11 +328,18 @@ impl Watch {
     }
 
     /// Undoes what a disconnected block at `height` confirmed: its transactions are
-    /// unconfirmed again. A key once extracted stays (it is public).
+    /// unconfirmed again, except group members and audit candidates, which are forgotten
+    /// (their group goes back to the beacon's choice). A key once extracted stays (it is
+    /// public).
     pub fn disconnect(&mut self, txids: &BTreeSet<Txid>, height: u32) -> bool {
-        let mut changed = false;
+        let undone = |s: &Sighting| s.height == Some(height) && txids.contains(&s.txid);
+        let alternatives = self.alternative_txids();
+        let before = self.seen.len();
+        self.seen
+            .retain(|s| !(undone(s) && alternatives.contains(&s.txid)));
+        let mut changed = self.seen.len() != before;
         for s in self.seen.iter_mut() {
-            if s.height == Some(height) && txids.contains(&s.txid) {
+            if undone(s) {
                 s.height = None;
                 changed = true;
             }
@@ -287,12 +364,8 @@ impl Watch {
                 TxState::Confirmed { depth }
             };
         }
-        for input in &p.tx.input {
-            if let Some(s) = self.spend_of(&input.previous_output) {
-                if s.spender != txid && s.height.is_some() {
-                    return TxState::Superseded { by: s.spender };
-                }
-            }
+        if let Some(by) = self.superseded_by(&p.tx, &txid, 2) {
+            return TxState::Superseded { by };
         }
         match self.valid_from(&p.tx) {
             Some(height) if height <= tip + 1 => {}
@@ -302,11 +375,38 @@ impl Watch {
                 }
             }
         }
+        if let Some(state) = p.group.and_then(|g| self.group_state(g, &txid)) {
+            return state;
+        }
         let attempts = self.attempts_of(&p.name);
         if attempts.and_then(|a| a.last_broadcast_height) == Some(tip) {
             return TxState::Broadcast;
         }
         TxState::Due
+    }
+
+    /// The transaction that makes `tx` impossible: a confirmed spend of one of its inputs
+    /// by another transaction, or (up to `depth` generations) one that makes a registered
+    /// parent impossible (the reclaim of a candidate that lost its group's race).
+    fn superseded_by(&self, tx: &Transaction, txid: &Txid, depth: u32) -> Option<Txid> {
+        for input in &tx.input {
+            if let Some(s) = self.spend_of(&input.previous_output) {
+                if s.spender != *txid && s.height.is_some() {
+                    return Some(s.spender);
+                }
+            }
+        }
+        if depth == 0 {
+            return None;
+        }
+        tx.input.iter().find_map(|input| {
+            let parent_txid = input.previous_output.txid;
+            let parent = self.presigned(&parent_txid)?;
+            if matches!(self.sighting(&parent_txid), Some(Some(_))) {
+                return None;
+            }
+            self.superseded_by(&parent.tx, &parent_txid, depth - 1)
+        })
     }
 
     /// The first block height `tx` may be mined in, as far as its timelocks and its
@@ -336,13 +436,32 @@ impl Watch {
         Some(from)
     }
 
-    /// The pre-signed transactions due at `tip`.
+    /// The pre-signed transactions due at `tip`. Of those spending a common outpoint only
+    /// the first in registration order is due (or broadcast already), until bitcoind
+    /// refuses it; then the next one is tried too.
     pub fn due(&self, tip: u32) -> Vec<&Presigned> {
-        self.registration
-            .transactions
-            .iter()
-            .filter(|p| self.state_of(p, tip) == TxState::Due)
-            .collect()
+        let mut taken: BTreeSet<OutPoint> = BTreeSet::new();
+        let mut due = Vec::new();
+        for p in &self.registration.transactions {
+            let state = self.state_of(p, tip);
+            if !matches!(state, TxState::Due | TxState::Broadcast) {
+                continue;
+            }
+            let inputs: Vec<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+            if inputs.iter().any(|o| taken.contains(o)) {
+                continue;
+            }
+            let refused = self
+                .attempts_of(&p.name)
+                .is_some_and(|a| a.last_error.is_some());
+            if !refused {
+                taken.extend(inputs);
+            }
+            if state == TxState::Due {
+                due.push(p);
+            }
+        }
+        due
     }
 
     /// The next tip above `tip` at which time alone may change what is due: a timelock
@@ -426,6 +545,10 @@ pub struct Engine {
     watches: HashMap<WatchId, Watch>,
     by_txid: HashMap<Txid, Vec<WatchId>>,
     by_outpoint: HashMap<OutPoint, Vec<WatchId>>,
+    /// Watches by the heights whose block hashes pick their groups' members.
+    by_beacon: BTreeMap<u32, Vec<WatchId>>,
+    /// The last [`RECENT_BLOCK_HASHES`] connected blocks' hashes.
+    recent_hashes: BTreeMap<u32, BlockHash>,
     dirty: BTreeSet<WatchId>,
     schedule: BTreeMap<u32, BTreeSet<WatchId>>,
     keys: usize,
@@ -458,9 +581,10 @@ impl Engine {
     }
 
     /// Adds a watch loaded from storage (or replaces one).
-    pub fn insert(&mut self, watch: Watch) {
+    pub fn insert(&mut self, mut watch: Watch) {
         let id = watch.registration.id;
         self.unindex(&id);
+        watch.attach_audit();
         self.keys += usize::from(watch.key.is_some());
         self.dirty.insert(id);
         for txid in watch.watched_txids() {
@@ -468,6 +592,12 @@ impl Engine {
         }
         for outpoint in watch.watched_outpoints() {
             self.by_outpoint.entry(outpoint).or_default().push(id);
+        }
+        for height in watch.beacon_heights() {
+            self.by_beacon.entry(height).or_default().push(id);
+            if let Some(hash) = self.recent_hashes.get(&height) {
+                watch.note_beacon_hash(height, *hash);
+            }
         }
         self.watches.insert(id, watch);
     }
@@ -482,6 +612,7 @@ impl Engine {
         let mut updated = existing.clone();
         let merge = updated.registration.merge(&registration)?;
         if merge == Merge::Updated {
+            updated.attach_audit();
             self.insert(updated);
         }
         Ok(merge)
@@ -503,6 +634,14 @@ impl Engine {
         }
         for outpoint in old.watched_outpoints() {
             remove_from(&mut self.by_outpoint, &outpoint, id);
+        }
+        for height in old.beacon_heights() {
+            if let Some(ids) = self.by_beacon.get_mut(&height) {
+                ids.retain(|x| x != id);
+                if ids.is_empty() {
+                    self.by_beacon.remove(&height);
+                }
+            }
         }
     }
 
@@ -538,9 +677,14 @@ impl Engine {
         changed
     }
 
-    /// Records every transaction of a block connected at `height`.
+    /// Records every transaction of a block connected at `height`, and its hash.
     pub fn connect_block(&mut self, block: &Block, height: u32) -> BTreeSet<WatchId> {
-        let mut changed = BTreeSet::new();
+        let hash = block.block_hash();
+        self.recent_hashes.split_off(&height);
+        self.recent_hashes.insert(height, hash);
+        let keep_from = height.saturating_sub(RECENT_BLOCK_HASHES - 1);
+        self.recent_hashes = self.recent_hashes.split_off(&keep_from);
+        let mut changed = self.note_block_hash(height, hash);
         for tx in &block.txdata {
             changed.extend(self.observe(tx, Some(height)));
         }
@@ -549,12 +693,13 @@ impl Engine {
 
     /// Undoes a block at `height` that left the active chain.
     pub fn disconnect_block(&mut self, block: &Block, height: u32) -> BTreeSet<WatchId> {
+        self.recent_hashes.split_off(&height);
         let txids: BTreeSet<Txid> = block.txdata.iter().map(|t| t.compute_txid()).collect();
         let mut ids = BTreeSet::new();
         for tx in &block.txdata {
             ids.extend(self.touched_by(tx, &tx.compute_txid()));
         }
-        let changed: BTreeSet<WatchId> = ids
+        let mut changed: BTreeSet<WatchId> = ids
             .into_iter()
             .filter(|id| {
                 self.watches
@@ -562,6 +707,45 @@ impl Engine {
                     .is_some_and(|w| w.disconnect(&txids, height))
             })
             .collect();
+        for id in self.by_beacon.get(&height).cloned().unwrap_or_default() {
+            if let Some(watch) = self.watches.get_mut(&id) {
+                if watch.forget_beacon_hash(height) {
+                    changed.insert(id);
+                }
+            }
+        }
+        self.dirty.extend(&changed);
+        changed
+    }
+
+    /// Heights up to `tip` whose block hash some watch's group needs and was not given
+    /// (the block was connected before the watch was registered or the tower started):
+    /// the shell looks them up and calls [`note_block_hash`](Self::note_block_hash).
+    pub fn missing_block_hashes(&self, tip: u32) -> Vec<u32> {
+        self.by_beacon
+            .range(..=tip)
+            .filter(|(height, ids)| {
+                ids.iter().any(|id| {
+                    self.watches
+                        .get(id)
+                        .is_some_and(|w| w.beacon_hash(**height).is_none())
+                })
+            })
+            .map(|(height, _)| *height)
+            .collect()
+    }
+
+    /// Gives the hash of the active chain's block at `height` to the watches whose groups
+    /// need it; returns the watches that changed.
+    pub fn note_block_hash(&mut self, height: u32, hash: BlockHash) -> BTreeSet<WatchId> {
+        let mut changed = BTreeSet::new();
+        for id in self.by_beacon.get(&height).cloned().unwrap_or_default() {
+            if let Some(watch) = self.watches.get_mut(&id) {
+                if watch.note_beacon_hash(height, hash) {
+                    changed.insert(id);
+                }
+            }
+        }
         self.dirty.extend(&changed);
         changed
     }
@@ -640,5 +824,7 @@ fn remove_from<K: std::hash::Hash + Eq>(
     }
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod tests;

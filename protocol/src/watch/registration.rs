@@ -1,20 +1,44 @@
 //! What a plugin hands its watchtower per contract (PROTOCOL.md 6): the outpoint whose
 //! spend reveals f, the pre-signed transactions to broadcast when valid, and the txids to
 //! watch; parsed from hostile JSON with hard limits, and merged idempotently.
+//!
+//! An audit contract (PROTOCOL.md 5) registers up to N·m·3 + N transactions: every kept
+//! candidate A_ij as `audit-{i}-candidate-{j}` in group i, then `audit-{i}-refund-after-{j}`
+//! (RF_ij) and `audit-{i}-reclaim-{j}`, then `audit-{i}-refund` (RF_i); later the farmer's
+//! claim as `audit-{i}-claim-{j}`. The registration's `id` must then be the audit
+//! contract's id: the towers of both parties feed it to the beacon that picks which
+//! candidate of a group they broadcast. The auditor's tower also gets an [`AuditorSpec`].
 
+use bitcoin::absolute::LockTime;
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
-/// Most pre-signed transactions one registration may carry.
-pub const MAX_TRANSACTIONS: usize = 16;
-/// Most extra txids one registration may watch.
-pub const MAX_WATCH_TXIDS: usize = 16;
+use crate::audit::book::AuditBook;
+use crate::audit::candidates::{check_index, CandidateSecret};
+use crate::merkle::segment_count;
+
+/// Most pre-signed transactions one registration may carry: an audit contract of N audits
+/// with m kept candidates registers N·m·3 + N (N = 52, m = 8: 1,300).
+pub const MAX_TRANSACTIONS: usize = 4096;
+/// Most extra txids one registration may watch (an auditor-only registration watches
+/// every candidate).
+pub const MAX_WATCH_TXIDS: usize = 4096;
 /// Largest pre-signed transaction accepted (bitcoind's standard weight limit / 4).
 pub const MAX_TX_BYTES: usize = 100_000;
+/// Most bytes (consensus encoding) of all pre-signed transactions of one registration
+/// together. N = 52, m = 8 needs about 3.4 MB, mostly the RF_ij with their many inputs.
+pub const MAX_REGISTRATION_TX_BYTES: usize = 8_000_000;
+/// Largest registration as JSON: the transactions in hex, plus room for names, the audit
+/// book and the secrets. The tower's RPC accepts `tower-register` bodies up to this size.
+pub const MAX_REGISTRATION_JSON_BYTES: usize = 2 * MAX_REGISTRATION_TX_BYTES + 2_000_000;
+/// Most candidates (N·m) an auditor spec may cover.
+pub const MAX_AUDIT_CANDIDATES: usize = 4096;
 /// Longest transaction name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Longest farmer URL of an auditor spec.
+pub const MAX_URL_LEN: usize = 512;
 
 /// Which side of the contract the registering plugin plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +66,8 @@ pub struct Presigned {
     pub tx: Transaction,
     /// Alternatives: of the transactions sharing a group (an audit's candidates, which all
     /// spend the same output) the tower broadcasts only one, the beacon's choice
-    /// (PROTOCOL.md 5), in the group's registration order.
+    /// (PROTOCOL.md 5), in the group's registration order. The members of a group share
+    /// one block-height nLockTime T; the beacon reads block T − 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
 }
@@ -63,9 +88,9 @@ impl Presigned {
 /// Only the auditor's tower gets one; it holds the secrets encrypted at rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditorSpec {
-    pub book: crate::audit::book::AuditBook,
+    pub book: AuditBook,
     /// Per audit, the secrets of its kept candidates, in the book's kept-lock order.
-    pub secrets: Vec<Vec<crate::audit::candidates::CandidateSecret>>,
+    pub secrets: Vec<Vec<CandidateSecret>>,
     /// The farmer's peer endpoint base URL (e.g. `http://127.0.0.1:9735`).
     pub farmer_url: String,
     /// root_C and length of the stored ciphertext, for off-chain Merkle audits.
@@ -108,6 +133,12 @@ pub enum RegistrationError {
     BadTransaction(String, String),
     #[error("registration {id} conflicts with the one on record: {what}")]
     Conflict { id: String, what: String },
+    #[error("the transactions take {bytes} bytes, more than the limit of {max}")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("group {group}: {why}")]
+    BadGroup { group: u32, why: String },
+    #[error("auditor spec: {0}")]
+    BadAuditor(String),
 }
 
 /// What a registration did to the registry.
@@ -132,21 +163,65 @@ impl Registration {
     pub fn check(&self) -> Result<(), RegistrationError> {
         limit("transactions", self.transactions.len(), MAX_TRANSACTIONS)?;
         limit("watched txids", self.watch_txids.len(), MAX_WATCH_TXIDS)?;
-        if self.extract.is_none() && self.transactions.is_empty() && self.watch_txids.is_empty() {
+        if self.extract.is_none()
+            && self.transactions.is_empty()
+            && self.watch_txids.is_empty()
+            && self.auditor.is_none()
+        {
             return Err(RegistrationError::Malformed(
-                "nothing to watch: give extract, transactions or watch_txids".into(),
+                "nothing to watch: give extract, transactions, watch_txids or auditor".into(),
             ));
         }
-        for (i, p) in self.transactions.iter().enumerate() {
-            check_presigned(p)?;
-            if self.transactions[..i].iter().any(|q| q.name == p.name) {
+        let mut names = std::collections::HashSet::with_capacity(self.transactions.len());
+        let mut bytes = 0usize;
+        for p in &self.transactions {
+            bytes += check_presigned(p)?;
+            if !names.insert(p.name.as_str()) {
                 return Err(RegistrationError::Malformed(format!(
                     "transaction name {:?} is used twice",
                     p.name
                 )));
             }
         }
+        if bytes > MAX_REGISTRATION_TX_BYTES {
+            return Err(RegistrationError::TooLarge {
+                bytes,
+                max: MAX_REGISTRATION_TX_BYTES,
+            });
+        }
+        self.check_groups()?;
+        if let Some(auditor) = &self.auditor {
+            auditor.check(&self.id)?;
+        }
         Ok(())
+    }
+
+    /// Every group's members share one block-height nLockTime T ≥ 1 (the beacon reads
+    /// block T − 1).
+    fn check_groups(&self) -> Result<(), RegistrationError> {
+        let mut heights: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for p in &self.transactions {
+            let Some(group) = p.group else { continue };
+            let bad = |why: &str| RegistrationError::BadGroup {
+                group,
+                why: why.to_string(),
+            };
+            let height = match p.tx.lock_time {
+                LockTime::Blocks(h) if h.to_consensus_u32() > 0 => h.to_consensus_u32(),
+                _ => return Err(bad("members need a block-height nLockTime above 0")),
+            };
+            if *heights.entry(group).or_insert(height) != height {
+                return Err(bad("members have different nLockTimes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The members of `group`, in registration order.
+    pub fn group_members(&self, group: u32) -> impl Iterator<Item = &Presigned> {
+        self.transactions
+            .iter()
+            .filter(move |p| p.group == Some(group))
     }
 
     /// Folds `newer` (same id) into this registration: new transactions and txids are
@@ -165,9 +240,14 @@ impl Registration {
             (None, Some(new)) => merged.extract = Some(new.clone()),
             _ => {}
         }
+        match (&merged.auditor, &newer.auditor) {
+            (Some(old), Some(new)) if old != new => return Err(conflict("another auditor spec")),
+            (None, Some(new)) => merged.auditor = Some(new.clone()),
+            _ => {}
+        }
         for p in &newer.transactions {
             match merged.transactions.iter().find(|q| q.name == p.name) {
-                Some(q) if q.tx != p.tx => {
+                Some(q) if q.tx != p.tx || q.group != p.group => {
                     return Err(conflict(&format!("another transaction named {:?}", p.name)))
                 }
                 Some(_) => {}
@@ -199,7 +279,8 @@ fn limit(what: &'static str, count: usize, max: usize) -> Result<(), Registratio
     Ok(())
 }
 
-fn check_presigned(p: &Presigned) -> Result<(), RegistrationError> {
+/// Checks one pre-signed transaction; returns its size in bytes.
+fn check_presigned(p: &Presigned) -> Result<usize, RegistrationError> {
     let bad = |why: &str| RegistrationError::BadTransaction(p.name.clone(), why.to_string());
     if p.name.is_empty() || p.name.len() > MAX_NAME_LEN {
         return Err(bad("the name must be 1 to 64 characters"));
@@ -207,8 +288,61 @@ fn check_presigned(p: &Presigned) -> Result<(), RegistrationError> {
     if p.tx.input.is_empty() || p.tx.output.is_empty() {
         return Err(bad("no inputs or no outputs"));
     }
-    if bitcoin::consensus::encode::serialize(&p.tx).len() > MAX_TX_BYTES {
+    let size = p.tx.total_size();
+    if size > MAX_TX_BYTES {
         return Err(bad("larger than 100,000 bytes"));
+    }
+    Ok(size)
+}
+
+impl AuditorSpec {
+    /// The book is sound and belongs to contract `id`, there is one secret per kept
+    /// candidate, each inside the data, and the farmer URL is a plain http(s) URL.
+    pub fn check(&self, id: &[u8; 32]) -> Result<(), RegistrationError> {
+        let bad = |why: String| RegistrationError::BadAuditor(why);
+        self.book.check().map_err(|e| bad(e.to_string()))?;
+        let terms = &self.book.terms;
+        if terms.contract_id != *id {
+            return Err(bad(
+                "the registration id must be the audit contract's id (book.terms.contract_id)"
+                    .into(),
+            ));
+        }
+        let (audits, kept) = (terms.audits as usize, self.book.kept_per_audit());
+        limit("audit candidates", audits * kept, MAX_AUDIT_CANDIDATES)?;
+        let counts: Vec<usize> = self.secrets.iter().map(Vec::len).collect();
+        if counts.len() != audits || counts.iter().any(|c| *c != kept) {
+            return Err(bad(format!(
+                "expected {kept} secrets for each of {audits} audits, got {counts:?}"
+            )));
+        }
+        if self.length == 0 {
+            return Err(bad("the data length is 0".into()));
+        }
+        let segments = segment_count(self.length);
+        for secret in self.secrets.iter().flatten() {
+            check_index(secret, segments).map_err(|e| bad(e.to_string()))?;
+        }
+        check_url(&self.farmer_url).map_err(|why| bad(format!("farmer_url: {why}")))?;
+        crate::watch::auditor::candidate_txids(&self.book).map_err(|e| bad(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// An absolute http:// or https:// URL without whitespace, at most [`MAX_URL_LEN`] bytes.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    if url.len() > MAX_URL_LEN {
+        return Err("longer than 512 bytes");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or control characters");
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("has no host");
     }
     Ok(())
 }
@@ -283,7 +417,9 @@ mod tests {
         ] {
             assert!(Registration::from_json(&bad).is_err(), "{bad}");
         }
-        let many: Vec<(String, u32)> = (0..17).map(|i| (format!("t{i}"), i)).collect();
+        let many: Vec<(String, u32)> = (0..MAX_TRANSACTIONS as u32 + 1)
+            .map(|i| (format!("t{i}"), i))
+            .collect();
         let names: Vec<(&str, u32)> = many.iter().map(|(n, l)| (n.as_str(), *l)).collect();
         assert!(matches!(
             registration(&names).check(),
