@@ -248,21 +248,7 @@ impl PluginWallet {
         output: bdk_wallet::bitcoin::TxOut,
         fee_rate: Option<FeeRate>,
     ) -> Result<Funded, WalletError> {
-        let mut inner = self.lock()?;
-        self.sync_locked(&mut inner)?;
-        let fee_rate = match fee_rate {
-            Some(rate) => rate,
-            None => self.estimate_fee_rate()?,
-        };
-        let master = inner.master;
-        let (tx, prevouts) = build_and_sign(
-            &mut inner.wallet,
-            &master,
-            std::slice::from_ref(&output),
-            fee_rate,
-            false,
-        )?;
-        persist(&mut inner)?;
+        let (tx, prevouts) = self.build(std::slice::from_ref(&output), fee_rate, false)?;
         let vout = tx
             .output
             .iter()
@@ -282,15 +268,7 @@ impl PluginWallet {
         outputs: &[bdk_wallet::bitcoin::TxOut],
         fee_rate: Option<FeeRate>,
     ) -> Result<Funded, WalletError> {
-        let mut inner = self.lock()?;
-        self.sync_locked(&mut inner)?;
-        let fee_rate = match fee_rate {
-            Some(rate) => rate,
-            None => self.estimate_fee_rate()?,
-        };
-        let master = inner.master;
-        let (tx, prevouts) = build_and_sign(&mut inner.wallet, &master, outputs, fee_rate, true)?;
-        persist(&mut inner)?;
+        let (tx, prevouts) = self.build(outputs, fee_rate, true)?;
         if tx.output.get(..outputs.len()) != Some(outputs) {
             return Err(WalletError::Build(
                 "the outputs are not in the requested order".into(),
@@ -301,6 +279,26 @@ impl PluginWallet {
             vout: 0,
             prevouts,
         })
+    }
+
+    /// Syncs, then builds and signs a transaction paying `outputs`; persists the change
+    /// index it reveals.
+    fn build(
+        &self,
+        outputs: &[bdk_wallet::bitcoin::TxOut],
+        fee_rate: Option<FeeRate>,
+        keep_order: bool,
+    ) -> Result<(Transaction, Vec<bdk_wallet::bitcoin::TxOut>), WalletError> {
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)?;
+        let fee_rate = match fee_rate {
+            Some(rate) => rate,
+            None => self.estimate_fee_rate()?,
+        };
+        let master = inner.master;
+        let built = build_and_sign(&mut inner.wallet, &master, outputs, fee_rate, keep_order)?;
+        persist(&mut inner)?;
+        Ok(built)
     }
 
     /// Broadcasts a transaction this wallet signed and records it as unconfirmed. A

@@ -161,6 +161,19 @@ impl Market {
             .map(|text| serde_json::from_str(&text).expect("dstore-download prints JSON"))
     }
 
+    /// POSTs `body` to the farmer's `/dstore/v1/msg/<kind>`; returns the HTTP status and
+    /// the JSON reply (or the text as a JSON string).
+    pub fn post_message(&self, kind: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/dstore/v1/msg/{kind}", self.peer_url))
+            .body(body)
+            .send()
+            .expect("farmer answers");
+        let code = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        (code, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
     pub fn farmer(&self) -> &PluginProcess {
         self.farmer.as_ref().expect("the farmer is running")
     }

@@ -328,14 +328,7 @@ fn identity(seed: u8) -> Keypair {
 }
 
 fn post(m: &Market, kind: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = reqwest::blocking::Client::new()
-        .post(format!("{}/dstore/v1/msg/{kind}", m.peer_url))
-        .body(body)
-        .send()
-        .expect("farmer answers");
-    let code = response.status().as_u16();
-    let text = response.text().unwrap();
-    (code, serde_json::from_str(&text).unwrap_or(json!(text)))
+    m.post_message(kind, body)
 }
 
 #[test]
