@@ -62,6 +62,25 @@ pub enum StartError {
 
 /// Runs the daemon until `dstore-stop`, SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let started = start(config, true).await?;
+    if let Some((listener, cookie)) = started.rpc {
+        server::serve(started.app, cookie, listener).await;
+    }
+    tracing::info!("dstore-plugin stopped");
+    Ok(())
+}
+
+/// A started daemon: the app (farmer endpoint serving, uploads resumed) and, when asked
+/// for, the bound JSON-RPC listener with its cookie, not yet serving.
+pub struct Started {
+    pub app: Arc<App>,
+    pub rpc: Option<(TcpListener, Arc<CookieFile>)>,
+}
+
+/// Everything [`run`] does before serving JSON-RPC. Without `rpc_server` (Core Lightning
+/// plugin mode, where lightningd carries the methods) no RPC port is bound and no cookie
+/// is written.
+pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartError> {
     // Everything this process creates (seed, metadata store, K, CRSs) is private to us.
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe {
@@ -109,12 +128,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     };
     let addr = format!("{}:{}", config.rpc_bind, config.rpc_port);
-    let listener = TcpListener::bind((config.rpc_bind, config.rpc_port))
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
+    let listener = if rpc_server {
+        Some(
+            TcpListener::bind((config.rpc_bind, config.rpc_port))
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
     let peer_listener =
         match &config.farmer {
             None => None,
@@ -126,10 +151,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             )?),
         };
     // The cookie appears only once the port is open: its presence means "ready".
-    let cookie = Arc::new(
-        CookieFile::create(&config.network_dir().join(".cookie")).map_err(StartError::Cookie)?,
-    );
-    tracing::info!(network = %config.network, %addr, "dstore-plugin ready");
+    let rpc = match listener {
+        Some(listener) => Some((
+            listener,
+            Arc::new(
+                CookieFile::create(&config.network_dir().join(".cookie"))
+                    .map_err(StartError::Cookie)?,
+            ),
+        )),
+        None => None,
+    };
+    if rpc.is_some() {
+        tracing::info!(network = %config.network, %addr, "dstore-plugin ready");
+    } else {
+        tracing::info!(network = %config.network, "dstore-plugin ready (no RPC port)");
+    }
     let app = Arc::new(App::new(config, bitcoind, wallet, renter, farmer.clone()));
     tokio::spawn(stop_on_signal(app.clone()));
     app.renter.resume_uploads()?;
@@ -145,9 +181,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .await
         });
     }
-    server::serve(app, cookie.clone(), listener).await;
-    tracing::info!("dstore-plugin stopped");
-    Ok(())
+    Ok(Started { app, rpc })
 }
 
 async fn start_farmer(

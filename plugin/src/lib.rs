@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod bitcoind;
+pub mod cln;
 pub mod config;
 pub mod contracts;
 pub mod cookie;

@@ -1,4 +1,5 @@
-//! `dstore-plugin`: parse the configuration, start logging, run the daemon.
+//! `dstore-plugin`: parse the configuration, start logging, run the daemon; or, when
+//! lightningd starts it (`LIGHTNINGD_PLUGIN=1`), run as a Core Lightning plugin.
 
 use std::process::ExitCode;
 
@@ -6,6 +7,10 @@ use dstore_plugin::config::{Config, ConfigError};
 use dstore_plugin::daemon;
 
 fn main() -> ExitCode {
+    if dstore_plugin::cln::is_plugin_mode() {
+        // stdout is lightningd's protocol channel: no stderr logger, no other output.
+        return dstore_plugin::cln::main();
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         // clap formats --help, --version and usage errors itself.

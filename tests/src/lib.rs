@@ -7,6 +7,7 @@
 
 pub mod audit_fixture;
 pub mod bins;
+pub mod cln_harness;
 pub mod crs_cache;
 pub mod funding;
 pub mod market;
