@@ -66,7 +66,7 @@ pub struct Party {
 }
 
 impl Party {
-    fn new(rng: &mut StdRng) -> Self {
+    pub fn new(rng: &mut StdRng) -> Self {
         Party {
             funding: SecretKey::new(rng),
             claim: SecretKey::new(rng),
@@ -74,7 +74,7 @@ impl Party {
         }
     }
 
-    fn keys(&self) -> SigningKeys {
+    pub fn keys(&self) -> SigningKeys {
         SigningKeys {
             funding: self.funding,
             claim: Some(self.claim),
@@ -82,7 +82,8 @@ impl Party {
     }
 }
 
-fn p2wpkh(key: &SecretKey) -> ScriptBuf {
+/// The P2WPKH script of `key`.
+pub fn p2wpkh(key: &SecretKey) -> ScriptBuf {
     ScriptBuf::new_p2wpkh(&CompressedPublicKey(key.public_key(SECP256K1)).wpubkey_hash())
 }
 

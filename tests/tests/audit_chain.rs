@@ -26,8 +26,8 @@ use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{ecdsa, Message, SecretKey, SECP256K1};
 use bitcoin::sighash::SighashCache;
 use bitcoin::{
-    absolute::LockTime, transaction::Version, Amount, BlockHash, CompressedPublicKey,
-    EcdsaSighashType, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+    absolute::LockTime, transaction::Version, Amount, BlockHash, EcdsaSighashType, OutPoint,
+    ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
 };
 use dstore_protocol::audit::beacon::beacon_candidate;
 use dstore_protocol::audit::book::{AuditBook, KeptLock, RefundId};
@@ -35,8 +35,9 @@ use dstore_protocol::audit::candidates::{self, Candidate, CandidateError, Candid
 use dstore_protocol::audit::coin_toss;
 use dstore_protocol::audit::opening::{self, Opening, OpeningError};
 use dstore_protocol::audit::swap::{FarmerSwap, RenterSwap, SignedCandidate};
-use dstore_protocol::audit::transactions::{AuditTerms, SigningKeys};
+use dstore_protocol::audit::transactions::AuditTerms;
 use dstore_protocol::merkle::SEGMENT_SIZE;
+use dstore_tests::audit_fixture::{p2wpkh, Party};
 use dstore_tests::funding::{broadcast, mempool_verdicts, Funder};
 use dstore_tests::node::btc_to_sat;
 use dstore_tests::BitcoinNode;
@@ -124,35 +125,6 @@ impl Locks {
             _ => candidates::check_opening(lock, secret, segment),
         }
     }
-}
-
-/// One party's keys: Ra/Fa on TX_A, Rc/Fc on the candidates, and a payout script.
-struct Party {
-    funding: SecretKey,
-    claim: SecretKey,
-    payout: ScriptBuf,
-}
-
-impl Party {
-    fn new(rng: &mut StdRng) -> Self {
-        let payout = p2wpkh(&SecretKey::new(rng));
-        Party {
-            funding: SecretKey::new(rng),
-            claim: SecretKey::new(rng),
-            payout,
-        }
-    }
-
-    fn keys(&self) -> SigningKeys {
-        SigningKeys {
-            funding: self.funding,
-            claim: Some(self.claim),
-        }
-    }
-}
-
-fn p2wpkh(key: &SecretKey) -> ScriptBuf {
-    ScriptBuf::new_p2wpkh(&CompressedPublicKey(key.public_key(SECP256K1)).wpubkey_hash())
 }
 
 /// What the two sides settle off-chain before any coin moves: the renter's 2m candidates
