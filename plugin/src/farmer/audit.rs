@@ -253,7 +253,7 @@ impl Farmer {
         let fault_at_half =
             self.config.dev_fault == Some(crate::config::DevFault::AuditSwapStopHalf);
         let audit = audit_in(&mut record, FarmedAuditPhase::Swapping)?;
-        let (fa, _) = (self.secret(Role::Audit, audit.funding_key_index)?, ());
+        let fa = self.secret(Role::Audit, audit.funding_key_index)?;
         let book = audit
             .book
             .clone()
