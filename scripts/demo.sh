@@ -190,7 +190,6 @@ echo "farmer wallet: $FARMER_BEFORE BTC -> $("${FARMER[@]}" dstore-getbalance) B
 audit_report
 
 step "10. The farmer loses the file; audit 1 (T_1 = $T1) cannot be claimed, and after W the renter's refund takes the rest back"
-RENTER_BEFORE="$("${RENTER[@]}" dstore-getbalance)"
 BLOB="$WORK/farmer-storage/objects/blobs/$AID"
 [ -f "$BLOB" ] || die "no farmer blob at $BLOB"
 head -c "$(stat -c %s "$BLOB")" /dev/zero >"$BLOB.zero" && mv "$BLOB.zero" "$BLOB"
@@ -199,6 +198,8 @@ mine_to "$((T2 + W + 3))"
 audit_report
 json 'v["audits"]["tower"]["audits"][1]["outcome"]' <"$WORK/audit-status.json" | grep -q refunded \
   || die "audit 1 was not refunded"
-echo "renter wallet: $RENTER_BEFORE BTC -> $("${RENTER[@]}" dstore-getbalance) BTC (audit 1's candidate output and audit 2's output, less the refund fee)"
+REFUND="$(json 'v["audits"]["tower"]["audits"][1]["settled_by"]' <"$WORK/audit-status.json")"
+"${NODE_CLI[@]}" getrawtransaction "$REFUND" true \
+  | json '"refund %s (%d confirmations): %.8f BTC back to the renter (audit 1\x27s candidate output and audit 2\x27s output, less the fee)" % (v["txid"], v.get("confirmations", 0), sum(o["value"] for o in v["vout"]))'
 echo
 echo "demo: OK"
