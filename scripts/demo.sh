@@ -115,7 +115,24 @@ echo "contract id: $ID ($(( $(date +%s) - START )) s)"
 step "4. dstore-download: E checked, TX1 funded, TX2 signed, proof verified, TX3 signed, f extracted"
 echo "(the first download on a machine also generates the renter's CRS and the farmer checks it: a minute or two)"
 START=$(date +%s)
+# dstore-download returns once the download only waits for the chain: the farmer
+# broadcasts TX2 (which reveals f) only after TX1 has confirmed. Mine a block whenever
+# the renter waits for TX1's confirmations, then ask again for the outcome.
 "${RENTER[@]}" dstore-download "$ID" "$WORK/downloaded.bin" | tee "$WORK/download.json"
+while [ "$(json 'v.get("status")' <"$WORK/download.json")" != "done" ]; do
+  case "$(json 'v.get("status")' <"$WORK/download.json")" in
+    waiting|running) ;;
+    *) die "the download did not finish" ;;
+  esac
+  PHASE="$("${RENTER[@]}" dstore-status "$ID" | json 'v["phase"]')"
+  case "$PHASE" in
+    "waiting for TX1 confirmations"*)
+      echo "$PHASE: mining one block"
+      "${NODE_CLI[@]}" generatetodescriptor 1 "raw(51)" >/dev/null ;;
+  esac
+  "${RENTER[@]}" dstore-download "$ID" "$WORK/downloaded.bin" 5 >"$WORK/download.json"
+done
+cat "$WORK/download.json"
 echo "download took $(( $(date +%s) - START )) s"
 
 step "5. Comparing checksums"
@@ -151,10 +168,10 @@ json '"key extracted from TX2 %s: %s" % (v["key"]["tx2_txid"], "yes" if v["key"]
 json '"\n".join("%s %s: %s" % (t["name"], t["txid"], t["status"]["state"]) for t in v["transactions"])' <"$WORK/tower-status.json"
 json 'v["key"] is not None' <"$WORK/tower-status.json" | grep -q True || die "the watchtower has no key"
 
-step "8. Audit contract: dstore-open with 3 audits, one every 6 blocks, 20000 sat each"
+step "8. Audit contract: dstore-open with 3 audits, one every 8 blocks, 20000 sat each"
 echo "(the renter's watchtower is the auditor: it holds the salts and runs a Merkle audit every 2 blocks)"
 head -c $((1024 * 1024)) /dev/urandom >"$WORK/audited.bin"
-AID="$("${RENTER[@]}" dstore-open "http://127.0.0.1:$PEER" "$WORK/audited.bin" 50000 3 6 20000)"
+AID="$("${RENTER[@]}" dstore-open "http://127.0.0.1:$PEER" "$WORK/audited.bin" 50000 3 8 20000)"
 "${RENTER[@]}" dstore-status "$AID" >"$WORK/audit-status.json"
 json '"contract %s: %s, %s candidate signatures swapped, TX_A %s" % (v["contract_id"], v["audits"]["phase"], v["audits"]["swapped"], v["audits"]["funding_txid"])' <"$WORK/audit-status.json"
 json '"audit heights T_i: %s (claim window W = %s blocks)" % (v["audits"]["heights"], v["audits"]["claim_window_blocks"])' <"$WORK/audit-status.json"

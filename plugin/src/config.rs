@@ -72,7 +72,27 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_file_bytes: Option<u64>,
 
-    /// Test-only misbehaviour, for the functional tests' attack scenarios (never in production)
+    /// Farmer: the least claim window W, in blocks, it accepts in audit terms (default 6)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub min_audit_claim_window_blocks: Option<u16>,
+
+    /// Farmer: the least fee rate, in sat/vB, of audit candidates and refunds (default 2)
+    #[arg(long, value_name = "N")]
+    pub min_audit_fee_rate_sat_vb: Option<u64>,
+
+    /// Farmer: confirmations TX1 needs before the farmer broadcasts TX2, which reveals f
+    /// (default 1 on regtest, signet and testnet, 3 on mainnet; at least 1)
+    #[arg(long, value_name = "N")]
+    pub min_tx1_confirmations: Option<u32>,
+
+    /// Farmer: TX2 goes out only while the tip is more than N blocks below T1; past that
+    /// the download is abandoned and f stays secret (default 36)
+    #[arg(long, value_name = "N")]
+    pub tx2_broadcast_margin_blocks: Option<u32>,
+
+    /// Test-only misbehaviour, for the functional tests' attack scenarios. Exists only in
+    /// builds with the `dev-fault` Cargo feature (the tests' build), never in a release.
+    #[cfg(feature = "dev-fault")]
     #[arg(long, hide = true, value_name = "NAME")]
     pub dev_fault: Option<DevFault>,
 
@@ -80,7 +100,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub crs_cache_dir: Option<PathBuf>,
 
-    /// A dstore-watchtower to register every download with (http://[user:password@]host:port)
+    /// A dstore-watchtower to register every download with (https://[user:password@]host:port,
+    /// or http:// on a loopback host only)
     #[arg(long, value_name = "URL")]
     pub watchtower_url: Option<String>,
 
@@ -90,13 +111,20 @@ pub struct Args {
     pub watchtower_cookie: Option<PathBuf>,
 
     /// A third-party auditor (a dstore-watchtower) that holds the audit salts instead of
-    /// the renter's own watchtower (http://[user:password@]host:port)
+    /// the renter's own watchtower (https://[user:password@]host:port, or http:// on a
+    /// loopback host only)
     #[arg(long, value_name = "URL")]
     pub auditor_url: Option<String>,
 
     /// The auditor's cookie file (default $HOME/.dstore-watchtower/<network>/.cookie)
     #[arg(long, value_name = "PATH")]
     pub auditor_cookie: Option<PathBuf>,
+
+    /// Renter: the shortest storage term accepted from a farmer, in blocks past the tip
+    /// (default 4320, about 30 days); with audits, the term must also outlast the last
+    /// audit's claim window
+    #[arg(long, value_name = "N")]
+    pub min_storage_blocks: Option<u32>,
 }
 
 /// How to reach bitcoind: the flags dstore-plugin and dstore-watchtower share.
@@ -138,7 +166,9 @@ impl BitcoindArgs {
 }
 
 /// Misbehaviours the functional tests make a real plugin process commit, to show that
-/// the other side's checks catch them. Hidden from `--help`.
+/// the other side's checks catch them. Hidden from `--help`, and compiled only with the
+/// `dev-fault` Cargo feature: test faults are not in the product.
+#[cfg(feature = "dev-fault")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DevFault {
     /// Farmer: the process exits when TX1 is announced (the farmer disappears).
@@ -163,6 +193,28 @@ pub enum DevFault {
     AuditBadLocks,
 }
 
+/// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.
+#[cfg(not(feature = "dev-fault"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevFault {}
+
+/// Whether the test-only fault `$fault` (a [`DevFault`] variant) is set in `$setting` (an
+/// `Option<DevFault>`); always false in builds without the `dev-fault` feature, where the
+/// variant names do not exist.
+#[macro_export]
+macro_rules! dev_fault {
+    ($setting:expr, $fault:ident) => {{
+        #[cfg(feature = "dev-fault")]
+        let on = $setting == Some($crate::config::DevFault::$fault);
+        #[cfg(not(feature = "dev-fault"))]
+        let on = {
+            let _: &Option<$crate::config::DevFault> = &$setting;
+            false
+        };
+        on
+    }};
+}
+
 /// The farmer role's settings (present only with `--farmer`).
 #[derive(Debug, Clone)]
 pub struct FarmerSettings {
@@ -172,6 +224,12 @@ pub struct FarmerSettings {
     pub storage_url: Option<String>,
     pub price_per_download_sat: u64,
     pub max_file_bytes: u64,
+    /// `--min-audit-claim-window-blocks` and `--min-audit-fee-rate-sat-vb`.
+    pub audit_policy: dstore_protocol::audit::policy::AuditPolicy,
+    /// Confirmations TX1 needs before TX2 is broadcast (`--min-tx1-confirmations`).
+    pub min_tx1_confirmations: u32,
+    /// TX2 goes out only below T1 minus this many blocks (`--tx2-broadcast-margin-blocks`).
+    pub tx2_broadcast_margin_blocks: u32,
 }
 
 /// Default farmer peer port.
@@ -180,6 +238,39 @@ pub const DEFAULT_PEER_PORT: u16 = 9737;
 pub const DEFAULT_PRICE_SAT: u64 = 100_000;
 /// Default largest file a farmer accepts.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+/// Default margin below T1 under which a farmer no longer broadcasts TX2.
+pub const DEFAULT_TX2_BROADCAST_MARGIN_BLOCKS: u32 = 36;
+
+/// Default confirmations TX1 needs before a farmer broadcasts TX2, per network.
+pub fn default_min_tx1_confirmations(network: Network) -> u32 {
+    if network == Network::Mainnet {
+        3
+    } else {
+        1
+    }
+}
+/// Default shortest storage term a renter accepts (about 30 days of blocks).
+pub const DEFAULT_MIN_STORAGE_BLOCKS: u32 = 4_320;
+
+impl FarmerSettings {
+    /// TX2 needs TX1 confirmed at least once, and a margin that leaves the download
+    /// some blocks between its offer (T1 = tip + REFUND_MARGIN) and the margin.
+    fn check(&self) -> Result<(), ConfigError> {
+        let refund_margin = crate::farmer::REFUND_MARGIN;
+        if self.min_tx1_confirmations == 0 {
+            return Err(ConfigError::Farmer(
+                "--min-tx1-confirmations must be at least 1 (an unconfirmed TX1 can be taken back)"
+                    .into(),
+            ));
+        }
+        if self.min_tx1_confirmations + self.tx2_broadcast_margin_blocks >= refund_margin {
+            return Err(ConfigError::Farmer(format!(
+                "--min-tx1-confirmations plus --tx2-broadcast-margin-blocks must stay below {refund_margin} (T1 is {refund_margin} blocks above the tip at the offer)"
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// How dstore-plugin authenticates to bitcoind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +295,8 @@ pub struct Config {
     pub watchtower: Option<TowerSettings>,
     /// The third-party auditor of audit contracts (`--auditor-url`).
     pub auditor: Option<TowerSettings>,
+    /// Renter: the shortest storage term accepted (`--min-storage-blocks`).
+    pub min_storage_blocks: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +322,8 @@ pub enum ConfigError {
     NoHome,
     #[error("{0}")]
     Watchtower(String),
+    #[error("invalid farmer setting: {0}")]
+    Farmer(String),
 }
 
 impl Config {
@@ -266,7 +361,24 @@ impl Config {
             storage_url: args.storage_url.clone(),
             price_per_download_sat: args.price_per_download_sat.unwrap_or(DEFAULT_PRICE_SAT),
             max_file_bytes: args.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            audit_policy: dstore_protocol::audit::policy::AuditPolicy {
+                min_claim_window: args
+                    .min_audit_claim_window_blocks
+                    .unwrap_or(dstore_protocol::audit::policy::DEFAULT_MIN_CLAIM_WINDOW),
+                min_fee_rate_sat_vb: args
+                    .min_audit_fee_rate_sat_vb
+                    .unwrap_or(dstore_protocol::audit::policy::DEFAULT_MIN_FEE_RATE_SAT_VB),
+            },
+            min_tx1_confirmations: args
+                .min_tx1_confirmations
+                .unwrap_or_else(|| default_min_tx1_confirmations(network)),
+            tx2_broadcast_margin_blocks: args
+                .tx2_broadcast_margin_blocks
+                .unwrap_or(DEFAULT_TX2_BROADCAST_MARGIN_BLOCKS),
         });
+        if let Some(farmer) = &farmer {
+            farmer.check()?;
+        }
         let watchtower = tower_settings(args.watchtower_url, args.watchtower_cookie, network)?;
         let auditor = tower_settings(args.auditor_url, args.auditor_cookie, network)
             .map_err(|e| ConfigError::Watchtower(format!("auditor: {e}")))?;
@@ -274,7 +386,13 @@ impl Config {
             farmer,
             watchtower,
             auditor,
+            min_storage_blocks: args
+                .min_storage_blocks
+                .unwrap_or(DEFAULT_MIN_STORAGE_BLOCKS),
+            #[cfg(feature = "dev-fault")]
             dev_fault: args.dev_fault,
+            #[cfg(not(feature = "dev-fault"))]
+            dev_fault: None,
             crs_cache_dir: args
                 .crs_cache_dir
                 .unwrap_or_else(|| network_dir.join("crs")),
@@ -400,6 +518,38 @@ mod tests {
             .collect()
     }
 
+    /// A release build (no `dev-fault` feature) has no `--dev-fault` flag, neither on the
+    /// command line nor in dstore.conf.
+    #[cfg(not(feature = "dev-fault"))]
+    #[test]
+    fn no_dev_fault_flag_without_the_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let flag = Config::from_args(argv(&["--datadir", datadir, "--dev-fault=subvert-crs"]));
+        assert!(matches!(flag, Err(ConfigError::Invalid(_))), "{flag:?}");
+        std::fs::write(dir.path().join(CONF_FILE_NAME), "dev-fault=subvert-crs\n").unwrap();
+        assert!(
+            Config::from_args(argv(&["--datadir", datadir, "--bitcoind-cookie", "/c"])).is_err()
+        );
+    }
+
+    /// A test build (with `dev-fault`) parses the flag; `daemon::start` refuses mainnet.
+    #[cfg(feature = "dev-fault")]
+    #[test]
+    fn test_build_has_the_dev_fault_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let config = Config::from_args(argv(&[
+            "--datadir",
+            datadir,
+            "--bitcoind-cookie",
+            "/c",
+            "--dev-fault",
+            "subvert-crs",
+        ]));
+        assert_eq!(config.unwrap().dev_fault, Some(DevFault::SubvertCrs));
+    }
+
     #[test]
     fn flags_override_conf_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
@@ -454,6 +604,35 @@ mod tests {
         let farmer = Config::from_args(argv(&flags)).unwrap().farmer.unwrap();
         assert_eq!(farmer.max_file_bytes, 4096);
         assert!(Config::from_args(argv(&["--datadir", datadir, "--peer-bind", "nope"])).is_err());
+    }
+
+    #[test]
+    fn tx2_broadcast_rule_defaults_per_network_and_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let farmer = |extra: &[&str]| {
+            let mut items = vec!["--datadir", datadir, "--bitcoind-cookie", "/c", "--farmer"];
+            items.extend(extra);
+            Config::from_args(argv(&items)).map(|c| c.farmer.unwrap())
+        };
+        let regtest = farmer(&[]).unwrap();
+        assert_eq!(regtest.min_tx1_confirmations, 1);
+        assert_eq!(regtest.tx2_broadcast_margin_blocks, 36);
+        let mainnet = farmer(&["--network", "mainnet"]).unwrap();
+        assert_eq!(mainnet.min_tx1_confirmations, 3);
+        std::fs::write(
+            dir.path().join(CONF_FILE_NAME),
+            "min-tx1-confirmations=2\ntx2-broadcast-margin-blocks=20\n",
+        )
+        .unwrap();
+        let conf = farmer(&["--min-tx1-confirmations", "4"]).unwrap();
+        assert_eq!(
+            (conf.min_tx1_confirmations, conf.tx2_broadcast_margin_blocks),
+            (4, 20),
+            "flag over conf over default"
+        );
+        assert!(farmer(&["--min-tx1-confirmations", "0"]).is_err());
+        assert!(farmer(&["--tx2-broadcast-margin-blocks", "144"]).is_err());
     }
 
     #[test]
@@ -524,6 +703,44 @@ mod tests {
         flags.extend(["--watchtower-url", "http://u:secret@h:1"]);
         let err = Config::from_args(argv(&flags)).unwrap_err().to_string();
         assert!(err.contains("not both") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn min_storage_blocks_defaults_to_about_30_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let base = ["--datadir", datadir, "--bitcoind-cookie", "/c"];
+        let config = Config::from_args(argv(&base)).unwrap();
+        assert_eq!(config.min_storage_blocks, DEFAULT_MIN_STORAGE_BLOCKS);
+        let mut flags = base.to_vec();
+        flags.extend(["--min-storage-blocks", "144"]);
+        assert_eq!(
+            Config::from_args(argv(&flags)).unwrap().min_storage_blocks,
+            144
+        );
+    }
+
+    #[test]
+    fn remote_plain_http_towers_are_refused_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        for (flag, cookie) in [
+            ("--watchtower-url", "--watchtower-cookie"),
+            ("--auditor-url", "--auditor-cookie"),
+        ] {
+            let flags = [
+                "--datadir",
+                datadir,
+                "--bitcoind-cookie",
+                "/c",
+                flag,
+                "http://203.0.113.9:1",
+                cookie,
+                "/c",
+            ];
+            let err = Config::from_args(argv(&flags)).unwrap_err().to_string();
+            assert!(err.contains("https://"), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -17,7 +17,11 @@ use crate::renter::{verify_fraud_file, RenterError, TX1_REFUND_NAME, TX2_REFUND_
 use crate::wire::PeerCallError;
 
 fn renter_error(e: RenterError) -> RpcError {
-    let code = match &e {
+    rpc_error(&e)
+}
+
+fn rpc_error(e: &RenterError) -> RpcError {
+    let code = match e {
         RenterError::UnknownContract(_) => code::INVALID_ADDRESS_OR_KEY,
         RenterError::Invalid(_) => code::INVALID_PARAMETER,
         RenterError::Peer(PeerCallError::Unreachable { .. }) => code::CLIENT_NOT_CONNECTED,
@@ -97,10 +101,23 @@ const DEFAULT_AUDIT_AMOUNT_SAT: u64 = 10_000;
 pub(crate) async fn download(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
     let id = contract_id(args, 0)?;
     let output = PathBuf::from(args.required_string(1)?);
+    let wait = match args.decimal_text(2)? {
+        None => None,
+        Some(text) => Some(std::time::Duration::from_secs(
+            text.parse::<u32>()
+                .map_err(|_| {
+                    RpcError::new(
+                        code::TYPE_ERROR,
+                        format!("wait_seconds must be a whole number of seconds, not '{text}'"),
+                    )
+                })?
+                .into(),
+        )),
+    };
     app.renter
-        .download(&id, &output)
+        .download(&id, &output, wait)
         .await
-        .map_err(renter_error)
+        .map_err(|e| rpc_error(&e))
 }
 
 pub(crate) async fn refund(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
@@ -262,6 +279,13 @@ fn farmed_json(app: &App, record: &FarmedContract, detail: bool) -> Value {
                 (Some(_), Some(d)) => json!({"registered": d.tower_registered}),
                 _ => Value::Null,
             },
+            // The TX2 broadcast rule's last check while the claim is on hold.
+            "claim": record.download.as_ref().and_then(|d| d.claim_check).map(|c| json!({
+                "checked_height": c.height,
+                "tx1_confirmations": c.pending.tx1_confirmations,
+                "min_tx1_confirmations": c.pending.min_tx1_confirmations,
+                "abandon_height": c.pending.abandon_height,
+            })),
             "audits": record.audit.as_ref().map(|a| json!({
                 "phase": a.phase,
                 "audits": a.book.as_ref().map(|b| b.terms.audits),

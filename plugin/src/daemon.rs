@@ -26,6 +26,8 @@ const WARMUP_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("this is a test build (Cargo feature dev-fault) and refuses to run on mainnet")]
+    TestBuildOnMainnet,
     #[error("{0}")]
     Bitcoind(#[from] BitcoindError),
     #[error("bitcoind at {url} is on {actual}, but dstore-plugin is configured for {expected}")]
@@ -86,6 +88,15 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
     unsafe {
         libc::umask(0o077);
     }
+    if cfg!(feature = "dev-fault") {
+        if config.network == Network::Mainnet {
+            return Err(StartError::TestBuildOnMainnet);
+        }
+        tracing::warn!(
+            fault = ?config.dev_fault,
+            "test build: compiled with the dev-fault feature (test-only faults, refuses mainnet)"
+        );
+    }
     let bitcoind = Arc::new(Bitcoind::new(
         &config.bitcoind_rpc_url,
         config.bitcoind_auth.clone(),
@@ -113,6 +124,7 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
             config.dev_fault,
         )?
         .with_watchtower(tower.clone())
+        .with_min_storage_blocks(config.min_storage_blocks)
         .with_auditor(
             config
                 .auditor
@@ -170,6 +182,12 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
     tokio::spawn(stop_on_signal(app.clone()));
     app.renter.resume_uploads()?;
     app.renter.resume_watchtower()?;
+    app.renter.resume_downloads()?;
+    if let Some(farmer) = &farmer {
+        // Claims on hold go out (or are abandoned) as blocks arrive.
+        let (farmer, app) = (farmer.clone(), app.clone());
+        tokio::spawn(farmer.watch_claims(async move { app.shutdown_requested().await }));
+    }
     if let Some((farmer, listener)) = farmer.zip(peer_listener) {
         let app = app.clone();
         tokio::spawn(async move {
@@ -211,6 +229,9 @@ async fn start_farmer(
             network: config.network.name().to_string(),
             dev_fault: config.dev_fault,
             tower,
+            audit_policy: settings.audit_policy,
+            min_tx1_confirmations: settings.min_tx1_confirmations,
+            tx2_broadcast_margin_blocks: settings.tx2_broadcast_margin_blocks,
         },
     )?;
     farmer.resume().await?;
@@ -283,4 +304,28 @@ async fn open_wallet(config: &Config) -> Result<PluginWallet, StartError> {
     .await
     .map_err(|e| WalletError::Build(format!("wallet task failed: {e}")))?;
     Ok(opened?)
+}
+
+#[cfg(all(test, feature = "dev-fault"))]
+mod dev_fault_tests {
+    use super::*;
+
+    /// A test build refuses mainnet before it touches bitcoind or the datadir.
+    #[tokio::test]
+    async fn test_build_refuses_mainnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = [
+            "dstore-plugin",
+            "--datadir",
+            dir.path().to_str().unwrap(),
+            "--bitcoind-cookie",
+            "/c",
+            "--network",
+            "mainnet",
+        ];
+        let config = Config::from_args(argv.map(String::from)).unwrap();
+        let refused = start(config, false).await;
+        assert!(matches!(refused, Err(StartError::TestBuildOnMainnet)));
+        assert!(!dir.path().join("mainnet").exists());
+    }
 }

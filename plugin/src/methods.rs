@@ -124,8 +124,9 @@ pub const METHODS: &[MethodSpec] = &[
         params: &[
             param("contract_id", true, "the contract id dstore-open returned"),
             param("output_path", true, "where to write the file (written only if it checks out)"),
+            param("wait_seconds", false, "wait up to this many seconds for the download to finish (default: return once it only waits for the chain)"),
         ],
-        description: "Buys one download through the mode-L chain (TX1 from the plugin wallet, TX2, Groth16 proof, TX3), then unseals, decrypts and checks the file against root_C.",
+        description: "Buys one download through the mode-L chain (TX1 from the plugin wallet, TX2, Groth16 proof, TX3), then unseals, decrypts and checks the file against root_C. The download runs in the background: once it only waits for the chain (TX1's confirmations, then the farmer's TX2) the call returns {status: \"waiting\", download_id, phase, waiting_for}, or after wait_seconds {status: \"running\" or \"waiting\", ...}; it goes on by itself, also after a restart, and dstore-status shows it. Calling dstore-download again on the contract then waits for that download (up to wait_seconds) or returns its outcome, without paying twice; once its outcome was returned, the next call buys a new download. A finished download returns {status: \"done\", output, bytes, tx1, tx2, tx3}.",
     },
     MethodSpec {
         name: "dstore-status",

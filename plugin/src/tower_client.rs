@@ -75,10 +75,10 @@ impl TowerSettings {
         };
         let parsed = url::Url::parse(&with_scheme)
             .map_err(|e| format!("--watchtower-url is not a URL ({e})"))?;
-        if parsed.scheme() != "http" {
+        let scheme = parsed.scheme();
+        if scheme != "http" && scheme != "https" {
             return Err(format!(
-                "--watchtower-url must be http://[user:password@]host:port, not {}://",
-                parsed.scheme()
+                "--watchtower-url must be https://[user:password@]host:port, not {scheme}://"
             ));
         }
         let Some(host) = parsed.host_str() else {
@@ -114,11 +114,28 @@ impl TowerSettings {
                 )
             }
         };
+        // The cookie, the registrations and the audit salts travel in this channel: in
+        // clear only where no one else is on the path.
+        if scheme == "http" && !is_loopback(&parsed) {
+            return Err(format!(
+                "--watchtower-url: plain http:// is only for a tower on this machine (127.0.0.1, ::1, localhost); reach {host} through https://"
+            ));
+        }
         let url = match parsed.port() {
-            Some(port) => format!("http://{host}:{port}"),
-            None => format!("http://{host}"),
+            Some(port) => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{host}"),
         };
         Ok(TowerSettings { url, auth })
+    }
+}
+
+/// The URL's host is this machine: 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -246,6 +263,7 @@ impl TowerClient {
     pub fn new(settings: TowerSettings) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         TowerClient { http, settings }
@@ -411,9 +429,9 @@ mod tests {
             TowerAuth::Cookie("/home/x/.dstore-watchtower/regtest/.cookie".into()),
             "the tower's default cookie"
         );
-        let s = resolve("http://alice:p%40ss:w@tower.example:18460", None).unwrap();
+        let s = resolve("https://alice:p%40ss:w@tower.example:18460", None).unwrap();
         assert_eq!(
-            s.url, "http://tower.example:18460",
+            s.url, "https://tower.example:18460",
             "no credentials in the URL"
         );
         assert_eq!(
@@ -429,12 +447,32 @@ mod tests {
         );
         let s = resolve("http://[::1]:1", None).unwrap();
         assert_eq!(s.url, "http://[::1]:1");
+        for local in [
+            "http://localhost:1",
+            "http://127.8.9.10:1",
+            "https://127.0.0.1:1",
+        ] {
+            assert!(resolve(local, None).is_ok(), "{local}");
+        }
+    }
+
+    #[test]
+    fn plain_http_to_another_machine_is_refused() {
+        for remote in [
+            "http://tower.example:18460",
+            "http://10.0.0.2:18460",
+            "http://[2001:db8::1]:1",
+            "192.0.2.7:18460",
+            "http://localhost.evil.example:1",
+        ] {
+            let err = resolve(remote, Some("/c")).unwrap_err();
+            assert!(err.contains("https://"), "{remote}: {err}");
+        }
     }
 
     #[test]
     fn bad_tower_urls_are_refused_without_echoing_secrets() {
         for url in [
-            "https://127.0.0.1:1",
             "ftp://x:1",
             "http://",
             "http://u@h:1",

@@ -318,6 +318,39 @@ impl PluginWallet {
         Ok(txid)
     }
 
+    /// Builds and signs (without broadcasting) a CPFP child of `parent`, an unconfirmed
+    /// transaction whose output `vout` pays this wallet: it spends that output (plus more
+    /// coins if needed) back to a change address, paying a fee that brings the package
+    /// (parent and child) to `package` given the parent's `parent_fee`, and at least
+    /// `min_fee`. The fee may not exceed `max_fee`. `replaces` is an earlier child of the
+    /// same output: it is set aside while building (bitcoind replaces it), and restored in
+    /// the wallet's view if no new child could be built.
+    pub fn cpfp_child(
+        &self,
+        parent: &Transaction,
+        vout: u32,
+        fees: CpfpFees,
+        replaces: Option<Txid>,
+    ) -> Result<(Transaction, Amount), WalletError> {
+        let mut inner = self.lock()?;
+        self.sync_locked(&mut inner)?;
+        inner
+            .wallet
+            .apply_unconfirmed_txs([(parent.clone(), unix_now())]);
+        let old = replaces.and_then(|txid| inner.wallet.get_tx(txid).map(|t| t.tx_node.tx.clone()));
+        if let Some(old) = &old {
+            inner
+                .wallet
+                .apply_evicted_txs([(old.compute_txid(), unix_now())]);
+        }
+        let built = build_child(&mut inner, parent, vout, &fees);
+        if let (Err(_), Some(old)) = (&built, old) {
+            inner.wallet.apply_unconfirmed_txs([(old, unix_now() + 1)]);
+        }
+        persist(&mut inner)?;
+        built
+    }
+
     /// A fresh receive address's scriptPubKey (for payouts and refunds to this wallet).
     pub fn new_script(&self) -> Result<bdk_wallet::bitcoin::ScriptBuf, WalletError> {
         Ok(self.new_address()?.script_pubkey())
@@ -333,7 +366,13 @@ impl PluginWallet {
     }
 
     fn estimate_fee_rate(&self) -> Result<FeeRate, WalletError> {
-        let estimate = self.rpc.client()?.estimate_smart_fee(6, None)?;
+        self.estimate_fee_rate_within(6)
+    }
+
+    /// bitcoind's `estimatesmartfee` for confirmation within `blocks` (a fixed fallback on
+    /// regtest, which has no estimates).
+    pub fn estimate_fee_rate_within(&self, blocks: u16) -> Result<FeeRate, WalletError> {
+        let estimate = self.rpc.client()?.estimate_smart_fee(blocks, None)?;
         match estimate.fee_rate {
             // bitcoind answers in BTC per 1000 vbytes; 1 kvB = 4000 weight units.
             Some(per_kvb) => Ok(FeeRate::from_sat_per_kwu(per_kvb.to_sat() / 4)),
@@ -343,6 +382,94 @@ impl PluginWallet {
             None => Err(WalletError::NoFeeEstimate),
         }
     }
+}
+
+/// What a CPFP child must pay (see [`PluginWallet::cpfp_child`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CpfpFees {
+    pub parent_fee: Amount,
+    pub package: FeeRate,
+    pub min_fee: Amount,
+    pub max_fee: Amount,
+}
+
+/// Two passes: a child at the package rate gives its size, then the child paying what
+/// the package needs.
+fn build_child(
+    inner: &mut Inner,
+    parent: &Transaction,
+    vout: u32,
+    fees: &CpfpFees,
+) -> Result<(Transaction, Amount), WalletError> {
+    let outpoint = bdk_wallet::bitcoin::OutPoint::new(parent.compute_txid(), vout);
+    let change = inner
+        .wallet
+        .next_unused_address(KeychainKind::Internal)
+        .script_pubkey();
+    let probe = sign_child(inner, outpoint, &change, FeePolicy::Rate(fees.package))?;
+    let vsize = (parent.vsize() + probe.vsize()) as u64;
+    let needed = fees.package.to_sat_per_kwu() * vsize * 4 / 1000;
+    let fee = Amount::from_sat(needed)
+        .checked_sub(fees.parent_fee)
+        .unwrap_or(Amount::ZERO)
+        .max(fees.min_fee)
+        .max(Amount::from_sat(probe.vsize() as u64));
+    if fee > fees.max_fee {
+        return Err(WalletError::Build(format!(
+            "the child's fee {fee} would exceed the cap {}",
+            fees.max_fee
+        )));
+    }
+    let tx = sign_child(inner, outpoint, &change, FeePolicy::Absolute(fee))?;
+    Ok((tx, fee))
+}
+
+enum FeePolicy {
+    Rate(FeeRate),
+    Absolute(Amount),
+}
+
+fn sign_child(
+    inner: &mut Inner,
+    outpoint: bdk_wallet::bitcoin::OutPoint,
+    change: &bdk_wallet::bitcoin::ScriptBuf,
+    fee: FeePolicy,
+) -> Result<Transaction, WalletError> {
+    let master = inner.master;
+    let wallet = &mut inner.wallet;
+    let mut builder = wallet.build_tx();
+    builder
+        .add_utxo(outpoint)
+        .map_err(|e| WalletError::Build(format!("the claim's output: {e}")))?;
+    builder.drain_to(change.clone());
+    match fee {
+        FeePolicy::Rate(rate) => builder.fee_rate(rate),
+        FeePolicy::Absolute(amount) => builder.fee_absolute(amount),
+    };
+    let psbt = builder.finish().map_err(|e| match e {
+        bdk_wallet::error::CreateTxError::CoinSelection(e) => {
+            WalletError::InsufficientFunds(e.to_string())
+        }
+        other => WalletError::Build(other.to_string()),
+    })?;
+    sign_psbt(wallet, &master, psbt)
+}
+
+fn sign_psbt(
+    wallet: &mut Wallet,
+    master: &Xpriv,
+    mut psbt: bdk_wallet::bitcoin::Psbt,
+) -> Result<Transaction, WalletError> {
+    psbt.sign(master, wallet.secp_ctx())
+        .map_err(|(_, errors)| WalletError::Build(format!("signing failed: {errors:?}")))?;
+    let finalized = wallet
+        .finalize_psbt(&mut psbt, SignOptions::default())
+        .map_err(|e| WalletError::Build(e.to_string()))?;
+    if !finalized {
+        return Err(WalletError::Build("could not sign every input".into()));
+    }
+    psbt.extract_tx()
+        .map_err(|e| WalletError::Build(e.to_string()))
 }
 
 fn build_and_sign(

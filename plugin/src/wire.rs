@@ -3,26 +3,47 @@
 //! client for all of them.
 //!
 //! Envelopes (PROTOCOL.md 7) go to `POST /dstore/v1/msg/<kind>` and the farmer answers
-//! with its own signed envelope. Bulk data never travels in envelopes: a PUT of bulk data
+//! with its own signed envelope. Bulk data never travels in envelopes: a bulk request
 //! carries an `x-dstore-auth` header, the renter identity's Schnorr signature over the
-//! request's path and query, and its content is bound later by a signed message (root_C
-//! in `upload_done`, the CRS hash in `crs_offer`).
+//! method, path and query, the SHA-256 of the body and the download it belongs to
+//! ([`BulkRequest`]), so a header seen on the wire authorises no other bytes. An upload
+//! goes in parts of [`UPLOAD_PART`] bytes, each signed; its content is also bound later by
+//! a signed message (root_C in `upload_done`, the CRS hash in `crs_offer`).
+//!
+//! A refusal's `next_seq` (where the farmer's counter stands) is only believed when the
+//! refusal carries a [`ResyncHint`] signed by the farmer for the refused envelope.
 
 use std::path::Path;
 use std::time::Duration;
 
 use bitcoin::secp256k1::{schnorr, Keypair, Message, XOnlyPublicKey, SECP256K1};
-use bytes::Bytes;
-use dstore_protocol::hashing::tagged_hash;
-use dstore_protocol::peer::{self, Expected, Opened, PeerError, PeerMessage};
+use dstore_protocol::hashing::{sha256, tagged_hash};
+use dstore_protocol::messages::ResyncHint;
+use dstore_protocol::peer::{self, Expected, Opened, PeerError, PeerMessage, MAX_ENVELOPE_BYTES};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// The header carrying a bulk request's signature.
 pub const AUTH_HEADER: &str = "x-dstore-auth";
+/// Bytes per signed upload request (the farmer holds one part in memory to check it).
+pub const UPLOAD_PART: usize = 4 << 20;
+/// The farmer's error code for a bulk body that does not match its signed hash (a
+/// transfer altered on the way: the renter sends the part again).
+pub const BODY_MISMATCH: i64 = -41;
 
-/// Bytes per body chunk when streaming a file.
-const STREAM_CHUNK: usize = 1 << 20;
+/// Largest JSON reply read from a farmer (the envelope limit).
+const MAX_REPLY_BYTES: usize = MAX_ENVELOPE_BYTES;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Small JSON calls (`info`, upload status).
+const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest silence accepted in the middle of a reply.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A bulk transfer gets at least this long, plus its size at [`MIN_TRANSFER_RATE`].
+const TRANSFER_FLOOR: Duration = Duration::from_secs(120);
+/// The slowest transfer rate accepted, in bytes a second.
+const MIN_TRANSFER_RATE: u64 = 256 * 1024;
+/// The CRS upload (about 36.5 MB) may wait while the farmer checks it.
+const CRS_TIMEOUT: Duration = Duration::from_secs(1_800);
 
 pub fn info_path() -> String {
     "/dstore/v1/info".to_string()
@@ -60,8 +81,12 @@ pub struct ErrorBody {
     pub message: String,
     /// For a replayed or out-of-order message: the sequence number the farmer expects,
     /// so a renter that crashed before recording a reply can resynchronise.
+    /// Only believed with `resync`; the renter's client clears it otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_seq: Option<u64>,
+    /// The farmer's signed [`ResyncHint`] envelope for the refused message (JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<String>,
 }
 
 /// What `GET /dstore/v1/upload/<id>` answers.
@@ -71,27 +96,106 @@ pub struct UploadStatus {
     pub expected: u64,
 }
 
-fn bulk_message(path_and_query: &str) -> Message {
-    Message::from_digest(tagged_hash("dstore/bulk", &[path_and_query.as_bytes()]))
+/// What a bulk request's signature covers: the method, the path and query, the SHA-256 of
+/// the body (of nothing for a GET) and, for the sealed copy and the CRS, the download
+/// they belong to (zeros for an upload). A header seen on the wire therefore authorises
+/// only these exact bytes for this exact request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRequest<'a> {
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    pub body_sha256: [u8; 32],
+    pub download_id: [u8; 32],
 }
 
-/// The renter's signature authorising a bulk request to `path_and_query`.
-pub fn sign_bulk(identity: &Keypair, path_and_query: &str) -> String {
-    let signature = SECP256K1.sign_schnorr_no_aux_rand(&bulk_message(path_and_query), identity);
-    hex::encode(signature.serialize())
+impl<'a> BulkRequest<'a> {
+    /// A request carrying `body` (an upload part, a CRS) or nothing (a GET).
+    pub fn new(
+        method: &'a str,
+        path_and_query: &'a str,
+        body: &[u8],
+        download_id: [u8; 32],
+    ) -> Self {
+        BulkRequest {
+            method,
+            path_and_query,
+            body_sha256: sha256(&[body]),
+            download_id,
+        }
+    }
+
+    fn message(&self) -> Message {
+        Message::from_digest(tagged_hash(
+            "dstore/bulk/v2",
+            &[
+                self.method.as_bytes(),
+                &[0],
+                self.path_and_query.as_bytes(),
+                &[0],
+                &self.body_sha256,
+                &self.download_id,
+            ],
+        ))
+    }
 }
 
-/// Checks a bulk request's signature by `renter`.
-pub fn verify_bulk(renter: &XOnlyPublicKey, path_and_query: &str, header: &str) -> bool {
-    let Ok(bytes) = hex::decode(header) else {
+/// The renter's `x-dstore-auth` header value for `request`: `<body sha256>.<signature>`,
+/// both hex. The body's hash travels first so the farmer checks the signature before it
+/// reads a byte of the body, then checks the body against the hash.
+pub fn sign_bulk(identity: &Keypair, request: &BulkRequest<'_>) -> String {
+    let signature = SECP256K1.sign_schnorr_no_aux_rand(&request.message(), identity);
+    format!(
+        "{}.{}",
+        hex::encode(request.body_sha256),
+        hex::encode(signature.serialize())
+    )
+}
+
+/// The body hash an `x-dstore-auth` header claims (not yet verified).
+pub fn claimed_body_hash(header: &str) -> Option<[u8; 32]> {
+    let (hash, _) = header.split_once('.')?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hash, &mut out).ok()?;
+    Some(out)
+}
+
+/// Checks a bulk request's header against `request` (whose `body_sha256` is the hash the
+/// body must have) and `renter`'s key.
+pub fn verify_bulk(renter: &XOnlyPublicKey, request: &BulkRequest<'_>, header: &str) -> bool {
+    let Some((_, signature)) = header.split_once('.') else {
+        return false;
+    };
+    if claimed_body_hash(header) != Some(request.body_sha256) {
+        return false;
+    }
+    let Ok(bytes) = hex::decode(signature) else {
         return false;
     };
     let Ok(signature) = schnorr::Signature::from_slice(&bytes) else {
         return false;
     };
     SECP256K1
-        .verify_schnorr(&signature, &bulk_message(path_and_query), renter)
+        .verify_schnorr(&signature, &request.message(), renter)
         .is_ok()
+}
+
+/// The sequence number a farmer-signed resynchronisation hint (`resync` in a refusal)
+/// lets the renter jump to after it sent message `seq` of `contract_id` as `envelope`, or
+/// `None` when the hint is missing, forged, for another message or asks for more than the
+/// protocol allows (see [`ResyncHint::resync_to`]).
+pub fn verified_resync(
+    hint: &str,
+    contract_id: [u8; 32],
+    farmer: XOnlyPublicKey,
+    seq: u64,
+    envelope: &[u8],
+) -> Option<u64> {
+    let expected = Expected {
+        contract_id,
+        sender: Some(farmer),
+    };
+    let opened = peer::open::<ResyncHint>(hint.as_bytes(), &expected).ok()?;
+    opened.body.resync_to(seq, &sha256(&[envelope]))
 }
 
 /// Why a call to the farmer failed.
@@ -105,11 +209,17 @@ pub enum PeerCallError {
     BadReply(#[from] PeerError),
     #[error("the farmer's reply is malformed: {0}")]
     Malformed(String),
+    #[error("the farmer's reply is larger than the {limit}-byte limit")]
+    Oversized { limit: u64 },
+    #[error("the farmer sent nothing for {0:?}: transfer abandoned")]
+    Stalled(Duration),
     #[error("local file: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// The renter's connection to one farmer.
+/// The renter's connection to one farmer. Every reply is size-capped, redirects are never
+/// followed (a farmer is one `http://host:port`), and bulk reads stop when the farmer goes
+/// quiet for [`IDLE_TIMEOUT`] or exceeds a total time proportional to their size.
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
@@ -121,9 +231,10 @@ impl PeerClient {
     /// A client for the farmer at `base` (`http://host:port`), signing as `identity`.
     pub fn new(base: &str, identity: Keypair) -> Self {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .expect("a TLS-less reqwest client always builds");
+            .expect("a reqwest client with static settings always builds");
         PeerClient {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -142,18 +253,48 @@ impl PeerClient {
     fn unreachable(&self, e: reqwest::Error) -> PeerCallError {
         PeerCallError::Unreachable {
             url: self.base.clone(),
-            reason: e.to_string(),
+            reason: e.without_url().to_string(),
         }
     }
 
-    async fn checked(&self, response: reqwest::Response) -> Result<Bytes, PeerCallError> {
+    /// Reads a reply body of at most `limit` bytes, each read within [`IDLE_TIMEOUT`].
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, PeerCallError> {
+        let too_big = PeerCallError::Oversized {
+            limit: limit as u64,
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_big);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = idle(response.chunk())
+            .await?
+            .map_err(|e| self.unreachable(e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_big);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// The body of a successful reply, or the farmer's refusal. A refusal's sequence
+    /// hints are never trusted here: only [`PeerClient::exchange`] checks a signed one.
+    async fn checked(&self, response: reqwest::Response) -> Result<Vec<u8>, PeerCallError> {
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        let body = self.read_capped(response, MAX_REPLY_BYTES).await?;
         if status.is_success() {
             return Ok(body);
         }
         Err(match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(error) => PeerCallError::Refused(error),
+            Ok(mut error) => {
+                error.next_seq = None;
+                PeerCallError::Refused(error)
+            }
             Err(_) => PeerCallError::Malformed(format!("HTTP {status}")),
         })
     }
@@ -165,7 +306,7 @@ impl PeerClient {
         let response = self
             .http
             .get(self.url(path))
-            .timeout(Duration::from_secs(30))
+            .timeout(QUICK_TIMEOUT)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -179,7 +320,8 @@ impl PeerClient {
     }
 
     /// Sends `request` as message `seq` of contract `contract_id` and opens the farmer's
-    /// reply of kind `R`, signed by `farmer` (`None` only before the farmer is known).
+    /// reply of kind `R`, signed by `farmer`. A refusal keeps a `next_seq` only when the
+    /// farmer signed a resynchronisation hint for this very envelope ([`verified_resync`]).
     pub async fn exchange<Q: PeerMessage, R: PeerMessage>(
         &self,
         contract_id: [u8; 32],
@@ -194,11 +336,20 @@ impl PeerClient {
             .post(self.url(&message_path(Q::KIND)))
             .header("content-type", "application/json")
             .timeout(timeout)
-            .body(envelope)
+            .body(envelope.clone())
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let body = self.checked(response).await?;
+        let body = match self.checked(response).await {
+            Err(PeerCallError::Refused(mut error)) => {
+                error.next_seq = error
+                    .resync
+                    .take()
+                    .and_then(|hint| verified_resync(&hint, contract_id, farmer, seq, &envelope));
+                return Err(PeerCallError::Refused(error));
+            }
+            other => other?,
+        };
         let expected = Expected {
             contract_id,
             sender: Some(farmer),
@@ -214,8 +365,9 @@ impl PeerClient {
         self.get_json(&upload_path(contract_id)).await
     }
 
-    /// Streams `file` from byte `offset` to its end as the next part of the upload;
-    /// `progress` is told the absolute position after each chunk is handed to the socket.
+    /// Sends `file` from byte `offset` to its end as the next parts of the upload, one
+    /// signed PUT per [`UPLOAD_PART`] bytes (each signature binds its part's hash);
+    /// `progress` is told the absolute position after each part the farmer stored.
     pub async fn upload_from(
         &self,
         contract_id: &[u8; 32],
@@ -223,35 +375,40 @@ impl PeerClient {
         offset: u64,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<UploadStatus, PeerCallError> {
-        let path_and_query = format!("{}?offset={offset}", upload_path(contract_id));
         let mut reader = tokio::fs::File::open(file).await?;
         let total = reader.metadata().await?.len();
         reader.seek(std::io::SeekFrom::Start(offset)).await?;
-        let progress = std::sync::Arc::new(progress);
-        let stream = futures::stream::unfold((reader, offset), move |(mut reader, pos)| {
-            let progress = progress.clone();
-            let mut buf = vec![0u8; STREAM_CHUNK];
-            async move {
-                match reader.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        progress(pos + n as u64);
-                        Some((
-                            Ok::<_, std::io::Error>(Bytes::from(buf)),
-                            (reader, pos + n as u64),
-                        ))
-                    }
-                    Err(e) => Some((Err(e), (reader, pos))),
-                }
-            }
-        });
+        let mut status = UploadStatus {
+            received: offset,
+            expected: total,
+        };
+        while status.received < total {
+            let len = (total - status.received).min(UPLOAD_PART as u64) as usize;
+            let mut part = vec![0u8; len];
+            reader.read_exact(&mut part).await?;
+            status = self.put_part(contract_id, status.received, part).await?;
+            progress(status.received);
+        }
+        Ok(status)
+    }
+
+    async fn put_part(
+        &self,
+        contract_id: &[u8; 32],
+        offset: u64,
+        part: Vec<u8>,
+    ) -> Result<UploadStatus, PeerCallError> {
+        let path_and_query = format!("{}?offset={offset}", upload_path(contract_id));
+        let auth = sign_bulk(
+            &self.identity,
+            &BulkRequest::new("PUT", &path_and_query, &part, [0; 32]),
+        );
         let response = self
             .http
             .put(self.url(&path_and_query))
-            .header(AUTH_HEADER, sign_bulk(&self.identity, &path_and_query))
-            .header("content-length", total - offset)
-            .body(reqwest::Body::wrap_stream(stream))
+            .header(AUTH_HEADER, auth)
+            .timeout(transfer_timeout(part.len() as u64))
+            .body(part)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -259,34 +416,67 @@ impl PeerClient {
         serde_json::from_slice(&body).map_err(|e| PeerCallError::Malformed(e.to_string()))
     }
 
-    /// Downloads the sealed copy E of the current download into `dest`; returns its length.
-    /// Reads at most `limit` bytes (the length the signed transcript announced).
+    /// Downloads the sealed copy E of download `download_id` into `dest`; returns its
+    /// length. Reads at most `limit` bytes (the length the signed transcript announced),
+    /// gives up when the farmer is silent for [`IDLE_TIMEOUT`] or the whole transfer takes
+    /// longer than its size allows, so a stalling farmer cannot hold the caller for ever.
     pub async fn fetch_sealed(
         &self,
         contract_id: &[u8; 32],
+        download_id: &[u8; 32],
+        dest: &Path,
+        limit: u64,
+        progress: impl Fn(u64),
+    ) -> Result<u64, PeerCallError> {
+        let deadline = transfer_timeout(limit);
+        tokio::time::timeout(
+            deadline,
+            self.fetch_sealed_within(contract_id, download_id, dest, limit, progress),
+        )
+        .await
+        .map_err(|_| PeerCallError::Stalled(deadline))?
+    }
+
+    async fn fetch_sealed_within(
+        &self,
+        contract_id: &[u8; 32],
+        download_id: &[u8; 32],
         dest: &Path,
         limit: u64,
         progress: impl Fn(u64),
     ) -> Result<u64, PeerCallError> {
         let path = sealed_path(contract_id);
-        let mut response = self
-            .http
-            .get(self.url(&path))
-            .header(AUTH_HEADER, sign_bulk(&self.identity, &path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let auth = sign_bulk(
+            &self.identity,
+            &BulkRequest::new("GET", &path, &[], *download_id),
+        );
+        let mut response = idle(
+            self.http
+                .get(self.url(&path))
+                .header(AUTH_HEADER, auth)
+                .send(),
+        )
+        .await?
+        .map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
-            return Err(self.checked(response).await.unwrap_err());
+            return Err(self
+                .checked(response)
+                .await
+                .err()
+                .unwrap_or_else(|| PeerCallError::Malformed("a refusal without an error".into())));
+        }
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(PeerCallError::Oversized { limit });
         }
         let mut out = tokio::fs::File::create(dest).await?;
         let mut written = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
+        while let Some(chunk) = idle(response.chunk())
+            .await?
+            .map_err(|e| self.unreachable(e))?
+        {
             written += chunk.len() as u64;
             if written > limit {
-                return Err(PeerCallError::Malformed(format!(
-                    "the sealed copy is longer than the {limit} bytes announced"
-                )));
+                return Err(PeerCallError::Oversized { limit });
             }
             out.write_all(&chunk).await?;
             progress(written);
@@ -295,14 +485,23 @@ impl PeerClient {
         Ok(written)
     }
 
-    /// Sends the compressed CRS for contract `contract_id`'s current download.
-    pub async fn put_crs(&self, contract_id: &[u8; 32], crs: Vec<u8>) -> Result<(), PeerCallError> {
+    /// Sends the compressed CRS for download `download_id` of contract `contract_id`.
+    pub async fn put_crs(
+        &self,
+        contract_id: &[u8; 32],
+        download_id: &[u8; 32],
+        crs: Vec<u8>,
+    ) -> Result<(), PeerCallError> {
         let path = crs_path(contract_id);
+        let auth = sign_bulk(
+            &self.identity,
+            &BulkRequest::new("PUT", &path, &crs, *download_id),
+        );
         let response = self
             .http
             .put(self.url(&path))
-            .header(AUTH_HEADER, sign_bulk(&self.identity, &path))
-            .timeout(Duration::from_secs(1_800))
+            .header(AUTH_HEADER, auth)
+            .timeout(CRS_TIMEOUT)
             .body(crs)
             .send()
             .await
@@ -311,26 +510,99 @@ impl PeerClient {
     }
 }
 
+/// `future`, or [`PeerCallError::Stalled`] when it does not finish within [`IDLE_TIMEOUT`].
+async fn idle<T>(future: impl std::future::Future<Output = T>) -> Result<T, PeerCallError> {
+    tokio::time::timeout(IDLE_TIMEOUT, future)
+        .await
+        .map_err(|_| PeerCallError::Stalled(IDLE_TIMEOUT))
+}
+
+/// The longest a bulk transfer of `bytes` may take: a floor, plus the time at the slowest
+/// rate accepted.
+pub fn transfer_timeout(bytes: u64) -> Duration {
+    TRANSFER_FLOOR + Duration::from_secs(bytes / MIN_TRANSFER_RATE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bitcoin::secp256k1::SecretKey;
 
+    fn key(seed: u8) -> Keypair {
+        Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[seed; 32]).unwrap())
+    }
+
     #[test]
-    fn bulk_signatures_bind_the_path_and_query() {
-        let renter = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[3; 32]).unwrap());
-        let other = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[4; 32]).unwrap());
-        let key = renter.x_only_public_key().0;
+    fn bulk_signatures_bind_method_path_body_and_download() {
+        let (renter, other) = (key(3), key(4));
+        let pk = renter.x_only_public_key().0;
         let path = format!("{}?offset=0", upload_path(&[1; 32]));
-        let sig = sign_bulk(&renter, &path);
-        assert!(verify_bulk(&key, &path, &sig));
-        assert!(!verify_bulk(
-            &key,
-            &format!("{}?offset=1", upload_path(&[1; 32])),
-            &sig
-        ));
-        assert!(!verify_bulk(&key, &path, &sign_bulk(&other, &path)));
-        assert!(!verify_bulk(&key, &path, "zz"));
-        assert!(!verify_bulk(&key, &path, ""));
+        let request = BulkRequest::new("PUT", &path, b"part", [0; 32]);
+        let header = sign_bulk(&renter, &request);
+        assert!(verify_bulk(&pk, &request, &header));
+        assert_eq!(claimed_body_hash(&header), Some(sha256(&[b"part"])));
+        let moved = format!("{}?offset=1", upload_path(&[1; 32]));
+        for changed in [
+            BulkRequest::new("PUT", &moved, b"part", [0; 32]),
+            BulkRequest::new("PUT", &path, b"other bytes", [0; 32]),
+            BulkRequest::new("GET", &path, b"part", [0; 32]),
+            BulkRequest::new("PUT", &path, b"part", [9; 32]),
+        ] {
+            assert!(!verify_bulk(&pk, &changed, &header), "{changed:?}");
+        }
+        assert!(!verify_bulk(&pk, &request, &sign_bulk(&other, &request)));
+        let (hash, sig) = header.split_once('.').unwrap();
+        let forged_hash = format!("{}.{sig}", hex::encode(sha256(&[b"other bytes"])));
+        let body_of_forgery = BulkRequest::new("PUT", &path, b"other bytes", [0; 32]);
+        assert!(!verify_bulk(&pk, &body_of_forgery, &forged_hash));
+        for junk in ["", "zz", hash, sig, "..", &format!("{hash}.zz")] {
+            assert!(!verify_bulk(&pk, &request, junk), "{junk}");
+        }
+    }
+
+    #[test]
+    fn only_a_farmer_signed_hint_for_this_envelope_resyncs_one_step() {
+        let (renter, farmer, stranger) = (key(3), key(5), key(6));
+        let id = [2; 32];
+        let fpk = farmer.x_only_public_key().0;
+        let sent = peer::sign(
+            &renter,
+            id,
+            4,
+            &ResyncHint {
+                next_seq: 0,
+                refused: [0; 32],
+            },
+        )
+        .unwrap();
+        let hint = |by: &Keypair, contract, next_seq, refused: &[u8]| {
+            let body = ResyncHint {
+                next_seq,
+                refused: sha256(&[refused]),
+            };
+            String::from_utf8(peer::sign(by, contract, next_seq, &body).unwrap()).unwrap()
+        };
+        assert_eq!(
+            verified_resync(&hint(&farmer, id, 5, &sent), id, fpk, 4, &sent),
+            Some(5)
+        );
+        let refused = [
+            hint(&stranger, id, 5, &sent),
+            hint(&farmer, [3; 32], 5, &sent),
+            hint(&farmer, id, 5, b"another envelope"),
+            hint(&farmer, id, 1_000, &sent),
+            hint(&farmer, id, 3, &sent),
+            "{\"next_seq\":5}".to_string(),
+            String::new(),
+        ];
+        for bad in refused {
+            assert_eq!(verified_resync(&bad, id, fpk, 4, &sent), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_time_grows_with_size_from_a_floor() {
+        assert_eq!(transfer_timeout(0), TRANSFER_FLOOR);
+        assert!(transfer_timeout(4 << 30) > Duration::from_secs(3_600));
     }
 }

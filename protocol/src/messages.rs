@@ -48,6 +48,21 @@ pub enum TermsError {
     PayoutDelay(u16),
     #[error("the offer changes the price the renter asked for")]
     PriceChanged,
+    #[error(
+        "the farmer stores the file only until height {expiry}; at least {required} is required"
+    )]
+    StorageTooShort { expiry: u32, required: u32 },
+}
+
+/// Renter: a storage expiry (in `OpenAccepted`, then in the receipt) must lie at least
+/// `min_blocks` above `tip`, or the farmer could sign a term that ends before the file is
+/// ever downloaded or audited and then drop the data within its rights.
+pub fn check_storage_expiry(expiry: u32, tip: u32, min_blocks: u32) -> Result<(), TermsError> {
+    let required = tip.saturating_add(min_blocks);
+    if expiry < required {
+        return Err(TermsError::StorageTooShort { expiry, required });
+    }
+    Ok(())
 }
 
 /// Smallest price that keeps TX1, TX2 and TX3 outputs above dust after fees.
@@ -101,6 +116,32 @@ impl PeerMessage for OpenAccepted {
     const KIND: &'static str = "open_accepted";
 }
 
+/// Farmer → renter, inside the error that refuses a message for its sequence number: the
+/// number the farmer expects next, bound to the SHA-256 of the refused envelope so it can
+/// be neither forged (it is signed) nor replayed onto another message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncHint {
+    pub next_seq: u64,
+    #[serde(with = "hex::serde")]
+    pub refused: [u8; 32],
+}
+
+impl PeerMessage for ResyncHint {
+    const KIND: &'static str = "resync_hint";
+}
+
+impl ResyncHint {
+    /// The renter's next sequence number after this hint answered its message `seq`, sent
+    /// as the envelope hashing to `sent`; `None` unless the hint is for that envelope and
+    /// says exactly `seq + 1`. That is the only gap the protocol leaves: each message is
+    /// recorded with its reply, so a crash loses at most the one reply in flight.
+    pub fn resync_to(&self, seq: u64, sent: &[u8; 32]) -> Option<u64> {
+        let allowed = seq.checked_add(1)?;
+        (self.refused == *sent && self.next_seq == allowed).then_some(allowed)
+    }
+}
+
 /// Renter → farmer: the upload is complete; this is what the renter computed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +185,10 @@ pub struct DownloadOffer {
     pub refund_height: u32,
     /// Δ: TX2's refund delay.
     pub payout_delay: u16,
+    /// Confirmations TX1 needs before the farmer broadcasts TX2 (0: the farmer did not
+    /// say). Informational: the renter shows it while it waits for TX2.
+    #[serde(default)]
+    pub min_tx1_confirmations: u32,
 }
 
 impl PeerMessage for DownloadOffer {
@@ -277,12 +322,29 @@ impl PeerMessage for Tx3RenterSig {
     const KIND: &'static str = "tx3_renter_sig";
 }
 
-/// Farmer → renter: TX2 and TX3 are broadcast.
+/// Farmer → renter: TX2 and TX3 are broadcast, or, with `pending`, stored and held back
+/// until TX1 is deep enough (PROTOCOL.md 3.3: the renter must not learn f while it can
+/// still take TX1 back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Claimed {
     pub tx2: Txid,
     pub tx3: Txid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<ClaimPending>,
+}
+
+/// Why a [`Claimed`] TX2 is not broadcast yet, and until when it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimPending {
+    /// Confirmations TX1 had when the farmer answered.
+    pub tx1_confirmations: u32,
+    /// Confirmations TX1 needs before TX2 goes out.
+    pub min_tx1_confirmations: u32,
+    /// From this tip height on TX2 is never broadcast: the download is abandoned and the
+    /// renter refunds TX1 at T1.
+    pub abandon_height: u32,
 }
 
 impl PeerMessage for Claimed {
@@ -292,6 +354,34 @@ impl PeerMessage for Claimed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resync_hints_allow_one_step_for_the_refused_envelope_only() {
+        let sent = [7u8; 32];
+        let hint = |next_seq| ResyncHint {
+            next_seq,
+            refused: sent,
+        };
+        assert_eq!(hint(6).resync_to(5, &sent), Some(6));
+        for next in [0, 4, 5, 7, 1_000, u64::MAX] {
+            assert_eq!(hint(next).resync_to(5, &sent), None, "{next}");
+        }
+        assert_eq!(hint(6).resync_to(5, &[8; 32]), None, "another envelope");
+        assert_eq!(hint(u64::MAX).resync_to(u64::MAX, &sent), None);
+    }
+
+    #[test]
+    fn storage_expiry_needs_the_minimum_term() {
+        assert!(check_storage_expiry(1_100, 100, 1_000).is_ok());
+        assert_eq!(
+            check_storage_expiry(101, 100, 1_000),
+            Err(TermsError::StorageTooShort {
+                expiry: 101,
+                required: 1_100
+            })
+        );
+        assert!(check_storage_expiry(u32::MAX, u32::MAX, 10).is_ok());
+    }
     use crate::peer::{open, sign, Expected};
     use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
 
@@ -307,6 +397,7 @@ mod tests {
             price: Amount::from_sat(price),
             refund_height,
             payout_delay,
+            min_tx1_confirmations: 1,
         }
     }
 
@@ -378,6 +469,11 @@ mod tests {
         let c = Claimed {
             tx2: Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros()),
             tx3: Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros()),
+            pending: Some(ClaimPending {
+                tx1_confirmations: 0,
+                min_tx1_confirmations: 3,
+                abandon_height: 1_108,
+            }),
         };
         let bytes = sign(&farmer, id, 8, &c).unwrap();
         assert_eq!(open::<Claimed>(&bytes, &expected).unwrap().body, c);

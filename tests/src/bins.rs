@@ -1,5 +1,6 @@
 //! Where the binaries under test are: Bitcoin Core's (built by scripts/install-bitcoind.sh)
-//! and dstore's own (built once per test process with cargo, so they are never stale).
+//! and dstore's own (built once per test process with cargo, so they are never stale, unless
+//! `DSTORE_BINARIES_BUILT` says scripts/test.sh has just built them).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -49,6 +50,10 @@ pub fn dstore_binary(package: &str, bin: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let dir = profile_dir();
     BUILT.get_or_init(|| {
+        // scripts/test.sh builds everything once before the tests start.
+        if std::env::var_os("DSTORE_BINARIES_BUILT").is_some() {
+            return;
+        }
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "--workspace", "--bins"]);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::node::btc_to_sat;
-use crate::{ports, BitcoinNode, PluginProcess, TowerProcess};
+use crate::{ports, wait_until, BitcoinNode, PluginProcess, TowerProcess};
 
 /// The price the farmer asks per download in the tests (satoshis).
 pub const TEST_PRICE_SAT: u64 = 20_000;
@@ -154,8 +154,22 @@ impl Market {
         self.renter_cli(&["dstore-open", &self.peer_url, path])
     }
 
-    /// `dstore-download` through bitcoin-cli; returns its JSON result.
+    /// `dstore-download` through bitcoin-cli, driven to its end as a user would (see
+    /// [`finish_download`]: blocks are mined while TX1 lacks confirmations); returns the
+    /// finished download's JSON result or the error it ended with.
     pub fn download(&self, id: &str, output: &Path) -> Result<Value, String> {
+        let first = self.download_started(id, output)?;
+        finish_download(
+            &self.node,
+            first,
+            || self.renter().call_ok("dstore-status", json!([id])),
+            || self.download_started(id, output),
+        )
+    }
+
+    /// One `dstore-download` call through bitcoin-cli: the finished result, or the
+    /// running download's phase once it waits for the chain.
+    pub fn download_started(&self, id: &str, output: &Path) -> Result<Value, String> {
         let out = output.to_str().expect("utf-8 path");
         self.renter_cli(&["dstore-download", id, out])
             .map(|text| serde_json::from_str(&text).expect("dstore-download prints JSON"))
@@ -228,6 +242,54 @@ impl Market {
             &args,
         ));
     }
+}
+
+/// Drives a download that `dstore-download` returned as `first` to its end: while the
+/// renter's `dstore-status` says it waits for TX1's confirmations, mines one block (to the
+/// burn address) and waits for the status to move; while it waits for TX2, only waits.
+/// Once the download no longer runs, `again()` (`dstore-download` once more) returns its
+/// outcome. No block is mined once TX1 has its confirmations, so TX2 and TX3 are still
+/// unconfirmed when this returns, as after the old blocking call.
+pub fn finish_download(
+    node: &BitcoinNode,
+    first: Value,
+    status: impl Fn() -> Value,
+    again: impl Fn() -> Result<Value, String>,
+) -> Result<Value, String> {
+    let mut reply = first;
+    while reply["status"] == "waiting" || reply["status"] == "running" {
+        mine_while_tx1_confirms(node, &status, || status()["running"] != json!(true));
+        reply = again()?;
+    }
+    Ok(reply)
+}
+
+/// Until `done()`: mines one block whenever the renter's phase is "waiting for TX1 confirmations k/N" with a k
+/// not mined for yet, so TX1 gets exactly the confirmations the farmer waits for.
+pub fn mine_while_tx1_confirms(
+    node: &BitcoinNode,
+    status: impl Fn() -> Value,
+    done: impl Fn() -> bool,
+) {
+    let mut mined_at: Option<String> = None;
+    wait_until(
+        "the background download to end",
+        std::time::Duration::from_secs(600),
+        || {
+            if done() {
+                return Some(());
+            }
+            let s = status();
+            let phase = s["phase"].as_str().unwrap_or("").to_string();
+            if phase.starts_with("waiting for TX1 confirmations")
+                && mined_at.as_ref() != Some(&phase)
+            {
+                node.mine(1);
+                mined_at = Some(phase);
+            }
+            None
+        },
+    );
 }
 
 /// The plugin flags that point it at `tower`.

@@ -17,8 +17,9 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
-/// Blocks between audits and satoshis per audit in these tests (W = P / 2 = 3).
-const PERIOD: u32 = 6;
+/// Blocks between audits and satoshis per audit in these tests (W = 6, the farmer's
+/// default least claim window).
+const PERIOD: u32 = 8;
 const AMOUNT_SAT: u64 = 20_000;
 /// Candidate and claim fees come out of each audit amount.
 const CANDIDATE_FEE_SAT: u64 = 1_000;
@@ -246,7 +247,7 @@ fn audit_farmer_stopping_mid_swap_leaves_the_renter_its_refunds() {
     assert_eq!(s["audits"]["swapped"], 8, "{s}");
     let heights = heights(&s);
     let towers = [&farmer_tower, &renter_tower];
-    mine_to(&m, &towers, heights[1] + 5);
+    mine_to(&m, &towers, heights[1] + 8);
     // Audit 0 runs as usual (the farmer keeps the file) and is paid; audit 1 never had a
     // candidate, so RF_1 returns its output after T_1 + W.
     wait_for_claims(&m, &id, 1);
@@ -279,7 +280,7 @@ fn audit_renter_stopping_mid_swap_leaves_the_farmer_paid_for_what_it_holds() {
     assert_eq!(f["audits"]["watchtower_registered"], true, "{f}");
     let heights = heights(&renter_status(&m, &id));
     let towers = [&farmer_tower, &renter_tower];
-    mine_to(&m, &towers, heights[1] + 5);
+    mine_to(&m, &towers, heights[1] + 8);
     let claims = wait_for_claims(&m, &id, 1);
     assert_eq!(claims[0]["audit"], 0);
     let s = renter_status(&m, &id);
@@ -440,8 +441,8 @@ fn audit_setup_messages_out_of_order_are_refused() {
             renter_funding_key: key,
             renter_claim_key: key,
             first_audit_height: 500,
-            period: 6,
-            claim_window: 3,
+            period: 8,
+            claim_window: 6,
             audits: 1,
             amount: Amount::from_sat(20_000),
             candidate_fee: Amount::from_sat(1_000),

@@ -461,7 +461,19 @@ fn cln_open_and_download_with_named_and_positional_params_pay_the_farmer() {
         assert_eq!(status["bytes_done"], status["bytes_total"], "{status}");
 
         let started = Instant::now();
-        let result = renter.call_ok("dstore-download", download_params(&id), LONG);
+        let first = renter.call_ok("dstore-download", download_params(&id), LONG);
+        // The download goes on in the background while TX1 confirms: mine as a user would.
+        let result = dstore_tests::market::finish_download(
+            &node,
+            first,
+            || renter.call_ok("dstore-status", json!([id]), SHORT),
+            || {
+                renter
+                    .call("dstore-download", download_params(&id), LONG)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .expect("dstore-download");
         eprintln!(
             "round {round}: dstore-download took {:?}",
             started.elapsed()

@@ -144,11 +144,9 @@ fn e2e_farmer_never_broadcasts_tx2_then_refund_after_t1() {
     let input = m.file("in", &random_bytes(8, 5_000));
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
-    let err = m.download(&id, &output).unwrap_err();
-    assert!(
-        err.contains("TX2") && err.contains("dstore-refund"),
-        "{err}"
-    );
+    // The paid download waits for TX2 in the background.
+    let waiting = m.download_started(&id, &output).expect("dstore-download");
+    assert_eq!(waiting["status"], "waiting", "{waiting}");
     assert!(!output.exists());
     let s = status(&m, &id);
     assert_eq!(s["downloads"][0]["phase"], "tx3_signed", "{s}");
@@ -157,6 +155,16 @@ fn e2e_farmer_never_broadcasts_tx2_then_refund_after_t1() {
     assert!(
         m.node.rpc("getrawtransaction", json!([tx2])).is_err(),
         "TX2 never appeared"
+    );
+    // At T1 the background download gave up, pointing at dstore-refund.
+    let err = dstore_tests::wait_until("the download to give up", Duration::from_secs(60), || {
+        status(&m, &id)["downloads"][0]["error"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        err.contains("TX2") && err.contains("dstore-refund"),
+        "{err}"
     );
 }
 
@@ -173,12 +181,12 @@ fn e2e_tx2_broadcast_late_finishes_the_paid_download_without_paying_twice() {
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
-    let err = m.download(&id, &output).unwrap_err();
-    assert!(err.contains("TX2"), "{err}");
+    let waiting = m.download_started(&id, &output).expect("dstore-download");
+    assert_eq!(waiting["status"], "waiting", "{waiting}");
     let paid = m.renter_balance_sat();
     // The farmer restarts (as after a crash between storing and broadcasting its claim)
-    // and broadcasts TX2 and TX3 then; the renter's next dstore-download finishes the
-    // download it paid for.
+    // and broadcasts TX2 and TX3 then; the renter's next dstore-download waits for the
+    // download it paid for, which finishes in the background.
     m.kill_farmer();
     m.start_farmer();
     let result = m
@@ -432,10 +440,13 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
             .send()
             .unwrap()
     };
-    let signed = dstore_plugin_sign(&renter, &path);
+    let signed = dstore_plugin_sign(&renter, &path, &[0; 101]);
     let response = put(signed.clone(), vec![0; 101]);
     assert_eq!(response.status().as_u16(), 413);
-    let response = put(dstore_plugin_sign(&identity(6), &path), vec![0; 10]);
+    let response = put(
+        dstore_plugin_sign(&identity(6), &path, &[0; 10]),
+        vec![0; 10],
+    );
     assert_eq!(response.status().as_u16(), 401);
     let farmer = farmer_status(&m, &hex::encode(id));
     assert_eq!(farmer["bytes_done"], 0, "{farmer}");
@@ -492,8 +503,9 @@ fn e2e_bad_input_gets_clear_errors_and_changes_nothing() {
     );
 }
 
-fn dstore_plugin_sign(identity: &Keypair, path: &str) -> String {
-    dstore_plugin::wire::sign_bulk(identity, path)
+fn dstore_plugin_sign(identity: &Keypair, path: &str, body: &[u8]) -> String {
+    let request = dstore_plugin::wire::BulkRequest::new("PUT", path, body, [0; 32]);
+    dstore_plugin::wire::sign_bulk(identity, &request)
 }
 
 /// Runs a renter RPC on a thread (it outlives a plugin being killed under it).
@@ -670,8 +682,18 @@ fn e2e_dstore_cli_opens_downloads_and_reports() {
     let id = dstore_cli(&m, &["open", &m.peer_url, input.to_str().unwrap()]).expect("dstore open");
     assert_eq!(id.len(), 64, "{id}");
     let out = m.dir.path().join("out");
-    let result =
-        dstore_cli(&m, &["download", &id, out.to_str().unwrap()]).expect("dstore download");
+    // `dstore download` follows the download through its wait for TX1's confirmation
+    // (mined here, as a user's chain would) until it is done.
+    let result = std::thread::scope(|scope| {
+        let cli = scope.spawn(|| dstore_cli(&m, &["download", &id, out.to_str().unwrap()]));
+        dstore_tests::market::mine_while_tx1_confirms(
+            &m.node,
+            || status(&m, &id),
+            || cli.is_finished(),
+        );
+        cli.join().unwrap()
+    })
+    .expect("dstore download");
     let result: Value = serde_json::from_str(&result).expect("JSON");
     assert_eq!(result["contract_id"], id.as_str());
     assert!(std::fs::read(&out).unwrap() == data);

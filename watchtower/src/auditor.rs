@@ -147,7 +147,8 @@ impl Auditor {
                 block_hash: tip.hash,
                 k: check.k,
                 ok: result.is_ok(),
-                error: result.err(),
+                unreachable: matches!(result, Err(MerkleError::Unreachable(_))),
+                error: result.err().map(|e| e.to_string()),
             };
             let _ = outcomes.send(AuditorOutcome::Merkle { id, record });
         });
@@ -203,6 +204,19 @@ async fn release(
     Ok(reply.claim_txid)
 }
 
+/// Why a Merkle audit did not pass: only [`MerkleError::Wrong`] is a failure; the
+/// protocol retries [`MerkleError::Unreachable`] with back-off.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MerkleError {
+    /// No answer: the farmer could not be reached, or timed out (also mid-reply).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The farmer answered, and the answer is wrong (an HTTP error, an unreadable or
+    /// oversized reply, or one that does not verify against root_C).
+    #[error("{0}")]
+    Wrong(String),
+}
+
 /// What a Merkle audit checks the answer against.
 struct MerkleCheck {
     contract_id: [u8; 32],
@@ -213,7 +227,7 @@ struct MerkleCheck {
 }
 
 impl MerkleCheck {
-    async fn run(&self, http: &reqwest::Client, url: &str) -> Result<(), String> {
+    async fn run(&self, http: &reqwest::Client, url: &str) -> Result<(), MerkleError> {
         let request = MerkleRequest {
             contract_id: self.contract_id,
             block_hash: self.tip.hash,
@@ -225,13 +239,18 @@ impl MerkleCheck {
             .json(&request)
             .send()
             .await
-            .map_err(|e| format!("cannot reach the farmer: {e}"))?;
+            .map_err(|e| MerkleError::Unreachable(format!("cannot reach the farmer: {e}")))?;
         let status = response.status();
-        let body = read_limited(response, MAX_ANSWER_JSON_BYTES).await?;
+        let body = read_limited(response, MAX_ANSWER_JSON_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::Transport(e) => MerkleError::Unreachable(e),
+                ReadError::TooLarge(e) => MerkleError::Wrong(e),
+            })?;
         if !status.is_success() {
-            return Err(http_error(status, &body));
+            return Err(MerkleError::Wrong(http_error(status, &body)));
         }
-        let answer = parse_answer(&body).map_err(|e| e.to_string())?;
+        let answer = parse_answer(&body).map_err(|e| MerkleError::Wrong(e.to_string()))?;
         let block = self.tip.hash.to_byte_array();
         verify_answer(
             &self.root_c,
@@ -241,7 +260,7 @@ impl MerkleCheck {
             self.k as usize,
             &answer,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| MerkleError::Wrong(e.to_string()))
     }
 }
 
@@ -254,16 +273,35 @@ fn http_error(status: reqwest::StatusCode, body: &[u8]) -> String {
     )
 }
 
+/// Why a reply body could not be read.
+#[derive(Debug)]
+enum ReadError {
+    /// The connection broke or timed out mid-body.
+    Transport(String),
+    /// More than allowed.
+    TooLarge(String),
+}
+
+impl From<ReadError> for String {
+    fn from(e: ReadError) -> String {
+        match e {
+            ReadError::Transport(e) | ReadError::TooLarge(e) => e,
+        }
+    }
+}
+
 /// The response body, refused past `max` bytes (and on a timeout mid-body).
-async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("reading the farmer's reply: {e}"))?
+        .map_err(|e| ReadError::Transport(format!("reading the farmer's reply: {e}")))?
     {
         if body.len() + chunk.len() > max {
-            return Err(format!("the farmer's reply exceeds {max} bytes"));
+            return Err(ReadError::TooLarge(format!(
+                "the farmer's reply exceeds {max} bytes"
+            )));
         }
         body.extend_from_slice(&chunk);
     }

@@ -56,6 +56,9 @@ pub fn status(watch: &Watch, tip: Option<u32>) -> Value {
         "transactions": transactions,
         "seen": watch.seen,
         "spends": watch.spends,
+        // Spends of TX1:0 by neither the expected TX2 nor a pre-signed refund (a TX2'
+        // re-signed under fresh nonces): the renter's dstore-refund refunds its output 0.
+        "unexpected_spends": watch.unexpected_spends(),
         "settled": tip.is_some_and(|t| watch.settled(t)),
         "audits": watch.audits_report(tip),
     })

@@ -408,6 +408,9 @@ impl Tower {
         if record.ok {
             bump(&self.counters.merkle_audits_passed);
             tracing::info!(%watch, height = record.height, "Merkle audit passed");
+        } else if record.unreachable {
+            let error = record.error.as_deref().unwrap_or("");
+            tracing::warn!(%watch, height = record.height, "Merkle audit: the farmer is unreachable ({error}); retried with back-off, a failure only after a whole claim window");
         } else {
             bump(&self.counters.merkle_audits_failed);
             let error = record.error.as_deref().unwrap_or("");

@@ -2,7 +2,9 @@
 //! the same JSON-RPC methods bitcoin-cli would, and shows progress bars while `open` and
 //! `download` run.
 //!
-//! `dstore open <farmer_peer_url> <file> [price_sat] [audits] [audit_period_blocks] [audit_amount_sat]`, `dstore download <id> <out>`,
+//! `dstore open <farmer_peer_url> <file> [price_sat] [audits] [audit_period_blocks] [audit_amount_sat]`,
+//! `dstore download <id> <out> [wait_seconds]` (without wait_seconds it follows the
+//! download through its wait for TX1's confirmations and TX2 until it is done),
 //! `dstore status <id>`, `dstore list`, `dstore refund <id>`, `dstore verify-fraud <file>`,
 //! or any other method name with its arguments (`dstore getinfo`, `dstore getblockcount`).
 
@@ -87,6 +89,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let method = method_name(name);
     let params = params_for(&method, rest)?;
     let result = match method.as_str() {
+        "dstore-download" if params.len() < 3 => follow_download(&client, params, cli.quiet)?,
         "dstore-open" | "dstore-download" if !cli.quiet => with_progress(&client, &method, params)?,
         _ => client.call(&method, &params)?,
     };
@@ -187,6 +190,29 @@ fn absolute(path: &str) -> Result<String, String> {
     std::path::absolute(Path::new(path))
         .map(|p| p.display().to_string())
         .map_err(|e| format!("{path}: {e}"))
+}
+
+/// How long each repeated `dstore-download` call waits for the background download.
+const FOLLOW_WAIT_SECONDS: u64 = 600;
+
+/// `dstore download <id> <out>`: the download goes on in the background once it waits
+/// for TX1's confirmations and TX2 (tens of minutes on mainnet), so this calls
+/// `dstore-download` again, each time waiting up to [`FOLLOW_WAIT_SECONDS`], until it
+/// returns the outcome; the progress bar shows the phase throughout.
+fn follow_download(client: &Client, mut params: Vec<Value>, quiet: bool) -> Result<Value, String> {
+    loop {
+        let result = if quiet {
+            client.call("dstore-download", &params)?
+        } else {
+            with_progress(client, "dstore-download", params.clone())?
+        };
+        if !matches!(result["status"].as_str(), Some("waiting" | "running")) {
+            return Ok(result);
+        }
+        if params.len() < 3 {
+            params.push(json!(FOLLOW_WAIT_SECONDS));
+        }
+    }
 }
 
 /// Runs a long call on a thread while a progress bar follows `dstore-status`.

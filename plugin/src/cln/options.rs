@@ -61,7 +61,7 @@ pub const STRING_OPTIONS: &[StrOpt] = &[
     StrOpt {
         name: "dstore-watchtower-url",
         flag: "watchtower-url",
-        description: "a dstore-watchtower to register every download with (http://[user:password@]host:port)",
+        description: "a dstore-watchtower to register every download with (https://[user:password@]host:port, or http:// on loopback only)",
     },
     StrOpt {
         name: "dstore-crs-cache-dir",
@@ -87,6 +87,31 @@ pub const INT_OPTIONS: &[IntOpt] = &[
         name: "dstore-max-file-bytes",
         flag: "max-file-bytes",
         description: "farmer: the largest (encrypted) file it accepts, in bytes (default 4 GiB)",
+    },
+    IntOpt {
+        name: "dstore-min-tx1-confirmations",
+        flag: "min-tx1-confirmations",
+        description: "farmer: confirmations TX1 needs before TX2 (which reveals f) is broadcast (default 1; 3 on mainnet)",
+    },
+    IntOpt {
+        name: "dstore-tx2-broadcast-margin-blocks",
+        flag: "tx2-broadcast-margin-blocks",
+        description: "farmer: TX2 goes out only while the tip is more than this many blocks below T1, else the download is abandoned (default 36)",
+    },
+    IntOpt {
+        name: "dstore-min-audit-claim-window-blocks",
+        flag: "min-audit-claim-window-blocks",
+        description: "farmer: the least claim window W, in blocks, accepted in audit terms (default 6)",
+    },
+    IntOpt {
+        name: "dstore-min-audit-fee-rate-sat-vb",
+        flag: "min-audit-fee-rate-sat-vb",
+        description: "farmer: the least fee rate, in sat/vB, of audit candidates and refunds (default 2)",
+    },
+    IntOpt {
+        name: "dstore-min-storage-blocks",
+        flag: "min-storage-blocks",
+        description: "renter: the shortest storage term accepted from a farmer, in blocks (default 4320, about 30 days)",
     },
 ];
 

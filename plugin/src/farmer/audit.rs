@@ -16,7 +16,7 @@ use dstore_protocol::audit::swap::FarmerSwap;
 use dstore_protocol::audit::transactions::SigningKeys;
 use dstore_protocol::audit::wire::{MerkleRequest, RevealReply, RevealRequest};
 use dstore_protocol::keys::Role;
-use dstore_protocol::merkle::{segment_count, SEGMENT_SIZE};
+use dstore_protocol::merkle::{leaf_hash, segment_count, SEGMENT_SIZE};
 use dstore_protocol::watch::{Presigned, Registration, WatchRole};
 use rand::RngCore;
 
@@ -53,6 +53,7 @@ impl Farmer {
         mut record: FarmedContract,
         proposal: AuditProposal,
     ) -> Result<Step<AuditAccepted>, FarmerError> {
+        self.check_policy(&record, &proposal)?;
         if record.receipt.is_none() {
             return Err(FarmerError::WrongPhase("the upload is not finished"));
         }
@@ -86,6 +87,24 @@ impl Farmer {
             tower_registered: false,
         });
         Ok(Step { record, reply })
+    }
+
+    /// The farmer's floor on the terms (`--min-audit-claim-window-blocks`,
+    /// `--min-audit-fee-rate-sat-vb`): a window too short to claim in, or a candidate or
+    /// refund that may not confirm in time, is refused before anything is stored.
+    fn check_policy(
+        &self,
+        record: &FarmedContract,
+        proposal: &AuditProposal,
+    ) -> Result<(), FarmerError> {
+        self.config
+            .audit_policy
+            .check_proposed(
+                &proposal.terms,
+                record.contract_id,
+                &proposal.renter_destination,
+            )
+            .map_err(invalid)
     }
 
     async fn check_proposal(
@@ -250,8 +269,7 @@ impl Farmer {
         mut record: FarmedContract,
         request: AuditSwap,
     ) -> Result<Step<AuditSwapReply>, FarmerError> {
-        let fault_at_half =
-            self.config.dev_fault == Some(crate::config::DevFault::AuditSwapStopHalf);
+        let fault_at_half = crate::dev_fault!(self.config.dev_fault, AuditSwapStopHalf);
         let audit = audit_in(&mut record, FarmedAuditPhase::Swapping)?;
         let fa = self.secret(Role::Audit, audit.funding_key_index)?;
         let book = audit
@@ -328,16 +346,15 @@ impl Farmer {
         }
     }
 
-    /// The auditor's salt release: x from our own copy of the segment, then the claim,
-    /// stored before it is broadcast.
+    /// The auditor's salt release: acted on only for a candidate confirmed on the chain
+    /// (the endpoint is unauthenticated, and the renter knows every salt). x comes from our
+    /// own copy of the segment; the claim is keyed by the candidate's txid, supersedes any
+    /// claim of another candidate of the same audit (which now conflicts with a confirmed
+    /// transaction), and is stored before it is broadcast.
     pub async fn audit_reveal(&self, request: RevealRequest) -> Result<RevealReply, FarmerError> {
         let _guard = self.locks.lock(&request.contract_id).await;
         let mut record = self.existing(&request.contract_id)?;
-        if let Some(done) = record
-            .audit
-            .as_ref()
-            .and_then(|a| a.claims.iter().find(|c| c.audit == request.audit))
-        {
+        if let Some(done) = live_claim(&record, &request.candidate_txid) {
             return Ok(RevealReply {
                 claim_txid: done.claim.compute_txid(),
             });
@@ -359,6 +376,8 @@ impl Farmer {
         if candidate.tx.compute_txid() != request.candidate_txid {
             return Err(invalid("that is not the txid of this candidate"));
         }
+        self.require_confirmed_unspent(&request.candidate_txid)
+            .await?;
         let x = self.preimage_from_storage(&record, &lock, &request).await?;
         let (_, fc) = self.audit_keys(audit)?;
         let destination = self.wallet.new_script().map_err(internal)?;
@@ -377,20 +396,54 @@ impl Farmer {
             .audit
             .as_mut()
             .ok_or_else(|| internal("audit vanished"))?;
+        for stale in audit
+            .claims
+            .iter_mut()
+            .filter(|c| c.audit == request.audit && c.candidate_txid != request.candidate_txid)
+        {
+            tracing::info!(contract = %hex::encode(request.contract_id), audit = stale.audit, candidate = %stale.candidate_txid, "a claim of an unconfirmed candidate is superseded");
+            stale.superseded = true;
+        }
         audit.claims.push(AuditClaim {
             audit: request.audit,
             candidate: request.candidate,
             candidate_txid: request.candidate_txid,
             claim: claim.clone(),
+            superseded: false,
+            broadcast_height: None,
+            bumps: Vec::new(),
         });
         self.store(&record)?;
         self.register_audit(&mut record).await;
         self.store(&record)?;
         self.broadcast(&claim).await?;
+        self.note_broadcast_height(&mut record, &claim).await;
         tracing::info!(contract = %hex::encode(record.contract_id), audit = request.audit, claim = %claim.compute_txid(), "audit passed: claim broadcast");
         Ok(RevealReply {
             claim_txid: claim.compute_txid(),
         })
+    }
+
+    /// The candidate's output 0 is in bitcoind's UTXO set, confirmed (not only in the
+    /// mempool): a release of any other candidate is refused and changes nothing.
+    async fn require_confirmed_unspent(
+        &self,
+        candidate: &bitcoin::Txid,
+    ) -> Result<(), FarmerError> {
+        let found = self
+            .bitcoind
+            .call(
+                "gettxout",
+                serde_json::json!([candidate.to_string(), 0, false]),
+            )
+            .await
+            .map_err(internal)?;
+        if found["confirmations"].as_u64().unwrap_or(0) == 0 {
+            return Err(FarmerError::WrongPhase(
+                "that candidate is not confirmed (or its output is already spent)",
+            ));
+        }
+        Ok(())
     }
 
     async fn preimage_from_storage(
@@ -412,7 +465,10 @@ impl Farmer {
             .map_err(|e| invalid(format!("the release does not open this candidate: {e}")))
     }
 
-    /// Answers an off-chain Merkle challenge by streaming the stored file once.
+    /// Answers an off-chain Merkle challenge from the stored Merkle leaves of the file plus
+    /// the k challenged segments read from the blob (each checked against its leaf), so an
+    /// answer reads 32 bytes per segment and k segments, not the whole file. The leaves are
+    /// computed once, by one pass over the blob, and kept beside the work files.
     pub async fn merkle_answer(&self, request: MerkleRequest) -> Result<MerkleAnswer, FarmerError> {
         if request.k == 0 || request.k as usize > MAX_CHALLENGE {
             return Err(invalid(format!("k must be 1 to {MAX_CHALLENGE}")));
@@ -429,6 +485,55 @@ impl Farmer {
             request.k as usize,
         )
         .map_err(invalid)?;
+        for leaf in self.stored_leaves(&record).await? {
+            builder.push_leaf(leaf).map_err(internal)?;
+        }
+        for index in builder.indices() {
+            let segment = self
+                .read_segment(&record.contract_id, record.file_length, index)
+                .await?;
+            builder.add_segment(index, segment).map_err(internal)?;
+        }
+        builder
+            .finish(request.contract_id, block_hash)
+            .map_err(internal)
+    }
+
+    /// The Merkle leaf hashes of the stored file: read from `<work_dir>/leaves/<id>`, or
+    /// computed by one pass over the blob and written there first (atomically).
+    async fn stored_leaves(&self, record: &FarmedContract) -> Result<Vec<[u8; 32]>, FarmerError> {
+        let path = self.leaves_path(&record.contract_id);
+        let count = segment_count(record.file_length) as usize;
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            if bytes.len() == count * 32 {
+                return Ok(bytes
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().expect("32-byte chunks"))
+                    .collect());
+            }
+            tracing::warn!(path = %path.display(), "stored Merkle leaves have the wrong size; computing them again");
+        }
+        let leaves = self.compute_leaves(record).await?;
+        let dir = path.parent().ok_or_else(|| internal("leaf path"))?;
+        tokio::fs::create_dir_all(dir).await.map_err(internal)?;
+        let tmp = path.with_extension("tmp");
+        tokio::fs::write(&tmp, leaves.concat())
+            .await
+            .map_err(internal)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(internal)?;
+        Ok(leaves)
+    }
+
+    fn leaves_path(&self, contract_id: &[u8; 32]) -> std::path::PathBuf {
+        self.config
+            .work_dir
+            .join("leaves")
+            .join(hex::encode(contract_id))
+    }
+
+    /// One pass over the blob, hashing each segment into its leaf.
+    async fn compute_leaves(&self, record: &FarmedContract) -> Result<Vec<[u8; 32]>, FarmerError> {
+        let mut leaves = Vec::with_capacity(segment_count(record.file_length) as usize);
         let mut offset = 0;
         while offset < record.file_length {
             let end = (offset + MERKLE_READ_BATCH).min(record.file_length);
@@ -437,12 +542,12 @@ impl Farmer {
                 .read_range(&record.contract_id, offset..end)
                 .await
                 .map_err(internal)?;
-            builder.update(&bytes);
+            for segment in bytes.chunks(SEGMENT_SIZE) {
+                leaves.push(leaf_hash(segment).map_err(internal)?);
+            }
             offset = end;
         }
-        builder
-            .finish(request.contract_id, block_hash)
-            .map_err(internal)
+        Ok(leaves)
     }
 
     /// After a restart: re-registers audits the tower does not hold yet and re-sends claims
@@ -455,9 +560,12 @@ impl Farmer {
             self.register_audit(record).await;
             let _ = self.store(record);
         }
-        for claim in &audit.claims {
-            if let Err(e) = self.broadcast(&claim.claim).await {
-                tracing::debug!("re-broadcasting an audit claim: {e}");
+        for claim in audit.claims.iter().filter(|c| !c.superseded) {
+            let bump = claim.bumps.last().map(|b| &b.tx);
+            for tx in std::iter::once(&claim.claim).chain(bump) {
+                if let Err(e) = self.broadcast(tx).await {
+                    tracing::debug!("re-broadcasting an audit claim: {e}");
+                }
             }
         }
     }
@@ -496,9 +604,10 @@ fn audit_registration(record: &FarmedContract) -> Option<Registration> {
             name: format!("audit-{}-candidate-{}", c.audit, c.j),
             tx: c.tx,
             group: Some(c.audit),
+            hold: None,
         })
         .collect();
-    transactions.extend(audit.claims.iter().map(|c| {
+    transactions.extend(audit.claims.iter().filter(|c| !c.superseded).map(|c| {
         Presigned::new(
             format!("audit-{}-claim-{}", c.audit, c.candidate),
             c.claim.clone(),
@@ -526,5 +635,26 @@ pub fn claim_summary(claim: &AuditClaim) -> serde_json::Value {
         "candidate_txid": claim.candidate_txid,
         "claim_txid": claim.claim.compute_txid(),
         "amount_sat": claim.claim.output.first().map(|o| o.value.to_sat()),
+        "superseded": claim.superseded,
+        "broadcast_height": claim.broadcast_height,
+        "bumps": claim.bumps.iter().map(|b| serde_json::json!({
+            "txid": b.txid,
+            "package_sat_vb": b.package_sat_vb,
+            "fee_sat": b.fee.to_sat(),
+            "height": b.height,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// The claim of candidate `candidate_txid` that still stands, if one was made.
+fn live_claim<'a>(
+    record: &'a FarmedContract,
+    candidate_txid: &bitcoin::Txid,
+) -> Option<&'a AuditClaim> {
+    record
+        .audit
+        .as_ref()?
+        .claims
+        .iter()
+        .find(|c| c.candidate_txid == *candidate_txid && !c.superseded)
 }

@@ -9,6 +9,8 @@
 //! stored reply again, so a renter whose connection broke can simply retry.
 
 pub mod audit;
+pub mod bump;
+pub mod claim;
 pub mod records;
 pub mod server;
 
@@ -23,15 +25,15 @@ use dstore_protocol::audit::messages::{AuditOpenings, AuditProposal, AuditSwap, 
 use dstore_protocol::hashing::sha256;
 use dstore_protocol::keys::{commit_key, derive_key, identity_keypair, verify_reveal, Role};
 use dstore_protocol::messages::{
-    Claimed, CrsOffer, DownloadOffer, DownloadRequest, FarmerReveal, OpenAccepted, OpenRequest,
-    ProofReady, RenterReveal, Tx1Funded, Tx2RenterSig, Tx2Statement, Tx2Unsigned, Tx3RenterSig,
-    UploadDone,
+    ClaimPending, Claimed, CrsOffer, DownloadOffer, DownloadRequest, FarmerReveal, OpenAccepted,
+    OpenRequest, ProofReady, RenterReveal, ResyncHint, Tx1Funded, Tx2RenterSig, Tx2Statement,
+    Tx2Unsigned, Tx3RenterSig, UploadDone,
 };
 use dstore_protocol::nonce_reuse::farmer_sign_tx2;
 use dstore_protocol::peer::{self, Expected, Opened, PeerError, PeerMessage, SequenceGuard};
 use dstore_protocol::receipt::StorageReceipt;
 use dstore_protocol::upload::UploadReceiver;
-use dstore_protocol::watch::{Presigned, Registration, WatchRole};
+use dstore_protocol::watch::{Hold, Presigned, Registration, WatchRole};
 use dstore_protocol::zk::{self, Crs, Statement};
 use serde_json::{json, Value};
 
@@ -44,6 +46,7 @@ use crate::storage::BlobStore;
 use crate::tower_client::TowerClient;
 use crate::wallet::PluginWallet;
 use crate::wire::ErrorBody;
+use claim::ClaimOutcome;
 use records::{FarmedContract, FarmedDownload, FarmerPhase, Payout};
 
 /// TX2's fee, taken from the price (the renter accepts up to its own maximum).
@@ -83,6 +86,12 @@ pub enum FarmerError {
     UnknownCrs,
     #[error("unauthorised bulk request")]
     Unauthorised,
+    #[error("the request's body does not match the hash its signature covers")]
+    BodyMismatch,
+    #[error(
+        "the tip reached height {0}, too close to T1 for TX2: the farmer abandons this download"
+    )]
+    Abandoned(u32),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,6 +103,7 @@ impl FarmerError {
             FarmerError::UnknownContract(_) => (404, code::INVALID_ADDRESS_OR_KEY),
             FarmerError::UnknownCrs => (404, UNKNOWN_CRS),
             FarmerError::Unauthorised => (401, code::INVALID_REQUEST),
+            FarmerError::BodyMismatch => (400, crate::wire::BODY_MISMATCH),
             FarmerError::Internal(_) => (500, code::INTERNAL_ERROR),
             FarmerError::Peer(PeerError::Oversized(_)) => (413, code::INVALID_REQUEST),
             FarmerError::Upload(dstore_protocol::upload::UploadError::PastOffer { .. }) => {
@@ -114,6 +124,7 @@ impl FarmerError {
                 code,
                 message: self.to_string(),
                 next_seq,
+                resync: None,
             },
         )
     }
@@ -136,6 +147,12 @@ pub struct FarmerConfig {
     pub dev_fault: Option<DevFault>,
     /// The watchtower that gets each claim (TX2 and TX3) on the chain (`--watchtower-url`).
     pub tower: Option<Arc<TowerClient>>,
+    /// The least claim window and fee rates accepted in audit terms.
+    pub audit_policy: dstore_protocol::audit::policy::AuditPolicy,
+    /// TX2 waits for this many confirmations of TX1 (`--min-tx1-confirmations`).
+    pub min_tx1_confirmations: u32,
+    /// TX2 never goes out at or above T1 minus this (`--tx2-broadcast-margin-blocks`).
+    pub tx2_broadcast_margin_blocks: u32,
 }
 
 /// The farmer role's state.
@@ -368,6 +385,29 @@ impl Farmer {
         Ok(receiver.received())
     }
 
+    /// The farmer's signed [`ResyncHint`] for `refused`, an envelope of this contract's
+    /// renter refused for its sequence number: the renter may believe `next_seq` only
+    /// because it is signed, and only for that very envelope.
+    pub fn resync_hint(&self, refused: &[u8], next_seq: u64) -> Result<String, FarmerError> {
+        let (contract_id, _) = peer::peek(refused)?;
+        let hint = ResyncHint {
+            next_seq,
+            refused: sha256(&[refused]),
+        };
+        let bytes = peer::sign(&self.identity, contract_id, next_seq, &hint)?;
+        String::from_utf8(bytes).map_err(internal)
+    }
+
+    /// The id of contract `id`'s current download (what its sealed copy and CRS requests
+    /// are signed for).
+    pub fn current_download_id(&self, id: &[u8; 32]) -> Result<[u8; 32], FarmerError> {
+        self.existing(id)?
+            .download
+            .as_ref()
+            .map(|d| d.download_id)
+            .ok_or(FarmerError::WrongPhase("no download is under way"))
+    }
+
     /// The renter key a bulk request for contract `id` must be signed by.
     pub fn renter_of(
         &self,
@@ -429,6 +469,7 @@ impl Farmer {
             price: record.price,
             refund_height: self.tip().await?.saturating_add(REFUND_MARGIN),
             payout_delay: PAYOUT_DELAY,
+            min_tx1_confirmations: self.config.min_tx1_confirmations,
         };
         record.download = Some(FarmedDownload::offered(key_index, &request, &offer, reveal));
         Ok(Step {
@@ -455,7 +496,7 @@ impl Farmer {
         let sealed_path = self.sealed_path(&download.download_id);
         let plain_path = self.config.work_dir.join(format!("{}.c", hex::encode(id)));
         self.copy_blob(&id, &plain_path).await?;
-        if self.config.dev_fault == Some(DevFault::SealWrongData) {
+        if crate::dev_fault!(self.config.dev_fault, SealWrongData) {
             flip_first_byte(&plain_path).map_err(internal)?;
         }
         let identity = self.identity;
@@ -470,7 +511,7 @@ impl Farmer {
         .map_err(internal)?
         .map_err(internal)?;
         let _ = std::fs::remove_file(&plain_path);
-        if self.config.dev_fault == Some(DevFault::FlipSealedByte) {
+        if crate::dev_fault!(self.config.dev_fault, FlipSealedByte) {
             flip_first_byte(&sealed_path).map_err(internal)?;
         }
         let download = record.download.as_mut().expect("checked above");
@@ -524,7 +565,9 @@ impl Farmer {
     ) -> Result<Step<Tx2Unsigned>, FarmerError> {
         let download = record.download_in(FarmerPhase::Revealed)?;
         let contract = download.agreed()?;
-        if self.config.dev_fault == Some(DevFault::ExitAfterTx1) {
+        // Too close to T1, TX2 could never go out: refuse before anything is signed.
+        self.refuse_if_late(&record).await?;
+        if crate::dev_fault!(self.config.dev_fault, ExitAfterTx1) {
             tracing::warn!("dev fault exit-after-tx1: the farmer disappears");
             std::process::exit(1);
         }
@@ -595,13 +638,25 @@ impl Farmer {
         })
     }
 
-    /// Checks the CRS the renter sent for contract `id`'s download. A CRS that fails any
-    /// check aborts the download for good: the signed TX2 is never proved about or
-    /// broadcast, so a renter probing with subverted CRSs learns at most one bit, once.
+    /// Checks the CRS the renter sent for contract `id`'s download. The farmer accepts
+    /// exactly one CRS per download: a CRS that fails any check, or a second, different
+    /// CRS, aborts the download for good, and so does a failed proof under the accepted
+    /// one (see [`Farmer::on_crs_offer`]). The signed TX2 is then never proved about or
+    /// broadcast, so a renter probing with crafted CRSs learns at most one bit of this
+    /// download's one-time key, once. Re-sending the accepted bytes is an idempotent retry.
     pub async fn receive_crs(&self, id: &[u8; 32], bytes: Vec<u8>) -> Result<(), FarmerError> {
         let _guard = self.locks.lock(id).await;
-        let mut record = self.existing(id)?;
+        let record = self.existing(id)?;
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
+        let upload = sha256(&[&bytes]);
+        if let Some(accepted) = download.checked_crs {
+            if download.crs_upload != Some(upload) {
+                return Err(self.abort_download(record, "a second CRS for this download"));
+            }
+            if self.checked(&accepted).await?.is_some() {
+                return Ok(());
+            }
+        }
         let template = download.signed_tx2()?;
         let shape = zk::Shape::of(&template).map_err(internal)?;
         let checked = tokio::task::spawn_blocking(move || {
@@ -609,31 +664,40 @@ impl Farmer {
         })
         .await
         .map_err(internal)?;
+        let Ok(crs) = checked else {
+            return Err(self.abort_download(record, "the CRS failed its check"));
+        };
+        let hash = zk::crs_hash(&crs);
+        write_atomically(
+            &self.checked_crs_path(&hash),
+            &zk::serialize_trusted_crs(&crs),
+        )
+        .map_err(internal)?;
+        self.checked_crs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, Arc::new(crs));
+        let mut record = record;
         let download = record.download.as_mut().expect("checked above");
-        match checked {
-            Ok(crs) => {
-                let hash = zk::crs_hash(&crs);
-                write_atomically(
-                    &self.checked_crs_path(&hash),
-                    &zk::serialize_trusted_crs(&crs),
-                )
-                .map_err(internal)?;
-                self.checked_crs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(hash, Arc::new(crs));
-                download.checked_crs = Some(hash);
-                self.store(&record)?;
-                Ok(())
-            }
-            Err(rejected) => {
-                download.phase = FarmerPhase::Aborted;
-                download.template = None;
-                self.store(&record)?;
-                tracing::warn!(contract = %hex::encode(id), "subverted CRS: download aborted");
-                Err(FarmerError::CrsRejected(rejected.to_string()))
-            }
+        download.checked_crs = Some(hash);
+        download.crs_upload = Some(upload);
+        self.store(&record)?;
+        Ok(())
+    }
+
+    /// Aborts the current download of `record` for good (stored before answering) and
+    /// returns the one error the renter sees, whatever went wrong: which of check, second
+    /// CRS, proof or self-verification failed stays in this farmer's log.
+    fn abort_download(&self, mut record: FarmedContract, why: &'static str) -> FarmerError {
+        if let Some(download) = record.download.as_mut() {
+            download.phase = FarmerPhase::Aborted;
+            download.template = None;
         }
+        if let Err(e) = self.store(&record) {
+            return e;
+        }
+        tracing::warn!(contract = %hex::encode(record.contract_id), why, "CRS refused: download aborted");
+        FarmerError::CrsRejected(zk::CrsRejected.to_string())
     }
 
     fn checked_crs_path(&self, hash: &[u8; 32]) -> PathBuf {
@@ -671,26 +735,38 @@ impl Farmer {
         Ok(Some(crs))
     }
 
+    /// Proves under the offered CRS, which must be this download's one CRS: the one
+    /// uploaded for it, or (if none was) one this farmer checked before, which becomes
+    /// the download's CRS. Any other CRS, and any failure of the proof or of its
+    /// self-verification, aborts the download.
     async fn on_crs_offer(
         &self,
         mut record: FarmedContract,
         offer: CrsOffer,
     ) -> Result<Step<ProofReady>, FarmerError> {
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
+        if download
+            .checked_crs
+            .is_some_and(|accepted| accepted != offer.crs_hash)
+        {
+            return Err(self.abort_download(record, "a second CRS for this download"));
+        }
         let template = download.signed_tx2()?;
         let crs = self
             .checked(&offer.crs_hash)
             .await?
             .ok_or(FarmerError::UnknownCrs)?;
-        let proof = tokio::task::spawn_blocking(move || {
+        let proved = tokio::task::spawn_blocking(move || {
             let (statement, s1, s2) = Statement::of(&template)?;
             zk::prove(&crs, &statement, &s1, &s2, &mut rand::thread_rng())
         })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        .await;
+        let Ok(Ok(proof)) = proved else {
+            return Err(self.abort_download(record, "no verifying proof under this CRS"));
+        };
         let payout_script = self.wallet.new_script().map_err(internal)?;
         let download = record.download.as_mut().expect("checked above");
+        download.checked_crs = Some(offer.crs_hash);
         download.payout_script = Some(payout_script.clone());
         download.phase = FarmerPhase::Proved;
         Ok(Step {
@@ -729,42 +805,51 @@ impl Farmer {
         let tx3 = contract
             .finalize_tx3(&unsigned, renter_sig, farmer_sig)
             .map_err(internal)?;
-        let claimed = Claimed {
+        let mut claimed = Claimed {
             tx2: template.txid,
             tx3: tx3.compute_txid(),
+            pending: None,
         };
+        // Too close to T1, TX2 could only reveal f late: abandon instead.
+        self.refuse_if_late(&record).await?;
         let download = record.download.as_mut().expect("checked above");
-        download.tx3 = Some(tx3.clone());
-        download.phase = FarmerPhase::Claiming;
+        download.tx3 = Some(tx3);
+        download.phase = FarmerPhase::AwaitingTx1;
         // Both transactions are on disk before either leaves this process.
         self.store(&record)?;
-        if self.config.dev_fault == Some(DevFault::WithholdTx2) {
+        if crate::dev_fault!(self.config.dev_fault, WithholdTx2) {
             tracing::warn!("dev fault withhold-tx2: keeping TX2 to itself");
             return Err(FarmerError::Internal("TX2 withheld".into()));
         }
-        if self.config.dev_fault == Some(DevFault::WithholdTx3) {
-            tracing::warn!("dev fault withhold-tx3: broadcasting TX2 only");
-            self.broadcast(&template.tx).await?;
-            return Err(FarmerError::Internal("TX3 withheld".into()));
+        // The tower holds the claim, under the same broadcast rule, before it leaves this
+        // process: should the farmer die now, the tower still gets TX2 and TX3 mined.
+        if !crate::dev_fault!(self.config.dev_fault, WithholdTx3) {
+            self.register_claim(&mut record).await;
         }
-        // The tower holds the claim before it leaves this process: should the farmer die
-        // now, the tower still gets TX2 and TX3 mined (the same bytes twice is harmless).
-        self.register_claim(&mut record).await;
-        self.broadcast_claim(&template.tx, &tx3).await?;
-        mark_claimed(&mut record);
+        // TX2 goes out now only if TX1 is deep enough; otherwise the claim watcher
+        // broadcasts it at a later block, or abandons it (see [`claim`]).
+        match self.advance_claim(&mut record).await {
+            Ok(ClaimOutcome::Claimed) => {}
+            Ok(ClaimOutcome::Pending(pending)) => {
+                tracing::info!(contract = %hex::encode(record.contract_id), confirmations = pending.tx1_confirmations, needed = pending.min_tx1_confirmations, "claim stored; TX2 waits for TX1's confirmations");
+                claimed.pending = Some(pending);
+            }
+            Ok(ClaimOutcome::Abandoned { height }) => return Err(FarmerError::Abandoned(height)),
+            Err(e) if crate::dev_fault!(self.config.dev_fault, WithholdTx3) => return Err(e),
+            Err(e) => {
+                tracing::warn!("claim not broadcast yet ({e}); retried at the next block");
+                let download = record.download.as_ref().expect("checked above");
+                claimed.pending = Some(ClaimPending {
+                    tx1_confirmations: 0,
+                    min_tx1_confirmations: self.config.min_tx1_confirmations,
+                    abandon_height: self.abandon_height(download),
+                });
+            }
+        }
         Ok(Step {
             record,
             reply: claimed,
         })
-    }
-
-    async fn broadcast_claim(
-        &self,
-        tx2: &Transaction,
-        tx3: &Transaction,
-    ) -> Result<(), FarmerError> {
-        self.broadcast(tx2).await?;
-        self.broadcast(tx3).await
     }
 
     /// Sends a transaction to bitcoind; one it already has is not an error.
@@ -790,6 +875,11 @@ impl Farmer {
         let Some(download) = record.download.as_mut() else {
             return;
         };
+        // TX2 only once TX1 is deep enough and never at or after the abandon height.
+        let hold = Hold {
+            min_parent_confirmations: self.config.min_tx1_confirmations,
+            never_from_height: Some(self.abandon_height(download)),
+        };
         let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
             return;
         };
@@ -798,7 +888,7 @@ impl Farmer {
             role: WatchRole::Farmer,
             extract: None,
             transactions: vec![
-                Presigned::new("tx2", template.tx.clone()),
+                Presigned::new("tx2", template.tx.clone()).held(hold),
                 Presigned::new("tx3", tx3.clone()),
             ],
             watch_txids: Vec::new(),
@@ -819,8 +909,9 @@ impl Farmer {
         }
     }
 
-    /// After a restart: broadcasts the claims that were stored but maybe never sent, and
-    /// records their payouts; hands the watchtower the claims it does not hold yet.
+    /// After a restart: hands the watchtower the claims it does not hold yet, and applies
+    /// the broadcast rule to every stored claim that was maybe never sent (broadcast now,
+    /// left on hold for the claim watcher, or abandoned).
     pub async fn resume(&self) -> Result<(), FarmerError> {
         for mut record in self.list()? {
             self.resume_audits(&mut record).await;
@@ -835,30 +926,9 @@ impl Farmer {
                 if record.download.as_ref().is_some_and(|d| d.tower_registered) {
                     self.store(&record)?;
                 }
-                continue;
-            }
-            if download.phase != FarmerPhase::Claiming {
-                continue;
-            }
-            self.register_claim(&mut record).await;
-            let Some(download) = &record.download else {
-                continue;
-            };
-            let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
-                continue;
-            };
-            match self.broadcast_claim(&template.tx, tx3).await {
-                Ok(()) => {
-                    mark_claimed(&mut record);
-                    self.store(&record)?;
-                }
-                Err(e) => {
-                    tracing::warn!("re-broadcasting a stored claim failed: {e}");
-                    self.store(&record)?;
-                }
             }
         }
-        Ok(())
+        self.check_claims().await
     }
 }
 
@@ -961,6 +1031,9 @@ impl FarmedContract {
             Some(d) if d.phase == FarmerPhase::Aborted => {
                 Err(FarmerError::WrongPhase("this download was aborted"))
             }
+            Some(d) if d.phase == FarmerPhase::Abandoned => Err(FarmerError::WrongPhase(
+                "this download was abandoned (too close to T1 for TX2)",
+            )),
             _ => Err(FarmerError::WrongPhase(phase.expected_message())),
         }
     }

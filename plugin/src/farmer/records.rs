@@ -6,7 +6,7 @@ use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use dstore_protocol::contract::DownloadContract;
 use dstore_protocol::keys::{KeyCommitment, KeyReveal};
 use dstore_protocol::merkle::MerkleBuilder;
-use dstore_protocol::messages::{DownloadOffer, DownloadRequest, OpenRequest};
+use dstore_protocol::messages::{ClaimPending, DownloadOffer, DownloadRequest, OpenRequest};
 use dstore_protocol::nonce_reuse::Tx2Template;
 use dstore_protocol::peer::SequenceGuard;
 use dstore_protocol::receipt::StorageReceipt;
@@ -86,12 +86,18 @@ pub enum FarmerPhase {
     Tx2Signed,
     /// Proof sent; waiting for the renter's TX3 signature.
     Proved,
+    /// TX2 and TX3 stored; TX2 is held back until TX1 has enough confirmations
+    /// (`--min-tx1-confirmations`), and abandoned if the tip gets too close to T1.
+    AwaitingTx1,
     /// TX2 and TX3 stored; broadcasting.
     Claiming,
     /// TX2 and TX3 broadcast.
     Claimed,
     /// A subverted CRS: this download's TX2 is never used.
     Aborted,
+    /// The tip reached T1 minus `--tx2-broadcast-margin-blocks` before TX2 went out:
+    /// TX2 is never broadcast (f stays secret); the renter refunds TX1 at T1.
+    Abandoned,
 }
 
 impl FarmerPhase {
@@ -128,12 +134,29 @@ pub struct FarmedDownload {
     pub unsigned_tx2: Option<Transaction>,
     /// The signed TX2: broadcasting it reveals f, so it leaves only with TX3.
     pub template: Option<Tx2Template>,
+    /// The one CRS accepted for this download (uploaded and checked, or offered from
+    /// the cache); any other CRS aborts the download.
     pub checked_crs: Option<[u8; 32]>,
+    /// SHA-256 of the CRS bytes accepted by upload, so that re-sending the same bytes is
+    /// an idempotent retry rather than a second CRS.
+    #[serde(default)]
+    pub crs_upload: Option<[u8; 32]>,
     pub payout_script: Option<ScriptBuf>,
     pub tx3: Option<Transaction>,
     /// The farmer's watchtower holds TX2 and TX3 (only with `--watchtower-url`).
     #[serde(default)]
     pub tower_registered: bool,
+    /// While the claim is on hold: what the last check of the broadcast rule found.
+    #[serde(default)]
+    pub claim_check: Option<ClaimCheck>,
+}
+
+/// One check of the TX2 broadcast rule for a claim on hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimCheck {
+    /// The tip height the rule was checked at.
+    pub height: u32,
+    pub pending: ClaimPending,
 }
 
 impl FarmedDownload {
@@ -159,9 +182,11 @@ impl FarmedDownload {
             unsigned_tx2: None,
             template: None,
             checked_crs: None,
+            crs_upload: None,
             payout_script: None,
             tx3: None,
             tower_registered: false,
+            claim_check: None,
         }
     }
 
@@ -197,10 +222,11 @@ impl FarmedDownload {
             .ok_or(FarmerError::WrongPhase("no signed TX2 yet"))
     }
 
-    /// A download whose claim is being broadcast: it must finish before another starts.
-    /// Any earlier phase may be abandoned by the renter (its TX2 never leaves the farmer).
+    /// A download whose claim is stored (on hold or being broadcast): it must finish
+    /// before another starts. Any earlier phase may be abandoned by the renter (its TX2
+    /// never leaves the farmer).
     pub fn in_flight(&self) -> bool {
-        self.phase == FarmerPhase::Claiming
+        matches!(self.phase, FarmerPhase::AwaitingTx1 | FarmerPhase::Claiming)
     }
 }
 
@@ -267,4 +293,28 @@ pub struct AuditClaim {
     pub candidate: u32,
     pub candidate_txid: Txid,
     pub claim: Transaction,
+    /// Another candidate of the same audit confirmed: this claim's candidate conflicts
+    /// with it and can never confirm, so the claim is no longer broadcast.
+    #[serde(default)]
+    pub superseded: bool,
+    /// The tip height when the claim was broadcast (or first seen unconfirmed by the
+    /// fee bumper, for a claim stored before this field existed).
+    #[serde(default)]
+    pub broadcast_height: Option<u32>,
+    /// CPFP children of the claim, oldest first; each later one replaces the one before.
+    #[serde(default)]
+    pub bumps: Vec<ClaimBump>,
+}
+
+/// A CPFP child that pays for a stuck audit claim, stored before it was broadcast.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimBump {
+    pub txid: Txid,
+    /// The package (claim plus child) fee rate aimed at, sat/vB.
+    pub package_sat_vb: u64,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub fee: Amount,
+    /// The tip height when it was made.
+    pub height: u32,
+    pub tx: Transaction,
 }

@@ -1,6 +1,7 @@
 //! The farmer's peer endpoint (`--peer-bind`): HTTP/1.1 routes for signed envelopes and
-//! the bulk streams (see [`crate::wire`]). Uploads are written in batches as they arrive,
-//! never buffered whole; the sealed copy is streamed from disk.
+//! the bulk streams (see [`crate::wire`]). An upload arrives in signed parts of a few MiB,
+//! each checked whole against the body hash its signature covers before it is stored; the
+//! sealed copy is streamed from disk. A sequence refusal carries a signed resync hint.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use tokio::net::TcpListener;
 use super::{Farmer, FarmerError};
 use crate::wire::{self, ErrorBody, UploadStatus, AUTH_HEADER};
 use dstore_protocol::audit::wire::{MerkleRequest, RevealRequest};
+use dstore_protocol::hashing::sha256;
 use dstore_protocol::peer::MAX_ENVELOPE_BYTES;
 
-/// Upload bytes are flushed to disk and recorded in batches of this size.
-const UPLOAD_BATCH: usize = 4 << 20;
+/// Largest upload part accepted in one request (the renter sends [`wire::UPLOAD_PART`]).
+const MAX_UPLOAD_PART: usize = 2 * wire::UPLOAD_PART;
 /// Largest CRS accepted (the real TX2 shape's compressed CRS is about 36.5 MB).
 const MAX_CRS_BYTES: usize = 96 << 20;
 
@@ -143,7 +145,11 @@ fn json(value: &impl serde::Serialize) -> Reply {
 }
 
 fn error(e: &FarmerError) -> Reply {
-    let (status, body): (u16, ErrorBody) = e.to_body();
+    let (status, body) = e.to_body();
+    error_reply(e, status, &body)
+}
+
+fn error_reply(e: &FarmerError, status: u16, body: &ErrorBody) -> Reply {
     if status >= 500 {
         tracing::warn!("peer request failed: {e}");
     } else {
@@ -151,7 +157,7 @@ fn error(e: &FarmerError) -> Reply {
     }
     full(
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-        serde_json::to_vec(&body).unwrap_or_default(),
+        serde_json::to_vec(body).unwrap_or_default(),
     )
 }
 
@@ -164,8 +170,15 @@ fn declared_length(req: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
-/// The renter of contract `id` signed this bulk request's path and query.
-fn authorise(farmer: &Farmer, id: &[u8; 32], req: &Request<Incoming>) -> Result<(), FarmerError> {
+/// The renter of contract `id` signed this bulk request: its method, path and query,
+/// `download_id` and the body hash the header claims. Returns that hash: the caller
+/// checks the body against it ([`check_body`]) before using a byte of it.
+fn authorise(
+    farmer: &Farmer,
+    id: &[u8; 32],
+    download_id: [u8; 32],
+    req: &Request<Incoming>,
+) -> Result<[u8; 32], FarmerError> {
     let renter = farmer.renter_of(id)?;
     let path_and_query = req
         .uri()
@@ -177,10 +190,26 @@ fn authorise(farmer: &Farmer, id: &[u8; 32], req: &Request<Incoming>) -> Result<
         .get(AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if wire::verify_bulk(&renter, path_and_query, header) {
-        Ok(())
+    let body_sha256 = wire::claimed_body_hash(header).ok_or(FarmerError::Unauthorised)?;
+    let request = wire::BulkRequest {
+        method: req.method().as_str(),
+        path_and_query,
+        body_sha256,
+        download_id,
+    };
+    if wire::verify_bulk(&renter, &request, header) {
+        Ok(body_sha256)
     } else {
         Err(FarmerError::Unauthorised)
+    }
+}
+
+/// A signed bulk body must hash to what its signature covers.
+fn check_body(body: &[u8], signed: &[u8; 32]) -> Result<(), FarmerError> {
+    if sha256(&[body]) == *signed {
+        Ok(())
+    } else {
+        Err(FarmerError::BodyMismatch)
     }
 }
 
@@ -198,8 +227,20 @@ async fn message(
             ))
         })?
         .to_bytes();
-    let reply = farmer.handle_message(kind, &bytes).await?;
-    Ok(full(StatusCode::OK, reply))
+    match farmer.handle_message(kind, &bytes).await {
+        Ok(reply) => Ok(full(StatusCode::OK, reply)),
+        Err(e) => Ok(refusal(farmer, &e, &bytes)),
+    }
+}
+
+/// A refused envelope's error; a sequence refusal carries the farmer's signed
+/// [`dstore_protocol::messages::ResyncHint`] so the renter can tell it from a forgery.
+fn refusal(farmer: &Farmer, e: &FarmerError, refused: &[u8]) -> Reply {
+    let (status, mut body) = e.to_body();
+    if let Some(next_seq) = body.next_seq {
+        body.resync = farmer.resync_hint(refused, next_seq).ok();
+    }
+    error_reply(e, status, &body)
 }
 
 fn offset_of(req: &Request<Incoming>) -> Result<u64, FarmerError> {
@@ -217,7 +258,12 @@ async fn upload(
     id: [u8; 32],
     req: Request<Incoming>,
 ) -> Result<Reply, FarmerError> {
-    authorise(farmer, &id, &req)?;
+    if declared_length(&req).is_some_and(|len| len > MAX_UPLOAD_PART as u64) {
+        return Err(FarmerError::Peer(
+            dstore_protocol::peer::PeerError::Oversized(MAX_UPLOAD_PART + 1),
+        ));
+    }
+    let signed = authorise(farmer, &id, [0; 32], &req)?;
     let offset = offset_of(&req)?;
     let (received, expected) = farmer.upload_status(&id)?;
     if offset != received {
@@ -236,26 +282,15 @@ async fn upload(
             .into());
         }
     }
-    let mut body = req.into_body();
-    let mut batch: Vec<u8> = Vec::with_capacity(UPLOAD_BATCH);
+    // One part is checked whole against its signed hash before a byte of it is stored.
+    let part = Limited::new(req.into_body(), MAX_UPLOAD_PART)
+        .collect()
+        .await
+        .map_err(|e| FarmerError::Invalid(format!("upload part too large or interrupted: {e}")))?
+        .to_bytes();
+    check_body(&part, &signed)?;
     let mut at = offset;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            // The connection broke: keep what was recorded; the renter resumes from there.
-            Err(e) => {
-                flush(farmer, &id, &mut at, &mut batch).await?;
-                return Err(FarmerError::Invalid(format!("upload interrupted: {e}")));
-            }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        batch.extend_from_slice(&data);
-        if batch.len() >= UPLOAD_BATCH {
-            flush(farmer, &id, &mut at, &mut batch).await?;
-        }
-    }
+    let mut batch = part.to_vec();
     flush(farmer, &id, &mut at, &mut batch).await?;
     Ok(json(&UploadStatus {
         received: at,
@@ -282,7 +317,8 @@ async fn sealed(
     id: [u8; 32],
     req: &Request<Incoming>,
 ) -> Result<Reply, FarmerError> {
-    authorise(farmer, &id, req)?;
+    let signed = authorise(farmer, &id, farmer.current_download_id(&id)?, req)?;
+    check_body(&[], &signed)?;
     let path = farmer.current_sealed(&id)?;
     let file = tokio::fs::File::open(&path)
         .await
@@ -307,7 +343,7 @@ async fn sealed(
 }
 
 async fn crs(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Reply, FarmerError> {
-    authorise(farmer, &id, &req)?;
+    let signed = authorise(farmer, &id, farmer.current_download_id(&id)?, &req)?;
     if declared_length(&req).is_some_and(|len| len > MAX_CRS_BYTES as u64) {
         return Err(FarmerError::Invalid("CRS too large".into()));
     }
@@ -316,6 +352,7 @@ async fn crs(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Re
         .await
         .map_err(|_| FarmerError::Invalid("CRS too large or upload interrupted".into()))?
         .to_bytes();
+    check_body(&bytes, &signed)?;
     farmer.receive_crs(&id, bytes.to_vec()).await?;
     Ok(json(&serde_json::json!({ "checked": true })))
 }

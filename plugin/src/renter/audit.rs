@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 
 use super::records::{AuditRequest, RentedAudit, RentedAuditPhase, RentedContract};
 use super::{farmer_fault, internal, Renter, RenterError, QUICK_CALL};
-use crate::config::DevFault;
 
 /// Candidates kept per audit (m); the renter proposes 2m and the toss opens m.
 pub const KEPT_PER_AUDIT: usize = 8;
@@ -61,10 +60,13 @@ impl AuditRequest {
         Ok(())
     }
 
-    /// W: half the period (at least one block), so a refund at T_i + W is mined before
+    /// W: half the period, raised to a farmer's default least window (6 blocks) where the
+    /// period allows; always below the period, so a refund at T_i + W is mined before
     /// audit i+1 can start.
     pub fn claim_window(&self) -> u16 {
-        (self.period / 2).clamp(1, u32::from(u16::MAX)) as u16
+        let floor = u32::from(dstore_protocol::audit::policy::DEFAULT_MIN_CLAIM_WINDOW)
+            .min(self.period.saturating_sub(1));
+        (self.period / 2).max(floor).clamp(1, u32::from(u16::MAX)) as u16
     }
 
     /// Each refund's fee: it grows with the number of outputs it gathers.
@@ -104,7 +106,7 @@ impl Renter {
         request.check()?;
         let staged = self.staged_c(&record.contract_id);
         let length = record.ciphertext_length;
-        let bad_locks = self.dev_fault == Some(DevFault::AuditBadLocks);
+        let bad_locks = crate::dev_fault!(self.dev_fault, AuditBadLocks);
         let audits = request.audits as usize;
         let candidates = tokio::task::spawn_blocking(move || {
             choose_candidates(&staged, length, audits, 2 * KEPT_PER_AUDIT, bad_locks)
@@ -281,7 +283,7 @@ impl Renter {
             .ok_or_else(|| internal("no audit book"))?;
         let keys = self.audit_keys(audit)?;
         let total = book.swap_order().len();
-        let stop_at_half = self.dev_fault == Some(DevFault::AuditRenterStopHalf);
+        let stop_at_half = crate::dev_fault!(self.dev_fault, AuditRenterStopHalf);
         loop {
             let audit = audit_of(record)?;
             let done = audit.swap.done.len();
@@ -449,6 +451,7 @@ impl Renter {
                 name: format!("audit-{}-candidate-{}", c.audit, c.j),
                 tx: c.tx,
                 group: Some(c.audit),
+                hold: None,
             })
             .collect();
         if candidates.is_empty() {

@@ -3,19 +3,22 @@
 //! before any payment, TX1 from the plugin wallet, sig_R on TX2, the Groth16 proof checked
 //! against the TX2 the renter signed, TX3 signed for txid = SHA256(D), then f extracted
 //! from the broadcast TX2, E unsealed, C decrypted and checked against root_C), plus
-//! refunds and fraud proofs.
+//! refunds and fraud proofs. Downloads run as background jobs ([`driver`]) that wait for
+//! TX1's confirmations and TX2 without holding up the RPC call, and resume after a restart.
 //!
 //! State is stored (synced) before each step that commits money or secrets: TX1 before it
 //! is broadcast, TX3's signature before it is sent, a refund before it is broadcast.
 
 pub mod audit;
+pub mod driver;
 pub mod records;
+mod spender;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
 use bitcoin::{Amount, OutPoint, Transaction, Txid};
 use dstore_protocol::contract::{txid_from_digest, DownloadContract, RefundDestination};
@@ -26,9 +29,9 @@ use dstore_protocol::keys::{
 };
 use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment, MerkleTree, MerkleWriter};
 use dstore_protocol::messages::{
-    Claimed, CrsOffer, DownloadOffer, DownloadRequest, FarmerReveal, OpenAccepted, OpenRequest,
-    ProofReady, RenterReveal, Tx1Funded, Tx2RenterSig, Tx2Statement, Tx2Unsigned, Tx3RenterSig,
-    UploadDone,
+    check_storage_expiry, Claimed, CrsOffer, DownloadOffer, DownloadRequest, FarmerReveal,
+    OpenAccepted, OpenRequest, ProofReady, RenterReveal, Tx1Funded, Tx2RenterSig, Tx2Statement,
+    Tx2Unsigned, Tx3RenterSig, UploadDone,
 };
 use dstore_protocol::peer::PeerMessage;
 use dstore_protocol::receipt::StorageReceipt;
@@ -49,7 +52,7 @@ use crate::locks::ContractLocks;
 use crate::progress::{reporter, Tracker};
 use crate::tower_client::TowerClient;
 use crate::wallet::PluginWallet;
-use crate::wire::{PeerCallError, PeerClient};
+use crate::wire::{PeerCallError, PeerClient, BODY_MISMATCH};
 use records::{DownloadPhase, RentedContract, RentedDownload, StoragePhase, TowerRecord};
 
 /// Largest TX2 fee the renter accepts out of the price.
@@ -58,16 +61,21 @@ pub const MAX_TX2_FEE: Amount = Amount::from_sat(20_000);
 pub const REFUND_FEE: Amount = Amount::from_sat(1_000);
 /// How often a broken upload is resumed before `dstore-open` gives up.
 const UPLOAD_ATTEMPTS: u32 = 5;
-/// How long the renter waits for the farmer's TX2 to appear after signing TX3.
-const TX2_WAIT: Duration = Duration::from_secs(60);
+/// TX1 is funded only while T1 is at least this many blocks above the tip: the farmer
+/// broadcasts TX2 only while the tip is more than its `--tx2-broadcast-margin-blocks`
+/// (36 by default) below T1, and TX1's confirmations, the rest of the exchange and TX2's
+/// own confirmation need blocks too (12 more). Closer to T1 the farmer might never
+/// broadcast TX2, and the renter's money would sit in TX1 until T1 for nothing.
+pub const MIN_T1_MARGIN_AT_FUNDING: u32 = 48;
 /// Peer calls that make the farmer do heavy work (sealing, proving) get this long.
 const SLOW_CALL: Duration = Duration::from_secs(900);
 const QUICK_CALL: Duration = Duration::from_secs(60);
-/// While waiting for TX2, the watchtower is asked every this many polls of bitcoind.
-const TOWER_POLL_EVERY: u32 = 10;
 /// Names of the renter's refunds in its watchtower registration.
 pub const TX1_REFUND_NAME: &str = "tx1-refund";
 pub const TX2_REFUND_NAME: &str = "tx2-refund";
+/// With audits, the storage term must outlast the last audit's claim window by this many
+/// blocks (the audits are proposed after the upload, at a later tip).
+const AUDIT_EXPIRY_MARGIN: u32 = 144;
 /// Largest fraud-proof file `dstore-verify-fraud` reads.
 const MAX_FRAUD_FILE: u64 = 16 << 20;
 
@@ -91,6 +99,12 @@ pub enum RenterError {
     Bitcoind(#[from] crate::bitcoind::BitcoindError),
     #[error("{0}")]
     Wait(String),
+    /// The chain is too close to T1 to fund TX1; nothing was paid.
+    #[error("{0}")]
+    TooLate(String),
+    /// The error an earlier background run of this download ended with.
+    #[error("{0}")]
+    Earlier(String),
     #[error("fraud: {0}")]
     Fraud(String),
     #[error("internal error: {0}")]
@@ -125,6 +139,10 @@ pub struct Renter {
     /// A third-party auditor that holds the audit salts instead of `tower`
     /// (`--auditor-url`).
     auditor: Option<Arc<TowerClient>>,
+    /// The shortest storage term accepted (`--min-storage-blocks`).
+    min_storage_blocks: u32,
+    /// The download jobs running in the background, by contract.
+    jobs: driver::Jobs,
 }
 
 impl Renter {
@@ -157,7 +175,15 @@ impl Renter {
             locks: ContractLocks::default(),
             tower: None,
             auditor: None,
+            min_storage_blocks: crate::config::DEFAULT_MIN_STORAGE_BLOCKS,
+            jobs: Default::default(),
         })
+    }
+
+    /// Refuses storage terms shorter than `blocks` past the tip (`--min-storage-blocks`).
+    pub fn with_min_storage_blocks(mut self, blocks: u32) -> Renter {
+        self.min_storage_blocks = blocks;
+        self
     }
 
     /// Registers every download with `tower` from now on.
@@ -256,8 +282,9 @@ impl Renter {
 
     /// Starts a new exchange (a download). If this renter crashed after the farmer acted
     /// on its last message but before it recorded the reply, both sequence numbers are
-    /// behind: the farmer says which number it expects, and the conversation resumes
-    /// from there. Only forward jumps are accepted.
+    /// one behind: the farmer says, in a hint it signs for the refused message, which
+    /// number it expects, and the conversation resumes from there. Only that one step
+    /// forward is accepted, and only when signed by the farmer.
     async fn exchange_resync<Q: PeerMessage, R: PeerMessage>(
         &self,
         record: &mut RentedContract,
@@ -265,8 +292,10 @@ impl Renter {
         timeout: Duration,
     ) -> Result<R, RenterError> {
         match self.exchange(record, request, timeout).await {
+            // `next_seq` survives only in a refusal the farmer signed for this very
+            // message (see `wire::verified_resync`); anything else changes nothing.
             Err(RenterError::Peer(PeerCallError::Refused(e)))
-                if e.next_seq.is_some_and(|next| next > record.outbound) =>
+                if e.next_seq.is_some() && e.next_seq == record.outbound.checked_add(1) =>
             {
                 tracing::info!(from = record.outbound, to = ?e.next_seq, "resynchronising with the farmer");
                 record.outbound = e.next_seq.unwrap_or(record.outbound);
@@ -334,6 +363,7 @@ impl Renter {
             downloads: Vec::new(),
             requested_audits: audits,
             audit: None,
+            accepted_expiry: None,
         };
         let id_hex = hex::encode(contract_id);
         let _guard = self.locks.lock(&contract_id).await;
@@ -371,6 +401,10 @@ impl Renter {
     /// The staged copy of C is kept until the upload is done and the audit candidates are
     /// chosen from it.
     fn discard_staged(&self, record: &RentedContract) {
+        if record.phase == StoragePhase::Refused {
+            let _ = std::fs::remove_file(self.staged_c(&record.contract_id));
+            return;
+        }
         if record.phase != StoragePhase::Stored {
             return;
         }
@@ -398,8 +432,42 @@ impl Renter {
         if accepted.file_length != record.ciphertext_length {
             return Err(farmer_fault("it accepted a different length"));
         }
+        self.check_term(record, accepted.expiry_height).await?;
+        record.accepted_expiry = Some(accepted.expiry_height);
         self.store(record)?;
         self.finish_open(record).await
+    }
+
+    /// The farmer's storage expiry must leave `--min-storage-blocks` above the tip and,
+    /// with audits, outlast the last audit's claim window (T_i + W) by a margin. A short
+    /// term ends the contract here: marked refused and stored, before any upload or
+    /// payment.
+    async fn check_term(
+        &self,
+        record: &mut RentedContract,
+        expiry: u32,
+    ) -> Result<(), RenterError> {
+        let tip = self.tip().await?;
+        let audits = record.requested_audits.map_or(0, |r| {
+            r.audits
+                .saturating_mul(r.period)
+                .saturating_add(u32::from(r.claim_window()))
+                .saturating_add(AUDIT_EXPIRY_MARGIN)
+        });
+        let min_blocks = self.min_storage_blocks.max(audits);
+        let mut outcome = check_storage_expiry(expiry, tip, min_blocks).map_err(farmer_fault);
+        if outcome.is_ok() && record.accepted_expiry.is_some_and(|agreed| expiry < agreed) {
+            outcome = Err(farmer_fault(format!(
+                "the receipt's expiry {expiry} is before the {} it accepted",
+                record.accepted_expiry.unwrap_or_default()
+            )));
+        }
+        if let Err(e) = &outcome {
+            tracing::warn!(contract = %hex::encode(record.contract_id), "storage term refused: {e}");
+            record.phase = StoragePhase::Refused;
+            self.store(record)?;
+        }
+        outcome
     }
 
     /// Encrypts (unless done), uploads (from where the farmer stands) and checks the
@@ -438,6 +506,7 @@ impl Renter {
         if receipt.contract_id != id || receipt.commitment() != stored {
             return Err(farmer_fault("the receipt is for other data"));
         }
+        self.check_term(record, receipt.expiry_height).await?;
         record.receipt = Some(receipt);
         record.phase = StoragePhase::Stored;
         self.store(record)?;
@@ -448,6 +517,9 @@ impl Renter {
     /// After a restart: finishes every upload a crash interrupted, in the background.
     pub fn resume_uploads(self: &Arc<Self>) -> Result<(), RenterError> {
         for record in self.list()? {
+            if record.phase == StoragePhase::Refused {
+                continue;
+            }
             if record.phase == StoragePhase::Stored {
                 if record.audit.is_some() {
                     self.resume_audit_in_background(record.contract_id);
@@ -553,6 +625,11 @@ impl Renter {
             match sent {
                 Ok(status) if status.received == record.ciphertext_length => return Ok(()),
                 Ok(_) => {}
+                // A part altered on the way (its bytes do not match the signed hash):
+                // nothing of it was stored, so it is simply sent again.
+                Err(PeerCallError::Refused(e)) if e.code == BODY_MISMATCH => {
+                    last_error = Some(PeerCallError::Refused(e));
+                }
                 Err(PeerCallError::Refused(e)) => return Err(PeerCallError::Refused(e).into()),
                 Err(e) => last_error = Some(e),
             }
@@ -566,50 +643,14 @@ impl Renter {
 
     // ----- dstore-download -------------------------------------------------------------
 
-    /// Buys one download of contract `id` and writes the file to `output`.
-    pub async fn download(&self, id: &[u8; 32], output: &Path) -> Result<Value, RenterError> {
-        let output = absolute(output)?;
-        let _guard = self.locks.lock(id).await;
-        let mut record = self.existing(id)?;
-        if record.phase != StoragePhase::Stored {
-            return Err(RenterError::Invalid("the file is not stored yet".into()));
-        }
-        let paid = record
-            .downloads
-            .last()
-            .is_some_and(|d| d.phase == DownloadPhase::Tx3Signed);
-        if !paid {
-            if let Some(open) = record.downloads.iter().find(|d| d.phase.money_locked()) {
-                return Err(RenterError::Invalid(format!(
-                    "download {} still has money locked in TX1/TX2: use dstore-refund",
-                    hex::encode(open.download_id)
-                )));
-            }
-        }
-        let id_hex = hex::encode(id);
-        let outcome = if paid {
-            self.resume_paid(&mut record, &output).await
-        } else {
-            self.run_download(&mut record, &output).await
-        };
-        if let Err(e) = &outcome {
-            if let Some(d) = record.downloads.last_mut() {
-                d.error = Some(e.to_string());
-                if !d.phase.money_locked() && d.phase != DownloadPhase::Fraud {
-                    d.phase = DownloadPhase::Failed;
-                }
-            }
-            let _ = self.store(&record);
-        }
-        self.progress.finish(&id_hex);
-        outcome
-    }
-
+    /// Buys one download of `record`'s file for `output`: the exchange of PROTOCOL.md 3.3
+    /// up to TX3's signature (the driver then waits for TX2 and finishes).
     async fn run_download(
         &self,
         record: &mut RentedContract,
         output: &Path,
-    ) -> Result<Value, RenterError> {
+        job: &driver::Job,
+    ) -> Result<(), RenterError> {
         let id = record.contract_id;
         let id_hex = hex::encode(id);
         let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
@@ -643,8 +684,11 @@ impl Renter {
             refund_txid: None,
             error: None,
             watchtower: None,
+            min_tx1_confirmations: 0,
+            unreported: false,
         });
         self.store(record)?;
+        job.set_download(download_id);
 
         // 1. Commitments, then reveals; the farmer's terms are checked.
         let request = DownloadRequest {
@@ -657,7 +701,9 @@ impl Renter {
         if offer.download_id != download_id {
             return Err(farmer_fault("the offer is for another download"));
         }
-        current(record).farmer_commitment = Some(offer.farmer_commitment);
+        let d = current(record);
+        d.farmer_commitment = Some(offer.farmer_commitment);
+        d.min_tx1_confirmations = offer.min_tx1_confirmations;
         self.store(record)?;
         self.progress
             .phase(&id_hex, "sealing", record.ciphertext_length);
@@ -699,6 +745,7 @@ impl Renter {
         self.client(record)
             .fetch_sealed(
                 &id,
+                &download_id,
                 &sealed,
                 transcript.length,
                 reporter(&self.progress, &id_hex),
@@ -721,8 +768,9 @@ impl Renter {
             ))
         })?;
 
-        // 3. TX1, stored before it is broadcast.
+        // 3. TX1, stored before it is broadcast, and only while T1 is far enough ahead.
         self.progress.phase(&id_hex, "funding TX1", 0);
+        check_t1_margin(contract.refund_height, self.tip().await?)?;
         let tx1_output = contract.tx1_output().map_err(internal)?;
         let wallet = self.wallet.clone();
         let funded = tokio::task::spawn_blocking(move || wallet.fund_output(tx1_output, None))
@@ -826,10 +874,7 @@ impl Renter {
             Err(e) => tracing::warn!("no claim from the farmer ({e}); watching the chain"),
         }
         self.store(record)?;
-
-        // 7. TX2 on the chain reveals f: unseal, decrypt, check, write.
-        let tx2 = self.wait_for_tx2(record, &tx2_txid, tip).await?;
-        self.complete(record, &r, tx2, output).await
+        Ok(())
     }
 
     /// Finishes the paid download at the end of `record` once TX2 is known: extracts f,
@@ -857,48 +902,8 @@ impl Renter {
             .phase(&hex::encode(id), "decrypting", record.ciphertext_length);
         self.finish_download(record, &joint, r, tx2, output).await?;
         let _ = std::fs::remove_file(self.sealed_file(&d.download_id));
-        Ok(json!({
-            "contract_id": hex::encode(id),
-            "download_id": hex::encode(d.download_id),
-            "output": output.display().to_string(),
-            "bytes": record.plaintext_length,
-            "price_sat": record.price.to_sat(),
-            "tx1": d.tx1_outpoint.map(|o| o.txid.to_string()),
-            "tx2": d.tx2_txid.map(|t| t.to_string()),
-            "tx3": d.tx3_txid.map(|t| t.to_string()),
-        }))
-    }
-
-    /// A download whose TX3 the renter signed but whose TX2 had not appeared: if TX2 is on
-    /// the chain now, the renter has paid and finishes it instead of paying again.
-    async fn resume_paid(
-        &self,
-        record: &mut RentedContract,
-        output: &Path,
-    ) -> Result<Value, RenterError> {
-        let d = current(record).clone();
-        let contract = d.contract.ok_or_else(|| internal("no contract"))?;
-        let tx2_txid = d.tx2_txid.ok_or_else(|| internal("no TX2 id"))?;
-        if d.watchtower.as_ref().is_some_and(|t| !t.registered) {
-            let last = record.downloads.len() - 1;
-            self.sync_tower(record, last).await?;
-        }
-        // The tower saw TX2 even if this renter was offline when it appeared.
-        let tx2 = match self.tx2_from_tower(record, &tx2_txid).await? {
-            Some(tx2) => Some(tx2),
-            None => self.find_tx(&tx2_txid, d.start_height).await?,
-        };
-        let Some(tx2) = tx2 else {
-            return Err(RenterError::Wait(format!(
-                "download {} is paid for once TX2 {tx2_txid} appears; until then dstore-refund returns TX1's money after height {}",
-                hex::encode(d.download_id),
-                contract.refund_height
-            )));
-        };
-        tracing::info!(contract = %hex::encode(record.contract_id), "TX2 appeared: finishing the paid download");
-        let r = self.secret(Role::Download, d.key_index)?;
-        current(record).output = Some(output.display().to_string());
-        self.complete(record, &r, tx2, output).await
+        let done = current(record).clone();
+        Ok(done_json(record, &done))
     }
 
     fn sealed_file(&self, download_id: &[u8; 32]) -> PathBuf {
@@ -947,7 +952,7 @@ impl Renter {
         })
         .await
         .map_err(internal)??;
-        if self.dev_fault == Some(DevFault::SubvertCrs) {
+        if crate::dev_fault!(self.dev_fault, SubvertCrs) {
             return Ok(Arc::new(subverted(crs)));
         }
         Ok(Arc::new(crs))
@@ -974,66 +979,15 @@ impl Renter {
                 .await
                 .map_err(internal)?
         };
+        let download_id = record
+            .downloads
+            .last()
+            .map(|d| d.download_id)
+            .ok_or_else(|| internal("no download"))?;
         self.client(record)
-            .put_crs(&record.contract_id, bytes)
+            .put_crs(&record.contract_id, &download_id, bytes)
             .await?;
         self.exchange(record, &offer, SLOW_CALL).await
-    }
-
-    /// Waits until TX2 (`txid`) is in the mempool or a block since `from_height`, or the
-    /// watchtower of the current download has it.
-    async fn wait_for_tx2(
-        &self,
-        record: &mut RentedContract,
-        txid: &Txid,
-        from_height: u32,
-    ) -> Result<Transaction, RenterError> {
-        let started = Instant::now();
-        let mut polls = 0u32;
-        loop {
-            if let Some(tx) = self.find_tx(txid, from_height).await? {
-                return Ok(tx);
-            }
-            polls += 1;
-            if polls.is_multiple_of(TOWER_POLL_EVERY) {
-                if let Some(tx) = self.tx2_from_tower(record, txid).await? {
-                    return Ok(tx);
-                }
-            }
-            if started.elapsed() > TX2_WAIT {
-                return Err(RenterError::Wait(format!(
-                    "TX2 {txid} has not appeared; if the farmer never broadcasts it, dstore-refund returns TX1's money after T1"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn find_tx(
-        &self,
-        txid: &Txid,
-        from_height: u32,
-    ) -> Result<Option<Transaction>, RenterError> {
-        if let Ok(hex) = self
-            .bitcoind
-            .call("getrawtransaction", json!([txid.to_string()]))
-            .await
-        {
-            return Ok(hex.as_str().and_then(|h| deserialize_hex(h).ok()));
-        }
-        // Without -txindex a confirmed transaction is found through its block.
-        let tip = self.tip().await?;
-        for height in (from_height..=tip).rev() {
-            let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
-            if let Ok(hex) = self
-                .bitcoind
-                .call("getrawtransaction", json!([txid.to_string(), false, hash]))
-                .await
-            {
-                return Ok(hex.as_str().and_then(|h| deserialize_hex(h).ok()));
-            }
-        }
-        Ok(None)
     }
 
     /// Unseals E into C', checks it against root_C and decrypts it to `output`; on a
@@ -1446,9 +1400,20 @@ impl Renter {
         if let Some(tx) = self.tower_refund_seen(&d, false).await? {
             return self.refunded_by_tower(&mut record, index, &tx, base);
         }
-        let tx2_txid = d
-            .tx2_txid
-            .ok_or_else(|| internal("TX1 spent before TX2 was known"))?;
+        // The TX2 really on the chain: the farmer may have re-signed it under fresh nonces
+        // (same outputs, other txid), and then TX2':0 is the one to refund.
+        let (tx2_txid, expected) = match self.tx1_spender(&d, &contract, tx1_outpoint).await? {
+            spender::Tx1Spender::Tx2 { txid, expected } => (txid, expected),
+            spender::Tx1Spender::Other(txid) => {
+                return Ok(merge(
+                    base,
+                    json!({
+                        "status": "nothing",
+                        "message": format!("TX1 was spent by {txid}, a refund of TX1, not by TX2"),
+                    }),
+                ));
+            }
+        };
         let tx2_outpoint = OutPoint {
             txid: tx2_txid,
             vout: 0,
@@ -1478,11 +1443,17 @@ impl Renter {
                 .unwrap_or_default();
         let value = contract.tx2_value(tx2_fee).map_err(internal)?;
         let r2 = self.secret(Role::Tx2, d.key_index)?;
-        let tx = match d.watchtower.as_ref().and_then(|t| t.tx2_refund.clone()) {
+        // The tower's copy spends the agreed TX2:0; for a TX2' a fresh refund is signed.
+        let held = d.watchtower.as_ref().and_then(|t| t.tx2_refund.clone());
+        let tx = match held.filter(|tx| tx.input[0].previous_output == tx2_outpoint) {
             Some(tx) => tx,
             None => contract
                 .tx2_refund(tx2_outpoint, value, &r2, &destination()?, REFUND_FEE)
                 .map_err(internal)?,
+        };
+        let base = match expected {
+            true => base,
+            false => merge(base, json!({ "unexpected_tx2": tx2_txid.to_string() })),
         };
         self.broadcast_refund(&mut record, index, tx, base).await
     }
@@ -1596,6 +1567,33 @@ fn tower_registration(
     }))
 }
 
+/// What `dstore-download` returns for finished download `d` of `record`.
+fn done_json(record: &RentedContract, d: &RentedDownload) -> Value {
+    json!({
+        "contract_id": hex::encode(record.contract_id),
+        "download_id": hex::encode(d.download_id),
+        "status": "done",
+        "phase": d.phase,
+        "output": d.output,
+        "bytes": record.plaintext_length,
+        "price_sat": record.price.to_sat(),
+        "tx1": d.tx1_outpoint.map(|o| o.txid.to_string()),
+        "tx2": d.tx2_txid.map(|t| t.to_string()),
+        "tx3": d.tx3_txid.map(|t| t.to_string()),
+    })
+}
+
+/// TX1 may be funded at chain height `tip` for a download whose T1 is `refund_height`.
+fn check_t1_margin(refund_height: u32, tip: u32) -> Result<(), RenterError> {
+    let ahead = refund_height.saturating_sub(tip);
+    if ahead < MIN_T1_MARGIN_AT_FUNDING {
+        return Err(RenterError::TooLate(format!(
+            "T1 (height {refund_height}) is only {ahead} blocks above the tip ({tip}); TX1 is funded only at least {MIN_T1_MARGIN_AT_FUNDING} blocks before T1, so nothing was paid: start a new download"
+        )));
+    }
+    Ok(())
+}
+
 fn current(record: &mut RentedContract) -> &mut RentedDownload {
     record
         .downloads
@@ -1681,6 +1679,15 @@ mod tests {
         );
         assert!(absolute(Path::new("")).is_err());
         assert!(absolute(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn tx1_is_funded_only_well_before_t1() {
+        assert!(check_t1_margin(1_000 + 144, 1_000).is_ok());
+        assert!(check_t1_margin(1_000 + MIN_T1_MARGIN_AT_FUNDING, 1_000).is_ok());
+        let late = check_t1_margin(1_000 + MIN_T1_MARGIN_AT_FUNDING - 1, 1_000).unwrap_err();
+        assert!(late.to_string().contains("nothing was paid"), "{late}");
+        assert!(check_t1_margin(900, 1_000).is_err(), "T1 already passed");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum StoragePhase {
     Uploading,
     /// The farmer's receipt is checked and stored.
     Stored,
+    /// The farmer's storage term (in `OpenAccepted` or the receipt) was refused: nothing
+    /// was paid, nothing is resumed, and the contract cannot be downloaded.
+    Refused,
 }
 
 /// One rented file.
@@ -52,6 +55,10 @@ pub struct RentedContract {
     /// The audit contract, when `dstore-open` asked for audits.
     #[serde(default)]
     pub audit: Option<RentedAudit>,
+    /// The storage expiry the farmer signed in `OpenAccepted` (the receipt must not be
+    /// shorter).
+    #[serde(default)]
+    pub accepted_expiry: Option<u32>,
 }
 
 /// Where a download stands, renter side.
@@ -116,6 +123,13 @@ pub struct RentedDownload {
     /// What this download handed its watchtower (only with `--watchtower-url`).
     #[serde(default)]
     pub watchtower: Option<TowerRecord>,
+    /// Confirmations the farmer said TX1 needs before it broadcasts TX2 (0: not said).
+    #[serde(default)]
+    pub min_tx1_confirmations: u32,
+    /// The download went on in the background and no `dstore-download` call has returned
+    /// its outcome yet: the next call returns it instead of buying another download.
+    #[serde(default)]
+    pub unreported: bool,
 }
 
 /// The renter's registration of one download with its watchtower. The signed refunds are

@@ -7,6 +7,8 @@ pub mod coin_toss;
 pub mod merkle_audit;
 pub mod messages;
 pub mod opening;
+pub mod planted;
+pub mod policy;
 pub mod swap;
 #[cfg(test)]
 mod tests;

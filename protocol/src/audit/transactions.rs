@@ -365,7 +365,8 @@ impl AuditTerms {
         Sequence::from_height(self.claim_window)
     }
 
-    fn spent_descriptor(&self, spent: &Spent) -> Result<KeyDescriptor, AuditTxError> {
+    /// The descriptor of the output `spent` names.
+    pub fn spent_descriptor(&self, spent: &Spent) -> Result<KeyDescriptor, AuditTxError> {
         match spent {
             Spent::Funding(audit) => self.funding_descriptor(*audit),
             Spent::Candidate(lock) => self.candidate_descriptor(lock),

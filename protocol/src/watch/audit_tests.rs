@@ -361,6 +361,7 @@ fn a_failed_merkle_audit_withholds_later_candidates_and_rf_i_refunds() {
         k: 16,
         ok: false,
         error: Some("connection refused".into()),
+        unreachable: false,
     });
     connect_empty(&mut engine, T0 - 1, T0 + W);
     assert_eq!(state(&engine, "audit-0-candidate-0", T0), TxState::Withheld);
@@ -495,6 +496,7 @@ fn merkle_audits_are_due_every_n_blocks_while_the_contract_lives_and_kept_bounde
         k: 16,
         ok,
         error: (!ok).then(|| "x".repeat(1000)),
+        unreachable: false,
     };
     watch.record_merkle_audit(record(100, true));
     assert!(!watch.merkle_audit_due(102, 3));
@@ -714,6 +716,7 @@ fn after_a_failed_merkle_audit_no_later_salt_is_released() {
         k: 16,
         ok: false,
         error: Some("proof does not lead to the root".into()),
+        unreachable: false,
     });
     // The farmer races audit 1's candidate in itself; it confirms, but its salt stays
     // with the auditor, so the renter's RF_1j takes it after W.
@@ -727,4 +730,50 @@ fn after_a_failed_merkle_audit_no_later_salt_is_released() {
         watch.releases_due().is_empty(),
         "no release after the failure"
     );
+}
+
+#[test]
+fn an_unreachable_farmer_is_retried_with_back_off_and_fails_only_after_a_whole_window() {
+    let a = audit();
+    let mut watch = Watch::new(a.renter_registration());
+    let record = |height, ok, unreachable| MerkleRecord {
+        height,
+        block_hash: BlockHash::all_zeros(),
+        k: 16,
+        ok,
+        error: (!ok).then(|| "cannot reach the farmer".to_string()),
+        unreachable,
+    };
+    let every = 10;
+    watch.record_merkle_audit(record(100, true, false));
+    assert!(watch.merkle_audit_due(110, every));
+    // Down: tried again 1, 2, 4 blocks later, never a failure while the window runs.
+    watch.record_merkle_audit(record(110, false, true));
+    assert!(watch.merkle_audit_due(111, every));
+    watch.record_merkle_audit(record(111, false, true));
+    assert!(!watch.merkle_audit_due(112, every));
+    assert!(watch.merkle_audit_due(113, every));
+    watch.record_merkle_audit(record(113, false, true));
+    assert!(!watch.merkle_audit_due(116, every));
+    assert!(watch.merkle_audit_due(117, every));
+    assert!(watch.audit.as_ref().unwrap().failure.is_none());
+    // Back before W ran out: the run ends, the schedule is the usual one again.
+    watch.record_merkle_audit(record(117, true, false));
+    assert!(!watch.merkle_audit_due(118, every));
+    let report = watch.audits_report(Some(117)).unwrap();
+    assert_eq!(report.merkle.unreachable, 3);
+    assert_eq!(report.merkle.failed, 0);
+    assert!(!report.audits_failed);
+    // Down for a whole claim window W: that is a failure.
+    for height in [130, 131, 133] {
+        watch.record_merkle_audit(record(height, false, true));
+        assert!(watch.audit.as_ref().unwrap().failure.is_none(), "{height}");
+    }
+    watch.record_merkle_audit(record(130 + W, false, true));
+    let failure = watch.audit.as_ref().unwrap().failure.clone().unwrap();
+    assert!(failure.error.unwrap().contains("unreachable"));
+    // A verified wrong answer fails at once.
+    let mut other = Watch::new(a.renter_registration());
+    other.record_merkle_audit(record(100, false, false));
+    assert!(other.audit.as_ref().unwrap().failure.is_some());
 }

@@ -47,6 +47,16 @@ pub struct AuditState {
     /// The first failed Merkle audit: from then on the audits still ahead are withheld.
     #[serde(default)]
     pub failure: Option<MerkleRecord>,
+    /// Height of the first Merkle audit of the current run of tries that could not reach
+    /// the farmer (cleared by any answer).
+    #[serde(default)]
+    pub unreachable_since: Option<u32>,
+    /// Tries in that run (the back-off doubles with each).
+    #[serde(default)]
+    pub unreachable_tries: u32,
+    /// Every Merkle audit that could not reach the farmer, over the watch's life.
+    #[serde(default)]
+    pub unreachable_total: u32,
 }
 
 /// The salt release of one confirmed candidate.
@@ -77,6 +87,10 @@ pub struct MerkleRecord {
     pub k: u32,
     pub ok: bool,
     pub error: Option<String>,
+    /// The farmer could not be reached or did not answer in time: not a failure by
+    /// itself, retried with back-off (a failure only after a whole claim window of it).
+    #[serde(default)]
+    pub unreachable: bool,
 }
 
 /// A release the shell should send now.
@@ -281,7 +295,9 @@ impl Watch {
 
     /// Whether an off-chain Merkle audit is due at `tip` with one every `every` blocks:
     /// an auditor watch whose audits are not all over (and the last one's refund height
-    /// not passed), last audited `every` or more blocks ago (or never).
+    /// not passed), last audited `every` or more blocks ago (or never). While the farmer
+    /// is unreachable it is tried again sooner: 1, 2, 4, … blocks after the last try (at
+    /// most `every`).
     pub fn merkle_audit_due(&self, tip: u32, every: u32) -> bool {
         let (Some(audit), Some(spec)) = (&self.audit, &self.registration.auditor) else {
             return false;
@@ -290,21 +306,50 @@ impl Watch {
         if every == 0 || tip > terms.refund_height(terms.audits - 1) || self.audits_over() {
             return false;
         }
+        let wait = match audit.unreachable_since {
+            Some(_) => unreachable_backoff(audit.unreachable_tries, every),
+            None => every,
+        };
         audit
             .merkle
             .last()
-            .is_none_or(|last| tip >= last.height.saturating_add(every))
+            .is_none_or(|last| tip >= last.height.saturating_add(wait))
     }
 
-    /// Records an off-chain Merkle audit. The first failure marks the audits failed and
-    /// withholds the candidates of every audit after `record.height`.
+    /// Records an off-chain Merkle audit. Only a verified wrong answer is a failure, or a
+    /// farmer unreachable at every try for a whole claim window W. The first failure
+    /// marks the audits failed and withholds the candidates of every audit after
+    /// `record.height`.
     pub fn record_merkle_audit(&mut self, mut record: MerkleRecord) {
+        let window = self
+            .registration
+            .auditor
+            .as_ref()
+            .map_or(1, |s| u32::from(s.book.terms.claim_window));
         let Some(audit) = &mut self.audit else {
             return;
         };
         record.error = record.error.map(short_error);
-        if !record.ok && audit.failure.is_none() {
-            audit.failure = Some(record.clone());
+        let failed = if record.unreachable && !record.ok {
+            let since = *audit.unreachable_since.get_or_insert(record.height);
+            audit.unreachable_tries += 1;
+            audit.unreachable_total += 1;
+            record.height >= since.saturating_add(window)
+        } else {
+            audit.unreachable_since = None;
+            audit.unreachable_tries = 0;
+            !record.ok
+        };
+        if failed && audit.failure.is_none() {
+            let mut failure = record.clone();
+            if record.unreachable {
+                let since = audit.unreachable_since.unwrap_or(record.height);
+                failure.error = Some(short_error(format!(
+                    "the farmer was unreachable at every try from height {since} on, a whole claim window of {window} blocks: {}",
+                    record.error.as_deref().unwrap_or("no answer")
+                )));
+            }
+            audit.failure = Some(failure);
         }
         audit.merkle.push(record);
         let excess = audit.merkle.len().saturating_sub(MAX_MERKLE_RECORDS);
@@ -339,7 +384,9 @@ impl Watch {
             audits,
             merkle: MerkleSummary {
                 passed: records.iter().filter(|r| r.ok).count(),
-                failed: records.iter().filter(|r| !r.ok).count(),
+                failed: records.iter().filter(|r| !r.ok && !r.unreachable).count(),
+                unreachable: audit.map_or(0, |a| a.unreachable_total),
+                unreachable_since: audit.and_then(|a| a.unreachable_since),
                 records,
             },
         })
@@ -496,6 +543,13 @@ impl Watch {
     }
 }
 
+/// Blocks to wait before the next Merkle try after `tries` unreachable ones in a row:
+/// 1, 2, 4, … capped at `every`.
+pub fn unreachable_backoff(tries: u32, every: u32) -> u32 {
+    let doubling = 1u32 << tries.saturating_sub(1).min(16);
+    doubling.min(every).max(1)
+}
+
 /// What the report needs of one audit.
 struct AuditRow {
     audit: u32,
@@ -550,9 +604,13 @@ pub struct AuditReport {
 /// The Merkle audits of a watch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MerkleSummary {
-    /// Among the kept records.
+    /// Among the kept records: answers that verified, and verified wrong answers.
     pub passed: usize,
     pub failed: usize,
+    /// Tries that could not reach the farmer (transport errors, timeouts), ever.
+    pub unreachable: u32,
+    /// Start of the current run of unreachable tries, if one is running.
+    pub unreachable_since: Option<u32>,
     pub records: Vec<MerkleRecord>,
 }
 
@@ -576,8 +634,9 @@ pub struct MerkleSummary {
 ///     "settled_by": "txid" | null,        // the confirmed claim or refund
 ///     "withheld": false
 ///   }],
-///   "merkle": {"passed": 3, "failed": 0, "records": [
-///     {"height": h, "block_hash": "…", "k": 16, "ok": true, "error": null}]}
+///   "merkle": {"passed": 3, "failed": 0, "unreachable": 1, "unreachable_since": null,
+///     "records": [{"height": h, "block_hash": "…", "k": 16, "ok": true, "error": null,
+///                  "unreachable": false}]}
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -29,7 +29,9 @@
 pub mod auditor;
 pub mod cpfp;
 mod groups;
+mod hold;
 pub mod registration;
+mod unexpected;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -44,7 +46,7 @@ pub use auditor::AuditState;
 use groups::Derived;
 pub use groups::{lock_height, BeaconHash, GroupChoice};
 pub use registration::{
-    AuditorSpec, ExtractSpec, Merge, Presigned, Registration, RegistrationError, WatchRole,
+    AuditorSpec, ExtractSpec, Hold, Merge, Presigned, Registration, RegistrationError, WatchRole,
 };
 
 /// Confirmations after which a broadcast transaction is left alone.
@@ -156,6 +158,10 @@ pub enum TxState {
     },
     /// Its group is withheld (a failed Merkle audit): never broadcast.
     Withheld,
+    /// Its [`Hold`] window closed at `height` before it went out: never broadcast.
+    Expired {
+        height: u32,
+    },
 }
 
 /// A broadcast the engine asks the shell to make.
@@ -367,6 +373,9 @@ impl Watch {
         if let Some(by) = self.superseded_by(&p.tx, &txid, 2) {
             return TxState::Superseded { by };
         }
+        if let Some(state) = self.hold_state(p, &txid, tip) {
+            return state;
+        }
         match self.valid_from(&p.tx) {
             Some(height) if height <= tip + 1 => {}
             other => {
@@ -530,7 +539,7 @@ impl Watch {
         self.registration.transactions.iter().all(|p| {
             matches!(
                 self.state_of(p, tip),
-                TxState::Buried | TxState::Superseded { .. }
+                TxState::Buried | TxState::Superseded { .. } | TxState::Expired { .. }
             )
         })
     }
@@ -826,5 +835,7 @@ fn remove_from<K: std::hash::Hash + Eq>(
 
 #[cfg(test)]
 mod audit_tests;
+#[cfg(test)]
+mod hold_tests;
 #[cfg(test)]
 mod tests;

@@ -70,6 +70,10 @@ pub struct Presigned {
     /// one block-height nLockTime T; the beacon reads block T − 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
+    /// Conditions on top of validity: held until its parents are deep enough, and never
+    /// broadcast late (a farmer's TX2, whose broadcast reveals f).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 impl Presigned {
@@ -79,8 +83,30 @@ impl Presigned {
             name: name.into(),
             tx,
             group: None,
+            hold: None,
         }
     }
+
+    /// The same transaction, broadcast only as `hold` allows.
+    pub fn held(mut self, hold: Hold) -> Self {
+        self.hold = Some(hold);
+        self
+    }
+}
+
+/// When a valid pre-signed transaction may be broadcast at all (PROTOCOL.md 3.3): a
+/// farmer's TX2 reveals f, so it waits until TX1 cannot be taken back cheaply, and it
+/// never goes out so close to T1 that the renter could still refund TX1 after learning f.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Not before every input's parent has this many confirmations; a reorg that takes
+    /// them away puts the transaction back on hold.
+    #[serde(default)]
+    pub min_parent_confirmations: u32,
+    /// Never broadcast at a tip at or above this height, unless it was already seen or
+    /// accepted (then its secret is out anyway). Its registered children expire with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_from_height: Option<u32>,
 }
 
 /// What an auditor needs to run a contract's audits (PROTOCOL.md 5): the audit book, the
@@ -247,7 +273,7 @@ impl Registration {
         }
         for p in &newer.transactions {
             match merged.transactions.iter().find(|q| q.name == p.name) {
-                Some(q) if q.tx != p.tx || q.group != p.group => {
+                Some(q) if q.tx != p.tx || q.group != p.group || q.hold != p.hold => {
                     return Err(conflict(&format!("another transaction named {:?}", p.name)))
                 }
                 Some(_) => {}

@@ -408,7 +408,6 @@ mod tests {
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-    #[cfg(not(debug_assertions))]
     use std::time::Instant;
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -626,9 +625,8 @@ mod tests {
         let _ = (s1, s2);
     }
 
-    /// Full-size setup, check, prove and verify on a real TX2 (release builds only; debug
-    /// builds run the same path on the toy shape above).
-    #[cfg(not(debug_assertions))]
+    /// Full-size setup, check, prove and verify on a real TX2 (in every build: the dev
+    /// profile optimises this crate and the arkworks crates).
     #[test]
     fn real_tx2_setup_check_prove_verify() {
         let tx2 = real_tx2(42);

@@ -80,8 +80,14 @@ const OPEN_POLL: Duration = Duration::from_millis(100);
 /// How often the phase poller asks during `dstore-download`.
 const DOWNLOAD_POLL: Duration = Duration::from_millis(20);
 
-/// Renter phases that are chain or proof steps, not data path.
-const CHAIN_PHASES: [&str; 3] = ["funding TX1", "proving", "waiting for TX2"];
+/// Renter phases that are chain or proof steps, not data path (on regtest the farmer
+/// waits for one confirmation of TX1 before it broadcasts TX2).
+const CHAIN_PHASES: [&str; 4] = [
+    "funding TX1",
+    "proving",
+    "waiting for TX1 confirmations 0/1",
+    "waiting for TX2",
+];
 
 /// Debian's nginx.
 const NGINX: &str = "/usr/sbin/nginx";
