@@ -355,6 +355,9 @@ impl PeerMessage for Claimed {
 mod tests {
     use super::*;
 
+    use crate::peer::{open, sign, Expected};
+    use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
+
     #[test]
     fn resync_hints_allow_one_step_for_the_refused_envelope_only() {
         let sent = [7u8; 32];
@@ -382,8 +385,6 @@ mod tests {
         );
         assert!(check_storage_expiry(u32::MAX, u32::MAX, 10).is_ok());
     }
-    use crate::peer::{open, sign, Expected};
-    use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
 
     fn key(seed: u8) -> Keypair {
         Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[seed; 32]).unwrap())

@@ -117,7 +117,8 @@ fn harden_bit_probing_crs_gets_one_try() {
         .map(|i| s1_bit_variable(&hostile.crs, &shape, i / 8, i % 8))
         .collect();
     let probe = hostile.probing(&all, &mut rng);
-    check_crs(&shape, &serialize_crs(&probe), &mut rng).expect("passes check_crs");
+    // (That it passes check_crs is seen below in the farmer's log: it is the proof that
+    // fails, not the check, which keeps this test to one full-size check per CRS.)
     std::fs::write(
         renter_cache_file(crs_dir.path(), &shape),
         serialize_trusted_crs(&probe),
