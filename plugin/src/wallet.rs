@@ -446,13 +446,17 @@ fn sign_child(
         FeePolicy::Rate(rate) => builder.fee_rate(rate),
         FeePolicy::Absolute(amount) => builder.fee_absolute(amount),
     };
-    let psbt = builder.finish().map_err(|e| match e {
+    let psbt = builder.finish().map_err(build_error)?;
+    sign_psbt(wallet, &master, psbt)
+}
+
+fn build_error(e: bdk_wallet::error::CreateTxError) -> WalletError {
+    match e {
         bdk_wallet::error::CreateTxError::CoinSelection(e) => {
             WalletError::InsufficientFunds(e.to_string())
         }
         other => WalletError::Build(other.to_string()),
-    })?;
-    sign_psbt(wallet, &master, psbt)
+    }
 }
 
 fn sign_psbt(
@@ -488,12 +492,7 @@ fn build_and_sign(
         // A contract's outputs (TX_A): their order is part of the contract, change last.
         builder.ordering(bdk_wallet::TxOrdering::Untouched);
     }
-    let mut psbt = builder.finish().map_err(|e| match e {
-        bdk_wallet::error::CreateTxError::CoinSelection(e) => {
-            WalletError::InsufficientFunds(e.to_string())
-        }
-        other => WalletError::Build(other.to_string()),
-    })?;
+    let psbt = builder.finish().map_err(build_error)?;
     let prevouts = psbt
         .inputs
         .iter()
@@ -504,17 +503,7 @@ fn build_and_sign(
                 .ok_or_else(|| WalletError::Build("an input without its prevout".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    psbt.sign(master, wallet.secp_ctx())
-        .map_err(|(_, errors)| WalletError::Build(format!("signing failed: {errors:?}")))?;
-    let finalized = wallet
-        .finalize_psbt(&mut psbt, SignOptions::default())
-        .map_err(|e| WalletError::Build(e.to_string()))?;
-    if !finalized {
-        return Err(WalletError::Build("could not sign every input".into()));
-    }
-    let tx = psbt
-        .extract_tx()
-        .map_err(|e| WalletError::Build(e.to_string()))?;
+    let tx = sign_psbt(wallet, master, psbt)?;
     Ok((tx, prevouts))
 }
 

@@ -92,6 +92,10 @@ fn tower_renter_offline_download_finishes_from_tower_key() {
     assert!(watch["key"].is_null(), "{watch}");
     assert_eq!(state_of(&watch, "tx1-refund"), "waiting", "{watch}");
     assert_eq!(state_of(&watch, "tx2-refund"), "waiting", "{watch}");
+    // Each refund comes with fee-bump levels, broadcast only once the one before is stuck.
+    for name in ["tx1-refund-bump1", "tx2-refund-bump1"] {
+        assert_eq!(state_of(&watch, name), "waiting", "{watch}");
+    }
     // The withheld claim never reached the farmer's tower either.
     assert!(
         farmer_tower

@@ -605,6 +605,7 @@ fn audit_registration(record: &FarmedContract) -> Option<Registration> {
             tx: c.tx,
             group: Some(c.audit),
             hold: None,
+            bump: None,
         })
         .collect();
     transactions.extend(audit.claims.iter().filter(|c| !c.superseded).map(|c| {

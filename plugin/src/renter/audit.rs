@@ -452,6 +452,7 @@ impl Renter {
                 tx: c.tx,
                 group: Some(c.audit),
                 hold: None,
+                bump: None,
             })
             .collect();
         if candidates.is_empty() {

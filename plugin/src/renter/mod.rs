@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod driver;
 pub mod records;
+mod refund_fees;
 mod spender;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
-use bitcoin::{Amount, OutPoint, Transaction, Txid};
+use bitcoin::{Amount, FeeRate, OutPoint, Transaction, Txid};
 use dstore_protocol::contract::{txid_from_digest, DownloadContract, RefundDestination};
 use dstore_protocol::datapath::{ciphertext_len, decrypt_stream, encrypt_and_build_tree};
 use dstore_protocol::extract::extract_farmer_key;
@@ -39,7 +40,7 @@ use dstore_protocol::seal::{
     build_fraud_proof, check_sealed_copy, find_bad_segment, unseal, verify_fraud_proof,
     verify_transcript, FraudEvidence, FraudProof,
 };
-use dstore_protocol::watch::{ExtractSpec, Presigned, Registration, WatchRole};
+use dstore_protocol::watch::{ExtractSpec, Registration, WatchRole};
 use dstore_protocol::zk::{self, Crs, Shape};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -1144,7 +1145,8 @@ impl Renter {
         let price = record.price;
         let d = &mut record.downloads[index];
         let download = hex::encode(d.download_id);
-        let changed = match self.tower_refunds(d, price) {
+        let estimate = self.refund_fee_rate().await;
+        let changed = match self.tower_refunds(d, price, estimate) {
             Ok(changed) => changed,
             Err(e) => {
                 tracing::warn!(%download, "cannot sign the refunds for the watchtower: {e}");
@@ -1186,8 +1188,13 @@ impl Renter {
 
     /// Signs the refunds download `d` can have now and the tower does not hold yet;
     /// returns whether anything was added. TX1's refund pays a fresh wallet script, and
-    /// TX2's pays the same one.
-    fn tower_refunds(&self, d: &mut RentedDownload, price: Amount) -> Result<bool, RenterError> {
+    /// TX2's pays the same one. Each comes with its fee-bump levels, from `estimate`.
+    fn tower_refunds(
+        &self,
+        d: &mut RentedDownload,
+        price: Amount,
+        estimate: FeeRate,
+    ) -> Result<bool, RenterError> {
         let (Some(contract), Some(tx1_outpoint)) = (d.contract, d.tx1_outpoint) else {
             return Ok(false);
         };
@@ -1195,9 +1202,11 @@ impl Renter {
         if d.watchtower.is_none() {
             let r = self.secret(Role::Download, d.key_index)?;
             let destination = RefundDestination::wallet_script(self.wallet.new_script()?);
-            let tx1_refund = contract
-                .tx1_refund(tx1_outpoint, &r, &destination, REFUND_FEE)
-                .map_err(internal)?;
+            let sign = |fee| contract.tx1_refund(tx1_outpoint, &r, &destination, fee);
+            let tx1_refund = sign(REFUND_FEE).map_err(internal)?;
+            let tx1_refund_bumps =
+                refund_fees::sign_ladder(&tx1_refund, contract.price, estimate, sign)
+                    .map_err(internal)?;
             d.watchtower = Some(TowerRecord {
                 tx1_refund,
                 tx2_refund: None,
@@ -1205,6 +1214,8 @@ impl Renter {
                 registered_height: None,
                 last_error: None,
                 tx2_from_tower: false,
+                tx1_refund_bumps,
+                tx2_refund_bumps: Vec::new(),
             });
             changed = true;
         }
@@ -1222,11 +1233,11 @@ impl Renter {
                 txid: tx2_txid,
                 vout: 0,
             };
-            t.tx2_refund = Some(
-                contract
-                    .tx2_refund(tx2_outpoint, value, &r2, &destination, REFUND_FEE)
-                    .map_err(internal)?,
-            );
+            let sign = |fee| contract.tx2_refund(tx2_outpoint, value, &r2, &destination, fee);
+            let tx2_refund = sign(REFUND_FEE).map_err(internal)?;
+            t.tx2_refund_bumps =
+                refund_fees::sign_ladder(&tx2_refund, value, estimate, sign).map_err(internal)?;
+            t.tx2_refund = Some(tx2_refund);
             t.registered = false;
             changed = true;
         }
@@ -1310,16 +1321,24 @@ impl Renter {
         d: &RentedDownload,
         tx2: bool,
     ) -> Result<Option<Transaction>, RenterError> {
-        let held = d.watchtower.as_ref().and_then(|t| {
-            if tx2 {
-                t.tx2_refund.clone()
-            } else {
-                Some(t.tx1_refund.clone())
+        let Some(t) = d.watchtower.as_ref() else {
+            return Ok(None);
+        };
+        let versions = if tx2 {
+            t.tx2_versions()
+        } else {
+            t.tx1_versions()
+        };
+        for tx in versions {
+            if self
+                .find_tx(&tx.compute_txid(), d.start_height)
+                .await?
+                .is_some()
+            {
+                return Ok(Some(tx));
             }
-        });
-        let Some(tx) = held else { return Ok(None) };
-        let found = self.find_tx(&tx.compute_txid(), d.start_height).await?;
-        Ok(found.map(|_| tx))
+        }
+        Ok(None)
     }
 
     /// Records a refund the watchtower broadcast.
@@ -1386,12 +1405,21 @@ impl Renter {
                     "TX1 refund (after T1)",
                 ));
             }
-            // The copy the watchtower holds, if any: both may broadcast the same bytes.
+            // A version the watchtower holds, if any (both may broadcast the same bytes),
+            // paying at least the current estimate if one does.
+            let estimate = self.refund_fee_rate().await;
             let tx = match &d.watchtower {
-                Some(t) => t.tx1_refund.clone(),
-                None => contract
-                    .tx1_refund(tx1_outpoint, &r, &destination()?, REFUND_FEE)
-                    .map_err(internal)?,
+                Some(t) => {
+                    let want = refund_fees::own_refund_fee(&t.tx1_refund, contract.price, estimate);
+                    refund_fees::pick_version(&t.tx1_versions(), contract.price, want)
+                }
+                None => {
+                    let destination = destination()?;
+                    let sign = |fee| contract.tx1_refund(tx1_outpoint, &r, &destination, fee);
+                    let base = sign(REFUND_FEE).map_err(internal)?;
+                    sign(refund_fees::own_refund_fee(&base, contract.price, estimate))
+                        .map_err(internal)?
+                }
             };
             return self.broadcast_refund(&mut record, index, tx, base).await;
         }
@@ -1443,13 +1471,28 @@ impl Renter {
                 .unwrap_or_default();
         let value = contract.tx2_value(tx2_fee).map_err(internal)?;
         let r2 = self.secret(Role::Tx2, d.key_index)?;
-        // The tower's copy spends the agreed TX2:0; for a TX2' a fresh refund is signed.
-        let held = d.watchtower.as_ref().and_then(|t| t.tx2_refund.clone());
-        let tx = match held.filter(|tx| tx.input[0].previous_output == tx2_outpoint) {
-            Some(tx) => tx,
-            None => contract
-                .tx2_refund(tx2_outpoint, value, &r2, &destination()?, REFUND_FEE)
-                .map_err(internal)?,
+        // The tower's versions spend the agreed TX2:0; for a TX2' a fresh refund is
+        // signed. Either pays at least the current estimate.
+        let estimate = self.refund_fee_rate().await;
+        let held: Vec<Transaction> = d
+            .watchtower
+            .as_ref()
+            .map(|t| t.tx2_versions())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|tx| tx.input[0].previous_output == tx2_outpoint)
+            .collect();
+        let tx = match held.first() {
+            Some(base) => {
+                let want = refund_fees::own_refund_fee(base, value, estimate);
+                refund_fees::pick_version(&held, value, want)
+            }
+            None => {
+                let destination = destination()?;
+                let sign = |fee| contract.tx2_refund(tx2_outpoint, value, &r2, &destination, fee);
+                let base = sign(REFUND_FEE).map_err(internal)?;
+                sign(refund_fees::own_refund_fee(&base, value, estimate)).map_err(internal)?
+            }
         };
         let base = match expected {
             true => base,
@@ -1547,9 +1590,14 @@ fn tower_registration(
     else {
         return Ok(None);
     };
-    let mut transactions = vec![Presigned::new(TX1_REFUND_NAME, t.tx1_refund.clone())];
+    let mut transactions =
+        refund_fees::with_bumps(TX1_REFUND_NAME, &t.tx1_refund, &t.tx1_refund_bumps);
     if let Some(tx) = &t.tx2_refund {
-        transactions.push(Presigned::new(TX2_REFUND_NAME, tx.clone()));
+        transactions.extend(refund_fees::with_bumps(
+            TX2_REFUND_NAME,
+            tx,
+            &t.tx2_refund_bumps,
+        ));
     }
     Ok(Some(Registration {
         id: d.download_id,

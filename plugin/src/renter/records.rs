@@ -150,6 +150,28 @@ pub struct TowerRecord {
     /// TX2 (and so f) came from the tower's extraction rather than from bitcoind.
     #[serde(default)]
     pub tx2_from_tower: bool,
+    /// TX1's refund again at rising fees, for the tower to broadcast when it is stuck.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tx1_refund_bumps: Vec<Transaction>,
+    /// The same for TX2's refund.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tx2_refund_bumps: Vec<Transaction>,
+}
+
+impl TowerRecord {
+    /// TX1's refund and its bump levels, cheapest first.
+    pub fn tx1_versions(&self) -> Vec<Transaction> {
+        let mut all = vec![self.tx1_refund.clone()];
+        all.extend(self.tx1_refund_bumps.iter().cloned());
+        all
+    }
+
+    /// TX2's refund and its bump levels, cheapest first (empty before TX2's refund).
+    pub fn tx2_versions(&self) -> Vec<Transaction> {
+        let mut all: Vec<Transaction> = self.tx2_refund.iter().cloned().collect();
+        all.extend(self.tx2_refund_bumps.iter().cloned());
+        all
+    }
 }
 
 /// What `dstore-open` asked for: N audits every P blocks, A satoshis each.

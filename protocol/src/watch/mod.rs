@@ -27,6 +27,7 @@
 //! reclaim of the same candidate output).
 
 pub mod auditor;
+pub mod bump;
 pub mod cpfp;
 mod groups;
 mod hold;
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::extract::extract_farmer_key;
 pub use auditor::AuditState;
+pub use bump::{fee_ladder, Bump, REFUND_BUMP_BLOCKS};
 use groups::Derived;
 pub use groups::{lock_height, BeaconHash, GroupChoice};
 pub use registration::{
@@ -384,6 +386,9 @@ impl Watch {
                 }
             }
         }
+        if let Some(state) = self.bump_state(p, tip) {
+            return state;
+        }
         if let Some(state) = p.group.and_then(|g| self.group_state(g, &txid)) {
             return state;
         }
@@ -447,11 +452,16 @@ impl Watch {
 
     /// The pre-signed transactions due at `tip`. Of those spending a common outpoint only
     /// the first in registration order is due (or broadcast already), until bitcoind
-    /// refuses it; then the next one is tried too.
+    /// refuses it; then the next one is tried too. A version outranked by its due fee
+    /// bump ([`Bump`]) is left out.
     pub fn due(&self, tip: u32) -> Vec<&Presigned> {
         let mut taken: BTreeSet<OutPoint> = BTreeSet::new();
         let mut due = Vec::new();
+        let outranked = self.outranked(tip);
         for p in &self.registration.transactions {
+            if outranked.contains(&p.name.as_str()) {
+                continue;
+            }
             let state = self.state_of(p, tip);
             if !matches!(state, TxState::Due | TxState::Broadcast) {
                 continue;
@@ -835,6 +845,8 @@ fn remove_from<K: std::hash::Hash + Eq>(
 
 #[cfg(test)]
 mod audit_tests;
+#[cfg(test)]
+mod bump_tests;
 #[cfg(test)]
 mod hold_tests;
 #[cfg(test)]

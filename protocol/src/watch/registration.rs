@@ -19,6 +19,8 @@ use crate::audit::book::AuditBook;
 use crate::audit::candidates::{check_index, CandidateSecret};
 use crate::merkle::segment_count;
 
+pub use super::bump::Bump;
+
 /// Most pre-signed transactions one registration may carry: an audit contract of N audits
 /// with m kept candidates registers N·m·3 + N (N = 52, m = 8: 1,300).
 pub const MAX_TRANSACTIONS: usize = 4096;
@@ -74,6 +76,10 @@ pub struct Presigned {
     /// broadcast late (a farmer's TX2, whose broadcast reveals f).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// A fee-bumped replacement of another registered transaction (a renter's refund
+    /// signed at a higher fee): broadcast only once that one is stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bump: Option<Bump>,
 }
 
 impl Presigned {
@@ -84,7 +90,18 @@ impl Presigned {
             tx,
             group: None,
             hold: None,
+            bump: None,
         }
+    }
+
+    /// The same transaction, as a replacement of `replaces` once that one has been stuck
+    /// for `after_blocks` blocks.
+    pub fn bumping(mut self, replaces: impl Into<String>, after_blocks: u32) -> Self {
+        self.bump = Some(Bump {
+            replaces: replaces.into(),
+            after_blocks,
+        });
+        self
     }
 
     /// The same transaction, broadcast only as `hold` allows.
@@ -216,6 +233,7 @@ impl Registration {
             });
         }
         self.check_groups()?;
+        self.check_bumps()?;
         if let Some(auditor) = &self.auditor {
             auditor.check(&self.id)?;
         }
@@ -273,7 +291,12 @@ impl Registration {
         }
         for p in &newer.transactions {
             match merged.transactions.iter().find(|q| q.name == p.name) {
-                Some(q) if q.tx != p.tx || q.group != p.group || q.hold != p.hold => {
+                Some(q)
+                    if q.tx != p.tx
+                        || q.group != p.group
+                        || q.hold != p.hold
+                        || q.bump != p.bump =>
+                {
                     return Err(conflict(&format!("another transaction named {:?}", p.name)))
                 }
                 Some(_) => {}
