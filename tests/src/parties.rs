@@ -133,14 +133,14 @@ impl Parties {
     }
 
     /// TX2 signed the honest way, with a fresh nonce per key: valid, but reveals nothing.
-    /// Low-R signatures, so the DER layout (the shape) matches the reused-nonce TX2.
+    /// Ground like the reused-nonce TX2, so the DER layout (the shape) matches it.
     pub fn tx2_with_fresh_nonces(&self, tx1_outpoint: OutPoint) -> Transaction {
         let unsigned = self.contract.unsigned_tx2(tx1_outpoint, TX2_FEE).unwrap();
         let z = Message::from_digest(self.contract.tx2_sighash(&unsigned).unwrap());
         let twin = twin_secret(&self.f, &self.contract.contract_id).unwrap();
         let sig_r = self.contract.renter_sign_tx2(&unsigned, &self.r).unwrap();
-        let sig_f = SECP256K1.sign_ecdsa_low_r(&z, &self.f);
-        let sig_twin = SECP256K1.sign_ecdsa_low_r(&z, &twin);
+        let sig_f = sign_in_template_layout(&z, &self.f);
+        let sig_twin = sign_in_template_layout(&z, &twin);
         self.contract
             .finalize_tx2(&unsigned, sig_f, sig_twin, sig_r)
             .unwrap()
@@ -180,4 +180,17 @@ pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
     rng.fill_bytes(&mut data);
     data
+}
+
+/// An ECDSA signature whose DER encoding has 32-byte r and s (70 bytes), the layout of the
+/// reused-nonce TX2's signatures: low-R alone still leaves s shorter one time in 128.
+fn sign_in_template_layout(z: &Message, key: &SecretKey) -> bitcoin::secp256k1::ecdsa::Signature {
+    (0u32..)
+        .map(|i| {
+            let mut extra = [0u8; 32];
+            extra[..4].copy_from_slice(&i.to_le_bytes());
+            SECP256K1.sign_ecdsa_with_noncedata(z, key, &extra)
+        })
+        .find(|sig| sig.serialize_der().len() == 70)
+        .expect("a 70-byte signature within 2^32 nonces")
 }
