@@ -10,9 +10,10 @@ use std::time::Duration;
 use dstore_plugin::renter::MIN_T1_MARGIN_AT_FUNDING;
 use dstore_tests::harden_download::SealedGate;
 use dstore_tests::market::{Faults, Market};
+use dstore_tests::parties;
 use dstore_tests::wait_until;
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use serde_json::{json, Value};
 
 /// The e2e tests' CRS cache: the same TX2 shape, so the renter's CRS is generated once.
@@ -20,10 +21,9 @@ fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
 }
 
+/// `len` bytes drawn from `seed` (the harness's generator).
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
+    parties::random_bytes(&mut StdRng::seed_from_u64(seed), len)
 }
 
 fn status(m: &Market, id: &str) -> Value {
