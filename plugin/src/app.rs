@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use dstore_daemon::jsonrpc::RpcError;
+use dstore_daemon::server::Backend;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -57,5 +59,24 @@ impl App {
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The JSON-RPC server answers `dstore-*` and `help` here and forwards the rest to bitcoind.
+impl Backend for App {
+    fn is_local(&self, method: &str) -> bool {
+        crate::methods::is_local(method)
+    }
+
+    async fn dispatch(self: &Arc<Self>, method: &str, params: &Value) -> Result<Value, RpcError> {
+        crate::methods::dispatch(self, method, params).await
+    }
+
+    fn bitcoind(&self) -> &Bitcoind {
+        &self.bitcoind
+    }
+
+    async fn shutdown_requested(&self) {
+        App::shutdown_requested(self).await
     }
 }

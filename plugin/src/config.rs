@@ -1,23 +1,21 @@
 //! dstore-plugin's configuration: defaults < `<datadir>/dstore.conf` < command-line flags.
 //!
-//! The conf file holds `key=value` lines whose keys are the long flag names without the
-//! leading `--` (`#` starts a comment). It is layered under the flags by replaying its
-//! lines as flags placed *before* the real ones; clap's `args_override_self` then lets
-//! the later, real flag win.
+//! The conf file format, its layering under the flags and the bitcoind connection flags
+//! are every dstore daemon's ([`dstore_daemon::config`]); the renter, farmer and tower
+//! settings are the plugin's own.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Parser;
+use dstore_daemon::config::{home, parse_layered, ConfigError as DaemonConfigError};
+pub use dstore_daemon::config::{BitcoindArgs, BitcoindAuth};
 use dstore_protocol::network::Network;
 
 use crate::tower_client::TowerSettings;
 
 /// The conf file's name inside the datadir.
 pub const CONF_FILE_NAME: &str = "dstore.conf";
-
-/// Largest conf file accepted; anything bigger is not a hand-written conf file.
-const MAX_CONF_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -127,44 +125,6 @@ pub struct Args {
     pub min_storage_blocks: Option<u32>,
 }
 
-/// How to reach bitcoind: the flags dstore-plugin and dstore-watchtower share.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BitcoindArgs {
-    /// bitcoind's JSON-RPC URL (default: http://127.0.0.1:<network's bitcoind port>)
-    #[arg(long, value_name = "URL")]
-    pub bitcoind_rpc_url: Option<String>,
-
-    /// bitcoind's cookie file (default: $HOME/.bitcoin/<network dir>/.cookie)
-    #[arg(long, value_name = "PATH")]
-    pub bitcoind_cookie: Option<PathBuf>,
-
-    /// bitcoind RPC user name (instead of the cookie)
-    #[arg(long, value_name = "USER")]
-    pub bitcoind_rpc_user: Option<String>,
-
-    /// bitcoind RPC password (instead of the cookie)
-    #[arg(long, value_name = "PASSWORD")]
-    pub bitcoind_rpc_password: Option<String>,
-}
-
-impl BitcoindArgs {
-    /// The RPC URL and credentials, with `network`'s defaults for what is not given.
-    pub fn resolve(self, network: Network) -> Result<(String, BitcoindAuth), ConfigError> {
-        let url = self
-            .bitcoind_rpc_url
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}", network.default_bitcoind_rpc_port()));
-        let auth = match (self.bitcoind_rpc_user, self.bitcoind_rpc_password) {
-            (Some(user), Some(password)) => BitcoindAuth::UserPass { user, password },
-            (None, None) => BitcoindAuth::Cookie(match self.bitcoind_cookie {
-                Some(path) => path,
-                None => default_bitcoind_cookie(network)?,
-            }),
-            _ => return Err(ConfigError::HalfUserPass),
-        };
-        Ok((url, auth))
-    }
-}
-
 /// Misbehaviours the functional tests make a real plugin process commit, to show that
 /// the other side's checks catch them. Hidden from `--help`, and compiled only with the
 /// `dev-fault` Cargo feature: test faults are not in the product.
@@ -191,6 +151,11 @@ pub enum DevFault {
     AuditRenterStopHalf,
     /// Renter: half of each audit's candidate locks hash data that is not in the file.
     AuditBadLocks,
+    /// Renter: stalls for good once phase tx1_funded is stored, before TX1 is broadcast
+    /// (the test kills it there).
+    StallAtTx1Funded,
+    /// Renter: stalls for good once phase tx2_signed is stored, before sig_R is sent.
+    StallAtTx2Signed,
 }
 
 /// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.
@@ -272,13 +237,6 @@ impl FarmerSettings {
     }
 }
 
-/// How dstore-plugin authenticates to bitcoind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BitcoindAuth {
-    Cookie(PathBuf),
-    UserPass { user: String, password: String },
-}
-
 /// The fully resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -299,31 +257,21 @@ pub struct Config {
     pub min_storage_blocks: u32,
 }
 
+/// A configuration error: one every dstore daemon can meet, or a bad plugin setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    ReadConf {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is larger than {MAX_CONF_BYTES} bytes")]
-    ConfTooLarge { path: PathBuf },
-    #[error("{path}:{line}: expected key=value, found '{text}'")]
-    ConfSyntax {
-        path: PathBuf,
-        line: usize,
-        text: String,
-    },
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] clap::Error),
-    #[error("--bitcoind-rpc-user and --bitcoind-rpc-password must be given together")]
-    HalfUserPass,
-    #[error("no datadir given and $HOME is not set")]
-    NoHome,
+    #[error(transparent)]
+    Daemon(#[from] DaemonConfigError),
     #[error("{0}")]
     Watchtower(String),
     #[error("invalid farmer setting: {0}")]
     Farmer(String),
+}
+
+impl From<clap::Error> for ConfigError {
+    fn from(e: clap::Error) -> Self {
+        ConfigError::Daemon(DaemonConfigError::Invalid(e))
+    }
 }
 
 impl Config {
@@ -335,14 +283,8 @@ impl Config {
     /// Resolves the configuration from an argument list (first item is the program name).
     pub fn from_args(argv: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
         let argv: Vec<String> = argv.into_iter().collect();
-        let cli = Args::try_parse_from(&argv)?;
-        let datadir = match cli.datadir {
-            Some(dir) => dir,
-            None => default_datadir()?,
-        };
-        let conf_flags = read_conf_flags(&datadir.join(CONF_FILE_NAME))?;
-        let merged = layer(&argv, &conf_flags);
-        let args = Args::try_parse_from(merged)?;
+        let (args, datadir) =
+            parse_layered(&argv, |cli: Args| cli.datadir, ".dstore", CONF_FILE_NAME)?;
         Self::resolve(args, datadir)
     }
 
@@ -436,76 +378,6 @@ fn tower_settings(
     }
 }
 
-pub fn home() -> Result<PathBuf, ConfigError> {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .ok_or(ConfigError::NoHome)
-}
-
-fn default_datadir() -> Result<PathBuf, ConfigError> {
-    Ok(home()?.join(".dstore"))
-}
-
-pub fn default_bitcoind_cookie(network: Network) -> Result<PathBuf, ConfigError> {
-    let bitcoin_dir = home()?.join(".bitcoin");
-    Ok(match network {
-        Network::Mainnet => bitcoin_dir.join(".cookie"),
-        Network::Testnet => bitcoin_dir.join("testnet3").join(".cookie"),
-        Network::Signet => bitcoin_dir.join("signet").join(".cookie"),
-        Network::Regtest => bitcoin_dir.join("regtest").join(".cookie"),
-    })
-}
-
-/// Turns the conf file's `key=value` lines into `--key=value` flags. A missing file is an
-/// empty conf.
-pub fn read_conf_flags(path: &Path) -> Result<Vec<String>, ConfigError> {
-    let text = match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(ConfigError::ReadConf {
-                path: path.into(),
-                source,
-            })
-        }
-        Ok(meta) if meta.len() > MAX_CONF_BYTES => {
-            return Err(ConfigError::ConfTooLarge { path: path.into() })
-        }
-        Ok(_) => std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConf {
-            path: path.into(),
-            source,
-        })?,
-    };
-    parse_conf(path, &text)
-}
-
-fn parse_conf(path: &Path, text: &str) -> Result<Vec<String>, ConfigError> {
-    let mut flags = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(ConfigError::ConfSyntax {
-                path: path.into(),
-                line: index + 1,
-                text: line.to_string(),
-            });
-        };
-        flags.push(format!("--{}={}", key.trim(), value.trim()));
-    }
-    Ok(flags)
-}
-
-/// Program name, then the conf file's flags, then the real flags (which win).
-pub fn layer(argv: &[String], conf_flags: &[String]) -> Vec<String> {
-    let mut merged = Vec::with_capacity(argv.len() + conf_flags.len());
-    merged.extend(argv.first().cloned());
-    merged.extend(conf_flags.iter().cloned());
-    merged.extend(argv.iter().skip(1).cloned());
-    merged
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,7 +398,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let datadir = dir.path().to_str().unwrap();
         let flag = Config::from_args(argv(&["--datadir", datadir, "--dev-fault=subvert-crs"]));
-        assert!(matches!(flag, Err(ConfigError::Invalid(_))), "{flag:?}");
+        assert!(
+            matches!(
+                flag,
+                Err(ConfigError::Daemon(DaemonConfigError::Invalid(_)))
+            ),
+            "{flag:?}"
+        );
         std::fs::write(dir.path().join(CONF_FILE_NAME), "dev-fault=subvert-crs\n").unwrap();
         assert!(
             Config::from_args(argv(&["--datadir", datadir, "--bitcoind-cookie", "/c"])).is_err()
@@ -659,13 +537,16 @@ mod tests {
         std::fs::write(dir.path().join(CONF_FILE_NAME), "rpc-port\n").unwrap();
         let err = Config::from_args(argv(&["--datadir", datadir])).unwrap_err();
         assert!(
-            matches!(err, ConfigError::ConfSyntax { line: 1, .. }),
+            matches!(
+                err,
+                ConfigError::Daemon(DaemonConfigError::ConfSyntax { line: 1, .. })
+            ),
             "{err}"
         );
         std::fs::write(dir.path().join(CONF_FILE_NAME), "no-such-option=1\n").unwrap();
         assert!(matches!(
             Config::from_args(argv(&["--datadir", datadir])),
-            Err(ConfigError::Invalid(_))
+            Err(ConfigError::Daemon(DaemonConfigError::Invalid(_)))
         ));
     }
 
@@ -749,6 +630,9 @@ mod tests {
         let datadir = dir.path().to_str().unwrap();
         let err = Config::from_args(argv(&["--datadir", datadir, "--bitcoind-rpc-user", "u"]))
             .unwrap_err();
-        assert!(matches!(err, ConfigError::HalfUserPass));
+        assert!(matches!(
+            err,
+            ConfigError::Daemon(DaemonConfigError::HalfUserPass)
+        ));
     }
 }

@@ -5,22 +5,22 @@
 //! this crate is the I/O shell around it.
 
 pub mod app;
-pub mod bitcoind;
 pub mod cln;
 pub mod config;
 pub mod contracts;
-pub mod cookie;
 pub mod daemon;
 pub mod db;
 pub mod farmer;
-pub mod jsonrpc;
+pub mod files;
 pub mod locks;
-pub mod logging;
 pub mod methods;
 pub mod progress;
 pub mod renter;
-pub mod server;
 pub mod storage;
 pub mod tower_client;
 pub mod wallet;
 pub mod wire;
+
+// The daemon plumbing lives in `dstore-daemon`; re-exported so `crate::jsonrpc::…` and
+// `dstore_plugin::cookie::…` keep working.
+pub use dstore_daemon::{bitcoind, cookie, jsonrpc, logging, server};

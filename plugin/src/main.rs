@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use dstore_daemon::config::ConfigError as DaemonConfigError;
 use dstore_plugin::config::{Config, ConfigError};
 use dstore_plugin::daemon;
 
@@ -14,7 +15,7 @@ fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         // clap formats --help, --version and usage errors itself.
-        Err(ConfigError::Invalid(e)) => e.exit(),
+        Err(ConfigError::Daemon(DaemonConfigError::Invalid(e))) => e.exit(),
         Err(e) => {
             eprintln!("Error: {e}");
             return ExitCode::FAILURE;

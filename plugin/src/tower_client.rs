@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
+use bitcoin::address::NetworkUnchecked;
 use bitcoin::consensus::encode::deserialize_hex;
 use bitcoin::secp256k1::SecretKey;
 use bitcoin::{Transaction, Txid};
@@ -307,6 +308,22 @@ impl TowerClient {
             Err(TowerError::Refused { code, .. }) if code == UNKNOWN_WATCH => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The script of the tower's own key (`wallet_address` in `tower-getinfo`): a refund
+    /// output paying it is an anchor the tower spends to bump the refund by CPFP.
+    pub async fn wallet_script(&self) -> Result<bitcoin::ScriptBuf, TowerError> {
+        let info = self
+            .call("tower-getinfo", json!([]), STATUS_TIMEOUT)
+            .await?;
+        info["wallet_address"]
+            .as_str()
+            .and_then(|a| a.parse::<bitcoin::Address<NetworkUnchecked>>().ok())
+            .map(|a| a.assume_checked().script_pubkey())
+            .ok_or_else(|| TowerError::BadReply {
+                method: "tower-getinfo".into(),
+                reason: "no wallet_address".into(),
+            })
     }
 
     /// The tower's status of watch `id` as it sent it (for sections the plugin shows as

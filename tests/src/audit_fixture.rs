@@ -150,6 +150,7 @@ impl AuditContract {
             funding_txid: tx_a.compute_txid(),
             renter_destination: renter.payout.clone(),
             kept_locks: opening::kept_locks(&locks, &toss),
+            refund_anchor: None,
         };
         book.check().unwrap();
         let refund_signatures = book.farmer_refund_signatures(&farmer.keys()).unwrap();

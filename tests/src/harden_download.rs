@@ -1,7 +1,8 @@
 //! Harness of the `harden_download` tests: a gate in front of the farmer's peer endpoint.
 //! It is a loopback TCP proxy that forwards both ways, but holds back the renter's request
 //! for the sealed copy E until the test opens it, so the test can move the chain between
-//! the farmer's offer (which fixes T1) and the renter's funding of TX1.
+//! the farmer's offer (which fixes T1) and the renter's funding of TX1. [`SealedGate::holding`]
+//! holds another request instead (e.g. one peer message kind, by its path).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,9 +27,20 @@ pub struct SealedGate {
     state: Arc<(Mutex<GateState>, Condvar)>,
 }
 
+/// The path of the peer message `kind` (`/dstore/v1/msg/<kind>`), for [`SealedGate::holding`].
+pub fn message_path(kind: &str) -> Vec<u8> {
+    format!("/dstore/v1/msg/{kind} ").into_bytes()
+}
+
 impl SealedGate {
     /// Starts a closed gate in front of the farmer at `farmer_url` (`http://host:port`).
     pub fn start(farmer_url: &str) -> SealedGate {
+        Self::holding(farmer_url, SEALED_PATH.to_vec())
+    }
+
+    /// Starts a closed gate that holds the first request whose bytes contain `path`.
+    pub fn holding(farmer_url: &str, path: Vec<u8>) -> SealedGate {
+        let path: Arc<[u8]> = path.into();
         let upstream = farmer_url
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -43,16 +55,16 @@ impl SealedGate {
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     continue;
                 };
-                let state = shared.clone();
-                std::thread::spawn(move || forward(client, server, state));
+                let (state, path) = (shared.clone(), path.clone());
+                std::thread::spawn(move || forward(client, server, state, &path));
             }
         });
         SealedGate { url, state }
     }
 
-    /// Waits until the renter's request for E is held at the gate.
+    /// Waits until the renter's request for E (or the gate's path) is held at the gate.
     pub fn wait_held(&self, timeout: Duration) {
-        wait_until("the request for E at the gate", timeout, || {
+        wait_until("the held request at the gate", timeout, || {
             let held = self.state.0.lock().unwrap().held;
             held.then_some(())
         });
@@ -66,9 +78,14 @@ impl SealedGate {
     }
 }
 
-/// Copies client → server (holding a request for E while the gate is closed) and
+/// Copies client → server (holding a request for `path` while the gate is closed) and
 /// server → client, until either side closes.
-fn forward(mut client: TcpStream, mut server: TcpStream, state: Arc<(Mutex<GateState>, Condvar)>) {
+fn forward(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    state: Arc<(Mutex<GateState>, Condvar)>,
+    path: &[u8],
+) {
     let (Ok(mut client_out), Ok(mut server_in)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
@@ -83,7 +100,7 @@ fn forward(mut client: TcpStream, mut server: TcpStream, state: Arc<(Mutex<GateS
             Ok(n) => n,
         };
         let chunk = &buffer[..n];
-        if chunk.windows(SEALED_PATH.len()).any(|w| w == SEALED_PATH) {
+        if chunk.windows(path.len()).any(|w| w == path) {
             let (lock, cond) = &*state;
             let mut s = lock.lock().unwrap();
             s.held = true;

@@ -11,6 +11,7 @@ pub mod cln_harness;
 pub mod crs_cache;
 pub mod funding;
 pub mod harden_audit;
+pub mod harden_audit_refund;
 pub mod harden_crs;
 pub mod harden_download;
 pub mod harden_peer;

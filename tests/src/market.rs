@@ -30,6 +30,8 @@ pub struct Market {
     renter_args: Vec<String>,
     /// Renter flags kept across [`Market::start_renter`] (unlike its fault).
     renter_extra: Vec<String>,
+    /// Environment variables the farmer process gets (kept across restarts).
+    farmer_env: Vec<(String, String)>,
     /// Holds both datadirs and the test files.
     pub dir: TempDir,
 }
@@ -58,6 +60,24 @@ impl Market {
         })
     }
 
+    /// Like [`Market::start_custom`], with environment variables for the farmer process
+    /// only (e.g. an object store's `AWS_*` settings); it keeps them across restarts.
+    pub fn start_with_farmer_env(
+        crs_dir: &Path,
+        faults: Faults,
+        max_file_bytes: u64,
+        farmer_extra: &[String],
+        farmer_env: &[(&str, &str)],
+    ) -> Market {
+        let env = farmer_env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Self::launch(crs_dir, faults, max_file_bytes, env, |_| {
+            (farmer_extra.to_vec(), Vec::new())
+        })
+    }
+
     /// Like [`Market::start_with`], with extra flags for both plugins chosen once the node
     /// runs (e.g. watchtowers attached to it): `extra(&node)` returns the farmer's and the
     /// renter's. Both keep them across restarts.
@@ -65,6 +85,16 @@ impl Market {
         crs_dir: &Path,
         faults: Faults,
         max_file_bytes: u64,
+        extra: impl FnOnce(&BitcoinNode) -> (Vec<String>, Vec<String>),
+    ) -> Market {
+        Self::launch(crs_dir, faults, max_file_bytes, Vec::new(), extra)
+    }
+
+    fn launch(
+        crs_dir: &Path,
+        faults: Faults,
+        max_file_bytes: u64,
+        farmer_env: Vec<(String, String)>,
         extra: impl FnOnce(&BitcoinNode) -> (Vec<String>, Vec<String>),
     ) -> Market {
         let dir = tempfile::Builder::new()
@@ -91,7 +121,8 @@ impl Market {
         if let Some(fault) = faults.farmer {
             farmer_args.push(format!("--dev-fault={fault}"));
         }
-        let farmer = start_plugin(&node, &dir.path().join("farmer"), &farmer_args);
+        let farmer =
+            start_plugin_with_env(&node, &dir.path().join("farmer"), &farmer_args, &farmer_env);
         let mut renter_args = vec![crs];
         renter_args.extend(renter_extra.iter().cloned());
         if let Some(fault) = faults.renter {
@@ -109,6 +140,7 @@ impl Market {
             farmer_args,
             renter_args,
             renter_extra,
+            farmer_env,
             dir,
         }
     }
@@ -219,10 +251,11 @@ impl Market {
             .filter(|a| !a.starts_with("--dev-fault"))
             .cloned()
             .collect();
-        self.farmer = Some(start_plugin(
+        self.farmer = Some(start_plugin_with_env(
             &self.node,
             &self.dir.path().join("farmer"),
             &args,
+            &self.farmer_env,
         ));
     }
 
@@ -301,8 +334,17 @@ pub fn tower_flags(tower: &TowerProcess) -> Vec<String> {
 }
 
 fn start_plugin(node: &BitcoinNode, datadir: &Path, args: &[String]) -> PluginProcess {
+    start_plugin_with_env(node, datadir, args, &[])
+}
+
+fn start_plugin_with_env(
+    node: &BitcoinNode,
+    datadir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> PluginProcess {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    PluginProcess::start_in(node, datadir, &args)
+    PluginProcess::start_in_with_env(node, datadir, &args, env)
 }
 
 fn cli_result(output: Output) -> Result<String, String> {

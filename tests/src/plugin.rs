@@ -36,10 +36,22 @@ impl PluginProcess {
 
     /// Starts a plugin in `datadir` (kept by the caller) with extra flags.
     pub fn start_in(node: &BitcoinNode, datadir: &Path, extra: &[&str]) -> Self {
+        Self::start_in_with_env(node, datadir, extra, &[])
+    }
+
+    /// Like [`start_in`](Self::start_in), with extra environment variables set for the
+    /// child process only (the test process's environment is left alone).
+    pub fn start_in_with_env(
+        node: &BitcoinNode,
+        datadir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let rpc_port = ports::free_ports(1)[0];
         let cookie = datadir.join("regtest").join(".cookie");
         let _ = std::fs::remove_file(&cookie);
         let child = Self::command(node, datadir, rpc_port, extra)
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(log_file(datadir))
             .spawn()

@@ -71,17 +71,56 @@ fn heights(status: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// Mines one block at a time up to `height`, letting both towers act on each.
-fn mine_to(m: &Market, towers: &[&TowerProcess], height: u64) {
+/// Mines one block at a time up to `height`. Before the next block, every tower has
+/// acted on the last one and every salt release of contract `id` has the farmer's answer
+/// recorded, so an honest farmer's claim is in the mempool before RF_ij can compete.
+fn mine_to(m: &Market, towers: &[&TowerProcess], id: &str, height: u64) {
     while m.node.block_count() < height {
         m.node.mine(1);
         let tip = m.node.block_count();
         for tower in towers {
             tower.wait_for_tip(tip);
+            wait_for_release_answers(tower, id);
         }
-        // Releases and claims run over HTTP after the block is processed.
-        std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Waits until each salt release `tower` sent for contract `id` has an answer recorded:
+/// the claim's txid (the farmer broadcasts its claim before it answers) or the farmer's
+/// error. A tower records a release before sending it, while it processes the block, so
+/// once its tip is the node's no release of that block is missed; towers that are not
+/// the auditor, or do not watch `id`, send none.
+fn wait_for_release_answers(tower: &TowerProcess, id: &str) {
+    wait_until(
+        "the farmer's answers to the salt releases",
+        Duration::from_secs(60),
+        || {
+            let Ok(status) = tower.call("tower-status", json!([id])) else {
+                return Some(());
+            };
+            let audits = status["audits"]["audits"].as_array().cloned();
+            let answered = |audit: &Value| {
+                let release = &audit["release"];
+                release.is_null()
+                    || !release["released_height"].is_null()
+                    || !release["last_error"].is_null()
+            };
+            audits
+                .unwrap_or_default()
+                .iter()
+                .all(answered)
+                .then_some(())
+        },
+    );
+}
+
+/// Waits until the renter's status shows its tower's Merkle audits with `check` true
+/// (they run over HTTP after the block that starts them).
+fn wait_for_merkle(m: &Market, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_until("the tower's Merkle audits", Duration::from_secs(60), || {
+        let s = renter_status(m, id);
+        check(&s["audits"]["tower"]).then_some(s)
+    })
 }
 
 fn claims(m: &Market, id: &str) -> Vec<Value> {
@@ -133,7 +172,7 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
     assert!(confirmed(&m, &funding), "TX_A is mined");
 
     let towers = [&farmer_tower, &renter_tower];
-    mine_to(&m, &towers, heights[3] + 2);
+    mine_to(&m, &towers, &id, heights[3] + 2);
     let claims = wait_for_claims(&m, &id, 4);
     m.node.mine(1);
     for claim in &claims {
@@ -154,15 +193,11 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
 
     // The renter's status shows each audit paid, from its tower's report, and the
     // auditor's Merkle audits of the honest farmer all passed.
-    mine_to(&m, &towers, heights[3] + 4);
+    mine_to(&m, &towers, &id, heights[3] + 4);
     let s = renter_status(&m, &id);
     assert_eq!(outcomes(&s), ["paid", "paid", "paid", "paid"], "{s}");
-    let merkle = &s["audits"]["tower"]["merkle"];
-    assert!(
-        merkle["passed"].as_u64() > Some(0),
-        "Merkle audits ran: {s}"
-    );
-    assert_eq!(merkle["failed"], 0, "{s}");
+    let s = wait_for_merkle(&m, &id, |t| t["merkle"]["passed"].as_u64() > Some(0));
+    assert_eq!(s["audits"]["tower"]["merkle"]["failed"], 0, "{s}");
 }
 
 #[test]
@@ -176,7 +211,7 @@ fn audit_farmer_that_loses_the_file_is_refunded() {
     let towers = [&farmer_tower, &renter_tower];
 
     // Audit 0 passes and is paid.
-    mine_to(&m, &towers, heights[0] + 2);
+    mine_to(&m, &towers, &id, heights[0] + 2);
     wait_for_claims(&m, &id, 1);
     let renter_before = m.renter_balance_sat();
 
@@ -187,25 +222,27 @@ fn audit_farmer_that_loses_the_file_is_refunded() {
 
     // Audit 1's candidate confirms but cannot be claimed; after W the renter's tower
     // takes the candidate's output and every later output back (RF_1j).
-    mine_to(&m, &towers, heights[2] + 6);
+    mine_to(&m, &towers, &id, heights[2] + 6);
     assert_eq!(claims(&m, &id).len(), 1, "no claim without the data");
     let s = renter_status(&m, &id);
     let outcome = outcomes(&s);
     assert_eq!(outcome[0], "paid", "{s}");
     assert_eq!(outcome[1], "refunded", "{s}");
     assert_eq!(outcome[2], "refunded", "{s}");
-    // The renter got (A − candidate fee) + A back, less one refund fee.
+    // The renter got (A − candidate fee) + A back, less one refund fee and the 330-sat
+    // fee-bump anchor that the refund pays the renter's tower.
     let refund_fee = 1_000 + 400 * 3;
-    let back = AMOUNT_SAT - CANDIDATE_FEE_SAT + AMOUNT_SAT - refund_fee;
+    let anchor = dstore_protocol::audit::transactions::REFUND_ANCHOR_VALUE.to_sat();
+    let back = AMOUNT_SAT - CANDIDATE_FEE_SAT + AMOUNT_SAT - refund_fee - anchor;
     wait_until(
         "the renter's wallet to see the refund",
         Duration::from_secs(30),
         || (m.renter_balance_sat() == renter_before + back).then_some(()),
     );
     // The auditor's Merkle audits caught the loss too, and it stopped racing candidates.
-    let tower = &s["audits"]["tower"];
-    assert!(tower["merkle"]["failed"].as_u64() > Some(0), "{s}");
-    assert_eq!(tower["audits_failed"], true, "{s}");
+    wait_for_merkle(&m, &id, |t| {
+        t["merkle"]["failed"].as_u64() > Some(0) && t["audits_failed"] == true
+    });
 }
 
 #[test]
@@ -247,7 +284,7 @@ fn audit_farmer_stopping_mid_swap_leaves_the_renter_its_refunds() {
     assert_eq!(s["audits"]["swapped"], 8, "{s}");
     let heights = heights(&s);
     let towers = [&farmer_tower, &renter_tower];
-    mine_to(&m, &towers, heights[1] + 8);
+    mine_to(&m, &towers, &id, heights[1] + 8);
     // Audit 0 runs as usual (the farmer keeps the file) and is paid; audit 1 never had a
     // candidate, so RF_1 returns its output after T_1 + W.
     wait_for_claims(&m, &id, 1);
@@ -280,7 +317,7 @@ fn audit_renter_stopping_mid_swap_leaves_the_farmer_paid_for_what_it_holds() {
     assert_eq!(f["audits"]["watchtower_registered"], true, "{f}");
     let heights = heights(&renter_status(&m, &id));
     let towers = [&farmer_tower, &renter_tower];
-    mine_to(&m, &towers, heights[1] + 8);
+    mine_to(&m, &towers, &id, heights[1] + 8);
     let claims = wait_for_claims(&m, &id, 1);
     assert_eq!(claims[0]["audit"], 0);
     let s = renter_status(&m, &id);
@@ -395,15 +432,12 @@ fn audit_third_party_auditor_holds_the_salts() {
     assert_eq!(third["audits"]["auditor"], true, "{third}");
 
     let towers = [&farmer_tower, &renter_tower, &auditor];
-    mine_to(&m, &towers, heights[1] + 2);
+    mine_to(&m, &towers, &id, heights[1] + 2);
     let claims = wait_for_claims(&m, &id, 2);
     assert_eq!(claims.len(), 2);
     let s = renter_status(&m, &id);
     assert_eq!(outcomes(&s), ["paid", "paid"], "{s}");
-    assert!(
-        s["audits"]["tower"]["merkle"]["passed"].as_u64() > Some(0),
-        "{s}"
-    );
+    wait_for_merkle(&m, &id, |t| t["merkle"]["passed"].as_u64() > Some(0));
 }
 
 fn post_message(m: &Market, kind: &str, body: Vec<u8>) -> (u16, Value) {
@@ -450,6 +484,7 @@ fn audit_setup_messages_out_of_order_are_refused() {
         },
         renter_destination: ScriptBuf::new(),
         locks: vec![vec![KeptLock([0; 20]); 4]],
+        refund_anchor: None,
     };
     let toss = AuditToss {
         renter_nonce: [1; 32],

@@ -361,6 +361,7 @@ fn negotiate(
         funding_txid: tx_a.compute_txid(),
         renter_destination: agreement.renter.payout.clone(),
         kept_locks: agreement.kept_locks(),
+        refund_anchor: None,
     };
     book.check().unwrap();
     let refund_signatures = book

@@ -85,12 +85,11 @@ fn mine_to(node: &BitcoinNode, towers: &[&TowerProcess], height: u32) {
     }
 }
 
-/// Mines block by block (at most `max`) until `txid` is confirmed.
+/// Mines block by block (at most `max`) until `txid`, which a tower broadcasts, is
+/// confirmed. A tower broadcasts what is due at a tip while it processes that block, so
+/// once every tower's tip is the node's, whatever is due there is in the mempool.
 fn mine_until_confirmed(node: &BitcoinNode, towers: &[&TowerProcess], txid: &Txid, max: u32) {
     for _ in 0..max {
-        let _ = wait_until_or_none(Duration::from_secs(3), || {
-            in_mempool(node, txid).then_some(())
-        });
         mine_one(node, towers);
         if confirmations(node, txid) > 0 {
             return;
@@ -240,9 +239,13 @@ fn audit_tower_refunds_through_rf_ij_when_the_farmer_cannot_answer() {
     let towers = [&renter_tower];
     let j = beacon_candidate_goes_out(&node, &towers, &c, 0);
     mine_one(&node, &towers);
-    wait_until("a release attempt", WAIT, || {
-        (farmer.reveals() >= 1).then_some(())
+    // The first release's answer is recorded before more blocks come, so the next block
+    // retries it (a release in flight is not sent again).
+    wait_until("the first release's answer", WAIT, || {
+        let release = &audit_row(&renter_tower, &c, 0)["release"];
+        release["last_error"].is_string().then_some(())
     });
+    assert!(farmer.reveals() >= 1);
     let rf = c.refund(RefundId::AfterCandidate(0, j)).compute_txid();
     mine_until_confirmed(&node, &towers, &rf, u32::from(WINDOW) + 3);
     let row = wait_for_outcome(&renter_tower, &c, 0, "refunded");
@@ -261,13 +264,18 @@ fn audit_tower_refunds_through_rf_ij_when_the_farmer_cannot_answer() {
     assert_eq!(next["settled_by"], rf.to_string());
     let reclaim = renter_tower.tx(&c.id_hex(), &format!("audit-0-reclaim-{j}"));
     assert_eq!(reclaim["broadcasts"], 0, "{reclaim}");
-    // The release stops once the output is spent.
+    // The release stops once the output is spent: the tower has acted on the next block
+    // (releases are recorded before they are sent, under the lock that block's processing
+    // holds), and it tried no release there.
     let attempts = release["attempts"].clone();
     mine_one(&node, &towers);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        audit_row(&renter_tower, &c, 0)["release"]["attempts"],
-        attempts
+    let status = renter_tower.status(&c.id_hex());
+    assert_eq!(status["tip_height"], node.block_count(), "{status}");
+    let after = &status["audits"]["audits"][0]["release"];
+    assert_eq!(after["attempts"], attempts, "{after}");
+    assert!(
+        after["last_attempt_height"].as_u64() < Some(node.block_count()),
+        "{after}"
     );
 }
 
@@ -407,11 +415,14 @@ fn audit_tower_releases_after_a_kill_9_between_confirmation_and_release() {
     mine_one(&node, &[&renter_tower]);
     let row = wait_for_outcome(&renter_tower, &c, 0, "paid");
     assert_eq!(row["settled_by"], claim.to_string());
-    // And once more, right after the release was recorded: nothing is sent again.
+    // And once more, right after the release was recorded: nothing is sent again (the
+    // tower records a release before sending it, while it processes the block).
     renter_tower.kill9();
     renter_tower.restart();
     mine_one(&node, &[&renter_tower]);
-    assert_eq!(audit_row(&renter_tower, &c, 0)["outcome"], "paid");
+    let row = audit_row(&renter_tower, &c, 0);
+    assert_eq!(row["outcome"], "paid");
+    assert_eq!(row["release"]["attempts"], 1, "{row}");
     assert_eq!(farmer.reveals(), 1);
 }
 
@@ -625,7 +636,13 @@ fn audit_tower_as_a_third_party_auditor_releases_for_the_renters_tower() {
     assert_eq!(renter_tower.audits(&c.id_hex())["auditor"], false);
     let towers = [&renter_tower, &auditor_tower];
     let j = beacon_candidate_goes_out(&node, &[&renter_tower], &c, 0);
-    assert_eq!(audit_row(&auditor_tower, &c, 0)["candidate"]["j"], j);
+    // The auditor's tower learns of the candidate from bitcoind's feed on its own time.
+    auditor_tower.wait_for_tip(node.block_count());
+    let seen = wait_until("the auditor's tower to see the candidate", WAIT, || {
+        let row = audit_row(&auditor_tower, &c, 0);
+        row["candidate"]["j"].is_u64().then_some(row)
+    });
+    assert_eq!(seen["candidate"]["j"], j, "{seen}");
     mine_one(&node, &towers);
     let (_, claimed, claim) = wait_until("the farmer's claim", WAIT, || {
         farmer.claims().first().copied()

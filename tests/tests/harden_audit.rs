@@ -286,6 +286,7 @@ fn propose(
         },
         renter_destination: ScriptBuf::new_p2wpkh(&WPubkeyHash::all_zeros()),
         locks: vec![vec![KeptLock([0; 20]); 4]; 4],
+        refund_anchor: None,
     };
     m.post_message(
         "audit_proposal",

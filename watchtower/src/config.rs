@@ -1,13 +1,11 @@
 //! dstore-watchtower's configuration: defaults < `<datadir>/watchtower.conf` < flags, in
-//! the same `key=value` conf format as dstore-plugin's.
+//! the same `key=value` conf format as dstore-plugin's ([`dstore_daemon::config`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
-use dstore_plugin::config::{
-    home, layer, read_conf_flags, BitcoindArgs, BitcoindAuth, ConfigError,
-};
+use dstore_daemon::config::{parse_layered, BitcoindArgs, BitcoindAuth, ConfigError};
 use dstore_protocol::network::Network;
 
 use crate::auditor::AuditorSettings;
@@ -97,13 +95,12 @@ impl Config {
     /// Reads the flags from the process's command line and the conf file under them.
     pub fn from_env() -> Result<Config, ConfigError> {
         let argv: Vec<String> = std::env::args().collect();
-        let first = Args::try_parse_from(&argv).map_err(ConfigError::Invalid)?;
-        let datadir = match first.datadir {
-            Some(dir) => dir,
-            None => home()?.join(".dstore-watchtower"),
-        };
-        let conf = read_conf_flags(&datadir.join(CONF_FILE_NAME))?;
-        let args = Args::try_parse_from(layer(&argv, &conf)).map_err(ConfigError::Invalid)?;
+        let (args, datadir) = parse_layered(
+            &argv,
+            |first: Args| first.datadir,
+            ".dstore-watchtower",
+            CONF_FILE_NAME,
+        )?;
         Config::resolve(args, datadir)
     }
 
@@ -144,6 +141,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use dstore_daemon::config::layer;
+
     use super::*;
 
     fn config(flags: &[&str], conf: &[&str]) -> Result<Config, ConfigError> {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use dstore_plugin::config::ConfigError;
+use dstore_daemon::config::ConfigError;
 use dstore_watchtower::config::Config;
 use dstore_watchtower::service;
 
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    dstore_plugin::logging::init();
+    dstore_daemon::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -4,17 +4,15 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use dstore_plugin::cookie::CookieFile;
-use dstore_plugin::jsonrpc::{self, code, RpcError, Version};
+use dstore_daemon::cookie::CookieFile;
+use dstore_daemon::jsonrpc::{self, code, RpcError, Version};
+use dstore_daemon::server::{json_reply, plain, refuse_unauthorized, status, Reply};
 use dstore_protocol::watch::registration::MAX_REGISTRATION_JSON_BYTES;
 use dstore_protocol::watch::{Registration, RegistrationError, WatchId};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -28,10 +26,6 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest `tower-register` request: an audit contract's registration carries up to a
 /// few thousand transactions (see `MAX_REGISTRATION_JSON_BYTES`), plus the envelope.
 pub const MAX_REGISTER_BODY_BYTES: usize = MAX_REGISTRATION_JSON_BYTES + 4096;
-
-const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
-
-type Reply = Response<Full<Bytes>>;
 
 const HELP: &str = "tower-register {registration}\ntower-list\ntower-status \"id\"\ntower-forget \"id\"\ntower-getinfo\nhelp\nstop";
 
@@ -76,18 +70,8 @@ async fn handle(
             "JSONRPC server handles only POST requests",
         );
     }
-    let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    if !cookie.authorizes(auth) {
-        if auth.is_some() {
-            tracing::warn!("incorrect RPC password attempt");
-            tokio::time::sleep(AUTH_FAILURE_DELAY).await;
-        }
-        let mut reply = plain(StatusCode::UNAUTHORIZED, "");
-        reply.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"jsonrpc\""),
-        );
-        return reply;
+    if let Some(refusal) = refuse_unauthorized(cookie, &req).await {
+        return refusal;
     }
     let body = match Limited::new(req.into_body(), MAX_REGISTER_BODY_BYTES)
         .collect()
@@ -100,7 +84,7 @@ async fn handle(
         Ok(value) => value,
         Err(_) => {
             return json_reply(
-                500,
+                StatusCode::INTERNAL_SERVER_ERROR,
                 &jsonrpc::reply(
                     Version::V1Legacy,
                     None,
@@ -112,7 +96,7 @@ async fn handle(
     let request = match jsonrpc::parse_request(&parsed) {
         Ok(request) => request,
         Err(e) => {
-            let status = e.error.legacy_http_status();
+            let status = status(e.error.legacy_http_status());
             return json_reply(status, &jsonrpc::reply(e.version, e.id, Err(e.error)));
         }
     };
@@ -121,8 +105,8 @@ async fn handle(
     }
     let outcome = dispatch(tower, shutdown, &request.method, &request.params).await;
     let status = match (&outcome, request.version) {
-        (Err(e), Version::V1Legacy) => e.legacy_http_status(),
-        _ => 200,
+        (Err(e), Version::V1Legacy) => status(e.legacy_http_status()),
+        _ => StatusCode::OK,
     };
     json_reply(
         status,
@@ -212,19 +196,4 @@ fn tower_error(e: TowerError) -> RpcError {
         TowerError::Bitcoind(e) => e.to_rpc_error(),
         other => RpcError::new(code::INTERNAL_ERROR, other.to_string()),
     }
-}
-
-fn json_reply(status: u16, value: &Value) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(jsonrpc::body(value))));
-    *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    reply
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    reply
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *reply.status_mut() = status;
-    reply
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use dstore_plugin::cookie::write_secret_file;
+use dstore_daemon::cookie::write_secret_file;
 use serde::{Deserialize, Serialize};
 
 /// Name of the key file in the network directory.

@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dstore_plugin::bitcoind::{Bitcoind, BitcoindError};
-use dstore_plugin::cookie::CookieFile;
+use dstore_daemon::bitcoind::{Bitcoind, BitcoindError};
+use dstore_daemon::cookie::CookieFile;
 use dstore_protocol::network::Network;
 use serde_json::json;
 use tokio::net::TcpListener;

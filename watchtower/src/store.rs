@@ -230,6 +230,7 @@ mod tests {
                 funding_txid: Txid::from_byte_array([3; 32]),
                 renter_destination: ScriptBuf::new_op_return([]),
                 kept_locks: vec![vec![KeptLock([7; 20])]],
+                refund_anchor: None,
             },
             secrets: vec![vec![CandidateSecret {
                 segment_index: 0,

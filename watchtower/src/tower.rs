@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize_hex};
 use bitcoin::{Amount, Block, BlockHash, OutPoint, Transaction, TxOut, Txid};
-use dstore_plugin::bitcoind::{Bitcoind, BitcoindError};
+use dstore_daemon::bitcoind::{Bitcoind, BitcoindError};
 use dstore_protocol::watch::{Engine, Merge, Registration, RegistrationError, Watch, WatchId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bitcoin::secp256k1::{SecretKey, SECP256K1};
 use bitcoin::{Address, CompressedPublicKey, ScriptBuf};
-use dstore_plugin::cookie::write_secret_file;
+use dstore_daemon::cookie::write_secret_file;
 use dstore_protocol::network::Network;
 use dstore_protocol::watch::cpfp::own_script;
 

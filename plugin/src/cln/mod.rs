@@ -206,7 +206,7 @@ async fn prepare(
     }
     let argv = options::flags(&given, &conf.lightning_dir, &conf.network, &bitcoin)?;
     let config = Config::from_args(argv).map_err(|e| match e {
-        crate::config::ConfigError::Invalid(e) => e
+        crate::config::ConfigError::Daemon(dstore_daemon::config::ConfigError::Invalid(e)) => e
             .to_string()
             .lines()
             .next()

@@ -102,7 +102,7 @@ impl Farmer {
             .check_proposed(
                 &proposal.terms,
                 record.contract_id,
-                &proposal.renter_destination,
+                proposal.refund_payout(),
             )
             .map_err(invalid)
     }
@@ -141,6 +141,12 @@ impl Farmer {
             .map_err(invalid)?;
         if !proposal.renter_destination.is_p2wpkh() && !proposal.renter_destination.is_p2tr() {
             return Err(invalid("the refund script must be P2WPKH or P2TR"));
+        }
+        let anchor = proposal.refund_anchor.as_ref();
+        if anchor.is_some_and(|a| !dstore_protocol::audit::transactions::is_valid_anchor(a)) {
+            return Err(invalid(
+                "the refund anchor must be a P2WPKH, P2WSH or P2TR script",
+            ));
         }
         Ok(())
     }
@@ -202,6 +208,7 @@ impl Farmer {
             funding_txid: openings.funding_tx.compute_txid(),
             renter_destination: audit.proposal.renter_destination.clone(),
             kept_locks: opening::kept_locks(&locks, &seed),
+            refund_anchor: audit.proposal.refund_anchor.clone(),
         };
         book.check().map_err(invalid)?;
         let signatures = book

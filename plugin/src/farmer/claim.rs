@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::{OutPoint, Transaction, Txid};
-use dstore_protocol::messages::ClaimPending;
+use dstore_protocol::messages::{ClaimPending, Claimed};
+use dstore_protocol::watch::{Hold, Presigned, Registration, WatchRole};
 use serde_json::json;
 
-use super::records::{ClaimCheck, FarmedContract, FarmedDownload, FarmerPhase};
-use super::{internal, mark_claimed, Farmer, FarmerError};
+use super::records::{ClaimCheck, FarmedContract, FarmedDownload, FarmerPhase, Payout};
+use super::{internal, Farmer, FarmerError, REFUND_MARGIN};
 
 /// How often the farmer looks for a new block while claims are on hold.
 pub const CLAIM_POLL: Duration = Duration::from_secs(1);
@@ -32,6 +33,101 @@ pub enum ClaimOutcome {
 }
 
 impl Farmer {
+    /// The hand-over of a download whose TX2 and TX3 are both signed (phase
+    /// `awaiting_tx1` in `record`, not stored yet): both are stored before either leaves
+    /// this process, the watchtower gets them, and TX2 goes out now only if TX1 is deep
+    /// enough; otherwise the claim watcher broadcasts it at a later block, or abandons it.
+    pub(super) async fn hand_over_claim(
+        &self,
+        record: &mut FarmedContract,
+    ) -> Result<Claimed, FarmerError> {
+        let download = record
+            .download
+            .as_ref()
+            .ok_or(FarmerError::WrongPhase("no download"))?;
+        let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
+            return Err(FarmerError::WrongPhase("no stored claim"));
+        };
+        let mut claimed = Claimed {
+            tx2: template.txid,
+            tx3: tx3.compute_txid(),
+            pending: None,
+        };
+        self.store(record)?;
+        if crate::dev_fault!(self.config.dev_fault, WithholdTx2) {
+            tracing::warn!("dev fault withhold-tx2: keeping TX2 to itself");
+            return Err(FarmerError::Internal("TX2 withheld".into()));
+        }
+        // The tower holds the claim, under the same broadcast rule, before it leaves this
+        // process: should the farmer die now, the tower still gets TX2 and TX3 mined.
+        if !crate::dev_fault!(self.config.dev_fault, WithholdTx3) {
+            self.register_claim(record).await;
+        }
+        match self.advance_claim(record).await {
+            Ok(ClaimOutcome::Claimed) => {}
+            Ok(ClaimOutcome::Pending(pending)) => {
+                tracing::info!(contract = %hex::encode(record.contract_id), confirmations = pending.tx1_confirmations, needed = pending.min_tx1_confirmations, "claim stored; TX2 waits for TX1's confirmations");
+                claimed.pending = Some(pending);
+            }
+            Ok(ClaimOutcome::Abandoned { height }) => return Err(FarmerError::Abandoned(height)),
+            Err(e) if crate::dev_fault!(self.config.dev_fault, WithholdTx3) => return Err(e),
+            Err(e) => {
+                tracing::warn!("claim not broadcast yet ({e}); retried at the next block");
+                let download = record.download.as_ref().expect("checked above");
+                claimed.pending = Some(ClaimPending {
+                    tx1_confirmations: 0,
+                    min_tx1_confirmations: self.config.min_tx1_confirmations,
+                    abandon_height: self.abandon_height(download),
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Hands the current download's claim (TX2 and TX3, both fully signed) to the
+    /// watchtower, if one is configured. A failure is logged, never fatal: the farmer
+    /// broadcasts the claim itself anyway, and the registration is retried at the next start.
+    pub(super) async fn register_claim(&self, record: &mut FarmedContract) {
+        let Some(tower) = &self.config.tower else {
+            return;
+        };
+        let Some(download) = record.download.as_mut() else {
+            return;
+        };
+        // TX2 only once TX1 is deep enough and never at or after the abandon height.
+        let hold = Hold {
+            min_parent_confirmations: self.config.min_tx1_confirmations,
+            never_from_height: Some(self.abandon_height(download)),
+        };
+        let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
+            return;
+        };
+        let registration = Registration {
+            id: download.download_id,
+            role: WatchRole::Farmer,
+            extract: None,
+            transactions: vec![
+                Presigned::new("tx2", template.tx.clone()).held(hold),
+                Presigned::new("tx3", tx3.clone()),
+            ],
+            watch_txids: Vec::new(),
+            // The tip when the download was offered: the same on every retry, and early
+            // enough that the tower sees a TX2 or TX3 already mined.
+            rescan_from_height: Some(download.refund_height.saturating_sub(REFUND_MARGIN)),
+            auditor: None,
+        };
+        let id = hex::encode(download.download_id);
+        match tower.register(&registration).await {
+            Ok(verdict) => {
+                tracing::info!(download = %id, tower = %tower.url(), %verdict, "claim registered with the watchtower");
+                download.tower_registered = true;
+            }
+            Err(e) => {
+                tracing::warn!(download = %id, "watchtower registration of the claim failed ({e}); it is retried at the next start")
+            }
+        }
+    }
+
     /// The first tip height at which this download's TX2 is never broadcast.
     pub(super) fn abandon_height(&self, download: &FarmedDownload) -> u32 {
         download
@@ -268,4 +364,23 @@ fn abandon(record: &mut FarmedContract, height: u32) {
         download.tx3 = None;
     }
     tracing::warn!(contract = %hex::encode(record.contract_id), height, "download abandoned: the tip reached T1 minus the margin before TX2 could go out; f stays secret");
+}
+
+/// Records a broadcast claim: the download is paid, and its payout is TX3's output.
+fn mark_claimed(record: &mut FarmedContract) {
+    let Some(download) = record.download.as_mut() else {
+        return;
+    };
+    let (Some(template), Some(tx3)) = (&download.template, &download.tx3) else {
+        return;
+    };
+    let payout = Payout {
+        download_id: download.download_id,
+        tx2: template.txid,
+        tx3: tx3.compute_txid(),
+        amount: tx3.output[0].value,
+    };
+    tracing::info!(tx2 = %payout.tx2, tx3 = %payout.tx3, "download paid: TX2 and TX3 broadcast");
+    download.phase = FarmerPhase::Claimed;
+    record.payouts.push(payout);
 }

@@ -14,7 +14,7 @@ use dstore_protocol::audit::messages::{
 };
 use dstore_protocol::audit::opening;
 use dstore_protocol::audit::swap::RenterSwap;
-use dstore_protocol::audit::transactions::SigningKeys;
+use dstore_protocol::audit::transactions::{SigningKeys, REFUND_ANCHOR_VALUE};
 use dstore_protocol::keys::Role;
 use dstore_protocol::merkle::{segment_count, SEGMENT_SIZE};
 use dstore_protocol::watch::registration::AuditorSpec;
@@ -31,6 +31,8 @@ pub const KEPT_PER_AUDIT: usize = 8;
 pub const CANDIDATE_FEE: Amount = Amount::from_sat(1_000);
 /// Fee of the renter's reclaim of an unclaimed candidate.
 pub const RECLAIM_FEE: Amount = Amount::from_sat(1_000);
+/// Least value of a refund's output to the renter (P2TR's dust limit, P2WPKH's is lower).
+const REFUND_DUST: Amount = Amount::from_sat(330);
 /// Smallest audit amount: it must pay a candidate and a claim and leave more than dust.
 pub const MIN_AUDIT_AMOUNT: Amount = Amount::from_sat(5_000);
 /// Bounds on the audit period P (blocks).
@@ -57,7 +59,20 @@ impl AuditRequest {
                 MIN_AUDIT_AMOUNT.to_sat()
             ));
         }
+        let least = self.least_amount();
+        if self.amount < least {
+            return bad(format!(
+                "audit_amount_sat must be at least {} for {} audits: the last refund pays the candidate's fee, its own fee and the tower's fee-bump anchor from one audit amount",
+                least.to_sat(),
+                self.audits
+            ));
+        }
         Ok(())
+    }
+
+    /// The least audit amount whose last refund still leaves the renter more than dust.
+    fn least_amount(&self) -> Amount {
+        CANDIDATE_FEE + self.refund_fee() + REFUND_ANCHOR_VALUE + REFUND_DUST
     }
 
     /// W: half the period, raised to a farmer's default least window (6 blocks) where the
@@ -146,8 +161,24 @@ impl Renter {
         })
     }
 
+    /// The script of our tower's key, which every refund pays a CPFP anchor so the tower
+    /// can bump it while the plugin is down; `None` without a tower.
+    async fn refund_anchor(&self) -> Result<Option<bitcoin::ScriptBuf>, RenterError> {
+        let Some(tower) = &self.tower else {
+            tracing::warn!("no --watchtower-url: the audit refunds get no fee-bump anchor");
+            return Ok(None);
+        };
+        let script = tower.wallet_script().await.map_err(|e| {
+            RenterError::Invalid(format!(
+                "the watchtower did not say where refund anchors go ({e}); no audit was proposed"
+            ))
+        })?;
+        Ok(Some(script))
+    }
+
     async fn propose(&self, record: &mut RentedContract) -> Result<(), RenterError> {
         let tip = self.tip().await?;
+        let refund_anchor = self.refund_anchor().await?;
         let audit = audit_of(record)?;
         let keys = self.audit_keys(audit)?;
         let r = audit.request;
@@ -172,6 +203,7 @@ impl Renter {
                 .iter()
                 .map(|set| set.iter().map(|c| KeptLock(c.lock)).collect())
                 .collect(),
+            refund_anchor,
         };
         let accepted: AuditAccepted = self.exchange(record, &proposal, QUICK_CALL).await?;
         let audit = audit_mut(record)?;
@@ -240,6 +272,7 @@ impl Renter {
             funding_txid: funding_tx.compute_txid(),
             renter_destination: audit.destination.clone(),
             kept_locks: opening::kept_locks(&raw_locks(&audit.candidates), &seed),
+            refund_anchor: proposal.refund_anchor.clone(),
         };
         book.check().map_err(internal)?;
         let openings = AuditOpenings {
@@ -385,7 +418,8 @@ impl Renter {
     }
 
     /// Every refund, signed by both: per audit, RF_ij and the plain reclaim for each
-    /// candidate, then RF_i.
+    /// candidate, then RF_i. Each pays the book's anchor (our tower's key) if it has one:
+    /// the tower bumps a stuck one by CPFP from that output.
     fn signed_refunds(&self, audit: &RentedAudit) -> Result<Vec<Presigned>, RenterError> {
         let book = audit
             .book
@@ -413,17 +447,8 @@ impl Renter {
                     format!("audit-{i}-refund-after-{j}"),
                     signed(RefundId::AfterCandidate(i, j))?,
                 ));
-                let candidate = book.candidate(i, j).map_err(internal)?;
-                let lock = book.lock(i, j).map_err(internal)?;
                 let reclaim = book
-                    .terms
-                    .reclaim(
-                        candidate.tx.compute_txid(),
-                        &lock,
-                        &claim_secret,
-                        &book.renter_destination,
-                        RECLAIM_FEE,
-                    )
+                    .reclaim(i, j, &claim_secret, RECLAIM_FEE)
                     .map_err(internal)?;
                 out.push(Presigned::new(format!("audit-{i}-reclaim-{j}"), reclaim));
             }

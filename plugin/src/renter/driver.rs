@@ -1,7 +1,8 @@
 //! The download driver. Each `dstore-download` runs as a background job that is driven by
-//! the download's stored phase: a new download runs the exchange up to TX3's signature,
-//! then (like a paid download resumed after a restart) waits, holding no lock, for TX1's
-//! confirmations and TX2 (tens of minutes on mainnet), then extracts f and finishes. The
+//! the download's stored phase: a new download, like a funded one resumed after a restart
+//! (or by the next call), runs the steps of [`Renter::advance`] from that phase up to TX3's
+//! signature, then waits, holding no lock, for TX1's confirmations and TX2 (tens of minutes
+//! on mainnet), then extracts f and finishes. The
 //! call returns once the wait begins (or after `wait_seconds`); a second call joins the
 //! running job instead of paying twice, and an outcome no call received is returned by the
 //! next call.
@@ -63,6 +64,17 @@ impl Job {
         self.with(|s| s.download_id)
     }
 
+    /// Resolves once the job has ended.
+    async fn ended(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.with(|s| s.outcome.is_some()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Ends the job; returns whether a call was waiting to receive the outcome.
     fn finish(&self, outcome: Outcome) -> bool {
         let delivered = self.with(|s| {
@@ -114,8 +126,8 @@ enum Reply {
 enum Start {
     /// Buy a new download.
     New,
-    /// The latest download is paid (TX3 signed): wait for TX2.
-    Paid,
+    /// The latest download has money in TX1 (or is paid): go on from its stored phase.
+    Resume,
     /// The latest download finished in the background: return its outcome.
     Report,
 }
@@ -130,9 +142,15 @@ impl Renter {
         output: &std::path::Path,
         wait: Option<Duration>,
     ) -> Outcome {
-        let output = super::absolute(output).map_err(Arc::new)?;
+        let output = super::unseal::absolute(output).map_err(Arc::new)?;
         self.existing(id).map_err(Arc::new)?;
-        let job = self.job(id, Some(output));
+        let mut job = self.job(id, Some(output.clone()));
+        if self.settled_elsewhere(id, &job) {
+            // dstore-refund settled the job's download while it waited for TX2: that wait
+            // ends at its next poll. This call is a new download, not that one's outcome.
+            job.ended().await;
+            job = self.job(id, Some(output));
+        }
         match self.await_job(&job, wait).await {
             Reply::Finished(outcome) => outcome,
             Reply::Running {
@@ -142,19 +160,34 @@ impl Renter {
         }
     }
 
-    /// After a restart: every paid download waiting for TX2 goes on in the background.
+    /// After a restart: every download with money in TX1 (funded, TX2 signed, or paid
+    /// and waiting for TX2) goes on in the background from its stored phase.
     pub fn resume_downloads(self: &Arc<Self>) -> Result<(), RenterError> {
         for record in self.list()? {
-            let paid = record
+            let funded = record
                 .downloads
                 .last()
-                .is_some_and(|d| d.phase == DownloadPhase::Tx3Signed);
-            if paid {
-                tracing::info!(contract = %hex::encode(record.contract_id), "resuming a paid download in the background");
+                .is_some_and(|d| d.phase.money_locked());
+            if funded {
+                tracing::info!(contract = %hex::encode(record.contract_id), "resuming a funded download in the background");
                 self.job(&record.contract_id, None);
             }
         }
         Ok(())
+    }
+
+    /// Whether `job`'s download was refunded by `dstore-refund` while the job still
+    /// waits for TX2 (a finished download's outcome, by contrast, is this call's to take).
+    fn settled_elsewhere(&self, id: &[u8; 32], job: &Job) -> bool {
+        let Some(download_id) = job.download_id() else {
+            return false;
+        };
+        self.load(id).ok().flatten().is_some_and(|record| {
+            record
+                .downloads
+                .iter()
+                .any(|d| d.download_id == download_id && d.phase == DownloadPhase::Refunded)
+        })
     }
 
     /// The running job of contract `id`, or a new one started for `output` (`None`: the
@@ -252,51 +285,73 @@ impl Renter {
         }
     }
 
-    /// The download's steps, from its stored phase.
+    /// The download's steps, from its stored phase: a new download and a resumed one run
+    /// the same [`Renter::advance`] up to TX3's signature, wait for TX2 without the lock,
+    /// then extract f and finish.
     async fn drive(
         &self,
         id: &[u8; 32],
         output: Option<PathBuf>,
         job: &Job,
     ) -> Result<Value, RenterError> {
-        {
-            let _guard = self.locks.lock(id).await;
-            let mut record = self.existing(id)?;
-            if record.phase != StoragePhase::Stored {
-                return Err(RenterError::Invalid("the file is not stored yet".into()));
-            }
-            match start(&record)? {
-                Start::Report => {
-                    let d = latest(&record)?.clone();
-                    job.set_download(d.download_id);
-                    return report(&record, &d);
-                }
-                Start::Paid => {
-                    job.set_download(latest(&record)?.download_id);
-                    let last = record.downloads.len() - 1;
-                    if let Some(output) = output {
-                        record.downloads[last].output = Some(output.display().to_string());
-                    }
-                    if record.downloads[last]
-                        .watchtower
-                        .as_ref()
-                        .is_some_and(|t| !t.registered)
-                    {
-                        self.sync_tower(&mut record, last).await?;
-                    }
-                }
-                Start::New => {
-                    let output = output.ok_or_else(|| internal("no output path"))?;
-                    self.run_download(&mut record, &output, job).await?;
-                }
-            }
-            // The outcome of a paid download is owed to whichever call comes next
-            // unless a call is waiting when it ends.
-            let last = record.downloads.len() - 1;
-            record.downloads[last].unreported = true;
-            self.store(&record)?;
+        if let Some(reported) = self.run_to_tx3(id, output, job).await? {
+            return Ok(reported);
         }
         let tx2 = self.wait_for_tx2(id, job).await?;
+        self.finish_paid(id, job, tx2).await
+    }
+
+    /// Under the contract's lock: starts a new download or picks up the funded one, and
+    /// advances it up to TX3's signature. Returns the outcome instead when the latest
+    /// download finished in the background and no call received it yet.
+    async fn run_to_tx3(
+        &self,
+        id: &[u8; 32],
+        output: Option<PathBuf>,
+        job: &Job,
+    ) -> Result<Option<Value>, RenterError> {
+        let _guard = self.locks.lock(id).await;
+        let mut record = self.existing(id)?;
+        if record.phase != StoragePhase::Stored {
+            return Err(RenterError::Invalid("the file is not stored yet".into()));
+        }
+        match start(&record)? {
+            Start::Report => {
+                let d = latest(&record)?.clone();
+                job.set_download(d.download_id);
+                return report(&record, &d).map(Some);
+            }
+            Start::Resume => {
+                let d = latest(&record)?;
+                tracing::info!(download = %hex::encode(d.download_id), phase = ?d.phase, "going on from the stored phase");
+                job.set_download(d.download_id);
+                if let Some(output) = output {
+                    let last = record.downloads.len() - 1;
+                    record.downloads[last].output = Some(output.display().to_string());
+                    self.store(&record)?;
+                }
+            }
+            Start::New => {
+                let output = output.ok_or_else(|| internal("no output path"))?;
+                job.set_download(self.begin_download(&mut record, &output).await?);
+            }
+        }
+        self.advance(&mut record).await?;
+        // The outcome of a paid download is owed to whichever call comes next unless a
+        // call is waiting when it ends.
+        let last = record.downloads.len() - 1;
+        record.downloads[last].unreported = true;
+        self.store(&record)?;
+        Ok(None)
+    }
+
+    /// Once TX2 is known: extracts f, unseals and decrypts the job's paid download.
+    async fn finish_paid(
+        &self,
+        id: &[u8; 32],
+        job: &Job,
+        tx2: Transaction,
+    ) -> Result<Value, RenterError> {
         let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
         let d = latest(&record)?.clone();
@@ -478,7 +533,7 @@ impl Renter {
 /// What a job on `record` does first.
 fn start(record: &RentedContract) -> Result<Start, RenterError> {
     match record.downloads.last() {
-        Some(d) if d.phase == DownloadPhase::Tx3Signed => return Ok(Start::Paid),
+        Some(d) if d.phase.money_locked() => return Ok(Start::Resume),
         Some(d) if d.unreported && reportable(d.phase) => return Ok(Start::Report),
         _ => {}
     }
@@ -502,7 +557,7 @@ fn reportable(phase: DownloadPhase) -> bool {
 /// The outcome of finished download `d`, as the call that ran it would have returned it.
 fn report(record: &RentedContract, d: &RentedDownload) -> Result<Value, RenterError> {
     match d.phase {
-        DownloadPhase::Done => Ok(super::done_json(record, d)),
+        DownloadPhase::Done => Ok(super::download::done_json(record, d)),
         _ => Err(RenterError::Earlier(d.error.clone().unwrap_or_else(|| {
             format!("download {} failed", hex::encode(d.download_id))
         }))),

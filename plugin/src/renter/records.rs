@@ -59,6 +59,23 @@ pub struct RentedContract {
     /// shorter).
     #[serde(default)]
     pub accepted_expiry: Option<u32>,
+    /// The last message sent and the farmer's reply, stored with the sequence numbers: a
+    /// step re-run after a crash gets that reply again instead of sending the message twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<LastReply>,
+}
+
+/// The renter's last completed exchange with the farmer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastReply {
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The request's kind and SHA-256 of its body.
+    pub kind: String,
+    #[serde(with = "hex::serde")]
+    pub request: [u8; 32],
+    /// The farmer's reply body.
+    pub reply: serde_json::Value,
 }
 
 /// Where a download stands, renter side.
@@ -71,7 +88,7 @@ pub enum DownloadPhase {
     Fetching,
     /// TX1 signed and stored; about to be broadcast (or broadcast).
     Tx1Funded,
-    /// sig_R on TX2 sent.
+    /// The farmer's unsigned TX2 checked and stored; sig_R about to be sent (or sent).
     Tx2Signed,
     /// TX3 signed and sent: the farmer can now claim by broadcasting TX2.
     Tx3Signed,
@@ -130,6 +147,14 @@ pub struct RentedDownload {
     /// its outcome yet: the next call returns it instead of buying another download.
     #[serde(default)]
     pub unreported: bool,
+    /// The farmer's statement about its signed TX2, kept so that a resumed download does
+    /// not ask for it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<dstore_protocol::zk::Statement>,
+    /// TX3, unsigned, stored with phase `tx3_signed` before its signature leaves (the
+    /// signature is deterministic: a resumed download sends the same one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx3: Option<Transaction>,
 }
 
 /// The renter's registration of one download with its watchtower. The signed refunds are

@@ -8,7 +8,9 @@ use bitcoin::{ScriptBuf, Txid};
 use serde::{Deserialize, Serialize};
 
 use super::candidates::Lock;
-use super::transactions::{AuditTerms, AuditTx, AuditTxError, Signer, SigningKeys};
+use super::transactions::{
+    is_valid_anchor, AuditTerms, AuditTx, AuditTxError, RefundPayout, Signer, SigningKeys,
+};
 
 /// Most candidates one audit may keep (m).
 pub const MAX_KEPT_PER_AUDIT: usize = 64;
@@ -22,6 +24,10 @@ pub struct AuditBook {
     pub renter_destination: ScriptBuf,
     /// Per audit, the m locks of its double-spend set.
     pub kept_locks: Vec<Vec<KeptLock>>,
+    /// The renter's tower's script: every refund pays it a CPFP anchor (absent: no anchor,
+    /// the refunds' fees cannot be bumped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_anchor: Option<ScriptBuf>,
 }
 
 /// A lock of the double-spend set (hex in JSON).
@@ -50,7 +56,27 @@ impl AuditBook {
                 "every audit must keep the same number (1 to 64) of candidates",
             ));
         }
+        if self
+            .refund_anchor
+            .as_ref()
+            .is_some_and(|a| !is_valid_anchor(a))
+        {
+            return Err(AuditTxError::BadTerms(
+                "the refund anchor must be a P2WPKH, P2WSH or P2TR script",
+            ));
+        }
+        // The smallest refund (the last audit's candidate output alone) must leave the
+        // renter more than dust after its fee and the anchor.
+        self.refund(RefundId::AfterCandidate(self.terms.audits - 1, 0))?;
         Ok(())
+    }
+
+    /// Where every refund and reclaim of this book pays.
+    pub fn refund_payout(&self) -> RefundPayout<'_> {
+        RefundPayout {
+            destination: &self.renter_destination,
+            anchor: self.refund_anchor.as_ref(),
+        }
     }
 
     /// m: candidates kept per audit.
@@ -76,11 +102,10 @@ impl AuditBook {
     /// The refund `id`, unsigned.
     pub fn refund(&self, id: RefundId) -> Result<AuditTx, AuditTxError> {
         match id {
-            RefundId::Unraced(audit) => self.terms.unsigned_refund_unraced(
-                self.funding_txid,
-                audit,
-                &self.renter_destination,
-            ),
+            RefundId::Unraced(audit) => {
+                self.terms
+                    .unsigned_refund_unraced(self.funding_txid, audit, self.refund_payout())
+            }
             RefundId::AfterCandidate(audit, j) => {
                 let candidate = self.candidate(audit, j)?;
                 self.terms.unsigned_refund_after_candidate(
@@ -88,10 +113,26 @@ impl AuditBook {
                     audit,
                     candidate.tx.compute_txid(),
                     &self.lock(audit, j)?,
-                    &self.renter_destination,
+                    self.refund_payout(),
                 )
             }
         }
+    }
+
+    /// The renter's reclaim of candidate j of audit i after older(W), signed with Rc and
+    /// paying [`Self::refund_payout`].
+    pub fn reclaim(
+        &self,
+        audit: u32,
+        j: u32,
+        renter_claim_secret: &bitcoin::secp256k1::SecretKey,
+        fee: bitcoin::Amount,
+    ) -> Result<bitcoin::Transaction, AuditTxError> {
+        let candidate = self.candidate(audit, j)?.tx.compute_txid();
+        let lock = self.lock(audit, j)?;
+        let payout = self.refund_payout();
+        self.terms
+            .reclaim_to(candidate, &lock, renter_claim_secret, payout, fee)
     }
 
     /// Every refund, in signing order.

@@ -69,6 +69,20 @@ pub struct AuditProposal {
     pub terms: ProposedTerms,
     pub renter_destination: ScriptBuf,
     pub locks: Vec<Vec<KeptLock>>,
+    /// The renter's tower's script every refund pays a CPFP anchor to (the book's
+    /// `refund_anchor`); absent from a renter without a tower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_anchor: Option<ScriptBuf>,
+}
+
+impl AuditProposal {
+    /// Where the refunds of this proposal pay.
+    pub fn refund_payout(&self) -> super::transactions::RefundPayout<'_> {
+        super::transactions::RefundPayout {
+            destination: &self.renter_destination,
+            anchor: self.refund_anchor.as_ref(),
+        }
+    }
 }
 
 impl PeerMessage for AuditProposal {

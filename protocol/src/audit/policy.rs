@@ -5,10 +5,10 @@
 
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{SecretKey, SECP256K1};
-use bitcoin::{ScriptBuf, Txid, Weight};
+use bitcoin::{Txid, Weight};
 
 use super::messages::ProposedTerms;
-use super::transactions::{AuditTerms, AuditTx, AuditTxError};
+use super::transactions::{AuditTerms, AuditTx, AuditTxError, RefundPayout};
 
 /// Default least claim window W (blocks) a farmer accepts.
 pub const DEFAULT_MIN_CLAIM_WINDOW: u16 = 6;
@@ -51,9 +51,9 @@ pub enum PolicyError {
 }
 
 impl AuditPolicy {
-    /// Checks `terms` (with any valid keys) and the renter's refund script against the
-    /// policy: W, then the candidate's fee rate, then the largest refund's.
-    pub fn check(&self, terms: &AuditTerms, destination: &ScriptBuf) -> Result<(), PolicyError> {
+    /// Checks `terms` (with any valid keys) and the renter's refund scripts against the
+    /// policy: W, then the candidate's fee rate, then the largest refund's (with its anchor).
+    pub fn check(&self, terms: &AuditTerms, payout: RefundPayout) -> Result<(), PolicyError> {
         if terms.claim_window < self.min_claim_window {
             return Err(PolicyError::ClaimWindow {
                 window: terms.claim_window,
@@ -68,7 +68,7 @@ impl AuditPolicy {
         self.check_rate(
             "refund",
             terms.refund_fee.to_sat(),
-            largest_refund_vsize(terms, destination)?,
+            largest_refund_vsize(terms, payout)?,
         )
     }
 
@@ -78,7 +78,7 @@ impl AuditPolicy {
         &self,
         proposed: &ProposedTerms,
         contract_id: [u8; 32],
-        destination: &ScriptBuf,
+        payout: RefundPayout,
     ) -> Result<(), PolicyError> {
         let renter = [proposed.renter_funding_key, proposed.renter_claim_key];
         let mut placeholders = (1u8..=4)
@@ -90,7 +90,7 @@ impl AuditPolicy {
         };
         let terms = proposed.with_farmer(contract_id, fa, fc);
         terms.check()?;
-        self.check(&terms, destination)
+        self.check(&terms, payout)
     }
 
     fn check_rate(&self, what: &'static str, fee: u64, vsize: u64) -> Result<(), PolicyError> {
@@ -115,17 +115,14 @@ pub fn candidate_vsize(terms: &AuditTerms) -> Result<u64, AuditTxError> {
 
 /// The largest virtual size of a signed refund: RF_0, which gathers every O_i (RF_0j
 /// swaps O_0 for a candidate's smaller output).
-pub fn largest_refund_vsize(
-    terms: &AuditTerms,
-    destination: &ScriptBuf,
-) -> Result<u64, AuditTxError> {
-    let unraced = terms.unsigned_refund_unraced(Txid::all_zeros(), 0, destination)?;
+pub fn largest_refund_vsize(terms: &AuditTerms, payout: RefundPayout) -> Result<u64, AuditTxError> {
+    let unraced = terms.unsigned_refund_unraced(Txid::all_zeros(), 0, payout)?;
     let after = terms.unsigned_refund_after_candidate(
         Txid::all_zeros(),
         0,
         Txid::all_zeros(),
         &[0; 20],
-        destination,
+        payout,
     )?;
     Ok(signed_vsize(terms, &unraced)?.max(signed_vsize(terms, &after)?))
 }
@@ -146,7 +143,7 @@ fn signed_vsize(terms: &AuditTerms, atx: &AuditTx) -> Result<u64, AuditTxError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitcoin::Amount;
+    use bitcoin::{Amount, ScriptBuf};
 
     fn terms(window: u16, audits: u32, candidate_fee: u64, refund_fee: u64) -> AuditTerms {
         let key = |b: u8| {
@@ -180,29 +177,40 @@ mod tests {
         let many = terms(7, 10, 1_000, 5_000);
         let c = candidate_vsize(&one).unwrap();
         assert!((130..200).contains(&c), "candidate {c} vB");
-        let r1 = largest_refund_vsize(&one, &p2wpkh()).unwrap();
-        let r10 = largest_refund_vsize(&many, &p2wpkh()).unwrap();
+        let dest = p2wpkh();
+        let r1 = largest_refund_vsize(&one, RefundPayout::plain(&dest)).unwrap();
+        let r10 = largest_refund_vsize(&many, RefundPayout::plain(&dest)).unwrap();
         assert!(r10 > 8 * (r1 - 42), "{r1} {r10}");
+        let anchored = RefundPayout {
+            destination: &dest,
+            anchor: Some(&dest),
+        };
+        assert_eq!(largest_refund_vsize(&one, anchored).unwrap(), r1 + 31);
     }
 
     #[test]
     fn the_policy_refuses_short_windows_and_cheap_transactions() {
         let policy = AuditPolicy::default();
-        // The plugin renter's own terms pass (fees 1000 and 1000 + 400·N).
+        let dest = p2wpkh();
+        let plain = RefundPayout::plain(&dest);
+        let anchored = RefundPayout {
+            destination: &dest,
+            anchor: Some(&dest),
+        };
+        // The plugin renter's own terms pass (fees 1000 and 1000 + 400·N), anchored too.
         for n in [1, 4, 52] {
             let t = terms(7, n, 1_000, 1_000 + 400 * u64::from(n));
-            policy.check(&t, &p2wpkh()).unwrap();
+            policy.check(&t, plain).unwrap();
+            policy.check(&t, anchored).unwrap();
         }
         assert!(matches!(
-            policy.check(&terms(3, 1, 1_000, 1_400), &p2wpkh()),
+            policy.check(&terms(3, 1, 1_000, 1_400), plain),
             Err(PolicyError::ClaimWindow { window: 3, min: 6 })
         ));
-        let err = policy
-            .check(&terms(7, 1, 150, 1_400), &p2wpkh())
-            .unwrap_err();
+        let err = policy.check(&terms(7, 1, 150, 1_400), plain).unwrap_err();
         assert!(err.to_string().contains("candidate fee"), "{err}");
         let err = policy
-            .check(&terms(7, 10, 1_000, 1_000), &p2wpkh())
+            .check(&terms(7, 10, 1_000, 1_000), plain)
             .unwrap_err();
         assert!(err.to_string().contains("refund fee"), "{err}");
     }

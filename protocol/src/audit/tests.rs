@@ -108,6 +108,7 @@ fn setup(audits: u32) -> Setup {
         funding_txid: Txid::from_byte_array([3; 32]),
         renter_destination: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([9; 20])),
         kept_locks: opening::kept_locks(&locks(&plan), &seed),
+        refund_anchor: None,
     };
     book.check().unwrap();
     Setup {
@@ -301,4 +302,70 @@ fn claims_and_reclaims_need_the_right_keys() {
             &s.renter.keys(false)
         )
         .is_err());
+}
+
+#[test]
+fn anchored_refunds_pay_the_tower_a_bumpable_output_from_the_renters_share() {
+    use super::transactions::REFUND_ANCHOR_VALUE;
+    let plain = setup(2);
+    let anchor = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([5; 20]));
+    let book = AuditBook {
+        refund_anchor: Some(anchor.clone()),
+        ..plain.book.clone()
+    };
+    book.check().unwrap();
+    let farmer_sigs = book
+        .farmer_refund_signatures(&plain.farmer.keys(false))
+        .unwrap();
+    book.verify_farmer_refund_signatures(&farmer_sigs).unwrap();
+    // The plain book's signatures do not cover the anchored refunds.
+    let plain_sigs = plain
+        .book
+        .farmer_refund_signatures(&plain.farmer.keys(false))
+        .unwrap();
+    assert!(book.verify_farmer_refund_signatures(&plain_sigs).is_err());
+    for (k, id) in book.refund_ids().into_iter().enumerate() {
+        let tx = book
+            .signed_refund(id, &plain.renter.keys(true), &farmer_sigs[k])
+            .unwrap();
+        let without = plain.book.refund(id).unwrap().tx;
+        assert_eq!(tx.output.len(), 2, "{id:?}");
+        assert_eq!(tx.output[1].script_pubkey, anchor);
+        assert_eq!(tx.output[1].value, REFUND_ANCHOR_VALUE);
+        assert_eq!(
+            tx.output[0].value + REFUND_ANCHOR_VALUE,
+            without.output[0].value,
+            "the anchor comes out of the renter's refund, the fee is unchanged"
+        );
+        assert_eq!(tx.lock_time, without.lock_time);
+        assert_eq!(tx.input.len(), without.input.len());
+    }
+    let reclaim = book
+        .reclaim(0, 1, &plain.renter.claim, Amount::from_sat(1_000))
+        .unwrap();
+    assert_eq!(reclaim.output[1].script_pubkey, anchor);
+    assert_eq!(reclaim.input[0].sequence.0, 5);
+    assert!(book
+        .reclaim(0, 1, &plain.farmer.claim, Amount::from_sat(1_000))
+        .is_err());
+    let bad = AuditBook {
+        refund_anchor: Some(ScriptBuf::new_op_return([1, 2])),
+        ..plain.book.clone()
+    };
+    assert!(matches!(bad.check(), Err(AuditTxError::BadTerms(_))));
+}
+
+#[test]
+fn a_book_without_an_anchor_reads_and_writes_as_before() {
+    let s = setup(1);
+    let json = serde_json::to_value(&s.book).unwrap();
+    assert!(json.get("refund_anchor").is_none());
+    let back: AuditBook = serde_json::from_value(json).unwrap();
+    assert_eq!(back, s.book);
+    let anchored = AuditBook {
+        refund_anchor: Some(s.book.renter_destination.clone()),
+        ..s.book.clone()
+    };
+    let json = serde_json::to_value(&anchored).unwrap();
+    assert_eq!(serde_json::from_value::<AuditBook>(json).unwrap(), anchored);
 }

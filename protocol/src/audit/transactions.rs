@@ -28,6 +28,13 @@
 //!
 //! The farmer signs the O_k inputs of every RF before TX_A is funded; the renter needs no
 //! one's signature for its reclaim.
+//!
+//! **Fee bumping.** With a refund anchor (a script of the renter's own watchtower, agreed in
+//! the book), every RF and reclaim carries a second output of [`REFUND_ANCHOR_VALUE`] to it,
+//! taken from the renter's refund: the tower spends it in a CPFP child whenever the refund
+//! sits unconfirmed, with no one else's signature and while the plugin is down. Only the
+//! tower's key spends the anchor, so neither the farmer nor a third party can hang a
+//! descendant on a refund to pin it (an anyone-can-spend anchor could be pinned).
 
 use std::collections::HashMap;
 
@@ -50,6 +57,49 @@ use crate::contract::{
 pub const MAX_AUDITS: u32 = 1000;
 /// Heights at or above this are timestamps to nLockTime.
 const LOCKTIME_THRESHOLD: u32 = 500_000_000;
+/// Value of a refund's anchor output (not dust for P2WPKH, P2WSH or P2TR).
+pub const REFUND_ANCHOR_VALUE: Amount = Amount::from_sat(330);
+
+/// Where a refund or reclaim pays: the renter's script, and the optional anchor of the
+/// renter's tower (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundPayout<'a> {
+    pub destination: &'a ScriptBuf,
+    pub anchor: Option<&'a ScriptBuf>,
+}
+
+impl<'a> RefundPayout<'a> {
+    /// Everything to `destination`, no anchor.
+    pub fn plain(destination: &'a ScriptBuf) -> Self {
+        RefundPayout {
+            destination,
+            anchor: None,
+        }
+    }
+
+    /// The outputs carrying `value` (after the fee): the renter's, then the anchor's.
+    fn outputs(&self, value: Amount) -> Result<Vec<TxOut>, AuditTxError> {
+        let anchor_value = self.anchor.map_or(Amount::ZERO, |_| REFUND_ANCHOR_VALUE);
+        let renter = value
+            .checked_sub(anchor_value)
+            .filter(|v| *v >= self.destination.minimal_non_dust())
+            .ok_or(AuditTxError::BadTerms("the refund fee leaves dust"))?;
+        let mut outputs = vec![TxOut {
+            value: renter,
+            script_pubkey: self.destination.clone(),
+        }];
+        outputs.extend(self.anchor.map(|script| TxOut {
+            value: REFUND_ANCHOR_VALUE,
+            script_pubkey: script.clone(),
+        }));
+        Ok(outputs)
+    }
+}
+
+/// Whether `script` may be a refund anchor: a P2WPKH, P2WSH or P2TR output.
+pub fn is_valid_anchor(script: &ScriptBuf) -> bool {
+    script.is_p2wpkh() || script.is_p2wsh() || script.is_p2tr()
+}
 
 /// Public terms of one audit contract, agreed during the setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +323,7 @@ impl AuditTerms {
         &self,
         funding_txid: Txid,
         audit: u32,
-        destination: &ScriptBuf,
+        payout: RefundPayout,
     ) -> Result<AuditTx, AuditTxError> {
         self.require_audit(audit)?;
         let spends: Vec<Spent> = (audit..self.audits).map(Spent::Funding).collect();
@@ -281,7 +331,7 @@ impl AuditTerms {
             .iter()
             .map(|s| self.refund_input(funding_txid, funding_txid, s))
             .collect();
-        self.refund(audit, inputs, spends, destination)
+        self.refund(audit, inputs, spends, payout)
     }
 
     /// RF_ij: the unclaimed output of candidate `candidate_txid` (lock `lock`) of audit i
@@ -292,7 +342,7 @@ impl AuditTerms {
         audit: u32,
         candidate_txid: Txid,
         lock: &Lock,
-        destination: &ScriptBuf,
+        payout: RefundPayout,
     ) -> Result<AuditTx, AuditTxError> {
         self.require_audit(audit)?;
         let mut spends = vec![Spent::Candidate(*lock)];
@@ -301,7 +351,7 @@ impl AuditTerms {
             .iter()
             .map(|s| self.refund_input(funding_txid, candidate_txid, s))
             .collect();
-        self.refund(audit, inputs, spends, destination)
+        self.refund(audit, inputs, spends, payout)
     }
 
     /// A refund input: a candidate's output after older(W), or an O_k through the
@@ -328,21 +378,17 @@ impl AuditTerms {
         audit: u32,
         input: Vec<bitcoin::TxIn>,
         spends: Vec<Spent>,
-        destination: &ScriptBuf,
+        payout: RefundPayout,
     ) -> Result<AuditTx, AuditTxError> {
         let total = self.spent_total(&spends)?;
         let value = total
             .checked_sub(self.refund_fee)
-            .filter(|v| *v >= destination.minimal_non_dust())
             .ok_or(AuditTxError::BadTerms("the refund fee leaves dust"))?;
         let tx = Transaction {
             version: Version::TWO,
             lock_time: height_lock(self.refund_height(audit))?,
             input,
-            output: vec![TxOut {
-                value,
-                script_pubkey: destination.clone(),
-            }],
+            output: payout.outputs(value)?,
         };
         Ok(AuditTx { tx, spends })
     }
@@ -512,7 +558,7 @@ impl AuditTerms {
             lock,
             farmer_claim_secret,
             Some(*preimage),
-            destination,
+            RefundPayout::plain(destination),
             fee,
         )
     }
@@ -526,6 +572,19 @@ impl AuditTerms {
         destination: &ScriptBuf,
         fee: Amount,
     ) -> Result<Transaction, AuditTxError> {
+        let payout = RefundPayout::plain(destination);
+        self.reclaim_to(candidate_txid, lock, renter_claim_secret, payout, fee)
+    }
+
+    /// The reclaim paying `payout` (with the tower's anchor, if it has one).
+    pub fn reclaim_to(
+        &self,
+        candidate_txid: Txid,
+        lock: &Lock,
+        renter_claim_secret: &SecretKey,
+        payout: RefundPayout,
+        fee: Amount,
+    ) -> Result<Transaction, AuditTxError> {
         require_key(renter_claim_secret, &self.renter_claim_key)?;
         let input = unsigned_input(OutPoint::new(candidate_txid, 0), self.claim_sequence());
         self.spend_candidate(
@@ -534,7 +593,7 @@ impl AuditTerms {
             lock,
             renter_claim_secret,
             None,
-            destination,
+            payout,
             fee,
         )
     }
@@ -547,23 +606,22 @@ impl AuditTerms {
         lock: &Lock,
         secret: &SecretKey,
         preimage: Option<[u8; 32]>,
-        destination: &ScriptBuf,
+        payout: RefundPayout,
         fee: Amount,
     ) -> Result<Transaction, AuditTxError> {
         let value = self
             .candidate_value()?
             .checked_sub(fee)
-            .filter(|v| *v >= destination.minimal_non_dust())
             .ok_or(AuditTxError::BadTerms("the fee leaves dust"))?;
+        let output = payout
+            .outputs(value)
+            .map_err(|_| AuditTxError::BadTerms("the fee leaves dust"))?;
         let atx = AuditTx {
             tx: Transaction {
                 version: Version::TWO,
                 lock_time,
                 input: vec![input],
-                output: vec![TxOut {
-                    value,
-                    script_pubkey: destination.clone(),
-                }],
+                output,
             },
             spends: vec![Spent::Candidate(*lock)],
         };

@@ -74,6 +74,7 @@ fn audit() -> Audit {
         funding_txid: Txid::from_byte_array([3; 32]),
         renter_destination: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([9; 20])),
         kept_locks,
+        refund_anchor: None,
     };
     book.check().unwrap();
     Audit {
@@ -95,13 +96,7 @@ impl Audit {
     }
 
     fn reclaim(&self, i: u32, j: u32) -> Transaction {
-        let txid = self.candidate(i, j).compute_txid();
-        let lock = self.book.lock(i, j).unwrap();
-        let dest = self.book.renter_destination.clone();
-        self.book
-            .terms
-            .reclaim(txid, &lock, &self.renter_claim, &dest, FEE)
-            .unwrap()
+        self.book.reclaim(i, j, &self.renter_claim, FEE).unwrap()
     }
 
     fn claim(&self, i: u32, j: u32) -> Transaction {
@@ -776,4 +771,36 @@ fn an_unreachable_farmer_is_retried_with_back_off_and_fails_only_after_a_whole_w
     let mut other = Watch::new(a.renter_registration());
     other.record_merkle_audit(record(100, false, false));
     assert!(other.audit.as_ref().unwrap().failure.is_some());
+}
+
+#[test]
+fn an_anchored_audit_refund_left_unconfirmed_is_bumped_by_the_tower() {
+    let own = cpfp::own_script(&key(9));
+    let mut a = audit();
+    a.book.refund_anchor = Some(own.clone());
+    let mut engine = registered(&a);
+    connect_empty(&mut engine, T0 - 1, T0);
+    engine.connect_block(&block_at(T0 + 1, 0, vec![a.candidate(0, 1)]), T0 + 1);
+    connect_empty(&mut engine, T0 + 2, T0 + W);
+    // RF_01 is valid in block T0 + 1 + W: due at tip T0 + W, not stuck yet.
+    let (tip, name) = (T0 + W, "audit-0-refund-after-1");
+    let actions = engine.actions(tip, Some(&own));
+    assert_eq!(names(&actions.broadcasts), [name]);
+    assert!(actions.bumps.is_empty());
+    engine
+        .watch_mut(&ID)
+        .unwrap()
+        .record_broadcast(name, tip, None);
+    let watch = engine.get(&ID).unwrap();
+    assert!(watch.stuck(tip + STUCK_BLOCKS - 1, &own).is_empty());
+    let stuck: Vec<&str> = watch
+        .stuck(tip + STUCK_BLOCKS, &own)
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(stuck, [name], "only the accepted refund, not its fallback");
+    // The reclaim carries the anchor too; a tower of another key bumps nothing.
+    assert_eq!(a.reclaim(0, 1).output[1].script_pubkey, own);
+    let stranger = cpfp::own_script(&key(10));
+    assert!(watch.stuck(tip + STUCK_BLOCKS, &stranger).is_empty());
 }

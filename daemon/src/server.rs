@@ -1,5 +1,6 @@
-//! The plugin's JSON-RPC server in bitcoind's dialect: HTTP POST, Basic auth against the
-//! cookie, `dstore-*` methods answered locally, everything else forwarded to bitcoind.
+//! A daemon's JSON-RPC server in bitcoind's dialect: HTTP POST, Basic auth against the
+//! cookie, the daemon's own methods answered locally (see [`Backend`]), everything else
+//! forwarded to bitcoind.
 //!
 //! A single request for a bitcoind method is forwarded byte for byte and bitcoind's status
 //! and body come back unchanged, so bitcoin-cli sees exactly what bitcoind would say. In a
@@ -7,6 +8,7 @@
 //! gathered in order.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +22,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::bitcoind::Bitcoind;
 use crate::cookie::CookieFile;
 use crate::jsonrpc::{self, code, RpcError, Version};
-use crate::methods;
 
 /// Largest request body accepted: bitcoind's own limit (MAX_SIZE, 32 MiB).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -36,16 +37,37 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 const WWW_AUTH: &str = "Basic realm=\"jsonrpc\"";
 
-type Reply = Response<Full<Bytes>>;
+/// An HTTP reply with its whole body.
+pub type Reply = Response<Full<Bytes>>;
+
+/// The daemon behind the server: the methods it answers itself, the bitcoind that answers
+/// every other method, and when to stop serving.
+pub trait Backend: Send + Sync + 'static {
+    /// Whether `method` is answered locally rather than forwarded to bitcoind.
+    fn is_local(&self, method: &str) -> bool;
+
+    /// Runs a local method.
+    fn dispatch(
+        self: &Arc<Self>,
+        method: &str,
+        params: &Value,
+    ) -> impl Future<Output = Result<Value, RpcError>> + Send;
+
+    /// The bitcoind every other method is forwarded to.
+    fn bitcoind(&self) -> &Bitcoind;
+
+    /// Resolves once the server should stop accepting connections.
+    fn shutdown_requested(&self) -> impl Future<Output = ()> + Send;
+}
 
 /// Serves connections from `listener` until a shutdown is requested.
 /// Requests already being answered then get up to [`DRAIN_TIMEOUT`] to finish.
-pub async fn serve(app: Arc<App>, cookie: Arc<CookieFile>, listener: TcpListener) {
+pub async fn serve<B: Backend>(backend: Arc<B>, cookie: Arc<CookieFile>, listener: TcpListener) {
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = app.shutdown_requested() => break,
+            _ = backend.shutdown_requested() => break,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -54,10 +76,10 @@ pub async fn serve(app: Arc<App>, cookie: Arc<CookieFile>, listener: TcpListener
                 continue;
             }
         };
-        let (app, cookie) = (app.clone(), cookie.clone());
+        let (backend, cookie) = (backend.clone(), cookie.clone());
         let service = hyper::service::service_fn(move |req| {
-            let (app, cookie) = (app.clone(), cookie.clone());
-            async move { Ok::<_, Infallible>(handle(&app, &cookie, req).await) }
+            let (backend, cookie) = (backend.clone(), cookie.clone());
+            async move { Ok::<_, Infallible>(handle(&backend, &cookie, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service);
@@ -72,21 +94,19 @@ pub async fn serve(app: Arc<App>, cookie: Arc<CookieFile>, listener: TcpListener
 }
 
 /// Answers one HTTP request.
-pub async fn handle(app: &Arc<App>, cookie: &CookieFile, req: Request<Incoming>) -> Reply {
+pub async fn handle<B: Backend>(
+    backend: &Arc<B>,
+    cookie: &CookieFile,
+    req: Request<Incoming>,
+) -> Reply {
     if req.method() != Method::POST {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "JSONRPC server handles only POST requests",
         );
     }
-    let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    if auth.is_none() {
-        return unauthorized();
-    }
-    if !cookie.authorizes(auth) {
-        tracing::warn!("incorrect RPC password attempt");
-        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
-        return unauthorized();
+    if let Some(refusal) = refuse_unauthorized(cookie, &req).await {
+        return refusal;
     }
     if let Some(reply) = reject_content_type(&req) {
         return reply;
@@ -102,18 +122,18 @@ pub async fn handle(app: &Arc<App>, cookie: &CookieFile, req: Request<Incoming>)
         Ok(collected) => collected.to_bytes(),
         Err(_) => return too_large(),
     };
-    handle_body(app, &path, body).await
+    handle_body(backend, &path, body).await
 }
 
 /// Answers a request body that passed the HTTP checks.
-pub async fn handle_body(app: &Arc<App>, path: &str, body: Bytes) -> Reply {
+pub async fn handle_body<B: Backend>(backend: &Arc<B>, path: &str, body: Bytes) -> Reply {
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(_) => return error_reply(RpcError::new(code::PARSE_ERROR, "Parse error")),
     };
     match parsed {
-        Value::Object(_) => single(app, path, &parsed, body).await,
-        Value::Array(items) => batch(app, path, &items).await,
+        Value::Object(_) => single(backend, path, &parsed, body).await,
+        Value::Array(items) => batch(backend, path, &items).await,
         _ => error_reply(RpcError::new(
             code::PARSE_ERROR,
             "Top-level object parse error",
@@ -121,13 +141,13 @@ pub async fn handle_body(app: &Arc<App>, path: &str, body: Bytes) -> Reply {
     }
 }
 
-async fn single(app: &Arc<App>, path: &str, parsed: &Value, raw: Bytes) -> Reply {
+async fn single<B: Backend>(backend: &Arc<B>, path: &str, parsed: &Value, raw: Bytes) -> Reply {
     let request = match jsonrpc::parse_request(parsed) {
-        Ok(request) if methods::is_local(&request.method) => request,
+        Ok(request) if backend.is_local(&request.method) => request,
         // bitcoind's methods, and requests bitcoind should judge itself, go through as is.
-        _ => return forward(app, path, raw).await,
+        _ => return forward(backend.bitcoind(), path, raw).await,
     };
-    let outcome = methods::dispatch(app, &request.method, &request.params).await;
+    let outcome = backend.dispatch(&request.method, &request.params).await;
     if request.is_notification() {
         return empty(StatusCode::NO_CONTENT);
     }
@@ -141,10 +161,10 @@ async fn single(app: &Arc<App>, path: &str, parsed: &Value, raw: Bytes) -> Reply
     )
 }
 
-async fn batch(app: &Arc<App>, path: &str, items: &[Value]) -> Reply {
+async fn batch<B: Backend>(backend: &Arc<B>, path: &str, items: &[Value]) -> Reply {
     let mut replies = Vec::with_capacity(items.len());
     for item in items {
-        if let Some(reply) = batch_element(app, path, item).await {
+        if let Some(reply) = batch_element(backend, path, item).await {
             replies.push(reply);
         }
     }
@@ -155,20 +175,20 @@ async fn batch(app: &Arc<App>, path: &str, items: &[Value]) -> Reply {
 }
 
 /// One element of a batch; `None` for a notification, which gets no reply.
-async fn batch_element(app: &Arc<App>, path: &str, item: &Value) -> Option<Value> {
+async fn batch_element<B: Backend>(backend: &Arc<B>, path: &str, item: &Value) -> Option<Value> {
     match jsonrpc::parse_request(item) {
-        Ok(request) if methods::is_local(&request.method) => {
-            let outcome = methods::dispatch(app, &request.method, &request.params).await;
+        Ok(request) if backend.is_local(&request.method) => {
+            let outcome = backend.dispatch(&request.method, &request.params).await;
             (!request.is_notification())
                 .then(|| jsonrpc::reply(request.version, request.id, outcome))
         }
-        _ => forward_element(app, path, item).await,
+        _ => forward_element(backend.bitcoind(), path, item).await,
     }
 }
 
-async fn forward_element(app: &Arc<App>, path: &str, item: &Value) -> Option<Value> {
+async fn forward_element(bitcoind: &Bitcoind, path: &str, item: &Value) -> Option<Value> {
     let body = Bytes::from(serde_json::to_vec(item).unwrap_or_default());
-    match app.bitcoind.forward(path, body).await {
+    match bitcoind.forward(path, body).await {
         Ok(raw) if raw.status == 204 => None,
         Ok(raw) => Some(serde_json::from_slice(&raw.body).unwrap_or_else(|_| {
             let error = RpcError::new(code::INTERNAL_ERROR, "unreadable reply from bitcoind");
@@ -182,8 +202,8 @@ async fn forward_element(app: &Arc<App>, path: &str, item: &Value) -> Option<Val
     }
 }
 
-async fn forward(app: &Arc<App>, path: &str, raw: Bytes) -> Reply {
-    match app.bitcoind.forward(path, raw).await {
+async fn forward(bitcoind: &Bitcoind, path: &str, raw: Bytes) -> Reply {
+    match bitcoind.forward(path, raw).await {
         Ok(reply) => {
             let mut response = Response::new(Full::new(reply.body));
             *response.status_mut() = status(reply.status);
@@ -200,6 +220,21 @@ async fn forward(app: &Arc<App>, path: &str, raw: Bytes) -> Reply {
             error_reply(e.to_rpc_error())
         }
     }
+}
+
+/// bitcoind's 401 for a request without the cookie's credentials, after a delay when a
+/// wrong password was tried; `None` when the request is authorized.
+pub async fn refuse_unauthorized<T>(cookie: &CookieFile, req: &Request<T>) -> Option<Reply> {
+    let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    if auth.is_none() {
+        return Some(unauthorized());
+    }
+    if !cookie.authorizes(auth) {
+        tracing::warn!("incorrect RPC password attempt");
+        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+        return Some(unauthorized());
+    }
+    None
 }
 
 /// bitcoin-cli sends `application/json`, bitcoind's docs use `text/plain` with curl, and
@@ -264,7 +299,8 @@ fn unauthorized() -> Reply {
     response
 }
 
-fn json_reply(status: StatusCode, value: &Value) -> Reply {
+/// `value` as an `application/json` reply.
+pub fn json_reply(status: StatusCode, value: &Value) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(jsonrpc::body(value))));
     *response.status_mut() = status;
     response
@@ -273,7 +309,8 @@ fn json_reply(status: StatusCode, value: &Value) -> Reply {
     response
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Reply {
+/// A reply with a fixed text body and no content type.
+pub fn plain(status: StatusCode, text: &'static str) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response
@@ -285,6 +322,7 @@ fn empty(status: StatusCode) -> Reply {
     response
 }
 
-fn status(code: u16) -> StatusCode {
+/// The HTTP status `code`, or 500 if it is not one.
+pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

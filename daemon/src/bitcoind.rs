@@ -1,4 +1,4 @@
-//! The plugin's connection to bitcoind's JSON-RPC: typed calls and verbatim forwarding.
+//! A daemon's connection to bitcoind's JSON-RPC: typed calls and verbatim forwarding.
 //!
 //! Credentials come from the cookie file (re-read when bitcoind answers 401, since bitcoind
 //! writes a new cookie at every start) or from a fixed user and password.
@@ -39,7 +39,7 @@ pub enum BitcoindError {
 }
 
 impl BitcoindError {
-    /// The JSON-RPC error a caller of the plugin sees for this failure.
+    /// The JSON-RPC error a caller of the daemon sees for this failure.
     pub fn to_rpc_error(&self) -> RpcError {
         match self {
             BitcoindError::Rpc(e) => e.clone(),

@@ -1,0 +1,92 @@
+//! The sealed copy E of a download (PROTOCOL.md 3.1): the stored file copied out of the
+//! object store and sealed with randomness only this farmer knows, then served to the
+//! renter, who checks it before funding TX1.
+
+use std::path::{Path, PathBuf};
+
+use dstore_protocol::seal::{SealContext, SealTranscript};
+
+use super::records::FarmerPhase;
+use super::{internal, Farmer, FarmerError};
+
+impl Farmer {
+    /// Seals the stored file of contract `id` for download `download_id` under `context`
+    /// into [`Farmer::sealed_path`]; returns the signed transcript (A, root_E).
+    pub(super) async fn seal_copy(
+        &self,
+        id: &[u8; 32],
+        download_id: &[u8; 32],
+        context: SealContext,
+    ) -> Result<SealTranscript, FarmerError> {
+        let sealed_path = self.sealed_path(download_id);
+        let plain_path = self.config.work_dir.join(format!("{}.c", hex::encode(id)));
+        self.copy_blob(id, &plain_path).await?;
+        if crate::dev_fault!(self.config.dev_fault, SealWrongData) {
+            flip_first_byte(&plain_path).map_err(internal)?;
+        }
+        let identity = self.identity;
+        let (plain, sealed) = (plain_path.clone(), sealed_path.clone());
+        let transcript = tokio::task::spawn_blocking(move || {
+            let input = std::io::BufReader::new(std::fs::File::open(&plain)?);
+            let output = std::io::BufWriter::new(std::fs::File::create(&sealed)?);
+            dstore_protocol::seal::seal(&mut rand::thread_rng(), &context, &identity, input, output)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let _ = std::fs::remove_file(&plain_path);
+        if crate::dev_fault!(self.config.dev_fault, FlipSealedByte) {
+            flip_first_byte(&sealed_path).map_err(internal)?;
+        }
+        Ok(transcript)
+    }
+
+    /// Where the sealed copy E of a download lives.
+    pub fn sealed_path(&self, download_id: &[u8; 32]) -> PathBuf {
+        self.config
+            .work_dir
+            .join(format!("{}.sealed", hex::encode(download_id)))
+    }
+
+    /// The sealed copy the renter may fetch now for contract `id`, if any.
+    pub fn current_sealed(&self, id: &[u8; 32]) -> Result<PathBuf, FarmerError> {
+        let record = self.existing(id)?;
+        match &record.download {
+            Some(d) if d.phase != FarmerPhase::Offered && d.phase != FarmerPhase::Aborted => {
+                Ok(self.sealed_path(&d.download_id))
+            }
+            _ => Err(FarmerError::WrongPhase("no sealed copy is ready")),
+        }
+    }
+
+    async fn copy_blob(&self, id: &[u8; 32], dest: &Path) -> Result<(), FarmerError> {
+        use tokio::io::AsyncWriteExt;
+        let size = self.blobs.size(id).await.map_err(internal)?;
+        let mut out = tokio::fs::File::create(dest).await.map_err(internal)?;
+        let mut at = 0u64;
+        while at < size {
+            let end = (at + (8 << 20)).min(size);
+            let bytes = self.blobs.read_range(id, at..end).await.map_err(internal)?;
+            out.write_all(&bytes).await.map_err(internal)?;
+            at = end;
+        }
+        out.flush().await.map_err(internal)?;
+        Ok(())
+    }
+}
+
+/// Flips the first byte of a file, if it has one (test-only faults).
+fn flip_first_byte(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut byte = [0u8; 1];
+    if file.read(&mut byte)? == 1 {
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&[byte[0] ^ 0x01])?;
+    }
+    Ok(())
+}
