@@ -128,7 +128,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<()> {
     eprintln!(
         "audit: {}, load average {}",
         if cfg!(debug_assertions) {
-            "DEBUG build: figures are meaningless, use --release"
+            "dev build (optimised, but with debug assertions): report the figures of --release"
         } else {
             "release build"
         },

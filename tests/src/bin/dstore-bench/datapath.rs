@@ -76,7 +76,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
         "datapath: {} ({}), load average {}",
         String::from_utf8_lossy(&version.stdout).trim(),
         if cfg!(debug_assertions) {
-            "DEBUG build: figures are meaningless, use --release"
+            "dev build (optimised, but with debug assertions): report the figures of --release"
         } else {
             "release build"
         },

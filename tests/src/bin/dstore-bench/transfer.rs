@@ -97,7 +97,7 @@ pub fn run(args: &TransferArgs) -> anyhow::Result<()> {
     eprintln!(
         "transfer: {}, load average {}",
         if cfg!(debug_assertions) {
-            "DEBUG build (plugins too): figures are meaningless, use --release"
+            "dev build, plugins too (optimised, but with debug assertions): report the figures of --release"
         } else {
             "release build"
         },

@@ -188,7 +188,7 @@ pub fn run(args: &WatchtowerArgs) -> anyhow::Result<()> {
     eprintln!(
         "watchtower: {}, load average {}",
         if cfg!(debug_assertions) {
-            "DEBUG build: figures are meaningless, use --release"
+            "dev build (optimised, but with debug assertions): report the figures of --release"
         } else {
             "release build"
         },
