@@ -182,6 +182,11 @@ pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     data
 }
 
+/// `len` bytes drawn from a generator seeded with `seed`: the same test data every run.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    random_bytes(&mut StdRng::seed_from_u64(seed), len)
+}
+
 /// An ECDSA signature whose DER encoding has 32-byte r and s (70 bytes), the layout of the
 /// reused-nonce TX2's signatures: low-R alone still leaves s shorter one time in 128.
 fn sign_in_template_layout(z: &Message, key: &SecretKey) -> bitcoin::secp256k1::ecdsa::Signature {

@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dstore_tests::market::{tower_flags, Faults, Market};
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::{wait_until, TowerProcess};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 /// Blocks between audits and satoshis per audit in these tests (W = 6, the farmer's
@@ -27,12 +26,6 @@ const CLAIM_FEE_SAT: u64 = 1_000;
 
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
 }
 
 /// The renter's tower runs an off-chain Merkle audit every 2 blocks.
@@ -158,7 +151,7 @@ fn confirmed(m: &Market, txid: &str) -> bool {
 #[test]
 fn audit_honest_farmer_is_paid_for_every_audit() {
     let (m, farmer_tower, renter_tower) = market(Faults::default());
-    let data = random_bytes(71, 300_000);
+    let data = seeded_bytes(71, 300_000);
     let input = m.file("in", &data);
     let before = m.farmer_balance_sat();
     let id = open_with_audits(&m, &input, 4).expect("dstore-open with audits");
@@ -203,7 +196,7 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
 #[test]
 fn audit_farmer_that_loses_the_file_is_refunded() {
     let (m, farmer_tower, renter_tower) = market(Faults::default());
-    let data = random_bytes(72, 200_000);
+    let data = seeded_bytes(72, 200_000);
     let input = m.file("in", &data);
     let id = open_with_audits(&m, &input, 3).expect("dstore-open with audits");
     let s = renter_status(&m, &id);
@@ -251,7 +244,7 @@ fn audit_renter_with_bad_locks_is_caught_before_funds_move() {
         renter: Some("audit-bad-locks"),
         ..Faults::default()
     });
-    let input = m.file("in", &random_bytes(73, 100_000));
+    let input = m.file("in", &seeded_bytes(73, 100_000));
     let before = m.renter_balance_sat();
     let err = open_with_audits(&m, &input, 3).unwrap_err();
     assert!(err.contains("candidates fail"), "{err}");
@@ -271,7 +264,7 @@ fn audit_farmer_stopping_mid_swap_leaves_the_renter_its_refunds() {
         farmer: Some("audit-swap-stop-half"),
         ..Faults::default()
     });
-    let input = m.file("in", &random_bytes(74, 100_000));
+    let input = m.file("in", &seeded_bytes(74, 100_000));
     let before = m.renter_balance_sat();
     let err = open_with_audits(&m, &input, 2).unwrap_err();
     assert!(err.contains("halfway"), "{err}");
@@ -305,7 +298,7 @@ fn audit_renter_stopping_mid_swap_leaves_the_farmer_paid_for_what_it_holds() {
         renter: Some("audit-renter-stop-half"),
         ..Faults::default()
     });
-    let input = m.file("in", &random_bytes(75, 100_000));
+    let input = m.file("in", &seeded_bytes(75, 100_000));
     let err = open_with_audits(&m, &input, 2).unwrap_err();
     assert!(err.contains("halfway"), "{err}");
     let id = m.renter().call_ok("dstore-list", json!([]))[0]["contract_id"]
@@ -327,7 +320,7 @@ fn audit_renter_stopping_mid_swap_leaves_the_farmer_paid_for_what_it_holds() {
 #[test]
 fn audit_bad_input_gets_clear_errors_and_changes_nothing() {
     let (m, _farmer_tower, _renter_tower) = market(Faults::default());
-    let input = m.file("in", &random_bytes(76, 50_000));
+    let input = m.file("in", &seeded_bytes(76, 50_000));
     let path = input.to_str().unwrap();
     // dstore-open refuses bad audit parameters before anything happens.
     for (args, needle) in [
@@ -420,7 +413,7 @@ fn audit_third_party_auditor_holds_the_salts() {
     });
     let (farmer_tower, renter_tower) = towers.expect("towers");
     let auditor = auditor.expect("auditor");
-    let input = m.file("in", &random_bytes(77, 100_000));
+    let input = m.file("in", &seeded_bytes(77, 100_000));
     let id = open_with_audits(&m, &input, 2).expect("dstore-open with audits");
     let heights = heights(&renter_status(&m, &id));
 

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dstore_tests::cln_harness::{BitcoinSettings, ClnPlugin};
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::{ports, BitcoinNode, PluginProcess};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 const PRICE_SAT: u64 = 20_000;
@@ -28,12 +27,6 @@ fn settings_for(node: &BitcoinNode) -> BitcoinSettings {
         datadir: Some(node.datadir().to_path_buf()),
         ..BitcoinSettings::default()
     }
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
 }
 
 #[test]
@@ -434,7 +427,7 @@ fn cln_open_and_download_with_named_and_positional_params_pay_the_farmer() {
 
     let mut paid = 0;
     for (round, named) in [(0u64, true), (1, false)] {
-        let data = random_bytes(round, 100_000 + round as usize);
+        let data = seeded_bytes(round, 100_000 + round as usize);
         let input = dir.path().join(format!("in-{round}"));
         std::fs::write(&input, &data).unwrap();
         let output = dir.path().join(format!("out-{round}"));

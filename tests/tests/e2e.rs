@@ -11,18 +11,11 @@ use bitcoin::Amount;
 use dstore_protocol::messages::{OpenRequest, UploadDone};
 use dstore_protocol::peer;
 use dstore_tests::market::{Faults, Market, TEST_PRICE_SAT};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+use dstore_tests::parties::seeded_bytes;
 use serde_json::{json, Value};
 
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
 }
 
 fn status(m: &Market, id: &str) -> Value {
@@ -94,7 +87,7 @@ fn e2e_bitcoin_cli_round_trips_every_size_and_pays_the_farmer() {
     let sizes = [0usize, 1, 4096, 5 * 1024 * 1024 + 3, 64 * 1024 * 1024];
     let mut paid = 0u64;
     for (i, size) in sizes.into_iter().enumerate() {
-        let data = random_bytes(i as u64, size);
+        let data = seeded_bytes(i as u64, size);
         let input = m.file(&format!("in-{size}"), &data);
         let id = m.open(&input).expect("dstore-open");
         assert_eq!(id.len(), 64, "a contract id: {id}");
@@ -149,7 +142,7 @@ fn e2e_farmer_disappears_after_tx1_then_refund_after_t1() {
         },
     );
     let before = m.renter_balance_sat();
-    let input = m.file("in", &random_bytes(7, 10_000));
+    let input = m.file("in", &seeded_bytes(7, 10_000));
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
     let err = m.download(&id, &output).unwrap_err();
@@ -175,7 +168,7 @@ fn e2e_farmer_never_broadcasts_tx2_then_refund_after_t1() {
             ..Faults::default()
         },
     );
-    let input = m.file("in", &random_bytes(8, 5_000));
+    let input = m.file("in", &seeded_bytes(8, 5_000));
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
     // The paid download waits for TX2 in the background.
@@ -211,7 +204,7 @@ fn e2e_tx2_broadcast_late_finishes_the_paid_download_without_paying_twice() {
             ..Faults::default()
         },
     );
-    let data = random_bytes(16, 70_000);
+    let data = seeded_bytes(16, 70_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
@@ -253,7 +246,7 @@ fn e2e_farmer_that_never_claims_lets_the_renter_refund_tx2_after_delta() {
             ..Faults::default()
         },
     );
-    let data = random_bytes(17, 9_000);
+    let data = seeded_bytes(17, 9_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let before = m.renter_balance_sat();
@@ -290,7 +283,7 @@ fn e2e_lying_farmer_fails_root_e_before_any_payment() {
             ..Faults::default()
         },
     );
-    let input = m.file("in", &random_bytes(9, 100_000));
+    let input = m.file("in", &seeded_bytes(9, 100_000));
     let id = m.open(&input).expect("dstore-open");
     let before = m.renter_balance_sat();
     let output = m.dir.path().join("out");
@@ -315,7 +308,7 @@ fn e2e_farmer_sealing_wrong_data_is_caught_by_a_fraud_proof() {
             ..Faults::default()
         },
     );
-    let input = m.file("in", &random_bytes(10, 50_000));
+    let input = m.file("in", &seeded_bytes(10, 50_000));
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
     let err = m.download(&id, &output).unwrap_err();
@@ -352,7 +345,7 @@ fn e2e_subverted_crs_makes_the_farmer_abort_before_any_proof() {
             ..Faults::default()
         },
     );
-    let input = m.file("in", &random_bytes(11, 3_000));
+    let input = m.file("in", &seeded_bytes(11, 3_000));
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
     let err = m.download(&id, &output).unwrap_err();
@@ -563,7 +556,7 @@ fn call_in_thread(
 fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
     let mut m = Market::start(&crs_dir(), Faults::default());
     // The farmer dies mid-upload: dstore-open retries and resumes once it is back.
-    let data = random_bytes(12, 48 * 1024 * 1024);
+    let data = seeded_bytes(12, 48 * 1024 * 1024);
     let input = m.file("in", &data);
     let opener = call_in_thread(
         &m,
@@ -590,7 +583,7 @@ fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
     assert_eq!(farmer_status(&m, &id)["phase"], "stored");
 
     // The renter dies mid-upload: after its restart the upload resumes by itself.
-    let data2 = random_bytes(13, 48 * 1024 * 1024);
+    let data2 = seeded_bytes(13, 48 * 1024 * 1024);
     let input2 = m.file("in2", &data2);
     let opener = call_in_thread(
         &m,
@@ -630,7 +623,7 @@ fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
 #[test]
 fn e2e_kill_9_mid_download_either_side_loses_no_coins() {
     let mut m = Market::start(&crs_dir(), Faults::default());
-    let data = random_bytes(14, 4 * 1024 * 1024);
+    let data = seeded_bytes(14, 4 * 1024 * 1024);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let out = m.dir.path().join("out");
@@ -733,7 +726,7 @@ fn dstore_cli(m: &Market, args: &[&str]) -> Result<String, String> {
 #[test]
 fn e2e_dstore_cli_opens_downloads_and_reports() {
     let m = Market::start(&crs_dir(), Faults::default());
-    let data = random_bytes(15, 3 * 1024 * 1024 + 5);
+    let data = seeded_bytes(15, 3 * 1024 * 1024 + 5);
     let input = m.file("in", &data);
     let id = dstore_cli(&m, &["open", &m.peer_url, input.to_str().unwrap()]).expect("dstore open");
     assert_eq!(id.len(), 64, "{id}");
@@ -832,7 +825,7 @@ fn e2e_farmer_keeps_files_in_an_s3_compatible_store() {
             ("AWS_REGION", "us-east-1"),
         ],
     );
-    let data = random_bytes(18, 9 * 1024 * 1024 + 1);
+    let data = seeded_bytes(18, 9 * 1024 * 1024 + 1);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let listing = s3.list("dstore-blobs");

@@ -22,9 +22,10 @@ use dstore_tests::harden_audit::{
     RenterSecrets,
 };
 use dstore_tests::market::{tower_flags, Faults, Market};
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::{wait_until, BitcoinNode, TowerProcess};
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use serde_json::{json, Value};
 
 /// P = 8 gives W = 6, the farmers' default least claim window.
@@ -34,12 +35,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
 }
 
 fn open_with_audits(m: &Market, file: &Path, audits: u32, period: u32) -> Result<String, String> {
@@ -104,7 +99,7 @@ fn harden_stale_release_does_not_block_the_claim() {
     });
     let (farmer_tower, renter_tower) = towers.expect("towers");
     let auditor = auditor.expect("auditor");
-    let input = m.file("in", &random_bytes(151, 100_000));
+    let input = m.file("in", &seeded_bytes(151, 100_000));
     let id = open_with_audits(&m, &input, 2, PERIOD).expect("dstore-open with audits");
     let t0 = heights(&m, &id)[0];
 
@@ -180,7 +175,7 @@ fn harden_farmer_down_for_a_few_blocks_keeps_being_paid() {
         &[],
         &["--merkle-audit-every=2"],
     );
-    let input = m.file("in", &random_bytes(152, 300_000));
+    let input = m.file("in", &seeded_bytes(152, 300_000));
     let id = open_with_audits(&m, &input, 2, PERIOD).expect("dstore-open with audits");
     let heights = heights(&m, &id);
     let towers = [&farmer_tower, &renter_tower];
@@ -298,7 +293,7 @@ fn propose(
 fn harden_low_claim_window_is_refused() {
     let m = Market::start(&crs_dir(), Faults::default());
     // The plugin renter with P = 6 gets W = 5: below the farmer's default of 6.
-    let input = m.file("in", &random_bytes(153, 20_000));
+    let input = m.file("in", &seeded_bytes(153, 20_000));
     let err = open_with_audits(&m, &input, 1, 6).unwrap_err();
     assert!(err.contains("claim window"), "{err}");
 

@@ -10,20 +10,13 @@ use std::time::Duration;
 use dstore_plugin::renter::MIN_T1_MARGIN_AT_FUNDING;
 use dstore_tests::harden_download::SealedGate;
 use dstore_tests::market::{Faults, Market};
-use dstore_tests::parties;
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::wait_until;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde_json::{json, Value};
 
 /// The e2e tests' CRS cache: the same TX2 shape, so the renter's CRS is generated once.
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-/// `len` bytes drawn from `seed` (the harness's generator).
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    parties::random_bytes(&mut StdRng::seed_from_u64(seed), len)
 }
 
 fn status(m: &Market, id: &str) -> Value {
@@ -37,7 +30,7 @@ fn mempool(m: &Market) -> Vec<String> {
 #[test]
 fn harden_download_returns_while_waiting_and_does_not_pay_twice() {
     let m = Market::start(&crs_dir(), Faults::default());
-    let data = random_bytes(151, 30_000);
+    let data = seeded_bytes(151, 30_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
@@ -97,7 +90,7 @@ fn harden_download_returns_while_waiting_and_does_not_pay_twice() {
 #[test]
 fn harden_download_survives_a_restart_while_waiting() {
     let mut m = Market::start(&crs_dir(), Faults::default());
-    let data = random_bytes(152, 20_000);
+    let data = seeded_bytes(152, 20_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
@@ -142,7 +135,7 @@ fn harden_download_survives_a_restart_while_waiting() {
 fn harden_renter_refuses_to_fund_tx1_too_close_to_t1() {
     let m = Market::start(&crs_dir(), Faults::default());
     let gate = SealedGate::start(&m.peer_url);
-    let input = m.file("in", &random_bytes(153, 10_000));
+    let input = m.file("in", &seeded_bytes(153, 10_000));
     let id = m
         .renter_cli(&["dstore-open", &gate.url, input.to_str().unwrap()])
         .expect("dstore-open through the gate");

@@ -10,19 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dstore_tests::market::{Faults, Market, TEST_PRICE_SAT};
-use dstore_tests::parties;
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::wait_until;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde_json::{json, Value};
 
 /// The e2e tests' CRS cache: the same TX2 shape, so the renter's CRS is generated once.
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    parties::random_bytes(&mut StdRng::seed_from_u64(seed), len)
 }
 
 fn status(m: &Market, id: &str) -> Value {
@@ -86,7 +80,7 @@ fn harden_download_resumes_after_kill_in_tx1_funded() {
             ..Faults::default()
         },
     );
-    let data = random_bytes(171, 25_000);
+    let data = seeded_bytes(171, 25_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
@@ -114,7 +108,7 @@ fn harden_download_resumes_after_kill_in_tx2_signed() {
             ..Faults::default()
         },
     );
-    let data = random_bytes(172, 18_000);
+    let data = seeded_bytes(172, 18_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");

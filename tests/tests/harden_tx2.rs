@@ -12,20 +12,13 @@ use dstore_tests::harden_tx2::{
     spends_of, start_download, wait_for_check_at, wait_for_hold, wait_for_phase, FARMER_WAIT,
 };
 use dstore_tests::market::{tower_flags, Faults, Market};
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::{wait_until, TowerProcess};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use serde_json::json;
 
 /// The e2e tests' CRS cache: the same TX2 shape, so the renter's CRS is generated once.
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
 }
 
 fn mine_to_height(m: &Market, height: u64) {
@@ -38,7 +31,7 @@ fn mine_to_height(m: &Market, height: u64) {
 #[test]
 fn harden_renter_double_spends_unconfirmed_tx1_gets_nothing() {
     let mut m = Market::start(&crs_dir(), Faults::default());
-    let input = m.file("in", &random_bytes(41, 6_000));
+    let input = m.file("in", &seeded_bytes(41, 6_000));
     let id = m.open(&input).expect("dstore-open");
     let from_height = m.node.block_count();
     let download = start_download(&m, &id, &m.dir.path().join("out"));
@@ -85,7 +78,7 @@ fn harden_renter_double_spends_unconfirmed_tx1_gets_nothing() {
 #[test]
 fn harden_renter_stalls_past_margin_farmer_abandons() {
     let m = Market::start(&crs_dir(), Faults::default());
-    let input = m.file("in", &random_bytes(42, 6_000));
+    let input = m.file("in", &seeded_bytes(42, 6_000));
     let id = m.open(&input).expect("dstore-open");
     let from_height = m.node.block_count();
     let download = start_download(&m, &id, &m.dir.path().join("out"));
@@ -138,7 +131,7 @@ fn harden_reorg_of_tx1_puts_tx2_on_hold() {
         (flags, Vec::new())
     });
     let tower = tower.expect("the farmer's tower");
-    let input = m.file("in", &random_bytes(43, 6_000));
+    let input = m.file("in", &seeded_bytes(43, 6_000));
     let id = m.open(&input).expect("dstore-open");
     let download = start_download(&m, &id, &m.dir.path().join("out"));
     let held = wait_for_hold(&m, &id);

@@ -8,20 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dstore_tests::market::{Faults, Market};
+use dstore_tests::parties::seeded_bytes;
 use dstore_tests::{wait_until, TowerProcess};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 /// The e2e tests' CRS cache: the same TX2 shape, so the renter's CRS is generated once.
 fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
 }
 
 /// A market whose farmer and renter each register with their own tower.
@@ -65,7 +58,7 @@ fn tower_renter_offline_download_finishes_from_tower_key() {
 
     // A paid download whose TX2 the farmer keeps to itself (as if it crashed after
     // storing its claim): the renter signed TX3 and waits for TX2 in the background.
-    let data = random_bytes(61, 40_000);
+    let data = seeded_bytes(61, 40_000);
     let input = m.file("in", &data);
     let id = m.open(&input).expect("dstore-open");
     let output = m.dir.path().join("out");
