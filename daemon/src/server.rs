@@ -99,13 +99,7 @@ pub async fn handle<B: Backend>(
     cookie: &CookieFile,
     req: Request<Incoming>,
 ) -> Reply {
-    if req.method() != Method::POST {
-        return plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "JSONRPC server handles only POST requests",
-        );
-    }
-    if let Some(refusal) = refuse_unauthorized(cookie, &req).await {
+    if let Some(refusal) = refuse_before_body(cookie, &req).await {
         return refusal;
     }
     if let Some(reply) = reject_content_type(&req) {
@@ -220,6 +214,18 @@ async fn forward(bitcoind: &Bitcoind, path: &str, raw: Bytes) -> Reply {
             error_reply(e.to_rpc_error())
         }
     }
+}
+
+/// bitcoind's checks before any body is read: POST only (HTTP 405), then the cookie's
+/// credentials (see [`refuse_unauthorized`]).
+pub async fn refuse_before_body<T>(cookie: &CookieFile, req: &Request<T>) -> Option<Reply> {
+    if req.method() != Method::POST {
+        return Some(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "JSONRPC server handles only POST requests",
+        ));
+    }
+    refuse_unauthorized(cookie, req).await
 }
 
 /// bitcoind's 401 for a request without the cookie's credentials, after a delay when a

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use dstore_daemon::cookie::CookieFile;
 use dstore_daemon::jsonrpc::{self, code, RpcError, Version};
-use dstore_daemon::server::{json_reply, plain, refuse_unauthorized, status, Reply};
+use dstore_daemon::server::{json_reply, plain, refuse_before_body, status, Reply};
 use dstore_protocol::watch::registration::MAX_REGISTRATION_JSON_BYTES;
 use dstore_protocol::watch::{Registration, RegistrationError, WatchId};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -64,13 +64,7 @@ async fn handle(
     shutdown: &watch::Sender<bool>,
     req: Request<Incoming>,
 ) -> Reply {
-    if req.method() != Method::POST {
-        return plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "JSONRPC server handles only POST requests",
-        );
-    }
-    if let Some(refusal) = refuse_unauthorized(cookie, &req).await {
+    if let Some(refusal) = refuse_before_body(cookie, &req).await {
         return refusal;
     }
     let body = match Limited::new(req.into_body(), MAX_REGISTER_BODY_BYTES)
