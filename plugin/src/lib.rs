@@ -13,6 +13,7 @@ pub mod db;
 pub mod farmer;
 pub mod files;
 pub mod locks;
+pub mod market;
 pub mod methods;
 pub mod progress;
 pub mod renter;

@@ -149,6 +149,36 @@ pub const METHODS: &[MethodSpec] = &[
         description: "Checks a fraud proof: the farmer signed a receipt for C and a sealed copy E that does not unseal to C.",
     },
     MethodSpec {
+        name: "dstore-announce",
+        params: &[
+            param("peer_url", true, "the farmer's peer endpoint to announce, http(s)://host:port (at most 39 bytes)"),
+            param("bond_amount_btc", true, "the fidelity bond, in BTC, locked until bond_locktime"),
+            param("bond_locktime", true, "nLockTime of the bond: a block height (below 500000000) or a unix time"),
+        ],
+        description: "Farmer: announces this farmer on the chain with one transaction from the wallet: a fidelity bond wsh(and_v(v:pk(B),after(L))) with B derived from the identity key, and an OP_RETURN naming the identity and the peer URL. A later announcement supersedes; spending the bond withdraws it.",
+    },
+    MethodSpec {
+        name: "dstore-unbond",
+        params: &[
+            param("bond_outpoint", false, "txid:vout of the bond (default: the only unspent one)"),
+            param("address", false, "where to send the coins (default: a new wallet address)"),
+        ],
+        description: "Farmer: spends a fidelity bond of this farmer once its locktime has passed, which withdraws the announcement it backs.",
+    },
+    MethodSpec {
+        name: "dstore-farmers",
+        params: &[param("sort", false, "score (default), price or bond")],
+        description: "Lists the farmers the market scanner found on the chain: bond and its value, URL, signed advert, audits passed and failed, downloads served and refunded, burned (a verified fraud proof), and the score dstore-open auto ranks them by.",
+    },
+    MethodSpec {
+        name: "dstore-publish-fraud",
+        params: &[
+            param("file", true, "a fraud proof file written by dstore-download"),
+            param("farmer_urls", false, "comma-separated peer URLs to post it to (default: every farmer the market knows)"),
+        ],
+        description: "Verifies a fraud proof and posts it to farmers' evidence boards (POST /dstore/v1/evidence); the accused farmer is marked burned.",
+    },
+    MethodSpec {
         name: "dstore-stop",
         params: &[],
         description: "Stops dstore-plugin (bitcoind keeps running; `stop` is forwarded to bitcoind).",
@@ -190,6 +220,10 @@ pub async fn dispatch(app: &Arc<App>, method: &str, params: &Value) -> Result<Va
         "dstore-list" => contracts::list(app),
         "dstore-refund" => contracts::refund(app, &args).await,
         "dstore-verify-fraud" => contracts::verify_fraud(&args).await,
+        "dstore-announce" => crate::market::announce::announce(app, &args).await,
+        "dstore-unbond" => crate::market::announce::unbond(app, &args).await,
+        "dstore-farmers" => crate::market::methods::farmers(app, &args).await,
+        "dstore-publish-fraud" => crate::market::evidence::publish_fraud(app, &args).await,
         "dstore-stop" => {
             app.request_shutdown();
             Ok(json!("dstore-plugin stopping"))

@@ -27,6 +27,7 @@ pub mod datapath;
 pub mod extract;
 pub mod hashing;
 pub mod keys;
+pub mod market;
 pub mod merkle;
 pub mod messages;
 pub mod network;

@@ -1,0 +1,1 @@
+//! (owner D: see /work/notes/s4/MARKET.md)

@@ -1,0 +1,1 @@
+//! (owner C: see /work/notes/s4/MARKET.md)

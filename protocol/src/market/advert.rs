@@ -1,0 +1,1 @@
+//! (owner A: see /work/notes/s4/MARKET.md)

@@ -1,0 +1,1 @@
+//! (owner B: see /work/notes/s4/MARKET.md)
