@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::bitcoind::Bitcoind;
 use crate::config::Config;
 use crate::farmer::Farmer;
+use crate::market::Market;
 use crate::renter::Renter;
 use crate::wallet::PluginWallet;
 
@@ -20,6 +21,8 @@ pub struct App {
     pub wallet: Arc<PluginWallet>,
     pub renter: Arc<Renter>,
     pub farmer: Option<Arc<Farmer>>,
+    /// The farmer market: chain scanner records, adverts, evidence (every role).
+    pub market: Arc<Market>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -30,6 +33,7 @@ impl App {
         wallet: Arc<PluginWallet>,
         renter: Arc<Renter>,
         farmer: Option<Arc<Farmer>>,
+        market: Arc<Market>,
     ) -> Self {
         App {
             config,
@@ -37,6 +41,7 @@ impl App {
             wallet,
             renter,
             farmer,
+            market,
             shutdown: watch::channel(false).0,
         }
     }

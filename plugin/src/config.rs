@@ -88,6 +88,19 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub tx2_broadcast_margin_blocks: Option<u32>,
 
+    /// Farmer: the peer URL its signed advert names (default: the URL of its latest
+    /// dstore-announce, else http://<peer-bind>)
+    #[arg(long, value_name = "URL")]
+    pub peer_url: Option<String>,
+
+    /// Farmer: evidence board POSTs accepted per minute, from everyone together (default 30)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub evidence_rate_per_min: Option<u32>,
+
+    /// Farmer: the most fraud proofs its evidence board keeps (default 10000)
+    #[arg(long, value_name = "N")]
+    pub evidence_max_items: Option<u64>,
+
     /// Test-only misbehaviour, for the functional tests' attack scenarios. Exists only in
     /// builds with the `dev-fault` Cargo feature (the tests' build), never in a release.
     #[cfg(feature = "dev-fault")]
@@ -123,6 +136,25 @@ pub struct Args {
     /// audit's claim window
     #[arg(long, value_name = "N")]
     pub min_storage_blocks: Option<u32>,
+
+    /// Market scanner: the first block height it reads (default 0 on regtest and signet,
+    /// else the tip at its first start)
+    #[arg(long, value_name = "N")]
+    pub market_start_height: Option<u32>,
+
+    /// Market scanner: milliseconds between polls of bitcoind for new blocks (default 1000)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub market_poll_ms: Option<u64>,
+
+    /// Market: seconds between refreshes of the farmers' adverts and evidence boards, which
+    /// also follow every new block (default 60)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub market_refresh_secs: Option<u64>,
+
+    /// Market: the smallest fidelity bond, in satoshis, an announcement needs to be listed
+    /// (default 10000)
+    #[arg(long, value_name = "N")]
+    pub market_min_bond_sat: Option<u64>,
 }
 
 /// Misbehaviours the functional tests make a real plugin process commit, to show that
@@ -156,6 +188,10 @@ pub enum DevFault {
     StallAtTx1Funded,
     /// Renter: stalls for good once phase tx2_signed is stored, before sig_R is sent.
     StallAtTx2Signed,
+    /// Renter: funds TX_A (or a first TX1) without the farmer's lease record.
+    LeaseOmit,
+    /// Renter: funds TX_A (or a first TX1) with a lease record naming another contract.
+    LeaseWrongContract,
 }
 
 /// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.
@@ -195,7 +231,27 @@ pub struct FarmerSettings {
     pub min_tx1_confirmations: u32,
     /// TX2 goes out only below T1 minus this many blocks (`--tx2-broadcast-margin-blocks`).
     pub tx2_broadcast_margin_blocks: u32,
+    /// Its advert's URL and its evidence board's limits (`--peer-url`, `--evidence-*`).
+    pub market: FarmerMarketSettings,
 }
+
+/// The farmer's side of the market: the URL its advert names and its evidence board's limits.
+#[derive(Debug, Clone)]
+pub struct FarmerMarketSettings {
+    /// `--peer-url`: the advert names it; without it, the latest announced URL.
+    pub peer_url: Option<String>,
+    /// `http://<peer-bind>`: the advert's URL when there is neither.
+    pub bind_url: String,
+    /// `--evidence-rate-per-min`: board POSTs accepted per minute, overall.
+    pub evidence_rate_per_min: u32,
+    /// `--evidence-max-items`: the most proofs the board keeps.
+    pub evidence_max_items: u64,
+}
+
+/// Default evidence board POSTs per minute.
+pub const DEFAULT_EVIDENCE_RATE_PER_MIN: u32 = 30;
+/// Default most proofs an evidence board keeps.
+pub const DEFAULT_EVIDENCE_MAX_ITEMS: u64 = 10_000;
 
 /// Default farmer peer port.
 pub const DEFAULT_PEER_PORT: u16 = 9737;
@@ -228,6 +284,10 @@ impl FarmerSettings {
                     .into(),
             ));
         }
+        if let Some(url) = &self.market.peer_url {
+            dstore_protocol::market::announce::check_peer_url(url)
+                .map_err(|e| ConfigError::Farmer(format!("--peer-url: {e}")))?;
+        }
         if self.min_tx1_confirmations + self.tx2_broadcast_margin_blocks >= refund_margin {
             return Err(ConfigError::Farmer(format!(
                 "--min-tx1-confirmations plus --tx2-broadcast-margin-blocks must stay below {refund_margin} (T1 is {refund_margin} blocks above the tip at the offer)"
@@ -255,6 +315,44 @@ pub struct Config {
     pub auditor: Option<TowerSettings>,
     /// Renter: the shortest storage term accepted (`--min-storage-blocks`).
     pub min_storage_blocks: u32,
+    /// The market scanner's settings (`--market-*`).
+    pub market: MarketSettings,
+}
+
+/// The market scanner's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketSettings {
+    /// `--market-start-height`; None: the tip at the scanner's first start.
+    pub start_height: Option<u32>,
+    /// `--market-poll-ms`.
+    pub poll_ms: u64,
+    /// `--market-refresh-secs`.
+    pub refresh_secs: u64,
+    /// `--market-min-bond-sat`.
+    pub min_bond_sat: u64,
+}
+
+/// Default milliseconds between the market scanner's polls.
+pub const DEFAULT_MARKET_POLL_MS: u64 = 1_000;
+/// Default seconds between advert and evidence board refreshes.
+pub const DEFAULT_MARKET_REFRESH_SECS: u64 = 60;
+/// Default smallest fidelity bond listed.
+pub const DEFAULT_MARKET_MIN_BOND_SAT: u64 = 10_000;
+
+impl MarketSettings {
+    fn resolve(args: &Args, network: Network) -> Self {
+        let from_genesis = matches!(network, Network::Regtest | Network::Signet);
+        MarketSettings {
+            start_height: args.market_start_height.or(from_genesis.then_some(0)),
+            poll_ms: args.market_poll_ms.unwrap_or(DEFAULT_MARKET_POLL_MS),
+            refresh_secs: args
+                .market_refresh_secs
+                .unwrap_or(DEFAULT_MARKET_REFRESH_SECS),
+            min_bond_sat: args
+                .market_min_bond_sat
+                .unwrap_or(DEFAULT_MARKET_MIN_BOND_SAT),
+        }
+    }
 }
 
 /// A configuration error: one every dstore daemon can meet, or a bad plugin setting.
@@ -290,6 +388,7 @@ impl Config {
 
     fn resolve(args: Args, datadir: PathBuf) -> Result<Self, ConfigError> {
         let network = args.network.unwrap_or(Network::Regtest);
+        let market = MarketSettings::resolve(&args, network);
         let (bitcoind_rpc_url, bitcoind_auth) = args.bitcoind.resolve(network)?;
         let network_dir = datadir.join(network.name());
         let farmer = args.farmer.unwrap_or(false).then(|| FarmerSettings {
@@ -317,6 +416,20 @@ impl Config {
             tx2_broadcast_margin_blocks: args
                 .tx2_broadcast_margin_blocks
                 .unwrap_or(DEFAULT_TX2_BROADCAST_MARGIN_BLOCKS),
+            market: FarmerMarketSettings {
+                peer_url: args.peer_url.clone(),
+                bind_url: format!(
+                    "http://{}",
+                    args.peer_bind
+                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PEER_PORT)))
+                ),
+                evidence_rate_per_min: args
+                    .evidence_rate_per_min
+                    .unwrap_or(DEFAULT_EVIDENCE_RATE_PER_MIN),
+                evidence_max_items: args
+                    .evidence_max_items
+                    .unwrap_or(DEFAULT_EVIDENCE_MAX_ITEMS),
+            },
         });
         if let Some(farmer) = &farmer {
             farmer.check()?;
@@ -326,6 +439,7 @@ impl Config {
             .map_err(|e| ConfigError::Watchtower(format!("auditor: {e}")))?;
         Ok(Config {
             farmer,
+            market,
             watchtower,
             auditor,
             min_storage_blocks: args
@@ -587,6 +701,48 @@ mod tests {
     }
 
     #[test]
+    fn farmer_market_flags_default_and_a_bad_peer_url_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let base = ["--datadir", datadir, "--bitcoind-cookie", "/c", "--farmer"];
+        let market = Config::from_args(argv(&base))
+            .unwrap()
+            .farmer
+            .unwrap()
+            .market;
+        assert_eq!(market.peer_url, None);
+        assert_eq!(market.bind_url, "http://127.0.0.1:9737");
+        assert_eq!(market.evidence_rate_per_min, DEFAULT_EVIDENCE_RATE_PER_MIN);
+        assert_eq!(market.evidence_max_items, DEFAULT_EVIDENCE_MAX_ITEMS);
+        let mut flags = base.to_vec();
+        flags.extend([
+            "--peer-url",
+            "https://f.example",
+            "--evidence-rate-per-min",
+            "5",
+        ]);
+        let market = Config::from_args(argv(&flags))
+            .unwrap()
+            .farmer
+            .unwrap()
+            .market;
+        assert_eq!(market.peer_url.as_deref(), Some("https://f.example"));
+        assert_eq!(market.evidence_rate_per_min, 5);
+        for bad in [
+            vec!["--peer-url", "ftp://f.example"],
+            vec![
+                "--peer-url",
+                "http://a-very-long-host-name-for-a-farmer.example:9737",
+            ],
+            vec!["--evidence-rate-per-min", "0"],
+        ] {
+            let mut flags = base.to_vec();
+            flags.extend(bad.iter().copied());
+            assert!(Config::from_args(argv(&flags)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn min_storage_blocks_defaults_to_about_30_days() {
         let dir = tempfile::tempdir().unwrap();
         let datadir = dir.path().to_str().unwrap();
@@ -599,6 +755,42 @@ mod tests {
             Config::from_args(argv(&flags)).unwrap().min_storage_blocks,
             144
         );
+    }
+
+    #[test]
+    fn market_flags_layer_over_conf_and_defaults_follow_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let base = ["--datadir", datadir, "--bitcoind-cookie", "/c"];
+        let regtest = Config::from_args(argv(&base)).unwrap().market;
+        assert_eq!(regtest.start_height, Some(0));
+        assert_eq!(regtest.poll_ms, DEFAULT_MARKET_POLL_MS);
+        assert_eq!(regtest.refresh_secs, DEFAULT_MARKET_REFRESH_SECS);
+        assert_eq!(regtest.min_bond_sat, DEFAULT_MARKET_MIN_BOND_SAT);
+        let mut mainnet = base.to_vec();
+        mainnet.extend(["--network", "mainnet"]);
+        assert_eq!(
+            Config::from_args(argv(&mainnet))
+                .unwrap()
+                .market
+                .start_height,
+            None
+        );
+        std::fs::write(
+            dir.path().join(CONF_FILE_NAME),
+            "market-start-height=100\nmarket-min-bond-sat=5000\n",
+        )
+        .unwrap();
+        let mut flags = base.to_vec();
+        flags.extend(["--market-start-height", "7", "--market-poll-ms", "200"]);
+        let market = Config::from_args(argv(&flags)).unwrap().market;
+        assert_eq!(
+            (market.start_height, market.min_bond_sat, market.poll_ms),
+            (Some(7), 5000, 200),
+            "flag over conf over default"
+        );
+        flags.extend(["--market-refresh-secs", "0"]);
+        assert!(Config::from_args(argv(&flags)).is_err());
     }
 
     #[test]

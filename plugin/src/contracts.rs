@@ -47,15 +47,10 @@ fn contract_id(args: &Params<'_>, i: usize) -> Result<[u8; 32], RpcError> {
 pub(crate) async fn open(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
     let url = args.required_string(0)?;
     let file = PathBuf::from(args.required_string(1)?);
-    let price = match args.decimal_text(2)? {
-        None => None,
-        Some(text) => Some(Amount::from_sat(text.parse::<u64>().map_err(|_| {
-            RpcError::new(
-                code::TYPE_ERROR,
-                format!("download_price_sat must be a whole number of satoshis, not '{text}'"),
-            )
-        })?)),
-    };
+    if url.trim() == "auto" {
+        return open_auto(app, args, &file).await;
+    }
+    let price = download_price(args)?;
     let audits = audit_request(args)?;
     let id = app
         .renter
@@ -63,6 +58,45 @@ pub(crate) async fn open(app: &Arc<App>, args: &Params<'_>) -> Result<Value, Rpc
         .await
         .map_err(renter_error)?;
     Ok(json!(hex::encode(id)))
+}
+
+/// `dstore-open auto <file> …`: the market's best farmer, then the normal open; the reply
+/// names the farmer chosen and why.
+async fn open_auto(
+    app: &Arc<App>,
+    args: &Params<'_>,
+    file: &std::path::Path,
+) -> Result<Value, RpcError> {
+    let (market, path) = (app.market.clone(), file.to_path_buf());
+    let choice =
+        tokio::task::spawn_blocking(move || crate::market::methods::choose_farmer(&market, &path))
+            .await
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))??;
+    tracing::info!(farmer = %choice.identity, url = %choice.peer_url, score = choice.score, "dstore-open auto: farmer chosen");
+    let price = download_price(args)?;
+    let audits = audit_request(args)?;
+    let id = app
+        .renter
+        .open(&choice.peer_url, file, price, audits)
+        .await
+        .map_err(renter_error)?;
+    Ok(json!({"contract_id": hex::encode(id), "farmer": choice.to_json()}))
+}
+
+/// `[download_price_sat]`: the farmer's price unless given.
+fn download_price(args: &Params<'_>) -> Result<Option<Amount>, RpcError> {
+    match args.decimal_text(2)? {
+        None => Ok(None),
+        Some(text) => {
+            let sat = text.parse::<u64>().map_err(|_| {
+                RpcError::new(
+                    code::TYPE_ERROR,
+                    format!("download_price_sat must be a whole number of satoshis, not '{text}'"),
+                )
+            })?;
+            Ok(Some(Amount::from_sat(sat)))
+        }
+    }
 }
 
 /// `[audits N] [audit_period_blocks P] [audit_amount_sat A]`: no audits unless N > 0.

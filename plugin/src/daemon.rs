@@ -15,6 +15,7 @@ use crate::cookie::CookieFile;
 use crate::db::Db;
 use crate::farmer::{Farmer, FarmerConfig};
 use crate::jsonrpc::code;
+use crate::market::Market;
 use crate::renter::Renter;
 use crate::server;
 use crate::storage::BlobStore;
@@ -58,6 +59,8 @@ pub enum StartError {
     Renter(#[from] crate::renter::RenterError),
     #[error("farmer role: {0}")]
     Farmer(#[from] crate::farmer::FarmerError),
+    #[error("market store: {0}")]
+    Market(crate::db::DbError),
     #[error("farmer storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
 }
@@ -178,8 +181,20 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
     } else {
         tracing::info!(network = %config.network, "dstore-plugin ready (no RPC port)");
     }
-    let app = Arc::new(App::new(config, bitcoind, wallet, renter, farmer.clone()));
+    let market = Arc::new(
+        Market::open(db.clone(), config.market.clone(), config.network.name())
+            .map_err(StartError::Market)?,
+    );
+    let app = Arc::new(App::new(
+        config,
+        bitcoind,
+        wallet,
+        renter,
+        farmer.clone(),
+        market,
+    ));
     tokio::spawn(stop_on_signal(app.clone()));
+    start_market(&app);
     app.renter.resume_uploads()?;
     app.renter.resume_watchtower()?;
     app.renter.resume_downloads()?;
@@ -200,6 +215,19 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
         });
     }
     Ok(Started { app, rpc })
+}
+
+/// The market scanner and the advert/evidence refresh, both stopping with the daemon.
+fn start_market(app: &Arc<App>) {
+    let (market, bitcoind) = (app.market.clone(), app.bitcoind.clone());
+    let stop = app.clone();
+    tokio::spawn(crate::market::scanner::follow_chain(
+        market.clone(),
+        bitcoind,
+        async move { stop.shutdown_requested().await },
+    ));
+    let stop = app.clone();
+    tokio::spawn(market.refresh_loop(async move { stop.shutdown_requested().await }));
 }
 
 async fn start_farmer(
@@ -232,6 +260,7 @@ async fn start_farmer(
             audit_policy: settings.audit_policy,
             min_tx1_confirmations: settings.min_tx1_confirmations,
             tx2_broadcast_margin_blocks: settings.tx2_broadcast_margin_blocks,
+            market: settings.market.clone(),
         },
     )?;
     farmer.resume().await?;

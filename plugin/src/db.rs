@@ -96,12 +96,41 @@ impl Db {
         Ok(out)
     }
 
+    /// Applies `batch` atomically (all of it or nothing) and syncs it to disk.
+    pub fn write(&self, batch: Batch) -> Result<(), DbError> {
+        self.db.write_opt(batch.inner, &Self::synced())?;
+        Ok(())
+    }
+
     /// Takes the next key-derivation index (never handed out twice, even across crashes).
     pub fn next_key_index(&self) -> Result<u32, DbError> {
         let _guard = self.counter.lock().map_err(|_| DbError::Poisoned)?;
         let next: u32 = self.get(prefix::KEY_INDEX)?.unwrap_or(0);
         self.put(prefix::KEY_INDEX, &(next + 1))?;
         Ok(next)
+    }
+}
+
+/// Writes and deletes applied together by [`Db::write`].
+#[derive(Default)]
+pub struct Batch {
+    inner: rocksdb::WriteBatch,
+}
+
+impl Batch {
+    /// Puts the record at `key`.
+    pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), DbError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| DbError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.inner.put(key.as_bytes(), bytes);
+        Ok(())
+    }
+
+    /// Deletes the record at `key`.
+    pub fn delete(&mut self, key: &str) {
+        self.inner.delete(key.as_bytes());
     }
 }
 

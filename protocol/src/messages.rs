@@ -230,6 +230,10 @@ impl PeerMessage for RenterReveal {
 pub struct FarmerReveal {
     pub reveal: KeyReveal,
     pub transcript: SealTranscript,
+    /// The farmer's lease record over this download's TX1:0 (issue 17), present for the
+    /// first TX1 of a contract without audits: the renter puts it at TX1 index 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::market::lease::LeaseRecord>,
 }
 
 impl PeerMessage for FarmerReveal {
@@ -241,6 +245,10 @@ impl PeerMessage for FarmerReveal {
 #[serde(deny_unknown_fields)]
 pub struct Tx1Funded {
     pub outpoint: OutPoint,
+    /// TX1 itself (its txid is `outpoint.txid`), so the farmer can check the lease record
+    /// it asked for sits right after TX1:0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx1: Option<bitcoin::Transaction>,
 }
 
 impl PeerMessage for Tx1Funded {

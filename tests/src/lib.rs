@@ -18,6 +18,7 @@ pub mod harden_peer;
 pub mod harden_refund;
 pub mod harden_tx2;
 pub mod market;
+pub mod market_fixture;
 pub mod node;
 pub mod parties;
 pub mod plugin;

@@ -6,6 +6,8 @@
 //! `dstore download <id> <out> [wait_seconds]` (without wait_seconds it follows the
 //! download through its wait for TX1's confirmations and TX2 until it is done),
 //! `dstore status <id>`, `dstore list`, `dstore refund <id>`, `dstore verify-fraud <file>`,
+//! the market's `dstore announce <peer_url> <bond_btc> <locktime>`, `dstore unbond
+//! [outpoint] [address]`, `dstore farmers [sort]`, `dstore publish-fraud <file> [urls]`,
 //! or any other method name with its arguments (`dstore getinfo`, `dstore getblockcount`).
 
 use std::path::{Path, PathBuf};
@@ -159,6 +161,10 @@ fn is_dstore_command(name: &str) -> bool {
         "listunspent",
         "send",
         "stop",
+        "announce",
+        "unbond",
+        "farmers",
+        "publish-fraud",
     ]
     .contains(&name)
 }
@@ -170,6 +176,7 @@ fn params_for(method: &str, args: &[String]) -> Result<Vec<Value>, String> {
         "dstore-open" => &[1],
         "dstore-download" => &[1],
         "dstore-verify-fraud" => &[0],
+        "dstore-publish-fraud" => &[0],
         _ => &[],
     };
     args.iter()

@@ -9,9 +9,14 @@
 //! | --- | --- |
 //! | 0x01 request | empty (anything after the kind byte is ignored) |
 //! | 0x02 answer | UTF-8 JSON `{"farmer": bool, "network": "regtest", "peer_url": "http://…", "identity": "<x-only hex>"}` (the last two only from a farmer) |
+//! | 0x03 advert | a farmer's signed advert, JSON (`SignedAdvert`, at most 8 KiB) |
+//! | 0x04 evidence | a fraud proof, JSON (the evidence board's canonical bytes) |
 //!
 //! The `custommsg` hook answers requests and records answers; `dstore-peers` lists what
-//! was learned. File data never travels this way: a renter uses the learned peer URL for
+//! was learned. A farmer follows its answer with its signed advert and the proofs on its
+//! evidence board that fit in one message ([`MAX_EVIDENCE_BODY`]). A received advert must
+//! verify and a received proof must pass `check_evidence` before either is handed to the
+//! market (`Market::accept_advert` / `accept_evidence`); anything else is logged and dropped. File data never travels this way: a renter uses the learned peer URL for
 //! the HTTP peer endpoint as usual (and pins the identity on first contact, as always).
 
 use std::collections::HashMap;
@@ -20,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cln_plugin::{Error, Plugin};
+use dstore_protocol::market::advert::SignedAdvert;
+use dstore_protocol::market::evidence::check_evidence;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -29,8 +36,16 @@ use crate::app::App;
 pub const MSG_TYPE: u16 = 0xD5A1;
 pub const KIND_REQUEST: u8 = 0x01;
 pub const KIND_ANSWER: u8 = 0x02;
+pub const KIND_ADVERT: u8 = 0x03;
+pub const KIND_EVIDENCE: u8 = 0x04;
 /// Largest answer body accepted.
 const MAX_BODY: usize = 4096;
+/// Largest advert body accepted (an advert is at most 4,096 bytes, plus its signature).
+const MAX_ADVERT_BODY: usize = 8192;
+/// Largest evidence body: a custom message carries at most 65,535 bytes, 3 of them ours.
+pub const MAX_EVIDENCE_BODY: usize = 65_532;
+/// The most board proofs a farmer sends after one answer.
+const MAX_EVIDENCE_SENT: usize = 100;
 /// How long `dstore-discover` waits for an answer by default.
 const DEFAULT_TIMEOUT_SECS: u64 = 10;
 
@@ -96,6 +111,29 @@ impl State {
             .cloned()
     }
 
+    /// What a farmer sends after its answer: its signed advert, then the proofs on its
+    /// evidence board that fit in one message (at most [`MAX_EVIDENCE_SENT`]).
+    fn market_messages(&self) -> Vec<String> {
+        let Some(farmer) = &self.app.farmer else {
+            return Vec::new();
+        };
+        let advert = serde_json::to_vec(&farmer.advert()).unwrap_or_default();
+        let mut msgs = vec![encode(KIND_ADVERT, &advert)];
+        let board = farmer.board();
+        let ids = board.list().unwrap_or_default();
+        let proofs = ids
+            .iter()
+            .filter_map(|item| {
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(&item.id, &mut id).ok()?;
+                board.proof(&id).ok()
+            })
+            .filter(|bytes| bytes.len() <= MAX_EVIDENCE_BODY)
+            .take(MAX_EVIDENCE_SENT);
+        msgs.extend(proofs.map(|bytes| encode(KIND_EVIDENCE, &bytes)));
+        msgs
+    }
+
     /// Our own answer to a request.
     fn answer_body(&self) -> Value {
         let network = self.app.config.network.name();
@@ -124,6 +162,10 @@ pub fn encode(kind: u8, body: &[u8]) -> String {
 pub enum Message {
     Request,
     Answer(PeerInfo),
+    /// A signed advert whose signature verified.
+    Advert(Box<SignedAdvert>),
+    /// A fraud proof's bytes, not yet checked (the check is CPU work for the hook's task).
+    Evidence(Vec<u8>),
 }
 
 /// Decodes a `custommsg` payload: `Ok(None)` for another plugin's message type.
@@ -170,8 +212,28 @@ pub fn decode(payload_hex: &str) -> Result<Option<Message>, String> {
             }
             Ok(Some(Message::Answer(info)))
         }
+        KIND_ADVERT => decode_advert(body).map(|a| Some(Message::Advert(Box::new(a)))),
+        KIND_EVIDENCE => {
+            if body.len() > MAX_EVIDENCE_BODY {
+                return Err(format!("evidence of {} bytes is too large", body.len()));
+            }
+            Ok(Some(Message::Evidence(body.to_vec())))
+        }
         other => Err(format!("unknown dstore message kind {other:#04x}")),
     }
+}
+
+/// A signed advert body: size-capped, parsed, and its signature verified.
+fn decode_advert(body: &[u8]) -> Result<SignedAdvert, String> {
+    if body.len() > MAX_ADVERT_BODY {
+        return Err(format!("advert of {} bytes is too large", body.len()));
+    }
+    let advert: SignedAdvert =
+        serde_json::from_slice(body).map_err(|e| format!("advert is not JSON: {e}"))?;
+    advert
+        .verify()
+        .map_err(|e| format!("advert refused: {e}"))?;
+    Ok(advert)
 }
 
 /// The `custommsg` hook: answers requests, records answers, always lets lightningd go on.
@@ -195,15 +257,42 @@ fn handle(state: &State, params: &Value) -> Result<(), String> {
     match decode(payload)? {
         None => Ok(()),
         Some(Message::Request) => {
-            let msg = encode(KIND_ANSWER, state.answer_body().to_string().as_bytes());
+            let mut msgs = vec![encode(
+                KIND_ANSWER,
+                state.answer_body().to_string().as_bytes(),
+            )];
+            msgs.extend(state.market_messages());
             let rpc_path = state.rpc_path.clone();
             tokio::spawn(async move {
-                let params = json!({"node_id": peer_id, "msg": msg});
-                match call(&rpc_path, "sendcustommsg", params).await {
-                    Ok(_) => tracing::info!(peer = %peer_id, "answered a dstore discovery request"),
-                    Err(e) => {
-                        tracing::warn!(peer = %peer_id, "cannot answer a discovery request: {e}")
+                for msg in msgs {
+                    let params = json!({"node_id": peer_id, "msg": msg});
+                    if let Err(e) = call(&rpc_path, "sendcustommsg", params).await {
+                        tracing::warn!(peer = %peer_id, "cannot answer a discovery request: {e}");
+                        return;
                     }
+                }
+                tracing::info!(peer = %peer_id, "answered a dstore discovery request");
+            });
+            Ok(())
+        }
+        Some(Message::Advert(advert)) => {
+            let accepted = state.app.market.accept_advert(*advert);
+            tracing::info!(peer = %peer_id, ?accepted, "received a signed advert");
+            Ok(())
+        }
+        Some(Message::Evidence(bytes)) => {
+            let app = state.app.clone();
+            tokio::spawn(async move {
+                let checked = tokio::task::spawn_blocking(move || check_evidence(&bytes)).await;
+                match checked {
+                    Ok(Ok(evidence)) => {
+                        let accepted = app.market.accept_evidence(evidence);
+                        tracing::info!(peer = %peer_id, ?accepted, "received a fraud proof");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(peer = %peer_id, "custommsg: refused evidence: {e}")
+                    }
+                    Err(e) => tracing::error!("custommsg: evidence check failed: {e}"),
                 }
             });
             Ok(())
@@ -327,5 +416,40 @@ mod tests {
         ] {
             assert!(decode(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn adverts_must_verify_and_evidence_is_size_capped() {
+        use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
+        let key = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[7; 32]).unwrap());
+        let terms = crate::market::advert::AdvertTerms {
+            network: "regtest".into(),
+            peer_url: "http://127.0.0.1:9".into(),
+            price_per_download_sat: 1,
+            max_file_bytes: 2,
+            free_bytes: 3,
+            min_claim_window_blocks: 6,
+        };
+        let advert = crate::market::advert::signed_advert(&key, terms);
+        let body = serde_json::to_vec(&advert).unwrap();
+        let Some(Message::Advert(got)) = decode(&encode(KIND_ADVERT, &body)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(*got, advert);
+        let mut forged = advert.clone();
+        forged.advert.price_per_download_sat = 0;
+        let body = serde_json::to_vec(&forged).unwrap();
+        assert!(
+            decode(&encode(KIND_ADVERT, &body)).is_err(),
+            "bad signature"
+        );
+        assert!(decode(&encode(KIND_ADVERT, b"{}")).is_err());
+        assert_eq!(
+            decode(&encode(KIND_EVIDENCE, b"{}")).unwrap(),
+            Some(Message::Evidence(b"{}".to_vec())),
+            "checked by the hook's task, not here"
+        );
+        let huge = vec![b' '; MAX_EVIDENCE_BODY + 1];
+        assert!(decode(&encode(KIND_EVIDENCE, &huge)).is_err());
     }
 }

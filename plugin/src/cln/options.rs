@@ -50,8 +50,8 @@ pub const STRING_OPTIONS: &[StrOpt] = &[
     },
     StrOpt {
         name: "dstore-peer-url",
-        flag: "",
-        description: "farmer: the peer URL announced to Lightning peers by dstore-discover (default: http://<peer-bind>)",
+        flag: "peer-url",
+        description: "farmer: the peer URL announced to Lightning peers by dstore-discover and named by its signed advert (default: http://<peer-bind>)",
     },
     StrOpt {
         name: "dstore-storage-dir",
@@ -109,9 +109,39 @@ pub const INT_OPTIONS: &[IntOpt] = &[
         description: "farmer: the least fee rate, in sat/vB, of audit candidates and refunds (default 2)",
     },
     IntOpt {
+        name: "dstore-evidence-rate-per-min",
+        flag: "evidence-rate-per-min",
+        description: "farmer: evidence board POSTs accepted per minute, from everyone together (default 30)",
+    },
+    IntOpt {
+        name: "dstore-evidence-max-items",
+        flag: "evidence-max-items",
+        description: "farmer: the most fraud proofs its evidence board keeps (default 10000)",
+    },
+    IntOpt {
         name: "dstore-min-storage-blocks",
         flag: "min-storage-blocks",
         description: "renter: the shortest storage term accepted from a farmer, in blocks (default 4320, about 30 days)",
+    },
+    IntOpt {
+        name: "dstore-market-start-height",
+        flag: "market-start-height",
+        description: "market scanner: the first block height it reads (default 0 on regtest and signet, else the tip at its first start)",
+    },
+    IntOpt {
+        name: "dstore-market-poll-ms",
+        flag: "market-poll-ms",
+        description: "market scanner: milliseconds between polls of bitcoind for new blocks (default 1000)",
+    },
+    IntOpt {
+        name: "dstore-market-refresh-secs",
+        flag: "market-refresh-secs",
+        description: "market: seconds between refreshes of the farmers' adverts and evidence boards, which also follow every new block (default 60)",
+    },
+    IntOpt {
+        name: "dstore-market-min-bond-sat",
+        flag: "market-min-bond-sat",
+        description: "market: the smallest fidelity bond, in satoshis, an announcement needs to be listed (default 10000)",
     },
 ];
 

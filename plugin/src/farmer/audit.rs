@@ -16,6 +16,7 @@ use dstore_protocol::audit::swap::FarmerSwap;
 use dstore_protocol::audit::transactions::SigningKeys;
 use dstore_protocol::audit::wire::{MerkleRequest, RevealReply, RevealRequest};
 use dstore_protocol::keys::Role;
+use dstore_protocol::market::lease::{check_lease_in, sign_lease};
 use dstore_protocol::merkle::{leaf_hash, segment_count, SEGMENT_SIZE};
 use dstore_protocol::watch::{Presigned, Registration, WatchRole};
 use rand::RngCore;
@@ -69,10 +70,17 @@ impl Farmer {
         );
         let mut farmer_nonce = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut farmer_nonce);
+        let terms = proposal.terms.with_farmer(
+            record.contract_id,
+            fa.public_key(SECP256K1),
+            fc.public_key(SECP256K1),
+        );
+        let leased = terms.funding_outputs().map_err(invalid)?;
         let reply = AuditAccepted {
             farmer_funding_key: fa.public_key(SECP256K1),
             farmer_claim_key: fc.public_key(SECP256K1),
             toss_commitment: coin_toss::commit(&farmer_nonce),
+            lease: Some(sign_lease(&self.identity, &record.contract_id, &leased)),
         };
         record.audit = Some(FarmedAudit {
             funding_key_index,
@@ -203,6 +211,7 @@ impl Farmer {
             fc.public_key(SECP256K1),
         );
         terms.check_funding(&openings.funding_tx).map_err(invalid)?;
+        self.check_tx_a_lease(&openings.funding_tx, &contract_id, terms.audits)?;
         let book = AuditBook {
             terms,
             funding_txid: openings.funding_tx.compute_txid(),
@@ -223,6 +232,22 @@ impl Farmer {
         Ok(Step {
             record,
             reply: AuditRefundSignatures { signatures },
+        })
+    }
+
+    /// TX_A carries this farmer's own lease record for the contract at index N, right
+    /// after O_0..O_{N−1} (issue 17); anything else is refused before a refund is signed.
+    fn check_tx_a_lease(
+        &self,
+        tx_a: &bitcoin::Transaction,
+        contract_id: &[u8; 32],
+        audits: u32,
+    ) -> Result<(), FarmerError> {
+        let (identity, _) = self.identity.x_only_public_key();
+        check_lease_in(tx_a, &identity, contract_id, audits as usize).map_err(|e| {
+            invalid(format!(
+                "TX_A must carry this farmer's lease record at output {audits}: {e}"
+            ))
         })
     }
 

@@ -17,7 +17,9 @@
 
 use bitcoin::secp256k1::SECP256K1;
 use bitcoin::{Amount, OutPoint, Transaction};
+use dstore_protocol::contract::DownloadContract;
 use dstore_protocol::keys::{commit_key, verify_reveal, Role};
+use dstore_protocol::market::lease::{check_lease_in, sign_lease, LeaseRecord};
 use dstore_protocol::messages::{
     Claimed, DownloadOffer, DownloadRequest, FarmerReveal, RenterReveal, Tx1Funded, Tx2RenterSig,
     Tx2Statement, Tx2Unsigned, Tx3RenterSig,
@@ -82,6 +84,7 @@ impl Farmer {
         let transcript = self
             .seal_copy(&id, &download_id, contract.seal_context(download_id))
             .await?;
+        let lease = self.tx1_lease(&record, &contract)?;
         let download = record.download.as_mut().expect("checked above");
         download.contract = Some(contract);
         download.transcript = Some(transcript);
@@ -89,6 +92,7 @@ impl Farmer {
         let reply = FarmerReveal {
             reveal: download.farmer_reveal,
             transcript,
+            lease,
         };
         Ok(Step { record, reply })
     }
@@ -110,9 +114,13 @@ impl Farmer {
         }
         self.check_tx1_output(&message.outpoint, &contract.tx1_output().map_err(internal)?)
             .await?;
+        let leased = self.check_tx1_lease(&record, &contract, &message)?;
         let unsigned = contract
             .unsigned_tx2(message.outpoint, TX2_FEE)
             .map_err(internal)?;
+        if leased {
+            record.leased_tx1 = Some(message.outpoint);
+        }
         let download = record.download.as_mut().expect("checked above");
         download.tx1_outpoint = Some(message.outpoint);
         download.unsigned_tx2 = Some(unsigned.clone());
@@ -121,6 +129,59 @@ impl Farmer {
             record,
             reply: Tx2Unsigned { tx: unsigned },
         })
+    }
+
+    /// The lease record for this download's TX1:0 if it must carry one (issue 17): the
+    /// first TX1 of a contract without audits (TX_A carries the record otherwise).
+    fn tx1_lease(
+        &self,
+        record: &FarmedContract,
+        contract: &DownloadContract,
+    ) -> Result<Option<LeaseRecord>, FarmerError> {
+        if !needs_tx1_lease(record) {
+            return Ok(None);
+        }
+        let leased = [contract.tx1_output().map_err(internal)?];
+        Ok(Some(sign_lease(
+            &self.identity,
+            &record.contract_id,
+            &leased,
+        )))
+    }
+
+    /// A TX1 that must carry the lease record has it, this farmer's and for this contract,
+    /// at index 1 right after TX1:0. Returns whether this TX1 is the leased one.
+    fn check_tx1_lease(
+        &self,
+        record: &FarmedContract,
+        contract: &DownloadContract,
+        message: &Tx1Funded,
+    ) -> Result<bool, FarmerError> {
+        if !needs_tx1_lease(record) {
+            return Ok(false);
+        }
+        let refuse = |why: String| {
+            FarmerError::Invalid(format!(
+                "the first TX1 of a contract without audits must carry this farmer's lease record at output 1: {why}"
+            ))
+        };
+        let tx1 = message
+            .tx1
+            .as_ref()
+            .ok_or_else(|| refuse("TX1 itself was not sent".into()))?;
+        if tx1.compute_txid() != message.outpoint.txid || message.outpoint.vout != 0 {
+            return Err(refuse(format!(
+                "TX1 is not the transaction of {} with the contract output at 0",
+                message.outpoint
+            )));
+        }
+        if tx1.output.first() != Some(&contract.tx1_output().map_err(internal)?) {
+            return Err(refuse("output 0 does not pay the contract".into()));
+        }
+        let (identity, _) = self.identity.x_only_public_key();
+        check_lease_in(tx1, &identity, &record.contract_id, 1)
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(true)
     }
 
     /// TX1's contract output exists (in the mempool or the chain) and pays as agreed.
@@ -234,6 +295,12 @@ impl Farmer {
             .map(|d| d.download_id)
             .ok_or(FarmerError::WrongPhase("no download is under way"))
     }
+}
+
+/// Whether `record`'s next TX1 is the one its lease record goes in: no audits (TX_A would
+/// carry it) and no TX1 leased yet.
+fn needs_tx1_lease(record: &FarmedContract) -> bool {
+    record.audit.is_none() && record.leased_tx1.is_none()
 }
 
 impl FarmedContract {

@@ -81,6 +81,8 @@ pub struct FarmerConfig {
     pub min_tx1_confirmations: u32,
     /// TX2 never goes out at or above T1 minus this (`--tx2-broadcast-margin-blocks`).
     pub tx2_broadcast_margin_blocks: u32,
+    /// The advert's URL and the evidence board's limits (`--peer-url`, `--evidence-*`).
+    pub market: crate::config::FarmerMarketSettings,
 }
 
 /// The farmer role's state.
@@ -94,6 +96,8 @@ pub struct Farmer {
     config: FarmerConfig,
     locks: ContractLocks,
     checked_crs: Mutex<HashMap<[u8; 32], Arc<Crs>>>,
+    /// Verified fraud proofs anyone posted (`/dstore/v1/evidence`).
+    board: crate::market::evidence::Board,
 }
 
 /// A message's effect: the new record and the reply body.
@@ -113,8 +117,11 @@ impl Farmer {
     ) -> Result<Farmer, FarmerError> {
         std::fs::create_dir_all(&config.work_dir).map_err(internal)?;
         std::fs::create_dir_all(&config.crs_dir).map_err(internal)?;
+        let board =
+            crate::market::evidence::Board::open(db.clone(), &config.market).map_err(internal)?;
         Ok(Farmer {
             identity: identity_keypair(&seed).map_err(internal)?,
+            board,
             seed,
             db,
             blobs,
@@ -136,7 +143,39 @@ impl Farmer {
             "network": self.config.network,
             "price_per_download_sat": self.config.price_per_download.to_sat(),
             "max_file_bytes": self.config.max_file_bytes,
+            "advert": self.advert(),
         })
+    }
+
+    /// The farmer's signed advert. Its URL is `--peer-url`, else the latest announced
+    /// one, else `http://<peer-bind>`; free_bytes is what the filesystem holding the
+    /// farmer's work directory still has (uploads and sealed copies are written there).
+    pub fn advert(&self) -> dstore_protocol::market::advert::SignedAdvert {
+        let market = &self.config.market;
+        let peer_url = market
+            .peer_url
+            .clone()
+            .or_else(|| crate::market::announce::last_announced_url(&self.db))
+            .unwrap_or_else(|| market.bind_url.clone());
+        let terms = crate::market::advert::AdvertTerms {
+            network: self.config.network.clone(),
+            peer_url,
+            price_per_download_sat: self.config.price_per_download.to_sat(),
+            max_file_bytes: self.config.max_file_bytes,
+            free_bytes: crate::market::advert::free_bytes(&self.config.work_dir),
+            min_claim_window_blocks: u32::from(self.config.audit_policy.min_claim_window),
+        };
+        crate::market::advert::signed_advert(&self.identity, terms)
+    }
+
+    /// The evidence board this farmer keeps.
+    pub fn board(&self) -> &crate::market::evidence::Board {
+        &self.board
+    }
+
+    /// The metadata store (bond records live there too).
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
     }
 
     pub fn load(&self, id: &[u8; 32]) -> Result<Option<FarmedContract>, FarmerError> {

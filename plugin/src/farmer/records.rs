@@ -41,6 +41,10 @@ pub struct FarmedContract {
     /// The audit contract, once the renter proposed one.
     #[serde(default)]
     pub audit: Option<FarmedAudit>,
+    /// TX1:0 of the first download that carried this farmer's lease record (issue 17): a
+    /// contract without audits leases only its first TX1.
+    #[serde(default)]
+    pub leased_tx1: Option<OutPoint>,
 }
 
 impl FarmedContract {
@@ -68,6 +72,7 @@ impl FarmedContract {
             last_request: None,
             last_reply: None,
             audit: None,
+            leased_tx1: None,
         }
     }
 }

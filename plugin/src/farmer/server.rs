@@ -16,9 +16,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use super::{Farmer, FarmerError};
+use crate::market::evidence::BoardError;
 use crate::wire::{self, ErrorBody, UploadStatus, AUTH_HEADER};
 use dstore_protocol::audit::wire::{MerkleRequest, RevealRequest};
 use dstore_protocol::hashing::sha256;
+use dstore_protocol::market::evidence::MAX_EVIDENCE_BYTES;
 use dstore_protocol::peer::MAX_ENVELOPE_BYTES;
 
 /// Largest upload part accepted in one request (the renter sends [`wire::UPLOAD_PART`]).
@@ -94,6 +96,13 @@ async fn route(farmer: &Farmer, req: Request<Incoming>) -> Reply {
             Ok(id) => crs(farmer, id, req).await,
             Err(e) => Err(e),
         },
+        (Method::POST, ["dstore", "v1", "evidence"]) => {
+            Ok(board_reply(post_evidence(farmer, req).await))
+        }
+        (Method::GET, ["dstore", "v1", "evidence"]) => {
+            Ok(board_reply(farmer.board().list().map(|items| json(&items))))
+        }
+        (Method::GET, ["dstore", "v1", "evidence", id]) => Ok(board_reply(evidence(farmer, id))),
         _ => Err(FarmerError::Invalid(format!("no such endpoint: {path}"))),
     };
     outcome.unwrap_or_else(|e| error(&e))
@@ -355,4 +364,56 @@ async fn crs(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Re
     check_body(&bytes, &signed)?;
     farmer.receive_crs(&id, bytes.to_vec()).await?;
     Ok(json(&serde_json::json!({ "checked": true })))
+}
+
+/// An evidence board reply, or its error as `{code, message}` with the board's status.
+fn board_reply(outcome: Result<Reply, BoardError>) -> Reply {
+    outcome.unwrap_or_else(|e| {
+        let (status, body) = e.to_http();
+        if status >= 500 {
+            tracing::warn!("evidence board: {e}");
+        } else {
+            tracing::info!("evidence board refused a request: {e}");
+        }
+        full(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+    })
+}
+
+/// `POST /dstore/v1/evidence`: the rate budget first, then the size (a declared length over
+/// the cap is refused unread), then the proof is checked off the async threads and stored.
+async fn post_evidence(farmer: &Farmer, req: Request<Incoming>) -> Result<Reply, BoardError> {
+    farmer.board().admit_post()?;
+    let oversized = BoardError::Oversized {
+        max: MAX_EVIDENCE_BYTES,
+    };
+    if declared_length(&req).is_some_and(|len| len > MAX_EVIDENCE_BYTES as u64) {
+        return Err(oversized);
+    }
+    let body = match Limited::new(req.into_body(), MAX_EVIDENCE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(oversized),
+        Err(e) => return Err(BoardError::Interrupted(e.to_string())),
+    };
+    let (evidence, canonical) =
+        tokio::task::spawn_blocking(move || crate::market::evidence::canonical_evidence(&body))
+            .await
+            .map_err(|e| BoardError::Interrupted(e.to_string()))??;
+    farmer
+        .board()
+        .insert(&evidence, &canonical)
+        .map(|posted| json(&posted))
+}
+
+/// `GET /dstore/v1/evidence/<id>`: the proof's canonical bytes.
+fn evidence(farmer: &Farmer, id: &str) -> Result<Reply, BoardError> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(id, &mut bytes)
+        .map_err(|_| BoardError::Unknown(id.chars().take(64).collect()))?;
+    Ok(full(StatusCode::OK, farmer.board().proof(&bytes)?))
 }

@@ -22,6 +22,7 @@ use dstore_protocol::watch::{Presigned, Registration, WatchRole};
 use rand::RngCore;
 use serde_json::{json, Value};
 
+use super::download::check_farmer_lease;
 use super::records::{AuditRequest, RentedAudit, RentedAuditPhase, RentedContract};
 use super::{farmer_fault, internal, Renter, RenterError, QUICK_CALL};
 
@@ -256,7 +257,12 @@ impl Renter {
         let funding_tx = match audit.funding_tx.clone() {
             Some(tx) => tx,
             None => {
-                let outputs = terms.funding_outputs().map_err(internal)?;
+                let mut outputs = terms.funding_outputs().map_err(internal)?;
+                let lease = accepted
+                    .lease
+                    .ok_or_else(|| farmer_fault("the farmer sent no lease record for TX_A"))?;
+                check_farmer_lease(record, &lease, &outputs, "TX_A")?;
+                outputs.extend(self.lease_output(lease));
                 let wallet = self.wallet.clone();
                 let funded =
                     tokio::task::spawn_blocking(move || wallet.fund_outputs(&outputs, None))

@@ -12,6 +12,7 @@ use bitcoin::secp256k1::SECP256K1;
 use bitcoin::{OutPoint, Transaction};
 use dstore_protocol::contract::{txid_from_digest, DownloadContract};
 use dstore_protocol::keys::{commit_key, verify_reveal, Role};
+use dstore_protocol::market::lease::{contract_tag, verify_lease, LeaseRecord};
 use dstore_protocol::messages::{
     Claimed, DownloadOffer, DownloadRequest, FarmerReveal, ProofReady, RenterReveal, Tx1Funded,
     Tx2RenterSig, Tx2Statement, Tx2Unsigned, Tx3RenterSig,
@@ -97,6 +98,7 @@ impl Renter {
             unreported: false,
             statement: None,
             tx3: None,
+            lease: None,
         });
         self.store(record)?;
         Ok(download_id)
@@ -172,9 +174,14 @@ impl Renter {
         if transcript.length != receipt.length {
             return Err(farmer_fault("the sealed copy's length differs from C's"));
         }
+        if let Some(lease) = &revealed.lease {
+            let leased = [contract.tx1_output().map_err(internal)?];
+            check_farmer_lease(record, lease, &leased, "TX1")?;
+        }
         let d = current(record);
         d.contract = Some(contract);
         d.transcript = Some(transcript);
+        d.lease = revealed.lease;
         d.phase = DownloadPhase::Fetching;
         self.store(record)
     }
@@ -225,10 +232,17 @@ impl Renter {
         let contract = agreed(current(record))?;
         check_t1_margin(contract.refund_height, self.tip().await?)?;
         let tx1_output = contract.tx1_output().map_err(internal)?;
+        let lease = current(record)
+            .lease
+            .and_then(|lease| self.lease_output(lease));
         let wallet = self.wallet.clone();
-        let funded = tokio::task::spawn_blocking(move || wallet.fund_output(tx1_output, None))
-            .await
-            .map_err(internal)??;
+        let funded = tokio::task::spawn_blocking(move || match lease {
+            // The leased TX1:0 at index 0, the farmer's record right after it.
+            Some(lease) => wallet.fund_outputs(&[tx1_output, lease], None),
+            None => wallet.fund_output(tx1_output, None),
+        })
+        .await
+        .map_err(internal)??;
         contract
             .check_tx1(&funded.tx, funded.vout, &funded.prevouts)
             .map_err(internal)?;
@@ -280,9 +294,11 @@ impl Renter {
         let d = current(record).clone();
         let contract = agreed(&d)?;
         let outpoint = d.tx1_outpoint.ok_or_else(|| internal("no TX1"))?;
-        let unsigned: Tx2Unsigned = self
-            .exchange(record, &Tx1Funded { outpoint }, QUICK_CALL)
-            .await?;
+        let funded = Tx1Funded {
+            outpoint,
+            tx1: d.tx1.clone(),
+        };
+        let unsigned: Tx2Unsigned = self.exchange(record, &funded, QUICK_CALL).await?;
         contract
             .check_unsigned_tx2(&unsigned.tx, outpoint, MAX_TX2_FEE)
             .map_err(farmer_fault)?;
@@ -396,6 +412,24 @@ impl Renter {
         self.store(record)
     }
 
+    /// The output carrying the farmer's lease record, which goes right after the leased
+    /// outputs (TX_A's O_0..O_{N−1}, or TX1:0). Test-only faults leave it out or make it
+    /// name another contract, for the farmer's check to catch.
+    pub(super) fn lease_output(&self, lease: LeaseRecord) -> Option<bitcoin::TxOut> {
+        if crate::dev_fault!(self.dev_fault, LeaseOmit) {
+            tracing::warn!("dev fault lease-omit: funding without the farmer's lease record");
+            return None;
+        }
+        let mut lease = lease;
+        if crate::dev_fault!(self.dev_fault, LeaseWrongContract) {
+            tracing::warn!(
+                "dev fault lease-wrong-contract: the lease record names another contract"
+            );
+            lease.contract_tag = contract_tag(&[0xEE; 32]);
+        }
+        Some(lease.txout())
+    }
+
     /// With a test-only stall fault, waits for ever right here (the test kills the process).
     async fn stall_if(&self, stall: bool) {
         if stall {
@@ -403,6 +437,23 @@ impl Renter {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The farmer's lease record for `what` (TX_A or TX1) is its own, for this contract and
+/// over exactly the outputs `leased` the renter is about to fund.
+pub(super) fn check_farmer_lease(
+    record: &RentedContract,
+    lease: &LeaseRecord,
+    leased: &[bitcoin::TxOut],
+    what: &str,
+) -> Result<(), RenterError> {
+    if lease.contract_tag != contract_tag(&record.contract_id) {
+        return Err(farmer_fault(format!(
+            "the farmer's lease record for {what} is for another contract"
+        )));
+    }
+    verify_lease(lease, &record.farmer, leased)
+        .map_err(|e| farmer_fault(format!("the farmer's lease record for {what}: {e}")))
 }
 
 /// The download contract agreed for download `d` (known from phase `fetching` on).

@@ -155,6 +155,10 @@ pub struct RentedDownload {
     /// signature is deterministic: a resumed download sends the same one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx3: Option<Transaction>,
+    /// The farmer's lease record for this download's TX1 (issue 17; only the first TX1 of
+    /// a contract without audits gets one): TX1 carries it at index 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<dstore_protocol::market::lease::LeaseRecord>,
 }
 
 /// The renter's registration of one download with its watchtower. The signed refunds are

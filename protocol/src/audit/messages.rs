@@ -96,6 +96,10 @@ pub struct AuditAccepted {
     pub farmer_funding_key: PublicKey,
     pub farmer_claim_key: PublicKey,
     pub toss_commitment: TossCommitment,
+    /// The farmer's lease record over TX_A's outputs O_0..O_{N−1} (issue 17): the renter
+    /// puts it at TX_A index N, and the farmer refuses a TX_A without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::market::lease::LeaseRecord>,
 }
 
 impl PeerMessage for AuditAccepted {

@@ -369,3 +369,158 @@ fn a_book_without_an_anchor_reads_and_writes_as_before() {
     let json = serde_json::to_value(&anchored).unwrap();
     assert_eq!(serde_json::from_value::<AuditBook>(json).unwrap(), anchored);
 }
+
+/// The market's outcome classifier on real, fully signed audit transactions: the
+/// candidate, the farmer's claim, the renter's reclaim, RF_i and RF_ij.
+mod lease_outcomes {
+    use super::*;
+    use crate::audit::book::RefundId;
+    use crate::audit::swap::{FarmerSwap, RenterSwap, SignedCandidate};
+    use crate::market::outcome::{classify_spend, Count, LeaseOutput, SpendOutcome};
+
+    /// Setup plus every fully signed candidate and the farmer's refund signatures.
+    fn signed(
+        audits: u32,
+    ) -> (
+        Setup,
+        Vec<SignedCandidate>,
+        Vec<Vec<bitcoin::secp256k1::ecdsa::Signature>>,
+    ) {
+        let s = setup(audits);
+        let (mut renter, mut farmer) = (RenterSwap::new(), FarmerSwap::new());
+        let (rkeys, fkeys) = (s.renter.keys(true), s.farmer.keys(false));
+        while !farmer.complete(&s.book) {
+            let (step, fsig) = farmer.next(&s.book, &fkeys).unwrap();
+            let rsig = renter.receive(&s.book, &rkeys, step, fsig).unwrap();
+            farmer.receive(&s.book, step, rsig).unwrap();
+        }
+        let refund_sigs = s.book.farmer_refund_signatures(&fkeys).unwrap();
+        let candidates = renter.signed_candidates(&s.book);
+        (s, candidates, refund_sigs)
+    }
+
+    fn refund_sigs_for(
+        s: &Setup,
+        all: &[Vec<bitcoin::secp256k1::ecdsa::Signature>],
+        id: RefundId,
+    ) -> Vec<bitcoin::secp256k1::ecdsa::Signature> {
+        let index = s.book.refund_ids().iter().position(|r| *r == id).unwrap();
+        all[index].clone()
+    }
+
+    #[test]
+    fn a_candidate_then_the_farmers_claim_is_a_passed_audit() {
+        let (s, candidates, _) = signed(2);
+        let a = candidates.iter().find(|c| c.audit == 1).unwrap();
+        let mined = classify_spend(LeaseOutput::AuditFunding { audit: 1 }, &a.tx, 0);
+        let next = bitcoin::OutPoint::new(a.tx.compute_txid(), 0);
+        assert_eq!(mined, SpendOutcome::CandidateMined { audit: 1, next });
+        assert_eq!(
+            mined.follow(),
+            Some((next, LeaseOutput::Candidate { audit: 1 }))
+        );
+        assert_eq!(mined.count(), None);
+
+        // The claim needs x_ij; rebuild the plan's preimage from the same seeded rng.
+        let lock = s.book.lock(1, a.j).unwrap();
+        let x = preimage_for(&lock);
+        let dest = s.book.renter_destination.clone();
+        let claim = s
+            .book
+            .terms
+            .claim(
+                next.txid,
+                &lock,
+                &x,
+                &s.farmer.claim,
+                &dest,
+                Amount::from_sat(500),
+            )
+            .unwrap();
+        let passed = classify_spend(LeaseOutput::Candidate { audit: 1 }, &claim, 0);
+        assert_eq!(passed, SpendOutcome::AuditPassed { audit: 1 });
+        assert_eq!(passed.count(), Some(Count::AuditPassed));
+    }
+
+    #[test]
+    fn a_reclaim_or_rf_ij_is_a_failed_audit_and_sweeps_later_outputs_without_counting() {
+        let (s, candidates, sigs) = signed(3);
+        let a = candidates.iter().find(|c| c.audit == 0).unwrap();
+        let reclaim = s
+            .book
+            .reclaim(0, a.j, &s.renter.claim, Amount::from_sat(500))
+            .unwrap();
+        let failed = classify_spend(LeaseOutput::Candidate { audit: 0 }, &reclaim, 0);
+        assert_eq!(failed, SpendOutcome::AuditFailed { audit: 0 });
+        assert_eq!(failed.count(), Some(Count::AuditFailed));
+
+        let id = RefundId::AfterCandidate(0, a.j);
+        let rf = s
+            .book
+            .signed_refund(id, &s.renter.keys(true), &refund_sigs_for(&s, &sigs, id))
+            .unwrap();
+        assert_eq!(
+            classify_spend(LeaseOutput::Candidate { audit: 0 }, &rf, 0),
+            SpendOutcome::AuditFailed { audit: 0 }
+        );
+        for (input, audit) in [(1, 1), (2, 2)] {
+            let swept = classify_spend(LeaseOutput::AuditFunding { audit }, &rf, input);
+            assert_eq!(swept, SpendOutcome::SweptByRefund { audit });
+            assert_eq!(swept.count(), None);
+        }
+    }
+
+    #[test]
+    fn rf_i_fails_audit_i_once_and_the_renters_own_branch_counts_nothing() {
+        let (s, _, sigs) = signed(3);
+        for audit in [0, 1] {
+            let id = RefundId::Unraced(audit);
+            let rf = s
+                .book
+                .signed_refund(id, &s.renter.keys(true), &refund_sigs_for(&s, &sigs, id))
+                .unwrap();
+            // Miniscript spends O_i at T_i + W through the cheaper renter-alone branch.
+            assert_eq!(
+                classify_spend(LeaseOutput::AuditFunding { audit }, &rf, 0),
+                SpendOutcome::RenterAlone
+            );
+            let failed = classify_spend(LeaseOutput::AuditFunding { audit: audit + 1 }, &rf, 1);
+            assert_eq!(failed, SpendOutcome::AuditFailed { audit });
+            for later in audit + 2..3 {
+                let input = (later - audit) as usize;
+                assert_eq!(
+                    classify_spend(LeaseOutput::AuditFunding { audit: later }, &rf, input),
+                    SpendOutcome::SweptByRefund { audit: later }
+                );
+            }
+        }
+        // RF_{N-1} is one input through the renter's branch: nothing the renter could not
+        // do alone, so nothing is counted.
+        let id = RefundId::Unraced(2);
+        let last = s
+            .book
+            .signed_refund(id, &s.renter.keys(true), &refund_sigs_for(&s, &sigs, id))
+            .unwrap();
+        let outcome = classify_spend(LeaseOutput::AuditFunding { audit: 2 }, &last, 0);
+        assert_eq!(outcome, SpendOutcome::RenterAlone);
+        assert_eq!(outcome.count(), None);
+    }
+
+    /// x_ij for `lock`: the setup's plan is deterministic, so redraw it and find the lock.
+    fn preimage_for(lock: &Lock) -> [u8; 32] {
+        for audits in 1..=3u64 {
+            let mut rng = StdRng::seed_from_u64(audits);
+            let (_, _) = (party(&mut rng), party(&mut rng));
+            let file = data(10 * 4096 + 5);
+            let plan = plan(&mut rng, &file, audits as usize, 4);
+            for c in plan.iter().flatten() {
+                let x =
+                    candidates::preimage(&c.secret.salt, &segment(&file, c.secret.segment_index));
+                if candidates::lock(&x) == *lock {
+                    return x;
+                }
+            }
+        }
+        panic!("no preimage for the lock");
+    }
+}

@@ -5,6 +5,7 @@
 
 mod audit;
 mod datapath;
+mod market;
 mod measure;
 mod transfer;
 mod watchtower;
@@ -49,6 +50,9 @@ enum Command {
     /// time, and the farmer's streaming and leaf-file answer times against a plain read of
     /// the same file; and generating 52 paid audits' 832 salted candidates.
     Audit(audit::AuditArgs),
+    /// The market scanner on a real 2,000-transaction regtest block against `getblock`
+    /// verbosity 0 alone, and the market's memory per farmer.
+    Market(market::MarketArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Command::Transfer(args) => transfer::run(&args),
         Command::Watchtower(args) => watchtower::run(&args),
         Command::Audit(args) => audit::run(&args),
+        Command::Market(args) => market::run(&args),
     }
 }
