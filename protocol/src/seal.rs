@@ -454,7 +454,7 @@ fn revealed_joint_secret(proof: &FraudProof) -> Result<SecretKey, FraudError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::contract::tests::{parties, tx1_outpoint, Parties};
     use crate::nonce_reuse::farmer_sign_tx2;
@@ -611,6 +611,22 @@ mod tests {
             tx2: s.tx2.clone(),
             tx2_input: 0,
         }
+    }
+
+    /// A genuine fraud proof (the farmer sealed data with segment 1 corrupted) and the
+    /// farmer's identity, for tests elsewhere in the crate.
+    pub(crate) fn sample_fraud_proof(seed: u64) -> (FraudProof, XOnlyPublicKey) {
+        let s = setup(seed, 2 * SEGMENT_SIZE + 10);
+        let mut lost = s.c.clone();
+        lost[SEGMENT_SIZE + 3] ^= 0x55;
+        let (t, e) = sealed(&s, &lost, seed);
+        let e_tree = check_sealed_copy(&t, &e[..]).unwrap();
+        let j = joint_secret_key(&s.p.r, &s.p.f).unwrap();
+        let (i, _) = find_bad_segment(&j, &t.ephemeral, &e[..], &s.c_tree)
+            .unwrap()
+            .unwrap();
+        let proof = build_fraud_proof(evidence(&s, &t, &e_tree, &e, i)).unwrap();
+        (proof, s.identity.x_only_public_key().0)
     }
 
     #[test]

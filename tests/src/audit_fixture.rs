@@ -665,7 +665,7 @@ fn flip_first_segment_byte(answer: &mut Value) {
 }
 
 /// (path, body) of one HTTP/1.1 request.
-fn read_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
+pub(crate) fn read_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;

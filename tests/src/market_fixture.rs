@@ -5,7 +5,7 @@
 //! transactions, and serve a fake farmer endpoint.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -477,6 +477,7 @@ pub struct FakeEndpoint {
     pub url: String,
     /// Paths requested so far.
     pub hits: Arc<Mutex<Vec<String>>>,
+    address: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -484,24 +485,25 @@ pub struct FakeEndpoint {
 impl FakeEndpoint {
     /// Serves on `listener` (bound by the caller, so its URL can go into what it serves).
     pub fn serve(listener: TcpListener, routes: HashMap<String, Value>) -> FakeEndpoint {
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let address = listener.local_addr().expect("address");
+        let url = format!("http://{address}");
         let hits = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (stopping, log) = (stop.clone(), hits.clone());
+        // A blocking accept; drop sets `stop` and connects once to wake it.
         let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => answer(stream, &routes, &log),
-                    // Polls the non-blocking listener; the thread exits on drop.
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(stream) = stream {
+                    answer(stream, &routes, &log);
                 }
             }
         });
         FakeEndpoint {
             url,
+            address,
             hits,
             stop,
             thread: Some(thread),
@@ -522,6 +524,7 @@ impl FakeEndpoint {
 impl Drop for FakeEndpoint {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.address);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -529,9 +532,8 @@ impl Drop for FakeEndpoint {
 }
 
 fn answer(stream: TcpStream, routes: &HashMap<String, Value>, hits: &Mutex<Vec<String>>) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let Some(path) = read_path(&stream) else {
+    let Some(path) = crate::audit_fixture::read_request(&stream).map(|(path, _)| path) else {
         return;
     };
     hits.lock().unwrap().push(path.clone());
@@ -548,29 +550,4 @@ fn answer(stream: TcpStream, routes: &HashMap<String, Value>, hits: &Mutex<Vec<S
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body.as_bytes());
     let _ = stream.flush();
-}
-
-/// The path of one HTTP/1.1 request (its headers and body are read and dropped).
-fn read_path(stream: &TcpStream) -> Option<String> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let path = line.split_whitespace().nth(1)?.to_string();
-    let mut length = 0usize;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(path)
 }

@@ -199,6 +199,35 @@ impl TowerProcess {
             },
         );
     }
+
+    /// Waits until each salt release this tower sent for contract `id` has an answer
+    /// recorded: the claim's txid (the farmer broadcasts its claim before it answers) or
+    /// the farmer's error. A tower records a release before sending it, while it processes
+    /// the block, so once its tip is the node's no release of that block is missed; towers
+    /// that are not the auditor, or do not watch `id`, send none.
+    pub fn wait_for_release_answers(&self, id: &str) {
+        wait_until(
+            "the farmer's answers to the salt releases",
+            Duration::from_secs(60),
+            || {
+                let Ok(status) = self.call("tower-status", json!([id])) else {
+                    return Some(());
+                };
+                let audits = status["audits"]["audits"].as_array().cloned();
+                let answered = |audit: &Value| {
+                    let release = &audit["release"];
+                    release.is_null()
+                        || !release["released_height"].is_null()
+                        || !release["last_error"].is_null()
+                };
+                audits
+                    .unwrap_or_default()
+                    .iter()
+                    .all(answered)
+                    .then_some(())
+            },
+        );
+    }
 }
 
 impl Drop for TowerProcess {

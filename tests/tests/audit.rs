@@ -73,38 +73,9 @@ fn mine_to(m: &Market, towers: &[&TowerProcess], id: &str, height: u64) {
         let tip = m.node.block_count();
         for tower in towers {
             tower.wait_for_tip(tip);
-            wait_for_release_answers(tower, id);
+            tower.wait_for_release_answers(id);
         }
     }
-}
-
-/// Waits until each salt release `tower` sent for contract `id` has an answer recorded:
-/// the claim's txid (the farmer broadcasts its claim before it answers) or the farmer's
-/// error. A tower records a release before sending it, while it processes the block, so
-/// once its tip is the node's no release of that block is missed; towers that are not
-/// the auditor, or do not watch `id`, send none.
-fn wait_for_release_answers(tower: &TowerProcess, id: &str) {
-    wait_until(
-        "the farmer's answers to the salt releases",
-        Duration::from_secs(60),
-        || {
-            let Ok(status) = tower.call("tower-status", json!([id])) else {
-                return Some(());
-            };
-            let audits = status["audits"]["audits"].as_array().cloned();
-            let answered = |audit: &Value| {
-                let release = &audit["release"];
-                release.is_null()
-                    || !release["released_height"].is_null()
-                    || !release["last_error"].is_null()
-            };
-            audits
-                .unwrap_or_default()
-                .iter()
-                .all(answered)
-                .then_some(())
-        },
-    );
 }
 
 /// Waits until the renter's status shows its tower's Merkle audits with `check` true

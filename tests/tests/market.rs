@@ -300,33 +300,9 @@ fn mine_audited_to(net: &MarketNet, towers: &[&TowerProcess], id: &str, height: 
         let tip = net.tip();
         for tower in towers {
             tower.wait_for_tip(tip);
-            wait_for_release_answers(tower, id);
+            tower.wait_for_release_answers(id);
         }
     }
-}
-
-fn wait_for_release_answers(tower: &TowerProcess, id: &str) {
-    wait_until(
-        "the farmer's answers to the salt releases",
-        MARKET_WAIT,
-        || {
-            let Ok(status) = tower.call("tower-status", json!([id])) else {
-                return Some(());
-            };
-            let audits = status["audits"]["audits"].as_array().cloned();
-            let answered = |audit: &Value| {
-                let release = &audit["release"];
-                release.is_null()
-                    || !release["released_height"].is_null()
-                    || !release["last_error"].is_null()
-            };
-            audits
-                .unwrap_or_default()
-                .iter()
-                .all(answered)
-                .then_some(())
-        },
-    );
 }
 
 fn audit_claims(net: &MarketNet, farmer: usize, id: &str) -> usize {

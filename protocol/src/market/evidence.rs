@@ -63,72 +63,11 @@ pub fn check_proof(proof: FraudProof) -> Result<VerifiedEvidence, MarketError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::tests::{parties, tx1_outpoint};
-    use crate::keys::joint_secret_key;
-    use crate::merkle::{MerkleTree, SEGMENT_SIZE};
-    use crate::nonce_reuse::farmer_sign_tx2;
-    use crate::receipt::StorageReceipt;
-    use crate::seal::{
-        build_fraud_proof, check_sealed_copy, find_bad_segment, seal, FraudEvidence, SealContext,
-    };
-    use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
-    use bitcoin::Amount;
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-
-    /// A genuine fraud proof: the farmer sealed data with segment 1 corrupted.
-    fn fraud_proof(seed: u64) -> (FraudProof, XOnlyPublicKey) {
-        let p = parties(seed);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let identity = Keypair::from_secret_key(SECP256K1, &SecretKey::new(&mut rng));
-        let c: Vec<u8> = (0..2 * SEGMENT_SIZE + 10)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
-        let c_tree = MerkleTree::from_data(&c);
-        let receipt =
-            StorageReceipt::sign(&identity, p.contract.contract_id, c_tree.commitment(), 900);
-        let context = SealContext {
-            contract_id: p.contract.contract_id,
-            download_id: [0x11; 32],
-            renter_key: p.contract.renter_key,
-            farmer_key: p.contract.farmer_key,
-        };
-        let unsigned = p
-            .contract
-            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
-            .unwrap();
-        let sig_r = p.contract.renter_sign_tx2(&unsigned, &p.r).unwrap();
-        let tx2 = farmer_sign_tx2(&mut rng, &p.contract, &unsigned, &p.f, &sig_r)
-            .unwrap()
-            .tx;
-        let mut lost = c.clone();
-        lost[SEGMENT_SIZE + 3] ^= 0x55;
-        let mut e = Vec::new();
-        let transcript = seal(&mut rng, &context, &identity, &lost[..], &mut e).unwrap();
-        let e_tree = check_sealed_copy(&transcript, &e[..]).unwrap();
-        let j = joint_secret_key(&p.r, &p.f).unwrap();
-        let (i, _) = find_bad_segment(&j, &transcript.ephemeral, &e[..], &c_tree)
-            .unwrap()
-            .unwrap();
-        let start = i as usize * SEGMENT_SIZE;
-        let proof = build_fraud_proof(FraudEvidence {
-            receipt: &receipt,
-            transcript: &transcript,
-            sealed_tree: &e_tree,
-            ciphertext_tree: &c_tree,
-            segment_index: i,
-            sealed_segment: e[start..(start + SEGMENT_SIZE).min(e.len())].to_vec(),
-            renter_secret: p.r,
-            tx2,
-            tx2_input: 0,
-        })
-        .unwrap();
-        (proof, identity.x_only_public_key().0)
-    }
+    use crate::seal::tests::sample_fraud_proof;
 
     #[test]
     fn genuine_evidence_is_accepted_with_a_canonical_id() {
-        let (proof, farmer) = fraud_proof(90);
+        let (proof, farmer) = sample_fraud_proof(90);
         let compact = serde_json::to_vec(&proof).unwrap();
         let verified = check_evidence(&compact).unwrap();
         assert_eq!(verified.farmer, farmer);
@@ -143,7 +82,7 @@ mod tests {
 
     #[test]
     fn fake_evidence_is_refused() {
-        let (proof, _) = fraud_proof(91);
+        let (proof, _) = sample_fraud_proof(91);
         let mut no_fraud = proof.clone();
         no_fraud.expected_leaf = [0; 32];
         let bytes = serde_json::to_vec(&no_fraud).unwrap();
