@@ -35,6 +35,18 @@ pub struct BitcoinSettings {
     pub rpcpassword: Option<String>,
 }
 
+impl BitcoinSettings {
+    /// lightningd's view of `node`, as its `listconfigs` reports it.
+    pub fn of(node: &crate::BitcoinNode) -> BitcoinSettings {
+        BitcoinSettings {
+            rpcport: Some(node.rpc_port),
+            rpcconnect: Some("127.0.0.1".into()),
+            datadir: Some(node.datadir().to_path_buf()),
+            ..BitcoinSettings::default()
+        }
+    }
+}
+
 /// Everything the plugin wrote to stdout, sorted.
 #[derive(Default)]
 pub struct Inbox {

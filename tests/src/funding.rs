@@ -15,6 +15,35 @@ use crate::node::BitcoinNode;
 /// Fee paid by every funding transaction (one P2WPKH input, two outputs: ~7 sat/vB).
 pub const FUNDING_FEE: Amount = Amount::from_sat(1_000);
 
+/// A version-2 transaction spending `coin` (a P2WPKH output of `secret`'s key) into
+/// `outputs`, signed SIGHASH_ALL.
+pub fn signed_p2wpkh_spend(
+    secret: &SecretKey,
+    outpoint: OutPoint,
+    coin: &TxOut,
+    outputs: Vec<TxOut>,
+) -> Transaction {
+    let mut tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: outpoint,
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            witness: Witness::new(),
+        }],
+        output: outputs,
+    };
+    let sighash = SighashCache::new(&tx)
+        .p2wpkh_signature_hash(0, &coin.script_pubkey, coin.value, EcdsaSighashType::All)
+        .expect("sighash");
+    let signature = bitcoin::ecdsa::Signature::sighash_all(
+        SECP256K1.sign_ecdsa(&Message::from_digest(sighash.to_byte_array()), secret),
+    );
+    tx.input[0].witness = Witness::p2wpkh(&signature, &secret.public_key(SECP256K1));
+    tx
+}
+
 /// Spendable coinbase outputs of one key.
 pub struct Funder {
     secret: SecretKey,
@@ -58,35 +87,11 @@ impl Funder {
             .value
             .checked_sub(output.value + FUNDING_FEE)
             .expect("coin too small");
-        let mut tx = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: outpoint,
-                script_sig: ScriptBuf::new(),
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                witness: Witness::new(),
-            }],
-            output: vec![
-                output,
-                TxOut {
-                    value: change,
-                    script_pubkey: self.script_pubkey(),
-                },
-            ],
+        let change = TxOut {
+            value: change,
+            script_pubkey: self.script_pubkey(),
         };
-        let sighash = SighashCache::new(&tx)
-            .p2wpkh_signature_hash(
-                0,
-                &prevout.script_pubkey,
-                prevout.value,
-                EcdsaSighashType::All,
-            )
-            .expect("sighash");
-        let signature = bitcoin::ecdsa::Signature::sighash_all(
-            SECP256K1.sign_ecdsa(&Message::from_digest(sighash.to_byte_array()), &self.secret),
-        );
-        tx.input[0].witness = Witness::p2wpkh(&signature, &self.public.0);
+        let tx = signed_p2wpkh_spend(&self.secret, outpoint, &prevout, vec![output, change]);
         // Change goes back to the pool once this transaction is mined or in the mempool.
         self.utxos.insert(
             0,

@@ -180,6 +180,26 @@ impl Market {
         cli_result(self.renter().cli(args))
     }
 
+    /// `dstore-open <peer> <file> <TEST_PRICE_SAT> <audits> <period> <amount_sat>` through
+    /// bitcoin-cli: a contract with an audit contract.
+    pub fn open_with_audits(
+        &self,
+        file: &Path,
+        audits: u32,
+        period: u32,
+        amount_sat: u64,
+    ) -> Result<String, String> {
+        self.renter_cli(&[
+            "dstore-open",
+            &self.peer_url,
+            file.to_str().expect("utf-8 path"),
+            &TEST_PRICE_SAT.to_string(),
+            &audits.to_string(),
+            &period.to_string(),
+            &amount_sat.to_string(),
+        ])
+    }
+
     /// `dstore-open` through bitcoin-cli; returns the contract id.
     pub fn open(&self, file: &Path) -> Result<String, String> {
         let path = file.to_str().expect("utf-8 path");
@@ -353,4 +373,15 @@ fn cli_result(output: Output) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
     }
+}
+
+/// The tower's per-audit outcome ("paid", "refunded", …) as a renter's `dstore-status`
+/// shows it.
+pub fn audit_outcomes(status: &Value) -> Vec<String> {
+    status["audits"]["tower"]["audits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tower audit report in {status}"))
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("?").to_string())
+        .collect()
 }

@@ -13,13 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bitcoin::hashes::Hash;
-use bitcoin::secp256k1::{Message, SecretKey, SECP256K1};
-use bitcoin::sighash::SighashCache;
-use bitcoin::{
-    absolute::LockTime, transaction::Version, Amount, CompressedPublicKey, EcdsaSighashType,
-    OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
-};
+use bitcoin::secp256k1::{SecretKey, SECP256K1};
+use bitcoin::{Amount, CompressedPublicKey, OutPoint, ScriptBuf, Transaction, TxOut};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -442,26 +437,7 @@ impl Forger {
             script_pubkey: self.script(),
         });
         let change_vout = outputs.len() as u32 - 1;
-        let mut tx = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: outpoint,
-                script_sig: ScriptBuf::new(),
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                witness: Witness::new(),
-            }],
-            output: outputs,
-        };
-        let sighash = SighashCache::new(&tx)
-            .p2wpkh_signature_hash(0, &self.script(), prevout.value, EcdsaSighashType::All)
-            .expect("sighash");
-        let signature =
-            SECP256K1.sign_ecdsa(&Message::from_digest(sighash.to_byte_array()), &self.secret);
-        tx.input[0].witness = Witness::p2wpkh(
-            &bitcoin::ecdsa::Signature::sighash_all(signature),
-            &self.secret.public_key(SECP256K1),
-        );
+        let tx = crate::funding::signed_p2wpkh_spend(&self.secret, outpoint, &prevout, outputs);
         let change = OutPoint {
             txid: tx.compute_txid(),
             vout: change_vout,

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dstore_tests::market::{tower_flags, Faults, Market};
+use dstore_tests::market::{audit_outcomes, tower_flags, Faults, Market};
 use dstore_tests::parties::seeded_bytes;
 use dstore_tests::{wait_until, TowerProcess};
 use serde_json::{json, Value};
@@ -33,18 +33,9 @@ fn market(faults: Faults) -> (Market, TowerProcess, TowerProcess) {
     Market::with_towers(&crs_dir(), faults, &[], &["--merkle-audit-every=2"])
 }
 
-/// `dstore-open <peer> <file> <price> <audits> <P> <A>` through bitcoin-cli.
+/// `dstore-open` with `audits` audits of this file's period and amount.
 fn open_with_audits(m: &Market, file: &Path, audits: u32) -> Result<String, String> {
-    let path = file.to_str().expect("utf-8 path");
-    m.renter_cli(&[
-        "dstore-open",
-        &m.peer_url,
-        path,
-        "20000",
-        &audits.to_string(),
-        &PERIOD.to_string(),
-        &AMOUNT_SAT.to_string(),
-    ])
+    m.open_with_audits(file, audits, PERIOD, AMOUNT_SAT)
 }
 
 fn renter_status(m: &Market, id: &str) -> Value {
@@ -105,16 +96,6 @@ fn wait_for_claims(m: &Market, id: &str, count: usize) -> Vec<Value> {
     )
 }
 
-/// The tower's per-audit outcome ("paid", "refunded", …) as the renter's status shows it.
-fn outcomes(status: &Value) -> Vec<String> {
-    status["audits"]["tower"]["audits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tower audit report in {status}"))
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
 fn confirmed(m: &Market, txid: &str) -> bool {
     m.node.confirmations(txid) > 0
 }
@@ -159,7 +140,7 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
     // auditor's Merkle audits of the honest farmer all passed.
     mine_to(&m, &towers, &id, heights[3] + 4);
     let s = renter_status(&m, &id);
-    assert_eq!(outcomes(&s), ["paid", "paid", "paid", "paid"], "{s}");
+    assert_eq!(audit_outcomes(&s), ["paid", "paid", "paid", "paid"], "{s}");
     let s = wait_for_merkle(&m, &id, |t| t["merkle"]["passed"].as_u64() > Some(0));
     assert_eq!(s["audits"]["tower"]["merkle"]["failed"], 0, "{s}");
 }
@@ -189,7 +170,7 @@ fn audit_farmer_that_loses_the_file_is_refunded() {
     mine_to(&m, &towers, &id, heights[2] + 6);
     assert_eq!(claims(&m, &id).len(), 1, "no claim without the data");
     let s = renter_status(&m, &id);
-    let outcome = outcomes(&s);
+    let outcome = audit_outcomes(&s);
     assert_eq!(outcome[0], "paid", "{s}");
     assert_eq!(outcome[1], "refunded", "{s}");
     assert_eq!(outcome[2], "refunded", "{s}");
@@ -253,7 +234,7 @@ fn audit_farmer_stopping_mid_swap_leaves_the_renter_its_refunds() {
     // candidate, so RF_1 returns its output after T_1 + W.
     wait_for_claims(&m, &id, 1);
     let s = renter_status(&m, &id);
-    assert_eq!(outcomes(&s), ["paid", "refunded"], "{s}");
+    assert_eq!(audit_outcomes(&s), ["paid", "refunded"], "{s}");
     let spent = AMOUNT_SAT + (AMOUNT_SAT - 1_000 - 400 * 2);
     let fees_bound = 5_000;
     let after = m.renter_balance_sat();
@@ -285,7 +266,7 @@ fn audit_renter_stopping_mid_swap_leaves_the_farmer_paid_for_what_it_holds() {
     let claims = wait_for_claims(&m, &id, 1);
     assert_eq!(claims[0]["audit"], 0);
     let s = renter_status(&m, &id);
-    assert_eq!(outcomes(&s), ["paid", "refunded"], "{s}");
+    assert_eq!(audit_outcomes(&s), ["paid", "refunded"], "{s}");
 }
 
 #[test]
@@ -400,7 +381,7 @@ fn audit_third_party_auditor_holds_the_salts() {
     let claims = wait_for_claims(&m, &id, 2);
     assert_eq!(claims.len(), 2);
     let s = renter_status(&m, &id);
-    assert_eq!(outcomes(&s), ["paid", "paid"], "{s}");
+    assert_eq!(audit_outcomes(&s), ["paid", "paid"], "{s}");
     wait_for_merkle(&m, &id, |t| t["merkle"]["passed"].as_u64() > Some(0));
 }
 

@@ -19,16 +19,6 @@ fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
 }
 
-/// lightningd's view of `node`, as its `listconfigs` reports it.
-fn settings_for(node: &BitcoinNode) -> BitcoinSettings {
-    BitcoinSettings {
-        rpcport: Some(node.rpc_port),
-        rpcconnect: Some("127.0.0.1".into()),
-        datadir: Some(node.datadir().to_path_buf()),
-        ..BitcoinSettings::default()
-    }
-}
-
 #[test]
 fn cln_manifest_lists_every_method_with_usage_and_typed_described_options() {
     let plugin = ClnPlugin::spawn(BitcoinSettings::default());
@@ -171,7 +161,8 @@ fn cln_disable_when_bitcoind_is_down_or_on_another_network() {
     plugin.assert_stdout_clean();
 
     // A bad option value is a reason too, not a crash.
-    let (mut plugin, init) = ClnPlugin::start(settings_for(&node), json!({"dstore-role": "miner"}));
+    let (mut plugin, init) =
+        ClnPlugin::start(BitcoinSettings::of(&node), json!({"dstore-role": "miner"}));
     let reason = init["disable"]
         .as_str()
         .unwrap_or_else(|| panic!("not disabled: {init}"));
@@ -183,7 +174,7 @@ fn cln_disable_when_bitcoind_is_down_or_on_another_network() {
 #[test]
 fn cln_bad_input_gets_errors_and_discovery_works_over_custommsg() {
     let node = BitcoinNode::start();
-    let (mut plugin, init) = ClnPlugin::start(settings_for(&node), json!({}));
+    let (mut plugin, init) = ClnPlugin::start(BitcoinSettings::of(&node), json!({}));
     assert_eq!(init, json!({}), "enabled");
     let info = plugin.call_ok("dstore-getinfo", json!({}), SHORT);
     assert_eq!(info["network"], "regtest");
@@ -350,7 +341,7 @@ fn cln_farmer_role_serves_its_peer_endpoint_and_answers_discovery() {
     let node = BitcoinNode::start();
     let peer_port = ports::free_ports(1)[0];
     let (plugin, init) = ClnPlugin::start(
-        settings_for(&node),
+        BitcoinSettings::of(&node),
         json!({
             "dstore-role": "farmer",
             "dstore-peer-bind": format!("127.0.0.1:{peer_port}"),
@@ -412,7 +403,7 @@ fn cln_open_and_download_with_named_and_positional_params_pay_the_farmer() {
         ],
     );
     let (renter, init) = ClnPlugin::start(
-        settings_for(&node),
+        BitcoinSettings::of(&node),
         json!({"dstore-crs-cache-dir": crs_dir().display().to_string()}),
     );
     assert_eq!(init, json!({}), "enabled");

@@ -16,15 +16,6 @@ const DSTORE_MSG: [u8; 2] = [0xD5, 0xA1];
 const KIND_ADVERT: u8 = 0x03;
 const KIND_EVIDENCE: u8 = 0x04;
 
-fn settings_for(node: &BitcoinNode) -> BitcoinSettings {
-    BitcoinSettings {
-        rpcport: Some(node.rpc_port),
-        rpcconnect: Some("127.0.0.1".into()),
-        datadir: Some(node.datadir().to_path_buf()),
-        ..BitcoinSettings::default()
-    }
-}
-
 fn message(kind: u8, body: &[u8]) -> String {
     let mut bytes = DSTORE_MSG.to_vec();
     bytes.push(kind);
@@ -49,7 +40,7 @@ fn cln_market_discovery_carries_the_signed_advert_and_forgeries_are_refused() {
     let peer_port = ports::free_ports(1)[0];
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let (plugin, init) = ClnPlugin::start(
-        settings_for(&node),
+        BitcoinSettings::of(&node),
         json!({
             "dstore-role": "farmer",
             "dstore-peer-bind": format!("127.0.0.1:{peer_port}"),

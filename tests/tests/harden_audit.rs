@@ -38,15 +38,7 @@ fn crs_dir() -> PathBuf {
 }
 
 fn open_with_audits(m: &Market, file: &Path, audits: u32, period: u32) -> Result<String, String> {
-    m.renter_cli(&[
-        "dstore-open",
-        &m.peer_url,
-        file.to_str().expect("utf-8 path"),
-        "20000",
-        &audits.to_string(),
-        &period.to_string(),
-        &AMOUNT_SAT.to_string(),
-    ])
+    m.open_with_audits(file, audits, period, AMOUNT_SAT)
 }
 
 fn heights(m: &Market, id: &str) -> Vec<u64> {

@@ -311,13 +311,7 @@ fn audit_claims(net: &MarketNet, farmer: usize, id: &str) -> usize {
 }
 
 fn audit_outcomes(net: &MarketNet, r: usize, id: &str) -> Vec<String> {
-    let status = net.renter(r).call_ok("dstore-status", json!([id]));
-    status["audits"]["tower"]["audits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tower audit report in {status}"))
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap_or("?").to_string())
-        .collect()
+    dstore_tests::market::audit_outcomes(&net.renter(r).call_ok("dstore-status", json!([id])))
 }
 
 /// The outcome counts of a row (what the chain says about the farmer).

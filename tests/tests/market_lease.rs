@@ -27,16 +27,7 @@ fn crs_dir() -> PathBuf {
 
 /// `dstore-open <peer> <file> <price> <audits> <P> <A>` through bitcoin-cli.
 fn open_with_audits(m: &Market, file: &Path) -> Result<String, String> {
-    let path = file.to_str().expect("utf-8 path");
-    m.renter_cli(&[
-        "dstore-open",
-        &m.peer_url,
-        path,
-        "20000",
-        &AUDITS.to_string(),
-        "8",
-        "20000",
-    ])
+    m.open_with_audits(file, AUDITS, 8, 20_000)
 }
 
 /// The identity the farmer's `/dstore/v1/info` names.

@@ -364,11 +364,12 @@ fn write_changes(batch: &mut Batch, changes: &[Change]) -> Result<(), DbError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bitcoin::hashes::Hash;
 
-    fn identity(n: u8) -> XOnlyPublicKey {
+    /// A fixed identity for the market's unit tests.
+    pub(crate) fn identity(n: u8) -> XOnlyPublicKey {
         let secp = bitcoin::secp256k1::Secp256k1::new();
         let key = bitcoin::secp256k1::SecretKey::from_slice(&[n; 32]).unwrap();
         key.x_only_public_key(&secp).0

@@ -307,15 +307,10 @@ fn sort_rows(rows: &mut [FarmerRow], sort: Sort) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::market::store::tests::identity;
     use crate::market::store::{Key, Tip};
     use bitcoin::hashes::Hash;
     use bitcoin::{BlockHash, Txid};
-
-    fn identity(n: u8) -> XOnlyPublicKey {
-        let secp = bitcoin::secp256k1::Secp256k1::new();
-        let key = bitcoin::secp256k1::SecretKey::from_slice(&[n; 32]).unwrap();
-        key.x_only_public_key(&secp).0
-    }
 
     fn point(n: u8, vout: u32) -> OutPoint {
         OutPoint::new(Txid::from_byte_array([n; 32]), vout)
