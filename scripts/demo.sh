@@ -171,7 +171,22 @@ json 'v["key"] is not None' <"$WORK/tower-status.json" | grep -q True || die "th
 step "8. Audit contract: dstore-open with 3 audits, one every 8 blocks, 20000 sat each"
 echo "(the renter's watchtower is the auditor: it holds the salts and runs a Merkle audit every 2 blocks)"
 head -c $((1024 * 1024)) /dev/urandom >"$WORK/audited.bin"
-AID="$("${RENTER[@]}" dstore-open "http://127.0.0.1:$PEER" "$WORK/audited.bin" 50000 3 8 20000)"
+OPENED="$("${RENTER[@]}" dstore-open "http://127.0.0.1:$PEER" "$WORK/audited.bin" 50000 3 8 20000)"
+case "$OPENED" in
+  "{"*) # TX_A (with the renter's stake) is out; the farmer tosses once it is confirmed
+    AID="$(printf '%s' "$OPENED" | json 'v["contract_id"]')"
+    "${NODE_CLI[@]}" generatetodescriptor 1 "raw(51)" >/dev/null
+    PHASE=""
+    for _ in $(seq 1 120); do
+      PHASE="$("${RENTER[@]}" dstore-status "$AID" | json 'v["audits"]["phase"]')"
+      [ "$PHASE" = complete ] || [ "$PHASE" = failed ] && break
+      sleep 1
+    done
+    [ "$PHASE" = complete ] \
+      || die "the audit setup did not complete: $("${RENTER[@]}" dstore-status "$AID" | json 'v["audits"]')"
+    ;;
+  *) AID="$OPENED" ;;
+esac
 "${RENTER[@]}" dstore-status "$AID" >"$WORK/audit-status.json"
 json '"contract %s: %s, %s candidate signatures swapped, TX_A %s" % (v["contract_id"], v["audits"]["phase"], v["audits"]["swapped"], v["audits"]["funding_txid"])' <"$WORK/audit-status.json"
 json '"audit heights T_i: %s (claim window W = %s blocks)" % (v["audits"]["heights"], v["audits"]["claim_window_blocks"])' <"$WORK/audit-status.json"

@@ -23,6 +23,8 @@ pub struct App {
     pub farmer: Option<Arc<Farmer>>,
     /// The farmer market: chain scanner records, adverts, evidence (every role).
     pub market: Arc<Market>,
+    /// Files stored as erasure-coded shards across several farmers.
+    pub files: Arc<crate::shards::Files>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -39,6 +41,7 @@ impl App {
             config,
             bitcoind,
             wallet,
+            files: Arc::new(crate::shards::Files::new(renter.clone(), market.clone())),
             renter,
             farmer,
             market,

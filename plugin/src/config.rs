@@ -183,6 +183,11 @@ pub enum DevFault {
     AuditRenterStopHalf,
     /// Renter: half of each audit's candidate locks hash data that is not in the file.
     AuditBadLocks,
+    /// Renter: TX_A pays the farmer a stake one satoshi below the terms' minimum.
+    AuditStakeShort,
+    /// Renter: sends its toss nonce as soon as TX_A is broadcast, without waiting for the
+    /// farmer's confirmations (and keeps asking).
+    AuditTossUnconfirmed,
     /// Renter: stalls for good once phase tx1_funded is stored, before TX1 is broadcast
     /// (the test kills it there).
     StallAtTx1Funded,

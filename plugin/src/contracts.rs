@@ -20,7 +20,7 @@ fn renter_error(e: RenterError) -> RpcError {
     rpc_error(&e)
 }
 
-fn rpc_error(e: &RenterError) -> RpcError {
+pub(crate) fn rpc_error(e: &RenterError) -> RpcError {
     let code = match e {
         RenterError::UnknownContract(_) => code::INVALID_ADDRESS_OR_KEY,
         RenterError::Invalid(_) => code::INVALID_PARAMETER,
@@ -45,19 +45,47 @@ fn contract_id(args: &Params<'_>, i: usize) -> Result<[u8; 32], RpcError> {
 }
 
 pub(crate) async fn open(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let started = std::time::Instant::now();
     let url = args.required_string(0)?;
     let file = PathBuf::from(args.required_string(1)?);
+    if let Some(request) = shard_request(args, &url, &file)? {
+        return app.files.open(request).await.map_err(|e| e.to_rpc());
+    }
     if url.trim() == "auto" {
-        return open_auto(app, args, &file).await;
+        return open_auto(app, args, &file, started).await;
     }
     let price = download_price(args)?;
     let audits = audit_request(args)?;
+    let deadline = open_deadline(args, started)?;
     let id = app
         .renter
         .open(&url, &file, price, audits)
         .await
         .map_err(renter_error)?;
-    Ok(json!(hex::encode(id)))
+    app.renter
+        .await_audit_setup(&id, deadline)
+        .await
+        .map_err(renter_error)
+}
+
+/// `[wait_seconds]` of `dstore-open`: how long, from the call, to wait for an audit
+/// setup to end (`None`: return once it only waits for the chain).
+fn open_deadline(
+    args: &Params<'_>,
+    started: std::time::Instant,
+) -> Result<Option<std::time::Instant>, RpcError> {
+    let Some(text) = args.decimal_text(6)? else {
+        return Ok(None);
+    };
+    let seconds = text.parse::<u32>().map_err(|_| {
+        RpcError::new(
+            code::TYPE_ERROR,
+            format!("wait_seconds must be a whole number of seconds, not '{text}'"),
+        )
+    })?;
+    Ok(Some(
+        started + std::time::Duration::from_secs(seconds.into()),
+    ))
 }
 
 /// `dstore-open auto <file> …`: the market's best farmer, then the normal open; the reply
@@ -66,6 +94,7 @@ async fn open_auto(
     app: &Arc<App>,
     args: &Params<'_>,
     file: &std::path::Path,
+    started: std::time::Instant,
 ) -> Result<Value, RpcError> {
     let (market, path) = (app.market.clone(), file.to_path_buf());
     let choice =
@@ -75,12 +104,66 @@ async fn open_auto(
     tracing::info!(farmer = %choice.identity, url = %choice.peer_url, score = choice.score, "dstore-open auto: farmer chosen");
     let price = download_price(args)?;
     let audits = audit_request(args)?;
+    let deadline = open_deadline(args, started)?;
     let id = app
         .renter
         .open(&choice.peer_url, file, price, audits)
         .await
         .map_err(renter_error)?;
-    Ok(json!({"contract_id": hex::encode(id), "farmer": choice.to_json()}))
+    let mut reply = app
+        .renter
+        .await_audit_setup(&id, deadline)
+        .await
+        .map_err(renter_error)?;
+    if !reply.is_object() {
+        reply = json!({"contract_id": hex::encode(id)});
+    }
+    reply["farmer"] = choice.to_json();
+    Ok(reply)
+}
+
+/// The position of `dstore-open`'s parameter `name`.
+fn open_param(name: &str) -> usize {
+    crate::methods::find("dstore-open")
+        .and_then(|m| m.params.iter().position(|p| p.name == name))
+        .unwrap_or(usize::MAX)
+}
+
+/// `shards=N needed=K`: a sharded open (`None` without `shards`).
+fn shard_request(
+    args: &Params<'_>,
+    url: &str,
+    file: &std::path::Path,
+) -> Result<Option<crate::shards::open::OpenFile>, RpcError> {
+    let count = |name: &str| -> Result<Option<u64>, RpcError> {
+        match args.decimal_text(open_param(name))? {
+            None => Ok(None),
+            Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
+                RpcError::new(
+                    code::INVALID_PARAMETER,
+                    format!("{name} must be a whole number, not '{text}'"),
+                )
+            }),
+        }
+    };
+    let (shards, needed) = (count("shards")?, count("needed")?);
+    let Some(shards) = shards else {
+        if needed.is_some() {
+            return Err(RpcError::new(
+                code::INVALID_PARAMETER,
+                "needed (K) is given without shards (N)",
+            ));
+        }
+        return Ok(None);
+    };
+    Ok(Some(crate::shards::open::OpenFile {
+        farmers: crate::shards::open::Farmers::parse(url),
+        file: file.to_path_buf(),
+        shards,
+        needed,
+        price: download_price(args)?,
+        audits: audit_request(args)?,
+    }))
 }
 
 /// `[download_price_sat]`: the farmer's price unless given.
@@ -148,10 +231,47 @@ pub(crate) async fn download(app: &Arc<App>, args: &Params<'_>) -> Result<Value,
                 .into(),
         )),
     };
+    if app.files.load(&id).map_err(|e| e.to_rpc())?.is_some() {
+        return app
+            .files
+            .download(&id, &output, wait)
+            .await
+            .map_err(|e| e.to_rpc());
+    }
     app.renter
         .download(&id, &output, wait)
         .await
         .map_err(|e| rpc_error(&e))
+}
+
+/// `dstore-repair <file_id> [farmer_urls|auto] [wait_seconds]`.
+pub(crate) async fn repair(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
+    let text = args.required_string(0)?;
+    let id = crate::shards::parse_id(&text, "file_id").map_err(|e| e.to_rpc())?;
+    let farmers = args
+        .string(1)?
+        .map(|urls| crate::shards::open::Farmers::parse(&urls));
+    let wait = wait_seconds(args, 2)?;
+    app.files
+        .repair(&id, farmers, wait)
+        .await
+        .map_err(|e| e.to_rpc())
+}
+
+/// `[wait_seconds]` at position `i`.
+fn wait_seconds(args: &Params<'_>, i: usize) -> Result<Option<std::time::Duration>, RpcError> {
+    match args.decimal_text(i)? {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<u32>()
+            .map(|s| Some(std::time::Duration::from_secs(s.into())))
+            .map_err(|_| {
+                RpcError::new(
+                    code::TYPE_ERROR,
+                    format!("wait_seconds must be a whole number of seconds, not '{text}'"),
+                )
+            }),
+    }
 }
 
 pub(crate) async fn refund(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
@@ -169,6 +289,9 @@ pub(crate) async fn verify_fraud(args: &Params<'_>) -> Result<Value, RpcError> {
 
 pub(crate) async fn status(app: &Arc<App>, args: &Params<'_>) -> Result<Value, RpcError> {
     let id = contract_id(args, 0)?;
+    if app.files.load(&id).map_err(|e| e.to_rpc())?.is_some() {
+        return app.files.status(&id).await.map_err(|e| e.to_rpc());
+    }
     if let Some(record) = app.renter.load(&id).map_err(renter_error)? {
         let mut value = rented_json(app, &record, true);
         if let Some(audits) = app.renter.audit_status(&record).await {
@@ -191,12 +314,22 @@ pub(crate) async fn status(app: &Arc<App>, args: &Params<'_>) -> Result<Value, R
 }
 
 pub(crate) fn list(app: &Arc<App>) -> Result<Value, RpcError> {
+    let (files, shards) = app.files.list_entries().map_err(|e| e.to_rpc())?;
     let mut out: Vec<Value> = app
         .renter
         .list()
         .map_err(renter_error)?
         .iter()
-        .map(|r| rented_json(app, r, false))
+        .map(|r| {
+            let mut value = rented_json(app, r, false);
+            if let Some((file_id, index)) = shards.get(&r.contract_id) {
+                merge(
+                    &mut value,
+                    json!({"file_id": hex::encode(file_id), "shard": index}),
+                );
+            }
+            value
+        })
         .collect();
     if let Some(farmer) = &app.farmer {
         let farmed = farmer
@@ -204,6 +337,7 @@ pub(crate) fn list(app: &Arc<App>) -> Result<Value, RpcError> {
             .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?;
         out.extend(farmed.iter().map(|r| farmed_json(app, r, false)));
     }
+    out.extend(files);
     Ok(Value::Array(out))
 }
 
@@ -328,6 +462,8 @@ fn farmed_json(app: &App, record: &FarmedContract, detail: bool) -> Value {
                 "swapped": a.swap.done.len(),
                 "claims": a.claims.iter().map(crate::farmer::audit::claim_summary).collect::<Vec<_>>(),
                 "watchtower_registered": a.tower_registered,
+                "stake_sat": a.proposal.terms.stake.to_sat(),
+                "renter_caught": a.caught,
             })),
         });
         merge(&mut value, extra);
@@ -335,7 +471,7 @@ fn farmed_json(app: &App, record: &FarmedContract, detail: bool) -> Value {
     value
 }
 
-fn merge(value: &mut Value, extra: Value) {
+pub(crate) fn merge(value: &mut Value, extra: Value) {
     if let (Some(v), Value::Object(e)) = (value.as_object_mut(), extra) {
         v.extend(e);
     }

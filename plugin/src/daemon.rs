@@ -59,6 +59,8 @@ pub enum StartError {
     Renter(#[from] crate::renter::RenterError),
     #[error("farmer role: {0}")]
     Farmer(#[from] crate::farmer::FarmerError),
+    #[error("file layer: {0}")]
+    Files(#[from] crate::shards::FileError),
     #[error("market store: {0}")]
     Market(crate::db::DbError),
     #[error("farmer storage: {0}")]
@@ -196,6 +198,7 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
     tokio::spawn(stop_on_signal(app.clone()));
     start_market(&app);
     app.renter.resume_uploads()?;
+    app.files.resume()?;
     app.renter.resume_watchtower()?;
     app.renter.resume_downloads()?;
     if let Some(farmer) = &farmer {

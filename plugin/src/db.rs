@@ -15,6 +15,8 @@ pub mod prefix {
     pub const RENTED: &str = "rented/";
     /// A contract this node stores (farmer role).
     pub const FARMED: &str = "farmed/";
+    /// A file stored as erasure-coded shards, each an ordinary rented contract.
+    pub const FILES: &str = "files/";
     /// Derivation-index counter for per-download keys.
     pub const KEY_INDEX: &str = "meta/key-index";
 }

@@ -17,6 +17,7 @@ pub mod market;
 pub mod methods;
 pub mod progress;
 pub mod renter;
+pub mod shards;
 pub mod storage;
 pub mod tower_client;
 pub mod wallet;

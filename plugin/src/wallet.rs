@@ -7,9 +7,11 @@
 //! wallet's last checkpoint to bitcoind's tip first, then reads or spends. All of it is
 //! blocking: the RPC server calls it on tokio's blocking pool.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bdk_bitcoind_rpc::bitcoincore_rpc::{self, Auth, RpcApi};
 use bdk_bitcoind_rpc::Emitter;
@@ -90,7 +92,16 @@ struct Inner {
     store: Store<ChangeSet>,
     /// Signs the wallet's inputs (found through the PSBT's BIP32 derivations).
     master: Xpriv,
+    /// Coins spent by transactions built but not broadcast yet (a TX_A waits for the
+    /// farmer's refund signatures first; a TX1 is stored first), with when: another build
+    /// meanwhile must not spend them too. bitcoind's view cannot say so (the transaction is
+    /// not in its mempool yet), so the wallet remembers, for [`RESERVATION_TTL`] at most
+    /// (a build that is never broadcast gives its coins back then).
+    reserved: BTreeMap<bdk_wallet::bitcoin::OutPoint, Instant>,
 }
+
+/// How long coins of a built, unbroadcast transaction stay out of other builds.
+const RESERVATION_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// The plugin's wallet. Cheap to share; one operation at a time.
 pub struct PluginWallet {
@@ -145,6 +156,7 @@ impl PluginWallet {
                 wallet,
                 store,
                 master,
+                reserved: BTreeMap::new(),
             }),
             network,
             rpc,
@@ -296,7 +308,26 @@ impl PluginWallet {
             None => self.estimate_fee_rate()?,
         };
         let master = inner.master;
-        let built = build_and_sign(&mut inner.wallet, &master, outputs, fee_rate, keep_order)?;
+        inner
+            .reserved
+            .retain(|_, at| at.elapsed() < RESERVATION_TTL);
+        let reserved: Vec<bdk_wallet::bitcoin::OutPoint> = inner.reserved.keys().copied().collect();
+        let built = build_and_sign(
+            &mut inner.wallet,
+            &master,
+            outputs,
+            fee_rate,
+            keep_order,
+            &reserved,
+        )?;
+        let now = Instant::now();
+        inner.reserved.extend(
+            built
+                .0
+                .input
+                .iter()
+                .map(|input| (input.previous_output, now)),
+        );
         persist(&mut inner)?;
         Ok(built)
     }
@@ -314,6 +345,10 @@ impl PluginWallet {
         inner
             .wallet
             .apply_unconfirmed_txs([(tx.clone(), unix_now())]);
+        // bitcoind (and so the wallet) sees these coins spent now.
+        for input in &tx.input {
+            inner.reserved.remove(&input.previous_output);
+        }
         persist(&mut inner)?;
         Ok(txid)
     }
@@ -482,8 +517,10 @@ fn build_and_sign(
     outputs: &[bdk_wallet::bitcoin::TxOut],
     fee_rate: FeeRate,
     keep_order: bool,
+    reserved: &[bdk_wallet::bitcoin::OutPoint],
 ) -> Result<(Transaction, Vec<bdk_wallet::bitcoin::TxOut>), WalletError> {
     let mut builder = wallet.build_tx();
+    builder.unspendable(reserved.to_vec());
     for output in outputs {
         builder.add_recipient(output.script_pubkey.clone(), output.value);
     }

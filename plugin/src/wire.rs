@@ -17,6 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bitcoin::secp256k1::{schnorr, Keypair, Message, XOnlyPublicKey, SECP256K1};
+use dstore_protocol::audit::merkle_audit::{parse_answer, MerkleAnswer, MAX_ANSWER_JSON_BYTES};
+use dstore_protocol::audit::wire::{MerkleRequest, MERKLE_PATH};
 use dstore_protocol::hashing::{sha256, tagged_hash};
 use dstore_protocol::messages::ResyncHint;
 use dstore_protocol::peer::{self, Expected, Opened, PeerError, PeerMessage, MAX_ENVELOPE_BYTES};
@@ -285,8 +287,17 @@ impl PeerClient {
     /// The body of a successful reply, or the farmer's refusal. A refusal's sequence
     /// hints are never trusted here: only [`PeerClient::exchange`] checks a signed one.
     async fn checked(&self, response: reqwest::Response) -> Result<Vec<u8>, PeerCallError> {
+        self.checked_within(response, MAX_REPLY_BYTES).await
+    }
+
+    /// [`PeerClient::checked`] with a reply of at most `limit` bytes.
+    async fn checked_within(
+        &self,
+        response: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, PeerCallError> {
         let status = response.status();
-        let body = self.read_capped(response, MAX_REPLY_BYTES).await?;
+        let body = self.read_capped(response, limit).await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -355,6 +366,25 @@ impl PeerClient {
             sender: Some(farmer),
         };
         Ok(peer::open(&body, &expected)?)
+    }
+
+    /// The farmer's answer to an off-chain Merkle challenge (`POST` [`MERKLE_PATH`]): read
+    /// up to the largest honest answer, parsed but not verified (the caller checks it
+    /// against the contract's root with `merkle_audit::verify_answer`).
+    pub async fn merkle_audit(
+        &self,
+        request: &MerkleRequest,
+    ) -> Result<MerkleAnswer, PeerCallError> {
+        let response = self
+            .http
+            .post(self.url(MERKLE_PATH))
+            .timeout(QUICK_TIMEOUT)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let body = self.checked_within(response, MAX_ANSWER_JSON_BYTES).await?;
+        parse_answer(&body).map_err(|e| PeerCallError::Malformed(e.to_string()))
     }
 
     /// How many bytes of the upload the farmer holds.

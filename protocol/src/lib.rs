@@ -6,6 +6,7 @@
 //!
 //! Modules, in data-flow order:
 //! * [`datapath`]: AES-256-GCM STREAM encryption of the renter's file (PROTOCOL.md 1.1).
+//! * [`erasure`]: Reed-Solomon shards of a file's ciphertext across several farmers (issue 18).
 //! * [`merkle`]: segment Merkle tree, streaming builder, inclusion proofs (1.2).
 //! * [`upload`]: the farmer's resumable, size-limited, root-checked upload receiver (1.3).
 //! * [`receipt`]: the farmer's signed storage receipt (1.3).
@@ -24,6 +25,7 @@
 pub mod audit;
 pub mod contract;
 pub mod datapath;
+pub mod erasure;
 pub mod extract;
 pub mod hashing;
 pub mod keys;

@@ -2,9 +2,10 @@
 //! the watchtower's audit tests, and the farmer's two peer endpoints served over HTTP.
 //!
 //! The setup is the protocol's own: the renter's salted candidates over random
-//! "ciphertext", the commit-reveal coin toss, the farmer's check of the opened half, TX_A
-//! (N outputs, one P2WPKH input) mined on regtest, the book with the farmer's refund
-//! signatures, and the one-at-a-time candidate swap. [`FarmerServer`] is a real protocol
+//! "ciphertext", TX_A (N outputs, the renter's change, the stake to the farmer; one P2WPKH
+//! input) checked by the farmer, which signs every RF_i before it is mined on regtest, the
+//! commit-reveal coin toss once TX_A is confirmed, the farmer's check of the opened half,
+//! its signatures on every RF_ij, and the one-at-a-time candidate swap. [`FarmerServer`] is a real protocol
 //! participant: it checks a salt release against its copy of the data, builds the claim
 //! with x and broadcasts it through bitcoind, and answers Merkle challenges with an
 //! [`AnswerBuilder`] pass over the data, unless told to misbehave ([`FarmerMode`]).
@@ -29,6 +30,7 @@ use dstore_protocol::audit::beacon::beacon_candidate;
 use dstore_protocol::audit::book::{AuditBook, RefundId};
 use dstore_protocol::audit::candidates::{self, Candidate, CandidateError, CandidateSecret, Lock};
 use dstore_protocol::audit::merkle_audit::AnswerBuilder;
+use dstore_protocol::audit::stake::{check_stake, required_stake, stake_index, stake_output};
 use dstore_protocol::audit::swap::{FarmerSwap, RenterSwap};
 use dstore_protocol::audit::transactions::{AuditTerms, SigningKeys};
 use dstore_protocol::audit::wire::{
@@ -99,6 +101,9 @@ pub struct AuditContract {
     pub secrets: Vec<Vec<CandidateSecret>>,
     /// A_ij, signed by both.
     pub candidates: Vec<Vec<Transaction>>,
+    /// What TX_A paid the farmer at `stake_index` (the least these terms need), and where.
+    pub stake: Amount,
+    pub stake_script: ScriptBuf,
     refund_signatures: Vec<Vec<ecdsa::Signature>>,
 }
 
@@ -120,14 +125,7 @@ impl AuditContract {
         let mut contract_id = [0u8; 32];
         rng.fill_bytes(&mut contract_id);
         let plan = propose_candidates(rng, &data, audits, 2 * kept);
-        let toss = toss(rng, &contract_id, &plan);
         let locks = locks_of(&plan);
-        let openings = opening::openings(&plan, &toss);
-        let segments = segment_count(data.len() as u64);
-        opening::check_openings(&locks, &toss, &openings, segments, |i| {
-            segment(&data, i).to_vec()
-        })
-        .expect("the farmer accepts the honest openings");
         let terms = AuditTerms {
             contract_id,
             renter_funding_key: renter.funding.public_key(SECP256K1),
@@ -143,21 +141,42 @@ impl AuditContract {
             refund_fee: REFUND_FEE,
         };
         terms.check().expect("consistent terms");
-        let tx_a = fund_tx_a(node, funder, rng, &terms);
+        // TX_A with the renter's stake; the farmer checks both and signs every RF_i
+        // before TX_A is broadcast.
+        let stake = required_stake(AMOUNT, kept);
+        let stake_script = p2wpkh(&SecretKey::new(rng));
+        let tx_a = fund_tx_a(node, funder, rng, &terms, &stake_script, stake);
         terms.check_funding(&tx_a).expect("the farmer checks TX_A");
-        let book = AuditBook {
-            terms,
-            funding_txid: tx_a.compute_txid(),
-            renter_destination: renter.payout.clone(),
-            kept_locks: opening::kept_locks(&locks, &toss),
-            refund_anchor: None,
-        };
-        book.check().unwrap();
-        let refund_signatures = book.farmer_refund_signatures(&farmer.keys()).unwrap();
-        book.verify_farmer_refund_signatures(&refund_signatures)
+        check_stake(&tx_a, audits, &stake_script, stake).expect("the farmer checks the stake");
+        let funded =
+            AuditBook::before_toss(terms, tx_a.compute_txid(), renter.payout.clone(), None);
+        let unraced = funded.unraced_refund_ids();
+        let mut refund_signatures = funded
+            .farmer_refund_signatures(&unraced, &farmer.keys())
+            .unwrap();
+        funded
+            .verify_farmer_refund_signatures(&unraced, &refund_signatures)
             .unwrap();
         broadcast(node, &tx_a).expect("TX_A accepted");
         node.mine(1);
+        // TX_A is confirmed: the toss, the openings, then every RF_ij.
+        let toss = toss(rng, &contract_id, &plan);
+        let openings = opening::openings(&plan, &toss);
+        let segments = segment_count(data.len() as u64);
+        opening::check_openings(&locks, &toss, &openings, segments, |i| {
+            segment(&data, i).to_vec()
+        })
+        .expect("the farmer accepts the honest openings");
+        let book = funded
+            .with_kept_locks(opening::kept_locks(&locks, &toss))
+            .expect("the complete book");
+        let after = book.after_candidate_refund_ids();
+        let after_signatures = book
+            .farmer_refund_signatures(&after, &farmer.keys())
+            .unwrap();
+        book.verify_farmer_refund_signatures(&after, &after_signatures)
+            .unwrap();
+        refund_signatures.extend(after_signatures);
         let candidates = swap(&book, &renter, &farmer);
         let secrets = opening::kept(&plan, &toss)
             .into_iter()
@@ -171,6 +190,8 @@ impl AuditContract {
             book,
             secrets,
             candidates,
+            stake,
+            stake_script,
             refund_signatures,
         }
     }
@@ -364,15 +385,19 @@ fn toss(rng: &mut StdRng, contract_id: &[u8; 32], plan: &[Vec<Candidate>]) -> [u
     coin_toss::seed(contract_id, &digest, &farmer_nonce, &renter_nonce)
 }
 
-/// A wallet coin (mined), spent into TX_A: O_0..O_{N−1}, then change.
+/// A wallet coin (mined), spent into TX_A: O_0..O_{N−1}, the renter's change at N (where a
+/// market farmer's lease record goes; these parties have none), the stake at
+/// `stake_index`.
 fn fund_tx_a(
     node: &BitcoinNode,
     funder: &mut Funder,
     rng: &mut StdRng,
     terms: &AuditTerms,
+    stake_script: &ScriptBuf,
+    stake: Amount,
 ) -> Transaction {
     let key = SecretKey::new(rng);
-    let value = AMOUNT * u64::from(terms.audits) + TX_A_FEE + CHANGE;
+    let value = AMOUNT * u64::from(terms.audits) + TX_A_FEE + CHANGE + stake;
     let (_, coin) = funder.fund(
         node,
         TxOut {
@@ -385,6 +410,8 @@ fn fund_tx_a(
         value: CHANGE,
         script_pubkey: p2wpkh(&key),
     });
+    output.push(stake_output(stake_script, stake));
+    debug_assert_eq!(output.len() as u32, stake_index(terms.audits) + 1);
     let mut tx = Transaction {
         version: Version::TWO,
         lock_time: LockTime::ZERO,

@@ -9,10 +9,12 @@ use std::time::Duration;
 use bitcoin::Txid;
 use dstore_protocol::audit::book::AuditBook;
 use dstore_protocol::audit::candidates::{Candidate, CandidateSecret};
+use dstore_protocol::audit::messages::ProposedTerms;
 use dstore_protocol::audit::opening;
 use dstore_protocol::audit::wire::{RevealRequest, REVEAL_PATH};
 use serde_json::{json, Value};
 
+use crate::market::Market;
 use crate::{wait_until, BitcoinNode, TowerProcess};
 
 /// What the renter holds of a contract's audits: the book and every kept candidate's
@@ -128,4 +130,56 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// An open request from a fresh renter identity made from `id` (no upload), then one audit
+/// proposal posted to the farmer: 4 audits of 20 000 sat every 8 blocks, W = 6, 4 locks per
+/// audit (m = 2), fees of 1 000 and 3 000 sat and the least stake those terms need, as
+/// `edit` changes them. The farmer's HTTP status and JSON reply.
+pub fn propose_audit(
+    m: &Market,
+    id: [u8; 32],
+    edit: impl FnOnce(&mut ProposedTerms),
+) -> (u16, Value) {
+    use bitcoin::hashes::Hash;
+    use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
+    use bitcoin::{Amount, ScriptBuf, WPubkeyHash};
+    use dstore_protocol::audit::book::KeptLock;
+    use dstore_protocol::audit::messages::AuditProposal;
+    use dstore_protocol::audit::stake::required_stake;
+    use dstore_protocol::messages::OpenRequest;
+    use dstore_protocol::peer;
+
+    let renter = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[id[0]; 32]).unwrap());
+    let open = OpenRequest {
+        file_length: 100,
+        download_price: Amount::from_sat(crate::market::TEST_PRICE_SAT),
+    };
+    let (code, body) = m.post_message("open_request", peer::sign(&renter, id, 0, &open).unwrap());
+    assert_eq!(code, 200, "{body}");
+    let key = renter.public_key();
+    let amount = Amount::from_sat(20_000);
+    let mut terms = ProposedTerms {
+        renter_funding_key: key,
+        renter_claim_key: key,
+        first_audit_height: 500,
+        period: 8,
+        claim_window: 6,
+        audits: 4,
+        amount,
+        candidate_fee: Amount::from_sat(1_000),
+        refund_fee: Amount::from_sat(3_000),
+        stake: required_stake(amount, 2),
+    };
+    edit(&mut terms);
+    let proposal = AuditProposal {
+        terms,
+        renter_destination: ScriptBuf::new_p2wpkh(&WPubkeyHash::all_zeros()),
+        locks: vec![vec![KeptLock([0; 20]); 4]; 4],
+        refund_anchor: None,
+    };
+    m.post_message(
+        "audit_proposal",
+        peer::sign(&renter, id, 1, &proposal).unwrap(),
+    )
 }

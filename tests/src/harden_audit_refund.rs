@@ -39,10 +39,11 @@ impl AnchoredRefunds {
             ..contract.book.clone()
         };
         book.check().expect("the anchored book");
+        let ids = book.refund_ids();
         let farmer_signatures = book
-            .farmer_refund_signatures(&contract.farmer.keys())
+            .farmer_refund_signatures(&ids, &contract.farmer.keys())
             .expect("the farmer signs");
-        book.verify_farmer_refund_signatures(&farmer_signatures)
+        book.verify_farmer_refund_signatures(&ids, &farmer_signatures)
             .expect("the renter checks");
         AnchoredRefunds {
             book,

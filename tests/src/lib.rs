@@ -23,6 +23,7 @@ pub mod node;
 pub mod parties;
 pub mod plugin;
 pub mod ports;
+pub mod shard_fixture;
 pub mod tower;
 
 pub use node::BitcoinNode;

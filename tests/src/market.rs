@@ -181,7 +181,8 @@ impl Market {
     }
 
     /// `dstore-open <peer> <file> <TEST_PRICE_SAT> <audits> <period> <amount_sat>` through
-    /// bitcoin-cli: a contract with an audit contract.
+    /// bitcoin-cli: a contract with an audit contract, its setup driven to its end by
+    /// [`finish_audit_setup`]; the contract id or the setup's error.
     pub fn open_with_audits(
         &self,
         file: &Path,
@@ -189,6 +190,19 @@ impl Market {
         period: u32,
         amount_sat: u64,
     ) -> Result<String, String> {
+        let reply = self.open_with_audits_started(file, audits, period, amount_sat)?;
+        self.finish_audit_setup(reply)
+    }
+
+    /// The one `dstore-open` call of [`Market::open_with_audits`]: the contract id, or the
+    /// `waiting` object once the setup waits for TX_A's confirmations.
+    pub fn open_with_audits_started(
+        &self,
+        file: &Path,
+        audits: u32,
+        period: u32,
+        amount_sat: u64,
+    ) -> Result<Value, String> {
         self.renter_cli(&[
             "dstore-open",
             &self.peer_url,
@@ -198,6 +212,14 @@ impl Market {
             &period.to_string(),
             &amount_sat.to_string(),
         ])
+        .map(|text| open_reply(&text))
+    }
+
+    /// [`finish_audit_setup`] with this market's node and renter.
+    pub fn finish_audit_setup(&self, reply: Value) -> Result<String, String> {
+        finish_audit_setup(&self.node, reply, |id| {
+            self.renter().call_ok("dstore-status", json!([id]))
+        })
     }
 
     /// `dstore-open` through bitcoin-cli; returns the contract id.
@@ -343,6 +365,56 @@ pub fn mine_while_tx1_confirms(
             None
         },
     );
+}
+
+/// A `dstore-open` reply as bitcoin-cli prints it: a JSON object, or the bare contract id.
+pub fn open_reply(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// Drives an audited `dstore-open` that returned `reply` to the end of its audit setup, as
+/// a user would: a contract id string is the finished setup; a `waiting`/`running` object
+/// names the contract, whose renter `status(id)` (`dstore-status`) is then polled. Whenever
+/// TX_A (`audits.funding_txid`) is in the mempool one block is mined, so it gets the
+/// farmer's confirmation; the setup ends when `audits.phase` is `complete` and the
+/// candidates are registered with the towers (`audits.candidates_registered` is not
+/// false): Ok(the id); or when it is `failed`: Err(`audits.error`).
+pub fn finish_audit_setup(
+    node: &BitcoinNode,
+    reply: Value,
+    status: impl Fn(&str) -> Value,
+) -> Result<String, String> {
+    if let Some(id) = reply.as_str() {
+        return Ok(id.to_string());
+    }
+    let id = reply["contract_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no contract id in the dstore-open reply {reply}"))
+        .to_string();
+    wait_until(
+        "the audit setup to complete or fail",
+        std::time::Duration::from_secs(600),
+        || {
+            let audits = status(&id)["audits"].clone();
+            match audits["phase"].as_str() {
+                // Complete once the candidates (and the auditor's salts) are registered too.
+                Some("complete") if audits["candidates_registered"] != json!(false) => {
+                    return Some(Ok(id.clone()))
+                }
+                Some("failed") => {
+                    let error = audits["error"].as_str().map(str::to_string);
+                    return Some(Err(error.unwrap_or_else(|| audits.to_string())));
+                }
+                _ => {}
+            }
+            if let Some(txid) = audits["funding_txid"].as_str() {
+                if node.rpc("getmempoolentry", json!([txid])).is_ok() {
+                    node.mine(1);
+                }
+            }
+            None
+        },
+    )
 }
 
 /// The plugin flags that point it at `tower`.

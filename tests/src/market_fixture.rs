@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::funding::broadcast;
-use crate::market::{tower_flags, TEST_PRICE_SAT};
+use crate::market::{finish_audit_setup, tower_flags, TEST_PRICE_SAT};
 use crate::{ports, wait_until, BitcoinNode, PluginProcess, RpcError, TowerProcess};
 
 /// How long a test waits for the scanner, an advert fetch or a board pull.
@@ -258,13 +258,17 @@ impl MarketNet {
         self.renter(r).call("dstore-open", json!(["auto", path]))
     }
 
-    /// `dstore-open <farmer i's URL> <file> …more` on renter `r`; the contract id.
+    /// `dstore-open <farmer i's URL> <file> …more` on renter `r`, an audit setup driven to
+    /// its end by [`finish_audit_setup`]; the contract id.
     pub fn open_with(&self, r: usize, i: usize, file: &Path, more: &[Value]) -> String {
         let path = file.to_str().expect("utf-8 path");
         let mut params = vec![json!(self.farmers[i].peer_url), json!(path)];
         params.extend(more.iter().cloned());
         let reply = self.renter(r).call_ok("dstore-open", Value::Array(params));
-        contract_id_of(&reply)
+        finish_audit_setup(&self.node, reply, |id| {
+            self.renter(r).call_ok("dstore-status", json!([id]))
+        })
+        .unwrap_or_else(|e| panic!("the audit setup failed: {e}"))
     }
 
     /// Farmer `i`'s row of a `dstore-farmers` table.

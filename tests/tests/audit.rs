@@ -113,8 +113,10 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
     let funding = s["audits"]["funding_txid"].as_str().unwrap().to_string();
     let heights = heights(&s);
     assert_eq!(heights.len(), 4);
-    m.node.mine(1);
-    assert!(confirmed(&m, &funding), "TX_A is mined");
+    assert!(confirmed(&m, &funding), "TX_A is mined before the toss");
+    // The renter's stake, paid to the farmer's wallet in TX_A: a set-up fee when honest.
+    let stake = s["audits"]["stake_sat"].as_u64().expect("the stake");
+    assert!(stake >= AMOUNT_SAT.div_ceil(8), "{s}");
 
     let towers = [&farmer_tower, &renter_tower];
     mine_to(&m, &towers, &id, heights[3] + 2);
@@ -129,7 +131,7 @@ fn audit_honest_farmer_is_paid_for_every_audit() {
         .map(|c| c["audit"].as_u64().unwrap())
         .collect();
     assert_eq!(audits, [0, 1, 2, 3]);
-    let paid = 4 * (AMOUNT_SAT - CANDIDATE_FEE_SAT - CLAIM_FEE_SAT);
+    let paid = 4 * (AMOUNT_SAT - CANDIDATE_FEE_SAT - CLAIM_FEE_SAT) + stake;
     wait_until(
         "the farmer's wallet to see its claims",
         Duration::from_secs(30),
@@ -190,6 +192,9 @@ fn audit_farmer_that_loses_the_file_is_refunded() {
     });
 }
 
+/// With the renter's stake (issue 15) the farmer checks the openings only once TX_A is
+/// confirmed: a caught renter has paid the stake, and its O_i come back through RF_0 (the
+/// whole story, with the farmer's wallet and the refund, is `harden_stake.rs`).
 #[test]
 fn audit_renter_with_bad_locks_is_caught_before_funds_move() {
     let (m, _farmer_tower, _renter_tower) = market(Faults {
@@ -204,10 +209,23 @@ fn audit_renter_with_bad_locks_is_caught_before_funds_move() {
     let id = list[0]["contract_id"].as_str().unwrap().to_string();
     let s = renter_status(&m, &id);
     assert_eq!(s["audits"]["phase"], "failed", "{s}");
-    let funding = s["audits"]["funding_txid"].clone();
-    assert!(funding.is_null(), "no book, so no TX_A: {s}");
-    m.node.mine(1);
-    assert_eq!(m.renter_balance_sat(), before, "no money moved");
+    assert_eq!(s["audits"]["swapped"], 0, "no candidate was signed: {s}");
+    let funding = s["audits"]["funding_txid"]
+        .as_str()
+        .expect("TX_A")
+        .to_string();
+    assert!(
+        confirmed(&m, &funding),
+        "caught only after TX_A confirmed: {s}"
+    );
+    let stake = s["audits"]["stake_sat"].as_u64().expect("the stake");
+    let f = farmer_status(&m, &id);
+    assert!(f["audits"]["renter_caught"].is_string(), "{f}");
+    let spent = before - m.renter_balance_sat();
+    assert!(
+        spent >= 3 * AMOUNT_SAT + stake,
+        "the O_i and the stake left the renter's wallet: {spent}"
+    );
 }
 
 #[test]
@@ -235,7 +253,8 @@ fn audit_farmer_stopping_mid_swap_leaves_the_renter_its_refunds() {
     wait_for_claims(&m, &id, 1);
     let s = renter_status(&m, &id);
     assert_eq!(audit_outcomes(&s), ["paid", "refunded"], "{s}");
-    let spent = AMOUNT_SAT + (AMOUNT_SAT - 1_000 - 400 * 2);
+    let stake = s["audits"]["stake_sat"].as_u64().expect("the stake");
+    let spent = AMOUNT_SAT + (AMOUNT_SAT - 1_000 - 400 * 2) + stake;
     let fees_bound = 5_000;
     let after = m.renter_balance_sat();
     assert!(
@@ -394,7 +413,10 @@ fn audit_setup_messages_out_of_order_are_refused() {
     use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
     use bitcoin::{Amount, ScriptBuf};
     use dstore_protocol::audit::book::KeptLock;
-    use dstore_protocol::audit::messages::{AuditProposal, AuditSwap, AuditToss, ProposedTerms};
+    use dstore_protocol::audit::messages::{
+        AuditFunding, AuditProposal, AuditSwap, AuditToss, ProposedTerms,
+    };
+    use dstore_protocol::audit::stake::required_stake;
     use dstore_protocol::messages::OpenRequest;
     use dstore_protocol::peer;
 
@@ -426,6 +448,7 @@ fn audit_setup_messages_out_of_order_are_refused() {
             amount: Amount::from_sat(20_000),
             candidate_fee: Amount::from_sat(1_000),
             refund_fee: Amount::from_sat(2_000),
+            stake: required_stake(Amount::from_sat(20_000), 2),
         },
         renter_destination: ScriptBuf::new(),
         locks: vec![vec![KeptLock([0; 20]); 4]],
@@ -433,6 +456,14 @@ fn audit_setup_messages_out_of_order_are_refused() {
     };
     let toss = AuditToss {
         renter_nonce: [1; 32],
+    };
+    let funding = AuditFunding {
+        funding_tx: bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: vec![],
+        },
     };
     let swap = AuditSwap {
         step: 0,
@@ -446,6 +477,11 @@ fn audit_setup_messages_out_of_order_are_refused() {
             "upload is not finished",
         ),
         // Each later step needs the one before it.
+        (
+            "audit_funding",
+            peer::sign(&renter, id, 1, &funding).unwrap(),
+            "no audit proposal",
+        ),
         (
             "audit_toss",
             peer::sign(&renter, id, 1, &toss).unwrap(),

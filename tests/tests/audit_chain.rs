@@ -1,10 +1,11 @@
 //! The audit contract (PROTOCOL.md 5) on a real regtest bitcoind, at the protocol level.
 //!
 //! Renter and farmer both run in-process through `dstore_protocol::audit`: the renter's
-//! salted candidates over a random "ciphertext", the commit-reveal coin toss, the farmer's
-//! check of the opened half, the audit book with the farmer's refund signatures, TX_A
-//! (N outputs, segwit inputs only, so its txid is final before anything is signed against
-//! it) and the one-at-a-time candidate signature swap. A transaction counts only once
+//! salted candidates over a random "ciphertext" and the farmer's toss commitment, TX_A
+//! (N outputs, the renter's change, its stake to the farmer; segwit inputs only, so its
+//! txid is final before anything is signed against it) with the farmer's signatures on
+//! every RF_i, TX_A confirmed, then the toss revealed, the farmer's check of the opened
+//! half, its signatures on every RF_ij, and the one-at-a-time candidate signature swap. A transaction counts only once
 //! bitcoind accepts it (testmempoolaccept / sendrawtransaction) or mines it.
 //!
 //! What the tests show on chain:
@@ -13,7 +14,8 @@
 //! * a farmer that dropped the file cannot claim, and the renter's RF_ij refunds it;
 //! * [fix] with the seed's unsalted locks a farmer keeping only the matched segments still
 //!   passes every audit; with salted locks the same farmer matches nothing;
-//! * a renter planting unanswerable locks is caught at the opening, before TX_A is sent;
+//! * a renter planting unanswerable locks is caught at the opening, once TX_A (and the
+//!   stake it pays the farmer) is confirmed: the stake is lost, RF_0 returns the O_i;
 //! * when both sides race different candidates exactly one confirms and it is claimable;
 //! * a swap abandoned halfway by either side leaves both safe;
 //! * the renter's plain reclaim (BIP68 older(W)) recovers an unclaimed candidate even when
@@ -34,6 +36,7 @@ use dstore_protocol::audit::book::{AuditBook, KeptLock, RefundId};
 use dstore_protocol::audit::candidates::{self, Candidate, CandidateError, CandidateSecret, Lock};
 use dstore_protocol::audit::coin_toss;
 use dstore_protocol::audit::opening::{self, Opening, OpeningError};
+use dstore_protocol::audit::stake::{check_stake, required_stake, stake_output};
 use dstore_protocol::audit::swap::{FarmerSwap, RenterSwap, SignedCandidate};
 use dstore_protocol::audit::transactions::AuditTerms;
 use dstore_protocol::merkle::SEGMENT_SIZE;
@@ -137,6 +140,12 @@ struct Agreement {
     farmer: Party,
     /// The renter's candidates with their secrets.
     plan: Vec<Vec<Candidate>>,
+    /// The farmer's toss nonce and its commitment (sent with its acceptance); the nonce is
+    /// revealed only once TX_A is confirmed ([`negotiate`]).
+    farmer_nonce: [u8; 32],
+    commitment: coin_toss::TossCommitment,
+    /// The seed the toss will give (the test knows it ahead; the parties only after the
+    /// reveal).
     toss: [u8; 32],
 }
 
@@ -152,12 +161,11 @@ fn agree(rng: &mut StdRng, file: &Store, audits: u32, kind: Locks) -> Agreement 
                 .collect()
         })
         .collect();
-    // Locks are sent; the farmer commits to its nonce, the renter answers with its nonce
-    // in the clear, the farmer reveals.
+    // Locks are sent; the farmer commits to its nonce; once TX_A is confirmed the renter
+    // answers with its nonce in the clear and the farmer reveals.
     let farmer_nonce: [u8; 32] = random_bytes(rng, 32).try_into().unwrap();
     let commitment = coin_toss::commit(&farmer_nonce);
     let renter_nonce: [u8; 32] = random_bytes(rng, 32).try_into().unwrap();
-    coin_toss::check_reveal(&commitment, &farmer_nonce).unwrap();
     let digest = coin_toss::locks_digest(&locks_of(&plan));
     let toss = coin_toss::seed(&contract_id, &digest, &farmer_nonce, &renter_nonce);
     Agreement {
@@ -167,6 +175,8 @@ fn agree(rng: &mut StdRng, file: &Store, audits: u32, kind: Locks) -> Agreement 
         renter,
         farmer,
         plan,
+        farmer_nonce,
+        commitment,
         toss,
     }
 }
@@ -264,12 +274,14 @@ struct Wallet {
     value: Amount,
 }
 
-/// The terms and the renter's signed (not yet broadcast) TX_A, made once the candidates
-/// and the toss are agreed.
+/// The terms and the renter's signed (not yet broadcast) TX_A, made once the farmer has
+/// accepted the locks (committing to its toss nonce) and named its stake script.
 struct Proposal {
     agreement: Agreement,
     terms: AuditTerms,
-    wallet: Wallet,
+    /// The farmer's fresh stake address and the least stake the terms need.
+    stake_script: ScriptBuf,
+    stake: Amount,
     tx_a: Transaction,
 }
 
@@ -280,7 +292,9 @@ fn propose(
     agreement: Agreement,
 ) -> Proposal {
     let key = SecretKey::new(rng);
-    let value = AMOUNT * u64::from(agreement.audits) + TX_A_FEE + CHANGE;
+    let stake = required_stake(AMOUNT, KEPT);
+    let stake_script = p2wpkh(&SecretKey::new(rng));
+    let value = AMOUNT * u64::from(agreement.audits) + TX_A_FEE + CHANGE + stake;
     let (_, coin) = funder.fund(
         node,
         TxOut {
@@ -291,22 +305,31 @@ fn propose(
     let wallet = Wallet { key, coin, value };
     let terms = agreement.terms(tip(node) + FIRST_AUDIT_AHEAD);
     terms.check().expect("terms are consistent");
-    let tx_a = build_tx_a(&wallet, &terms);
+    let tx_a = build_tx_a(&wallet, &terms, &stake_script, stake);
     Proposal {
         agreement,
         terms,
-        wallet,
+        stake_script,
+        stake,
         tx_a,
     }
 }
 
-/// TX_A: O_0..O_{N−1} at indices 0..N, change after them, one P2WPKH input.
-fn build_tx_a(wallet: &Wallet, terms: &AuditTerms) -> Transaction {
+/// TX_A: O_0..O_{N−1} at indices 0..N, the change at N (where a market farmer's lease
+/// record goes; these parties have none), the stake at `stake_index` = N + 1; one P2WPKH
+/// input.
+fn build_tx_a(
+    wallet: &Wallet,
+    terms: &AuditTerms,
+    stake_script: &ScriptBuf,
+    stake: Amount,
+) -> Transaction {
     let mut output = terms.funding_outputs().unwrap();
     output.push(TxOut {
         value: CHANGE,
         script_pubkey: p2wpkh(&wallet.key),
     });
+    output.push(stake_output(stake_script, stake));
     let mut tx = Transaction {
         version: Version::TWO,
         lock_time: LockTime::ZERO,
@@ -339,37 +362,98 @@ struct Contract {
     farmer_swap: FarmerSwap,
 }
 
-/// The setup from the farmer's opening check to TX_A mined. Any failure of the check
-/// aborts before TX_A is broadcast.
+/// A renter caught at the openings, after TX_A (and the stake in it) confirmed: the
+/// farmer's refusal, and the RF_i the farmer signed before TX_A was broadcast.
+struct Caught {
+    error: OpeningError,
+    agreement: Agreement,
+    /// The book before the toss (only RF_i can be built from it) and the farmer's
+    /// signatures on every RF_i.
+    book: AuditBook,
+    refund_signatures: Vec<Vec<ecdsa::Signature>>,
+    tx_a: Transaction,
+    stake_script: ScriptBuf,
+    stake: Amount,
+}
+
+impl std::fmt::Debug for Caught {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "caught at the openings: {:?}", self.error)
+    }
+}
+
+impl Caught {
+    /// The renter's RF_i, signed with the farmer's signature from before TX_A.
+    fn refund(&self, audit: u32) -> Transaction {
+        let id = RefundId::Unraced(audit);
+        self.book
+            .signed_refund(
+                id,
+                &self.agreement.renter.keys(),
+                &self.refund_signatures[audit as usize],
+            )
+            .unwrap()
+    }
+}
+
+/// The setup from the farmer's check of TX_A to the complete book: the farmer checks TX_A
+/// (its outputs and the stake) and signs every RF_i; TX_A is mined; only then the farmer
+/// reveals its toss nonce and checks the opened half. A failed check leaves the renter
+/// with TX_A confirmed, its stake paid, and RF_i ([`Caught`]).
 fn negotiate(
     node: &BitcoinNode,
     proposal: Proposal,
     store: &Store,
-) -> Result<Contract, OpeningError> {
+) -> Result<Contract, Box<Caught>> {
     let Proposal {
         agreement,
         terms,
+        stake_script,
+        stake,
         tx_a,
         ..
     } = proposal;
-    agreement.farmer_checks_openings(store)?;
     terms
         .check_funding(&tx_a)
         .expect("the farmer checks TX_A before signing against its txid");
-    let book = AuditBook {
+    check_stake(&tx_a, terms.audits, &stake_script, stake).expect("the farmer checks the stake");
+    let funded = AuditBook::before_toss(
         terms,
-        funding_txid: tx_a.compute_txid(),
-        renter_destination: agreement.renter.payout.clone(),
-        kept_locks: agreement.kept_locks(),
-        refund_anchor: None,
-    };
-    book.check().unwrap();
-    let refund_signatures = book
-        .farmer_refund_signatures(&agreement.farmer.keys())
+        tx_a.compute_txid(),
+        agreement.renter.payout.clone(),
+        None,
+    );
+    let unraced = funded.unraced_refund_ids();
+    let mut refund_signatures = funded
+        .farmer_refund_signatures(&unraced, &agreement.farmer.keys())
         .unwrap();
-    book.verify_farmer_refund_signatures(&refund_signatures)
-        .expect("the renter verifies every refund signature");
+    funded
+        .verify_farmer_refund_signatures(&unraced, &refund_signatures)
+        .expect("the renter verifies every RF_i signature before broadcasting TX_A");
     confirm(node, &tx_a);
+    // TX_A is confirmed: the farmer reveals its nonce and checks the openings.
+    coin_toss::check_reveal(&agreement.commitment, &agreement.farmer_nonce).unwrap();
+    if let Err(error) = agreement.farmer_checks_openings(store) {
+        return Err(Box::new(Caught {
+            error,
+            agreement,
+            book: funded,
+            refund_signatures,
+            tx_a,
+            stake_script,
+            stake,
+        }));
+    }
+    let book = funded
+        .with_kept_locks(agreement.kept_locks())
+        .expect("the complete book");
+    let after = book.after_candidate_refund_ids();
+    let after_signatures = book
+        .farmer_refund_signatures(&after, &agreement.farmer.keys())
+        .unwrap();
+    book.verify_farmer_refund_signatures(&after, &after_signatures)
+        .expect("the renter verifies every RF_ij signature");
+    refund_signatures.extend(after_signatures);
     Ok(Contract {
         agreement,
         book,
@@ -725,33 +809,45 @@ fn audit_chain_unsalted_locks_let_a_selective_farmer_pass() {
     }
 }
 
+/// The name predates the renter's stake (issue 15): the farmer now checks the openings
+/// only once TX_A is confirmed, so a caught renter has paid the stake; its O_i come back
+/// through RF_0 at T_0 + W.
 #[test]
 fn audit_chain_renter_with_bad_locks_is_caught_before_funds_move() {
     let (mut rng, node, mut funder) = start(4);
     let file = random_file(&mut rng, SMALL_FILE);
     let agreement = agree(&mut rng, &file, 2, Locks::HalfBad);
     let proposal = propose(&node, &mut funder, &mut rng, agreement);
-    let (tx_a, coin) = (proposal.tx_a.clone(), proposal.wallet.coin);
-    let verdict_of_check = negotiate(&node, proposal, &file).err();
+    let Err(caught) = negotiate(&node, proposal, &file) else {
+        panic!("the planted locks pass the farmer's check");
+    };
     assert!(
         matches!(
-            verdict_of_check,
-            Some(OpeningError::Candidate {
+            caught.error,
+            OpeningError::Candidate {
                 source: CandidateError::LockMismatch(_),
                 ..
-            })
+            }
         ),
-        "{verdict_of_check:?}"
+        "{caught:?}"
     );
-    let txid = tx_a.compute_txid().to_string();
+    // Money moved: TX_A is confirmed and its stake output is the farmer's.
     assert!(
-        node.rpc("getrawtransaction", json!([txid])).is_err(),
-        "TX_A never sent"
+        confirmations(&node, &caught.tx_a.compute_txid()) > 0,
+        "TX_A mined"
     );
-    let utxo = node.rpc_ok("gettxout", json!([coin.txid.to_string(), coin.vout]));
-    assert!(!utxo.is_null(), "the renter's coin is unspent");
-    // Nothing but the farmer's refusal stopped it: TX_A itself is valid.
-    assert_eq!(verdict(&node, &tx_a), None);
+    assert_eq!(balance(&node, &caught.stake_script), caught.stake);
+    assert_eq!(caught.stake, required_stake(AMOUNT, KEPT));
+    // The renter gets every O_i back through RF_0 at T_0 + W, less the refund fee.
+    let rf0 = caught.refund(0);
+    mine_to(&node, caught.book.terms.refund_height(0) - 1);
+    assert_eq!(verdict(&node, &rf0).as_deref(), Some("non-final"));
+    node.mine(1);
+    let payout = &caught.agreement.renter.payout;
+    let before = balance(&node, payout);
+    confirm(&node, &rf0);
+    let gained = balance(&node, payout) - before;
+    assert_eq!(gained, AMOUNT * 2 - REFUND_FEE, "RF_0 returns every O_i");
 }
 
 /// Who broadcasts which candidate.

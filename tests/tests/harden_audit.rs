@@ -18,8 +18,8 @@ use dstore_protocol::watch::{Registration, WatchRole};
 use dstore_tests::audit_fixture::{AuditContract, FarmerMode, FarmerServer};
 use dstore_tests::funding::Funder;
 use dstore_tests::harden_audit::{
-    confirmations, in_mempool, mine_one, mine_to, post_reveal, wait_for, wait_for_one_in_mempool,
-    RenterSecrets,
+    confirmations, in_mempool, mine_one, mine_to, post_reveal, propose_audit, wait_for,
+    wait_for_one_in_mempool, RenterSecrets,
 };
 use dstore_tests::market::{tower_flags, Faults, Market};
 use dstore_tests::parties::seeded_bytes;
@@ -94,6 +94,11 @@ fn harden_stale_release_does_not_block_the_claim() {
     let input = m.file("in", &seeded_bytes(151, 100_000));
     let id = open_with_audits(&m, &input, 2, PERIOD).expect("dstore-open with audits");
     let t0 = heights(&m, &id)[0];
+    // The renter has given the auditor its salts (it registers them right after the swap).
+    wait_until("the auditor's registration", WAIT, || {
+        let status = auditor.call("tower-status", json!([id])).ok()?;
+        (status["audits"]["auditor"] == true).then_some(())
+    });
 
     // The hostile renter knows every salt.
     m.kill_renter();
@@ -235,7 +240,8 @@ fn harden_farmer_down_for_a_few_blocks_keeps_being_paid() {
     }
 }
 
-/// An open request from a fresh renter identity (no upload), then one audit proposal.
+/// An open request from a fresh renter identity (no upload), then one audit proposal of
+/// 4 audits with these claim window and fees (see [`propose_audit`]).
 fn propose(
     m: &Market,
     id: [u8; 32],
@@ -243,42 +249,12 @@ fn propose(
     candidate_fee: u64,
     refund_fee: u64,
 ) -> (u16, Value) {
-    use bitcoin::hashes::Hash;
-    use bitcoin::secp256k1::{Keypair, SecretKey, SECP256K1};
-    use bitcoin::{Amount, ScriptBuf, WPubkeyHash};
-    use dstore_protocol::audit::book::KeptLock;
-    use dstore_protocol::audit::messages::{AuditProposal, ProposedTerms};
-    use dstore_protocol::messages::OpenRequest;
-    use dstore_protocol::peer;
-
-    let renter = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[id[0]; 32]).unwrap());
-    let open = OpenRequest {
-        file_length: 100,
-        download_price: Amount::from_sat(dstore_tests::market::TEST_PRICE_SAT),
-    };
-    let (code, body) = m.post_message("open_request", peer::sign(&renter, id, 0, &open).unwrap());
-    assert_eq!(code, 200, "{body}");
-    let key = renter.public_key();
-    let proposal = AuditProposal {
-        terms: ProposedTerms {
-            renter_funding_key: key,
-            renter_claim_key: key,
-            first_audit_height: 500,
-            period: PERIOD,
-            claim_window,
-            audits: 4,
-            amount: Amount::from_sat(AMOUNT_SAT),
-            candidate_fee: Amount::from_sat(candidate_fee),
-            refund_fee: Amount::from_sat(refund_fee),
-        },
-        renter_destination: ScriptBuf::new_p2wpkh(&WPubkeyHash::all_zeros()),
-        locks: vec![vec![KeptLock([0; 20]); 4]; 4],
-        refund_anchor: None,
-    };
-    m.post_message(
-        "audit_proposal",
-        peer::sign(&renter, id, 1, &proposal).unwrap(),
-    )
+    use bitcoin::Amount;
+    propose_audit(m, id, |terms| {
+        terms.claim_window = claim_window;
+        terms.candidate_fee = Amount::from_sat(candidate_fee);
+        terms.refund_fee = Amount::from_sat(refund_fee);
+    })
 }
 
 #[test]
@@ -395,7 +371,11 @@ fn harden_planted_bad_lock_does_not_pay() {
     mine_one(&node, &towers);
     assert!(confirmations(&node, &claim) > 0, "the farmer is paid");
     // What is left to the renter: a planted lock pays only when it is hidden by the toss
-    // and picked by the beacon, 1/(2m) of what it returns.
+    // and picked by the beacon, 1/(2m) of what it returns; with the stake TX_A paid the
+    // farmer (forfeited when the toss opens the lock) nothing is left.
     let gain = dstore_protocol::audit::planted::expected_gain(c.kept(), 1, 0.0, 0.0);
     assert!((gain - 1.0 / (2.0 * f64::from(c.kept()))).abs() < 1e-12);
+    let (amount, stake) = (c.terms().amount.to_sat(), c.stake.to_sat());
+    let staked = dstore_protocol::audit::planted::gain_with_stake(c.kept(), 1, 0.0, amount, stake);
+    assert!(staked <= 1e-9, "{staked} sat");
 }

@@ -63,18 +63,12 @@ fn harden_stuck_audit_claim_is_cpfp_bumped() {
     let input = m.file("in", &data);
     let before = m.farmer_balance_sat();
     let id = m
-        .renter_cli(&[
-            "dstore-open",
-            &m.peer_url,
-            input.to_str().unwrap(),
-            "20000",
-            "1",
-            &PERIOD.to_string(),
-            &AMOUNT_SAT.to_string(),
-        ])
+        .open_with_audits(&input, 1, PERIOD, AMOUNT_SAT)
         .expect("dstore-open with one audit");
     let status = m.renter().call_ok("dstore-status", json!([id]));
     let t0 = status["audits"]["heights"][0].as_u64().expect("T_0");
+    // TX_A paid the farmer the renter's stake (confirmed before the toss).
+    let stake = status["audits"]["stake_sat"].as_u64().expect("the stake");
 
     // The tower publishes the candidate at T_0; once it confirms the auditor releases
     // its salt and the farmer broadcasts its claim. Nothing is mined meanwhile.
@@ -180,7 +174,7 @@ fn harden_stuck_audit_claim_is_cpfp_bumped() {
         "the claim stays confirmed"
     );
     let fee = bump["fee_sat"].as_u64().expect("child fee");
-    let paid = AMOUNT_SAT - CANDIDATE_FEE_SAT - CLAIM_FEE_SAT - fee;
+    let paid = AMOUNT_SAT - CANDIDATE_FEE_SAT - CLAIM_FEE_SAT - fee + stake;
     wait_until(
         "the farmer's wallet to see the bumped claim",
         Duration::from_secs(30),

@@ -88,6 +88,14 @@ fn market_lease_tx_a_carries_the_farmers_record_after_the_audit_outputs() {
             LeaseOutput::AuditFunding { audit: 1 }
         ]
     );
+    // The renter's stake follows the record (issue 15).
+    let stake = status["audits"]["stake_sat"].as_u64().expect("the stake");
+    let index = dstore_protocol::audit::stake::stake_index(AUDITS) as usize;
+    assert_eq!(
+        tx_a.output[index].value.to_sat(),
+        stake,
+        "the stake at N + 1"
+    );
 }
 
 #[test]
@@ -156,7 +164,7 @@ fn refused_open_with_audits(m: &Market, input: &Path) -> String {
     assert_eq!(farmed.len(), 1, "{listed}");
     let id = farmed[0]["contract_id"].as_str().expect("id");
     let status = m.farmer().call_ok("dstore-status", json!([id]));
-    assert_eq!(status["audits"]["phase"], "tossed", "{status}");
+    assert_eq!(status["audits"]["phase"], "accepted", "{status}");
     assert!(status["audits"]["funding_txid"].is_null(), "{status}");
     let renter = m.renter().call_ok("dstore-status", json!([id]));
     assert_eq!(renter["audits"]["phase"], "failed", "{renter}");

@@ -1,4 +1,4 @@
-//! The farmer's half of the audit contract (PROTOCOL.md 5): accepting the renter's terms and locks, the coin toss, checking the opened candidates against the stored file, signing every refund, the candidate swap, and later claiming a confirmed candidate when the auditor releases its salt, plus answering off-chain Merkle audits.
+//! The farmer's half of the audit contract (PROTOCOL.md 5): accepting the renter's terms, stake and locks, checking TX_A (with the stake) and signing every RF_i, the coin toss once TX_A is confirmed, checking the opened candidates against the stored file (a caught renter's stake is kept), signing every RF_ij, the candidate swap, and later claiming a confirmed candidate when the auditor releases its salt, plus answering off-chain Merkle audits.
 
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{SecretKey, SECP256K1};
@@ -8,10 +8,11 @@ use dstore_protocol::audit::candidates::{self, Lock};
 use dstore_protocol::audit::coin_toss;
 use dstore_protocol::audit::merkle_audit::{AnswerBuilder, MerkleAnswer, MAX_CHALLENGE};
 use dstore_protocol::audit::messages::{
-    AuditAccepted, AuditOpenings, AuditProposal, AuditRefundSignatures, AuditSwap, AuditSwapReply,
-    AuditToss, AuditTossReveal, MAX_FUNDING_TX_BYTES,
+    AuditAccepted, AuditFunding, AuditOpenings, AuditProposal, AuditRefundSignatures, AuditSwap,
+    AuditSwapReply, AuditToss, AuditTossReveal, MAX_FUNDING_TX_BYTES,
 };
 use dstore_protocol::audit::opening::{self, check_shape};
+use dstore_protocol::audit::stake::{check_stake, check_stake_script, required_stake};
 use dstore_protocol::audit::swap::FarmerSwap;
 use dstore_protocol::audit::transactions::SigningKeys;
 use dstore_protocol::audit::wire::{MerkleRequest, RevealReply, RevealRequest};
@@ -55,6 +56,7 @@ impl Farmer {
         proposal: AuditProposal,
     ) -> Result<Step<AuditAccepted>, FarmerError> {
         self.check_policy(&record, &proposal)?;
+        check_proposed_stake(&proposal)?;
         if record.receipt.is_none() {
             return Err(FarmerError::WrongPhase("the upload is not finished"));
         }
@@ -76,11 +78,15 @@ impl Farmer {
             fc.public_key(SECP256K1),
         );
         let leased = terms.funding_outputs().map_err(invalid)?;
+        let stake_script = self.wallet.new_script().map_err(internal)?;
+        check_stake_script(&stake_script).map_err(internal)?;
         let reply = AuditAccepted {
             farmer_funding_key: fa.public_key(SECP256K1),
             farmer_claim_key: fc.public_key(SECP256K1),
             toss_commitment: coin_toss::commit(&farmer_nonce),
             lease: Some(sign_lease(&self.identity, &record.contract_id, &leased)),
+            stake_script: stake_script.clone(),
+            stake_confirmations: self.config.min_tx1_confirmations,
         };
         record.audit = Some(FarmedAudit {
             funding_key_index,
@@ -93,6 +99,9 @@ impl Farmer {
             phase: FarmedAuditPhase::Accepted,
             claims: Vec::new(),
             tower_registered: false,
+            stake_script: Some(stake_script),
+            funding_tx: None,
+            caught: None,
         });
         Ok(Step { record, reply })
     }
@@ -163,14 +172,69 @@ impl Farmer {
         self.db.next_key_index().map_err(internal)
     }
 
-    /// The renter's nonce: the toss is decided; reveal ours.
+    /// TX_A, unsigned: its outputs (O_0..O_{N−1}, our lease record, the stake) checked,
+    /// stored, and every RF_i signed, so the renter can take its money back at T_i + W
+    /// whatever we do once TX_A is broadcast. Any failure changes nothing.
+    pub(super) async fn on_audit_funding(
+        &self,
+        mut record: FarmedContract,
+        funding: AuditFunding,
+    ) -> Result<Step<AuditRefundSignatures>, FarmerError> {
+        let contract_id = record.contract_id;
+        let audit = audit_in(&mut record, FarmedAuditPhase::Accepted)?.clone();
+        let tx = funding.funding_tx;
+        if bitcoin::consensus::encode::serialize(&tx).len() > MAX_FUNDING_TX_BYTES {
+            return Err(invalid("TX_A is too large"));
+        }
+        let (fa, fc) = self.audit_keys(&audit)?;
+        let terms = audit.proposal.terms.with_farmer(
+            contract_id,
+            fa.public_key(SECP256K1),
+            fc.public_key(SECP256K1),
+        );
+        terms.check_funding(&tx).map_err(invalid)?;
+        self.check_tx_a_lease(&tx, &contract_id, terms.audits)?;
+        let stake_script = audit
+            .stake_script
+            .clone()
+            .ok_or_else(|| internal("no stake script stored"))?;
+        check_stake(&tx, terms.audits, &stake_script, audit.proposal.terms.stake)
+            .map_err(|e| invalid(format!("TX_A's stake: {e}")))?;
+        let book = AuditBook::before_toss(
+            terms,
+            tx.compute_txid(),
+            audit.proposal.renter_destination.clone(),
+            audit.proposal.refund_anchor.clone(),
+        );
+        let signatures = book
+            .farmer_refund_signatures(&book.unraced_refund_ids(), &signing_keys(fa))
+            .map_err(internal)?;
+        tracing::info!(contract = %hex::encode(contract_id), funding_txid = %book.funding_txid, stake_sat = audit.proposal.terms.stake.to_sat(), "TX_A checked; every RF_i signed");
+        let stored = audit_in(&mut record, FarmedAuditPhase::Accepted)?;
+        stored.funding_tx = Some(tx);
+        stored.book = Some(book);
+        stored.phase = FarmedAuditPhase::Funded;
+        Ok(Step {
+            record,
+            reply: AuditRefundSignatures { signatures },
+        })
+    }
+
+    /// The renter's nonce: once TX_A (and so the stake) has our confirmations, the toss is
+    /// decided; reveal ours. Earlier, a retryable refusal that changes nothing.
     pub(super) async fn on_audit_toss(
         &self,
         mut record: FarmedContract,
         toss: AuditToss,
     ) -> Result<Step<AuditTossReveal>, FarmerError> {
         let contract_id = record.contract_id;
-        let audit = audit_in(&mut record, FarmedAuditPhase::Accepted)?;
+        let funding_txid = audit_in(&mut record, FarmedAuditPhase::Funded)?
+            .book
+            .as_ref()
+            .map(|b| b.funding_txid)
+            .ok_or_else(|| internal("funded without a book"))?;
+        self.require_stake_confirmed(&funding_txid).await?;
+        let audit = audit_in(&mut record, FarmedAuditPhase::Funded)?;
         let locks = raw_locks(&audit.proposal.locks);
         audit.seed = Some(coin_toss::seed(
             &contract_id,
@@ -185,7 +249,32 @@ impl Farmer {
         Ok(Step { record, reply })
     }
 
-    /// The openings and TX_A: checked against the stored file; every refund signed.
+    /// TX_A's O_0 is unspent with at least `--min-tx1-confirmations` confirmations in our
+    /// bitcoind's UTXO set.
+    async fn require_stake_confirmed(
+        &self,
+        funding_txid: &bitcoin::Txid,
+    ) -> Result<(), FarmerError> {
+        let needed = self.config.min_tx1_confirmations;
+        let found = self
+            .bitcoind
+            .call(
+                "gettxout",
+                serde_json::json!([funding_txid.to_string(), 0, false]),
+            )
+            .await
+            .map_err(internal)?;
+        let got = found["confirmations"].as_u64().unwrap_or(0) as u32;
+        if got < needed.max(1) {
+            tracing::info!(funding_txid = %funding_txid, got, needed, "toss refused: TX_A is not confirmed enough");
+            return Err(FarmerError::Unconfirmed { got, needed });
+        }
+        Ok(())
+    }
+
+    /// The openings: checked against the stored file; every RF_ij signed. A renter whose
+    /// opened candidates fail (a planted lock) is recorded as caught and refused: its
+    /// stake is ours and the setup ends here.
     pub(super) async fn on_audit_openings(
         &self,
         mut record: FarmedContract,
@@ -194,37 +283,35 @@ impl Farmer {
         let contract_id = record.contract_id;
         let length = record.file_length;
         let audit = audit_in(&mut record, FarmedAuditPhase::Tossed)?.clone();
+        if let Some(reason) = &audit.caught {
+            return Err(invalid(format!(
+                "the renter's audit candidates failed: {reason}"
+            )));
+        }
         let seed = audit
             .seed
             .ok_or_else(|| internal("tossed without a seed"))?;
         let locks = raw_locks(&audit.proposal.locks);
-        self.check_openings_against_file(&contract_id, length, &locks, &seed, &openings)
-            .await?;
-        if bitcoin::consensus::encode::serialize(&openings.funding_tx).len() > MAX_FUNDING_TX_BYTES
+        if let Some(reason) = self
+            .openings_failure(&contract_id, length, &locks, &seed, &openings)
+            .await?
         {
-            return Err(invalid("TX_A is too large"));
+            tracing::warn!(contract = %hex::encode(contract_id), %reason, "the renter planted a bad audit lock: caught at the openings; the stake is kept");
+            audit_in(&mut record, FarmedAuditPhase::Tossed)?.caught = Some(reason.clone());
+            self.store(&record)?;
+            return Err(invalid(format!(
+                "the renter's audit candidates failed: {reason}"
+            )));
         }
-        let (fa, fc) = self.audit_keys(&audit)?;
-        let terms = audit.proposal.terms.with_farmer(
-            contract_id,
-            fa.public_key(SECP256K1),
-            fc.public_key(SECP256K1),
-        );
-        terms.check_funding(&openings.funding_tx).map_err(invalid)?;
-        self.check_tx_a_lease(&openings.funding_tx, &contract_id, terms.audits)?;
-        let book = AuditBook {
-            terms,
-            funding_txid: openings.funding_tx.compute_txid(),
-            renter_destination: audit.proposal.renter_destination.clone(),
-            kept_locks: opening::kept_locks(&locks, &seed),
-            refund_anchor: audit.proposal.refund_anchor.clone(),
-        };
-        book.check().map_err(invalid)?;
+        let book = audit
+            .book
+            .clone()
+            .ok_or_else(|| internal("tossed without a book"))?
+            .with_kept_locks(opening::kept_locks(&locks, &seed))
+            .map_err(invalid)?;
+        let (fa, _) = self.audit_keys(&audit)?;
         let signatures = book
-            .farmer_refund_signatures(&SigningKeys {
-                funding: fa,
-                claim: None,
-            })
+            .farmer_refund_signatures(&book.after_candidate_refund_ids(), &signing_keys(fa))
             .map_err(internal)?;
         let stored = audit_in(&mut record, FarmedAuditPhase::Tossed)?;
         stored.book = Some(book);
@@ -251,14 +338,15 @@ impl Farmer {
         })
     }
 
-    async fn check_openings_against_file(
+    /// Why the openings fail against the stored file, if they do (`None`: they pass).
+    async fn openings_failure(
         &self,
         contract_id: &[u8; 32],
         length: u64,
         locks: &[Vec<Lock>],
         seed: &[u8; 32],
         openings: &AuditOpenings,
-    ) -> Result<(), FarmerError> {
+    ) -> Result<Option<String>, FarmerError> {
         let mut segments = std::collections::HashMap::new();
         for o in &openings.openings {
             let index = o.secret.segment_index;
@@ -267,14 +355,15 @@ impl Farmer {
             }
             segments.insert(index, self.read_segment(contract_id, length, index).await?);
         }
-        opening::check_openings(
+        Ok(opening::check_openings(
             locks,
             seed,
             &openings.openings,
             segment_count(length),
             |i| segments.get(&i).cloned().unwrap_or_default(),
         )
-        .map_err(|e| invalid(format!("the renter's audit candidates fail: {e}")))
+        .err()
+        .map(|e| e.to_string()))
     }
 
     /// Segment `index` of the stored file (its real bytes).
@@ -600,6 +689,32 @@ impl Farmer {
                 }
             }
         }
+    }
+}
+
+/// The renter's stake must be at least an m-th of one audit's amount (and 330 sat): a
+/// renter caught planting a lock at the openings then loses more than planting gains.
+fn check_proposed_stake(proposal: &AuditProposal) -> Result<(), FarmerError> {
+    let t = &proposal.terms;
+    let per_audit = check_shape(&raw_locks(&proposal.locks)).map_err(invalid)?;
+    let kept = per_audit / 2;
+    let needed = required_stake(t.amount, kept);
+    if t.stake < needed {
+        return Err(invalid(format!(
+            "the proposed stake is {} sat; audits of {} sat with {kept} kept candidates each need a stake of at least {} sat",
+            t.stake.to_sat(),
+            t.amount.to_sat(),
+            needed.to_sat()
+        )));
+    }
+    Ok(())
+}
+
+/// The farmer's keys for signing refunds and candidates (Fa only).
+fn signing_keys(funding: SecretKey) -> SigningKeys {
+    SigningKeys {
+        funding,
+        claim: None,
     }
 }
 

@@ -8,6 +8,9 @@ use crate::wire::ErrorBody;
 
 /// The error code of [`FarmerError::UnknownCrs`]: the renter then sends the CRS bytes.
 pub const UNKNOWN_CRS: i64 = -40;
+/// The error code of [`FarmerError::Unconfirmed`]: TX_A lacks the farmer's
+/// confirmations; the renter asks again later.
+pub const NOT_CONFIRMED: i64 = -42;
 
 /// Why the farmer refused a request; each becomes one clear error for the renter.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,10 @@ pub enum FarmerError {
         "the tip reached height {0}, too close to T1 for TX2: the farmer abandons this download"
     )]
     Abandoned(u32),
+    #[error(
+        "TX_A has {got} of {needed} confirmations: the toss nonce is revealed once it has {needed}"
+    )]
+    Unconfirmed { got: u32, needed: u32 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -48,6 +55,7 @@ impl FarmerError {
         let (status, code) = match self {
             FarmerError::UnknownContract(_) => (404, code::INVALID_ADDRESS_OR_KEY),
             FarmerError::UnknownCrs => (404, UNKNOWN_CRS),
+            FarmerError::Unconfirmed { .. } => (409, NOT_CONFIRMED),
             FarmerError::Unauthorised => (401, code::INVALID_REQUEST),
             FarmerError::BodyMismatch => (400, crate::wire::BODY_MISMATCH),
             FarmerError::Internal(_) => (500, code::INTERNAL_ERROR),

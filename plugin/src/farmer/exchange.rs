@@ -3,7 +3,9 @@
 //! and the step's new record is stored with the signed reply before the reply leaves. An
 //! exact repeat of the last message gets the stored reply again.
 
-use dstore_protocol::audit::messages::{AuditOpenings, AuditProposal, AuditSwap, AuditToss};
+use dstore_protocol::audit::messages::{
+    AuditFunding, AuditOpenings, AuditProposal, AuditSwap, AuditToss,
+};
 use dstore_protocol::hashing::sha256;
 use dstore_protocol::messages::{
     CrsOffer, DownloadRequest, OpenRequest, RenterReveal, ResyncHint, Tx1Funded, Tx2RenterSig,
@@ -65,6 +67,7 @@ impl Farmer {
             CrsOffer::KIND => step!(CrsOffer, prove_under_crs),
             Tx3RenterSig::KIND => step!(Tx3RenterSig, take_tx3_signature),
             AuditProposal::KIND => step!(AuditProposal, on_audit_proposal),
+            AuditFunding::KIND => step!(AuditFunding, on_audit_funding),
             AuditToss::KIND => step!(AuditToss, on_audit_toss),
             AuditOpenings::KIND => step!(AuditOpenings, on_audit_openings),
             AuditSwap::KIND => step!(AuditSwap, on_audit_swap),

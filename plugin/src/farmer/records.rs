@@ -250,9 +250,12 @@ pub struct Payout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FarmedAuditPhase {
-    /// Keys and toss commitment sent; waiting for the renter's nonce.
+    /// Keys, toss commitment and stake script sent; waiting for TX_A.
     Accepted,
-    /// Toss decided; waiting for the openings and TX_A.
+    /// TX_A (with the stake) checked and every RF_i signed; waiting for TX_A's
+    /// confirmations and the renter's nonce.
+    Funded,
+    /// Toss decided; waiting for the openings.
     Tossed,
     /// Refunds signed; swapping candidate signatures.
     Swapping,
@@ -264,7 +267,8 @@ impl FarmedAuditPhase {
     /// The renter message this phase waits for, for error messages.
     pub fn expected_message(self) -> &'static str {
         match self {
-            FarmedAuditPhase::Accepted => "expected the renter's toss nonce",
+            FarmedAuditPhase::Accepted => "expected TX_A (audit funding)",
+            FarmedAuditPhase::Funded => "expected the renter's toss nonce",
             FarmedAuditPhase::Tossed => "expected the audit openings",
             FarmedAuditPhase::Swapping => "expected a swap step",
             FarmedAuditPhase::Complete => "the audit setup is complete",
@@ -283,10 +287,22 @@ pub struct FarmedAudit {
     #[serde(with = "hex::serde")]
     pub farmer_nonce: [u8; 32],
     pub seed: Option<[u8; 32]>,
+    /// Before the toss the book has no kept locks (only RF_i can be built); the openings
+    /// complete it.
     pub book: Option<dstore_protocol::audit::book::AuditBook>,
     pub swap: dstore_protocol::audit::swap::FarmerSwap,
     pub phase: FarmedAuditPhase,
     pub claims: Vec<AuditClaim>,
+    /// Where TX_A pays the stake (a script of this farmer's wallet).
+    #[serde(default)]
+    pub stake_script: Option<ScriptBuf>,
+    /// TX_A as the renter sent it (unsigned), once checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding_tx: Option<Transaction>,
+    /// Why the renter's openings failed (a planted lock caught): the stake is kept and
+    /// the setup goes no further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught: Option<String>,
     /// The farmer's tower holds the candidates (only with `--watchtower-url`).
     pub tower_registered: bool,
 }

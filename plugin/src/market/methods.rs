@@ -77,6 +77,49 @@ pub fn choose_farmer(market: &Market, file: &Path) -> Result<Choice, RpcError> {
     ))
 }
 
+/// The `n` best-scoring distinct farmers (by identity and URL) that [`choose_farmer`]
+/// would accept for a shard of `shard_plaintext_len` bytes, skipping `exclude` (peer URLs
+/// already holding a shard of the file); a clear error (-8, nothing done) if fewer fit.
+pub fn choose_farmers(
+    market: &Market,
+    shard_plaintext_len: u64,
+    n: usize,
+    exclude: &[String],
+) -> Result<Vec<Choice>, RpcError> {
+    let length = ciphertext_len(shard_plaintext_len)
+        .ok_or_else(|| RpcError::new(code::INVALID_PARAMETER, "file too large"))?;
+    let table = market.table(Sort::Score);
+    let min_bond = market.settings().min_bond_sat;
+    let mut chosen: Vec<Choice> = Vec::new();
+    let mut skipped = Vec::new();
+    for row in &table.farmers {
+        if chosen.len() == n {
+            break;
+        }
+        let url = row.peer_url.clone().unwrap_or_default();
+        let taken = exclude.contains(&url)
+            || chosen
+                .iter()
+                .any(|c| c.identity == row.identity || c.peer_url == url);
+        match (taken, unfit(row, min_bond, length)) {
+            (true, _) => skipped.push(format!("{} holds a shard already", short(&row.identity))),
+            (false, Some(reason)) => skipped.push(format!("{} {reason}", short(&row.identity))),
+            (false, None) => chosen.push(choice(row, &table.farmers, Vec::new())),
+        }
+    }
+    if chosen.len() < n {
+        return Err(RpcError::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "auto needs {n} distinct farmers, the market has {} that fit: {}",
+                chosen.len(),
+                skipped.join("; ")
+            ),
+        ));
+    }
+    Ok(chosen)
+}
+
 /// Why `row` cannot be chosen, if it cannot.
 fn unfit(row: &FarmerRow, min_bond: u64, length: u64) -> Option<String> {
     if row.burned {

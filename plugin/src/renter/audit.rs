@@ -1,4 +1,4 @@
-//! The renter's half of the audit contract (PROTOCOL.md 5): choosing salted candidates over the staged ciphertext, the coin toss, TX_A from the wallet, the farmer's refund signatures checked and handed to the watchtower before TX_A is broadcast, the candidate swap, and the auditor's registration (the renter's own tower, or `--auditor-url`).
+//! The renter's half of the audit contract (PROTOCOL.md 5): choosing salted candidates over the staged ciphertext, TX_A from the wallet with the farmer's stake, the farmer's RF_i signatures checked and handed to the watchtower before TX_A is broadcast, the wait for TX_A's confirmations, the coin toss, the openings and the RF_ij, the candidate swap, and the auditor's registration (the renter's own tower, or `--auditor-url`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -9,11 +9,13 @@ use dstore_protocol::audit::book::{AuditBook, KeptLock, RefundId};
 use dstore_protocol::audit::candidates::{self, Candidate, CandidateSecret};
 use dstore_protocol::audit::coin_toss;
 use dstore_protocol::audit::messages::{
-    AuditAccepted, AuditOpenings, AuditProposal, AuditRefundSignatures, AuditSwap, AuditSwapReply,
-    AuditToss, AuditTossReveal, ProposedTerms,
+    AuditAccepted, AuditFunding, AuditOpenings, AuditProposal, AuditRefundSignatures, AuditSwap,
+    AuditSwapReply, AuditToss, AuditTossReveal, ProposedTerms,
 };
 use dstore_protocol::audit::opening;
+use dstore_protocol::audit::stake::{check_stake_script, required_stake, stake_output};
 use dstore_protocol::audit::swap::RenterSwap;
+use dstore_protocol::audit::transactions::AuditTerms;
 use dstore_protocol::audit::transactions::{SigningKeys, REFUND_ANCHOR_VALUE};
 use dstore_protocol::keys::Role;
 use dstore_protocol::merkle::{segment_count, SEGMENT_SIZE};
@@ -25,6 +27,8 @@ use serde_json::{json, Value};
 use super::download::check_farmer_lease;
 use super::records::{AuditRequest, RentedAudit, RentedAuditPhase, RentedContract};
 use super::{farmer_fault, internal, Renter, RenterError, QUICK_CALL};
+use crate::farmer::error::NOT_CONFIRMED;
+use crate::wire::PeerCallError;
 
 /// Candidates kept per audit (m); the renter proposes 2m and the toss opens m.
 pub const KEPT_PER_AUDIT: usize = 8;
@@ -41,6 +45,11 @@ pub const MIN_AUDIT_PERIOD: u32 = 3;
 pub const MAX_AUDIT_PERIOD: u32 = 52_560;
 /// Most audits per contract (the farmer enforces the same bound).
 pub const MAX_AUDITS: u32 = 52;
+/// How often the setup asks bitcoind about TX_A's confirmations.
+const STAKE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// Back-off of a setup step the farmer (or bitcoind, or the tower) could not take yet.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AuditRequest {
     /// Checks what `dstore-open` was asked for.
@@ -92,20 +101,26 @@ impl AuditRequest {
 }
 
 impl Renter {
-    /// Runs (or resumes) the audit setup of `record` up to a complete swap.
+    /// Runs (or resumes) the audit setup of `record` until its phase reaches `until` (or
+    /// the setup is complete).
     pub(super) async fn setup_audits(
         &self,
         record: &mut RentedContract,
+        until: RentedAuditPhase,
     ) -> Result<(), RenterError> {
         loop {
             let Some(audit) = record.audit.as_ref() else {
                 return Ok(());
             };
+            if audit.phase >= until {
+                return Ok(());
+            }
             match audit.phase {
                 RentedAuditPhase::Planned => self.propose(record).await?,
-                RentedAuditPhase::Proposed => self.toss(record).await?,
-                RentedAuditPhase::Tossed => self.book(record).await?,
+                RentedAuditPhase::Proposed => self.send_funding(record).await?,
                 RentedAuditPhase::Booked => self.fund(record).await?,
+                RentedAuditPhase::Funded => self.toss(record).await?,
+                RentedAuditPhase::Tossed => self.open_candidates(record).await?,
                 RentedAuditPhase::Swapping => self.swap(record).await?,
                 RentedAuditPhase::Complete | RentedAuditPhase::Failed => return Ok(()),
             }
@@ -151,6 +166,7 @@ impl Renter {
             tower_registered: false,
             candidates_registered: false,
             error: None,
+            waiting_for: None,
         });
         self.store(record)
     }
@@ -177,6 +193,8 @@ impl Renter {
         Ok(Some(script))
     }
 
+    /// The terms, the stake (an m-th of one audit's amount, at least 330 sat) and every
+    /// lock; the farmer's acceptance names where the stake goes.
     async fn propose(&self, record: &mut RentedContract) -> Result<(), RenterError> {
         let tip = self.tip().await?;
         let refund_anchor = self.refund_anchor().await?;
@@ -197,6 +215,7 @@ impl Renter {
                 amount: r.amount,
                 candidate_fee: CANDIDATE_FEE,
                 refund_fee: r.refund_fee(),
+                stake: required_stake(r.amount, KEPT_PER_AUDIT),
             },
             renter_destination: audit.destination.clone(),
             locks: audit
@@ -207,6 +226,8 @@ impl Renter {
             refund_anchor,
         };
         let accepted: AuditAccepted = self.exchange(record, &proposal, QUICK_CALL).await?;
+        check_stake_script(&accepted.stake_script)
+            .map_err(|e| farmer_fault(format!("its stake script: {e}")))?;
         let audit = audit_mut(record)?;
         audit.proposal = Some(proposal);
         audit.accepted = Some(accepted);
@@ -214,12 +235,122 @@ impl Renter {
         self.store(record)
     }
 
+    /// TX_A from the wallet (stored before it leaves, not broadcast), sent unsigned; the
+    /// farmer's signatures on every RF_i come back and are checked.
+    async fn send_funding(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let contract_id = record.contract_id;
+        let audit = audit_of(record)?.clone();
+        let (proposal, accepted) = match (&audit.proposal, &audit.accepted) {
+            (Some(p), Some(a)) => (p, a),
+            _ => return Err(internal("audit setup state is incomplete")),
+        };
+        let terms = proposal.terms.with_farmer(
+            contract_id,
+            accepted.farmer_funding_key,
+            accepted.farmer_claim_key,
+        );
+        terms.check().map_err(farmer_fault)?;
+        let funding_tx = match audit.funding_tx.clone() {
+            Some(tx) => tx,
+            None => self.build_tx_a(record, &terms).await?,
+        };
+        let book = AuditBook::before_toss(
+            terms,
+            funding_tx.compute_txid(),
+            audit.destination.clone(),
+            proposal.refund_anchor.clone(),
+        );
+        let funding = AuditFunding {
+            funding_tx: unsigned(&funding_tx),
+        };
+        let reply: AuditRefundSignatures = self.exchange(record, &funding, QUICK_CALL).await?;
+        book.verify_farmer_refund_signatures(&book.unraced_refund_ids(), &reply.signatures)
+            .map_err(farmer_fault)?;
+        let audit = audit_mut(record)?;
+        audit.book = Some(book);
+        audit.refund_signatures = Some(reply.signatures);
+        audit.phase = RentedAuditPhase::Booked;
+        self.store(record)
+    }
+
+    /// TX_A: O_0..O_{N−1}, the farmer's lease record, the stake to the farmer's script,
+    /// then change; signed by the wallet and stored.
+    async fn build_tx_a(
+        &self,
+        record: &mut RentedContract,
+        terms: &AuditTerms,
+    ) -> Result<Transaction, RenterError> {
+        let audit = audit_of(record)?;
+        let (proposal, accepted) = match (&audit.proposal, &audit.accepted) {
+            (Some(p), Some(a)) => (p, a),
+            _ => return Err(internal("audit setup state is incomplete")),
+        };
+        let mut outputs = terms.funding_outputs().map_err(internal)?;
+        let lease = accepted
+            .lease
+            .ok_or_else(|| farmer_fault("the farmer sent no lease record for TX_A"))?;
+        check_farmer_lease(record, &lease, &outputs, "TX_A")?;
+        outputs.extend(self.lease_output(lease));
+        let mut stake = proposal.terms.stake;
+        if crate::dev_fault!(self.dev_fault, AuditStakeShort) {
+            tracing::warn!("dev fault audit-stake-short: TX_A pays the stake less one satoshi");
+            stake -= Amount::from_sat(1);
+        }
+        outputs.push(stake_output(&accepted.stake_script, stake));
+        let wallet = self.wallet.clone();
+        let funded = tokio::task::spawn_blocking(move || wallet.fund_outputs(&outputs, None))
+            .await
+            .map_err(internal)??;
+        audit_mut(record)?.funding_tx = Some(funded.tx.clone());
+        self.store(record)?;
+        Ok(funded.tx)
+    }
+
+    /// The RF_i go to the watchtower before TX_A is broadcast; then TX_A (money moves:
+    /// the O_i, and the stake, which is the farmer's whatever happens next).
+    async fn fund(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        self.register_refunds(record, false).await?;
+        let tx = audit_of(record)?
+            .funding_tx
+            .clone()
+            .ok_or_else(|| internal("no TX_A"))?;
+        let txid = tx.compute_txid();
+        let wallet = self.wallet.clone();
+        tokio::task::spawn_blocking(move || wallet.broadcast(&tx))
+            .await
+            .map_err(internal)??;
+        let audit = audit_mut(record)?;
+        audit.phase = RentedAuditPhase::Funded;
+        let needed = audit.accepted.as_ref().map_or(1, |a| a.stake_confirmations);
+        audit.waiting_for = Some(format!("TX_A confirmations 0/{needed}"));
+        self.store(record)?;
+        tracing::info!(contract = %hex::encode(record.contract_id), funding_txid = %txid, "audit contract funded (TX_A broadcast, with the stake)");
+        Ok(())
+    }
+
+    /// Once TX_A has the farmer's confirmations (or at once, with the test-only fault
+    /// `audit-toss-unconfirmed`): our nonce, the farmer's reveal checked, the seed.
     async fn toss(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        if !crate::dev_fault!(self.dev_fault, AuditTossUnconfirmed) {
+            self.wait_for_stake(record).await?;
+        }
         let audit = audit_of(record)?;
         let toss = AuditToss {
             renter_nonce: audit.renter_nonce,
         };
-        let reveal: AuditTossReveal = self.exchange(record, &toss, QUICK_CALL).await?;
+        let reveal: AuditTossReveal = match self.exchange(record, &toss, QUICK_CALL).await {
+            Ok(reveal) => reveal,
+            Err(RenterError::Peer(PeerCallError::Refused(e))) if e.code == NOT_CONFIRMED => {
+                let text = format!(
+                    "{} (the farmer: {})",
+                    self.stake_confirmations_text(record).await?,
+                    e.message
+                );
+                self.note_waiting(record, text)?;
+                return Err(RenterError::Peer(PeerCallError::Refused(e)));
+            }
+            Err(e) => return Err(e),
+        };
         let contract_id = record.contract_id;
         let audit = audit_mut(record)?;
         let accepted = audit
@@ -236,85 +367,138 @@ impl Renter {
             &audit.renter_nonce,
         ));
         audit.phase = RentedAuditPhase::Tossed;
-        self.store(record)
+        audit.waiting_for = None;
+        self.store(record)?;
+        self.set_audit_waiting(&contract_id, false);
+        Ok(())
     }
 
-    /// TX_A from the wallet (stored, not broadcast), the openings, and the farmer's refund
-    /// signatures, each checked.
-    async fn book(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+    /// Waits (holding the contract) until our bitcoind shows TX_A with the farmer's
+    /// confirmations; `dstore-status` shows "TX_A confirmations k/n" meanwhile. TX_A is
+    /// broadcast again at each new block while unconfirmed (a dropped TX_A comes back).
+    async fn wait_for_stake(&self, record: &mut RentedContract) -> Result<(), RenterError> {
         let contract_id = record.contract_id;
-        let audit = audit_of(record)?.clone();
-        let (proposal, accepted, seed) = match (&audit.proposal, &audit.accepted, audit.seed) {
-            (Some(p), Some(a), Some(s)) => (p, a, s),
-            _ => return Err(internal("audit setup state is incomplete")),
-        };
-        let terms = proposal.terms.with_farmer(
-            contract_id,
-            accepted.farmer_funding_key,
-            accepted.farmer_claim_key,
-        );
-        terms.check().map_err(farmer_fault)?;
-        let funding_tx = match audit.funding_tx.clone() {
-            Some(tx) => tx,
-            None => {
-                let mut outputs = terms.funding_outputs().map_err(internal)?;
-                let lease = accepted
-                    .lease
-                    .ok_or_else(|| farmer_fault("the farmer sent no lease record for TX_A"))?;
-                check_farmer_lease(record, &lease, &outputs, "TX_A")?;
-                outputs.extend(self.lease_output(lease));
-                let wallet = self.wallet.clone();
-                let funded =
-                    tokio::task::spawn_blocking(move || wallet.fund_outputs(&outputs, None))
-                        .await
-                        .map_err(internal)??;
-                audit_mut(record)?.funding_tx = Some(funded.tx.clone());
-                self.store(record)?;
-                funded.tx
+        let mut seen_tip = None;
+        loop {
+            let (k, needed) = self.stake_confirmations(record).await?;
+            if k >= needed {
+                return Ok(());
             }
+            let tip = self.tip().await?;
+            if seen_tip != Some(tip) {
+                seen_tip = Some(tip);
+                let first = audit_of(record)?
+                    .proposal
+                    .as_ref()
+                    .map_or(u32::MAX, |p| p.terms.first_audit_height);
+                if tip >= first {
+                    return Err(RenterError::Wait(format!(
+                        "TX_A had {k} of {needed} confirmations when the chain reached the first audit's height {first}"
+                    )));
+                }
+                self.note_waiting(record, format!("TX_A confirmations {k}/{needed}"))?;
+                if k == 0 {
+                    self.rebroadcast_tx_a(record).await;
+                }
+            }
+            tokio::time::sleep(STAKE_POLL).await;
+            tracing::trace!(contract = %hex::encode(contract_id), "waiting for TX_A's confirmations");
+        }
+    }
+
+    /// TX_A's confirmations in our bitcoind (0 in the mempool or unknown) and how many
+    /// the farmer asked for.
+    async fn stake_confirmations(
+        &self,
+        record: &RentedContract,
+    ) -> Result<(u32, u32), RenterError> {
+        let audit = audit_of(record)?;
+        let needed = audit.accepted.as_ref().map_or(1, |a| a.stake_confirmations);
+        let txid = audit
+            .funding_tx
+            .as_ref()
+            .map(|tx| tx.compute_txid())
+            .ok_or_else(|| internal("no TX_A"))?;
+        let found = self
+            .bitcoind
+            .call("gettxout", json!([txid.to_string(), 0, true]))
+            .await?;
+        let k = found["confirmations"].as_u64().unwrap_or(0) as u32;
+        Ok((k, needed))
+    }
+
+    async fn stake_confirmations_text(
+        &self,
+        record: &RentedContract,
+    ) -> Result<String, RenterError> {
+        let (k, needed) = self.stake_confirmations(record).await?;
+        Ok(format!("TX_A confirmations {k}/{needed}"))
+    }
+
+    /// Records what the setup waits for (shown by `dstore-status`) and tells a waiting
+    /// `dstore-open` that only the chain is awaited now.
+    fn note_waiting(&self, record: &mut RentedContract, text: String) -> Result<(), RenterError> {
+        let contract = hex::encode(record.contract_id);
+        let audit = audit_mut(record)?;
+        if audit.waiting_for.as_deref() != Some(text.as_str()) {
+            tracing::info!(%contract, waiting_for = %text, "the audit setup waits for the chain");
+            audit.waiting_for = Some(text);
+            self.store(record)?;
+        }
+        self.set_audit_waiting(&record.contract_id, true);
+        Ok(())
+    }
+
+    async fn rebroadcast_tx_a(&self, record: &RentedContract) {
+        let Some(tx) = audit_of(record).ok().and_then(|a| a.funding_tx.clone()) else {
+            return;
         };
-        let book = AuditBook {
-            terms,
-            funding_txid: funding_tx.compute_txid(),
-            renter_destination: audit.destination.clone(),
-            kept_locks: opening::kept_locks(&raw_locks(&audit.candidates), &seed),
-            refund_anchor: proposal.refund_anchor.clone(),
-        };
-        book.check().map_err(internal)?;
+        let wallet = self.wallet.clone();
+        match tokio::task::spawn_blocking(move || wallet.broadcast(&tx)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!("broadcasting TX_A again: {e}"),
+            Err(e) => tracing::debug!("broadcasting TX_A again: {e}"),
+        }
+    }
+
+    /// The tossed half opened; the farmer's signatures on every RF_ij come back, checked
+    /// against the completed book, and are stored with the RF_i's.
+    async fn open_candidates(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        let audit = audit_of(record)?.clone();
+        let seed = audit.seed.ok_or_else(|| internal("no toss"))?;
+        let book = audit
+            .book
+            .clone()
+            .ok_or_else(|| internal("no audit book"))?
+            .with_kept_locks(opening::kept_locks(&raw_locks(&audit.candidates), &seed))
+            .map_err(internal)?;
+        let mut signatures = audit
+            .refund_signatures
+            .clone()
+            .ok_or_else(|| internal("no RF_i signatures"))?;
         let openings = AuditOpenings {
             openings: opening::openings(&audit.candidates, &seed),
-            funding_tx: unsigned(&funding_tx),
         };
         let reply: AuditRefundSignatures = self.exchange(record, &openings, QUICK_CALL).await?;
-        book.verify_farmer_refund_signatures(&reply.signatures)
+        book.verify_farmer_refund_signatures(&book.after_candidate_refund_ids(), &reply.signatures)
             .map_err(farmer_fault)?;
+        signatures.extend(reply.signatures);
         let audit = audit_mut(record)?;
         audit.book = Some(book);
-        audit.refund_signatures = Some(reply.signatures);
-        audit.phase = RentedAuditPhase::Booked;
+        audit.refund_signatures = Some(signatures);
+        audit.tower_registered = false;
+        audit.phase = RentedAuditPhase::Swapping;
         self.store(record)
-    }
-
-    /// The refunds go to the watchtower (and the salts to the auditor) before TX_A is
-    /// broadcast; then TX_A.
-    async fn fund(&self, record: &mut RentedContract) -> Result<(), RenterError> {
-        self.register_refunds(record).await?;
-        let tx = audit_of(record)?
-            .funding_tx
-            .clone()
-            .ok_or_else(|| internal("no TX_A"))?;
-        let wallet = self.wallet.clone();
-        tokio::task::spawn_blocking(move || wallet.broadcast(&tx))
-            .await
-            .map_err(internal)??;
-        audit_mut(record)?.phase = RentedAuditPhase::Swapping;
-        self.store(record)?;
-        tracing::info!(contract = %hex::encode(record.contract_id), "audit contract funded (TX_A broadcast)");
-        Ok(())
     }
 
     /// One candidate at a time: the farmer's signature first, checked, then ours.
     async fn swap(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        if !audit_of(record)?.tower_registered {
+            // The tower holds every RF_ij and reclaim before any candidate is signed.
+            self.register_refunds(record, true)
+                .await
+                .map_err(|e| RenterError::Wait(e.to_string()))?;
+        }
         let audit = audit_of(record)?;
         let book = audit
             .book
@@ -367,12 +551,17 @@ impl Renter {
         }
     }
 
-    /// The renter's tower gets every refund (and, by default, the auditor's secrets);
-    /// failing to register stops the setup before TX_A exists.
-    async fn register_refunds(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+    /// The renter's tower gets every refund of the stored book: the RF_i before TX_A is
+    /// broadcast (failing stops the setup before TX_A leaves), then the RF_ij and reclaims
+    /// (`after_toss`, with the auditor's secrets unless `--auditor-url`) before the swap.
+    async fn register_refunds(
+        &self,
+        record: &mut RentedContract,
+        after_toss: bool,
+    ) -> Result<(), RenterError> {
         let tip = self.tip().await?;
         let audit = audit_of(record)?;
-        let auditor = if self.auditor.is_none() {
+        let auditor = if after_toss && self.auditor.is_none() {
             Some(self.auditor_spec(record, audit)?)
         } else {
             None
@@ -392,9 +581,11 @@ impl Renter {
             auditor,
         };
         tower.register(&registration).await.map_err(|e| {
-            RenterError::Invalid(format!(
-                "the watchtower refused the audit refunds ({e}); TX_A was not broadcast"
-            ))
+            RenterError::Invalid(if after_toss {
+                format!("the watchtower refused the audit refunds ({e}); no candidate is signed before it holds them")
+            } else {
+                format!("the watchtower refused the audit refunds ({e}); TX_A was not broadcast")
+            })
         })?;
         audit_mut(record)?.tower_registered = true;
         self.store(record)
@@ -532,22 +723,88 @@ impl Renter {
         let _ = self.store(record);
     }
 
-    /// After a restart: finishes audit setups a crash interrupted (before TX_A, a refused
-    /// or unreachable farmer just marks the audits failed) and re-registers candidates.
+    /// Finishes (or resumes after a restart) the audit setup of `record`: before TX_A is
+    /// broadcast a failure marks the audits failed (no money moved); after it, a farmer
+    /// that is briefly unreachable or not yet convinced TX_A is confirmed is asked again
+    /// with back-off until the chain reaches the first audit's height, and anything else
+    /// ends the setup failed (the RF_i return the O_i at T_i + W; the stake is the
+    /// farmer's). Candidates signed by both go to the tower either way.
+    pub(super) async fn finish_audit_setup(
+        &self,
+        record: &mut RentedContract,
+    ) -> Result<(), RenterError> {
+        let mut delay = RETRY_FIRST;
+        loop {
+            let error = match self.setup_audits(record, RentedAuditPhase::Complete).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let error = match self.retry_later(record, error).await {
+                Ok(retryable) => {
+                    tracing::info!(contract = %hex::encode(record.contract_id), "audit setup: {retryable}; asking again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                    continue;
+                }
+                Err(fatal) => fatal,
+            };
+            tracing::warn!(contract = %hex::encode(record.contract_id), "the audit setup failed: {error}");
+            self.register_candidates(record).await;
+            let audit = audit_mut(record)?;
+            audit.error = Some(error.to_string());
+            audit.phase = RentedAuditPhase::Failed;
+            audit.waiting_for = None;
+            self.store(record)?;
+            return Err(error);
+        }
+    }
+
+    /// `Ok(error)` when `error` is worth asking again: money moved, the farmer (or our
+    /// bitcoind, or our tower) is not there yet, and the first audit is still ahead;
+    /// `Err` with the error that ends the setup otherwise.
+    async fn retry_later(
+        &self,
+        record: &RentedContract,
+        error: RenterError,
+    ) -> Result<RenterError, RenterError> {
+        let audit = audit_of(record)?;
+        let transient = match &error {
+            RenterError::Peer(PeerCallError::Refused(e)) => e.code == NOT_CONFIRMED,
+            RenterError::Peer(PeerCallError::Unreachable { .. } | PeerCallError::Stalled(_)) => {
+                true
+            }
+            RenterError::Bitcoind(_) | RenterError::Wait(_) => true,
+            _ => false,
+        };
+        if audit.phase < RentedAuditPhase::Funded || !transient {
+            return Err(error);
+        }
+        let first = audit
+            .proposal
+            .as_ref()
+            .map_or(0, |p| p.terms.first_audit_height);
+        match self.tip().await {
+            Ok(tip) if tip >= first => Err(RenterError::Wait(format!(
+                "{error}; the setup stops: the chain reached the first audit's height {first} (the RF_i return the O_i at T_i + W)"
+            ))),
+            _ => Ok(error),
+        }
+    }
+
+    /// After a restart (or once TX_A is broadcast): finishes an unfinished setup, and
+    /// re-registers candidates the tower may not hold.
     pub(super) async fn resume_audits(&self, record: &mut RentedContract) {
         let Some(audit) = record.audit.as_ref() else {
             return;
         };
         match audit.phase {
-            RentedAuditPhase::Complete if !audit.candidates_registered => {
-                self.register_candidates(record).await
-            }
-            RentedAuditPhase::Complete | RentedAuditPhase::Failed => {}
-            _ => {
-                if let Err(e) = self.setup_audits(record).await {
-                    tracing::warn!(contract = %hex::encode(record.contract_id), "resuming the audit setup failed: {e}");
-                    self.register_candidates(record).await;
+            RentedAuditPhase::Complete | RentedAuditPhase::Failed => {
+                if !audit.candidates_registered {
+                    self.register_candidates(record).await
                 }
+            }
+            _ => {
+                let _ = self.finish_audit_setup(record).await;
             }
         }
     }
@@ -561,11 +818,14 @@ impl Renter {
             "audits": audit.request.audits,
             "period_blocks": audit.request.period,
             "amount_sat": audit.request.amount.to_sat(),
+            "stake_sat": audit.proposal.as_ref().map(|p| p.terms.stake.to_sat()),
+            "waiting_for": audit.waiting_for,
+            "funding_txid": audit.funding_tx.as_ref().map(|tx| tx.compute_txid()),
             "swapped": audit.swap.done.len(),
+            "candidates_registered": audit.candidates_registered,
             "error": audit.error,
         });
         if let Some(book) = &audit.book {
-            value["funding_txid"] = json!(book.funding_txid);
             value["claim_window_blocks"] = json!(book.terms.claim_window);
             value["heights"] = json!((0..book.terms.audits)
                 .map(|i| book.terms.audit_height(i))

@@ -17,6 +17,7 @@
 //! farmer), [`records`] (what is stored).
 
 pub mod audit;
+mod audit_job;
 mod conversation;
 mod crs;
 mod download;
@@ -51,6 +52,8 @@ use crate::wire::{PeerCallError, PeerClient};
 use records::{RentedContract, RentedDownload};
 
 pub use fraud::verify_fraud_file;
+pub(crate) use open::normalise_url;
+pub(crate) use unseal::partial_path;
 
 /// Largest TX2 fee the renter accepts out of the price.
 pub const MAX_TX2_FEE: Amount = Amount::from_sat(20_000);
@@ -133,6 +136,8 @@ pub struct Renter {
     min_storage_blocks: u32,
     /// The download jobs running in the background, by contract.
     jobs: driver::Jobs,
+    /// The audit setups running in the background (once TX_A is broadcast), by contract.
+    audit_jobs: audit_job::AuditJobs,
 }
 
 impl Renter {
@@ -167,6 +172,7 @@ impl Renter {
             auditor: None,
             min_storage_blocks: crate::config::DEFAULT_MIN_STORAGE_BLOCKS,
             jobs: Default::default(),
+            audit_jobs: Default::default(),
         })
     }
 
@@ -213,6 +219,26 @@ impl Renter {
             .into_iter()
             .map(|(_, r)| r)
             .collect())
+    }
+
+    /// The metadata store (the file layer keeps its records next to the contracts').
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// The renter's staging directory.
+    pub(crate) fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// A peer client for the farmer at `url`, signed with this renter's identity.
+    pub(crate) fn peer(&self, url: &str) -> PeerClient {
+        PeerClient::new(url, self.identity)
+    }
+
+    /// The bitcoind client (the file layer reads the tip for its shard probes).
+    pub(crate) fn bitcoind(&self) -> &Arc<Bitcoind> {
+        &self.bitcoind
     }
 
     fn secret(&self, role: Role, index: u32) -> Result<SecretKey, RenterError> {

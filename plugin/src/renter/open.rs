@@ -33,6 +33,26 @@ impl Renter {
         price: Option<Amount>,
         audits: Option<records::AuditRequest>,
     ) -> Result<[u8; 32], RenterError> {
+        let mut contract_id = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut contract_id);
+        self.open_as(contract_id, farmer_url, file, price, audits)
+            .await
+    }
+
+    /// [`Renter::open`] under a contract id chosen (and stored) by the caller, so that a
+    /// crash before the contract's own record exists still resumes the same contract; a
+    /// contract `contract_id` that already exists is finished instead of opened again.
+    pub async fn open_as(
+        &self,
+        contract_id: [u8; 32],
+        farmer_url: &str,
+        file: &Path,
+        price: Option<Amount>,
+        audits: Option<records::AuditRequest>,
+    ) -> Result<[u8; 32], RenterError> {
+        if let Some(outcome) = self.finish_existing(&contract_id).await {
+            return outcome.map(|()| contract_id);
+        }
         if let Some(request) = &audits {
             request.check()?;
         }
@@ -55,9 +75,7 @@ impl Renter {
                 info.max_file_bytes
             )));
         }
-        let mut contract_id = [0u8; 32];
         let mut file_key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut contract_id);
         rand::thread_rng().fill_bytes(&mut file_key);
         let mut record = RentedContract {
             contract_id,
@@ -90,9 +108,38 @@ impl Renter {
         outcome.map(|()| contract_id)
     }
 
-    /// Plans and sets up the audit contract; a failure before TX_A is broadcast marks the
-    /// audits failed (no money moved), a later one leaves the setup to resume at start.
+    /// Finishes contract `id` if its record exists already (`None` if it does not): a
+    /// stored one is done, a refused one fails, an interrupted one resumes its upload.
+    async fn finish_existing(&self, id: &[u8; 32]) -> Option<Result<(), RenterError>> {
+        let _guard = self.locks.lock(id).await;
+        let mut record = match self.load(id) {
+            Ok(record) => record?,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut outcome = match record.phase {
+            StoragePhase::Stored => return Some(Ok(())),
+            StoragePhase::Refused => {
+                return Some(Err(RenterError::Farmer(
+                    "the farmer's storage term was refused".into(),
+                )))
+            }
+            _ => self.finish_open(&mut record).await,
+        };
+        if outcome.is_ok() {
+            outcome = self.open_audits(&mut record).await;
+        }
+        self.discard_staged(&record);
+        self.progress.finish(&hex::encode(id));
+        Some(outcome)
+    }
+
+    /// Plans the audit contract and sets it up until TX_A (with the stake) is broadcast: a
+    /// failure before that marks the audits failed (no money moved) and is returned. Once
+    /// TX_A is broadcast the rest of the setup (TX_A's confirmations, the toss, the swap)
+    /// goes on in a background job (`super::audit_job`); `Renter::await_audit_setup`
+    /// waits for it.
     async fn open_audits(&self, record: &mut RentedContract) -> Result<(), RenterError> {
+        use records::RentedAuditPhase::{Complete, Failed, Funded};
         let Some(request) = record.requested_audits else {
             return Ok(());
         };
@@ -101,20 +148,28 @@ impl Renter {
         if record.audit.is_none() {
             self.plan_audits(record, request).await?;
         }
-        let outcome = self.setup_audits(record).await;
+        let outcome = self.setup_audits(record, Funded).await;
         if let (Err(e), Some(audit)) = (&outcome, record.audit.as_mut()) {
             audit.error = Some(e.to_string());
-            if audit.phase < records::RentedAuditPhase::Swapping {
-                audit.phase = records::RentedAuditPhase::Failed;
+            if audit.phase < Funded {
+                audit.phase = Failed;
             }
             self.store(record)?;
+        }
+        let money_moved = record
+            .audit
+            .as_ref()
+            .is_some_and(|a| a.phase >= Funded && a.phase < Complete);
+        if money_moved {
+            self.start_audit_job(&record.contract_id);
+            return Ok(());
         }
         outcome
     }
 
     /// The staged copy of C is kept until the upload is done and the audit candidates are
     /// chosen from it.
-    fn discard_staged(&self, record: &RentedContract) {
+    pub(super) fn discard_staged(&self, record: &RentedContract) {
         if record.phase == StoragePhase::Refused {
             let _ = std::fs::remove_file(self.staged_c(&record.contract_id));
             return;
@@ -122,10 +177,11 @@ impl Renter {
         if record.phase != StoragePhase::Stored {
             return;
         }
-        let pending = record.audit.as_ref().is_some_and(|a| {
-            a.phase < records::RentedAuditPhase::Swapping
-                && a.phase != records::RentedAuditPhase::Failed
-        });
+        // Before TX_A is broadcast a resumed setup may still need it; after, never.
+        let pending = record
+            .audit
+            .as_ref()
+            .is_some_and(|a| a.phase < records::RentedAuditPhase::Funded);
         if !pending {
             let _ = std::fs::remove_file(self.staged_c(&record.contract_id));
         }
@@ -230,6 +286,7 @@ impl Renter {
 
     /// After a restart: finishes every upload a crash interrupted, in the background.
     pub fn resume_uploads(self: &Arc<Self>) -> Result<(), RenterError> {
+        self.bind_audit_jobs();
         for record in self.list()? {
             if record.phase == StoragePhase::Refused {
                 continue;
@@ -247,6 +304,9 @@ impl Renter {
                 let Ok(Some(mut record)) = renter.load(&id) else {
                     return;
                 };
+                if record.phase == StoragePhase::Stored {
+                    return; // finished meanwhile (a file's shard open resumed it)
+                }
                 tracing::info!(contract = %hex::encode(id), "resuming an interrupted upload");
                 let mut outcome = renter.finish_open(&mut record).await;
                 if outcome.is_ok() {
@@ -263,15 +323,7 @@ impl Renter {
     }
 
     fn resume_audit_in_background(self: &Arc<Self>, id: [u8; 32]) {
-        let renter = self.clone();
-        tokio::spawn(async move {
-            let _guard = renter.locks.lock(&id).await;
-            let Ok(Some(mut record)) = renter.load(&id) else {
-                return;
-            };
-            renter.resume_audits(&mut record).await;
-            renter.discard_staged(&record);
-        });
+        self.spawn_audit_job(id);
     }
 
     pub(super) fn staged_c(&self, id: &[u8; 32]) -> PathBuf {
@@ -357,7 +409,7 @@ impl Renter {
 }
 
 /// `host:port` or `http://host:port`; anything else is refused.
-fn normalise_url(url: &str) -> Result<String, RenterError> {
+pub(crate) fn normalise_url(url: &str) -> Result<String, RenterError> {
     let with_scheme = if url.contains("://") {
         url.to_string()
     } else {

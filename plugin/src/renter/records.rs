@@ -218,17 +218,23 @@ pub struct AuditRequest {
 pub enum RentedAuditPhase {
     /// Candidates chosen; the proposal is next.
     Planned,
-    /// The farmer accepted and committed to its toss nonce.
+    /// The farmer accepted, committed to its toss nonce and named its stake script; TX_A
+    /// (with the stake) is built and stored before it is sent to the farmer.
     Proposed,
+    /// Every RF_i signed by the farmer and checked; TX_A not broadcast yet.
+    Booked,
+    /// The RF_i are with the tower and TX_A (with the stake) is broadcast: money moved.
+    /// The setup waits for TX_A's confirmations, then sends the toss.
+    Funded,
     /// The toss is decided.
     Tossed,
-    /// TX_A built (not broadcast) and every refund signed by the farmer.
-    Booked,
-    /// TX_A broadcast; swapping candidate signatures.
+    /// Every RF_ij signed by the farmer and checked; swapping candidate signatures.
     Swapping,
     /// Every candidate signed by both and handed to the tower.
     Complete,
-    /// The setup failed before TX_A was broadcast.
+    /// The setup ended without a complete swap: before TX_A was broadcast nothing moved;
+    /// later (e.g. a renter caught at the openings) the stake is the farmer's and RF_i
+    /// return the O_i at T_i + W.
     Failed,
 }
 
@@ -248,15 +254,21 @@ pub struct RentedAudit {
     pub proposal: Option<dstore_protocol::audit::messages::AuditProposal>,
     pub accepted: Option<dstore_protocol::audit::messages::AuditAccepted>,
     pub seed: Option<[u8; 32]>,
-    /// TX_A, signed, stored before the openings are sent and before it is broadcast.
+    /// TX_A, signed, stored before it is sent to the farmer and before it is broadcast.
     pub funding_tx: Option<Transaction>,
+    /// Before the toss: the book without kept locks (only RF_i); then the full book.
     pub book: Option<dstore_protocol::audit::book::AuditBook>,
+    /// The farmer's refund signatures in the book's `refund_ids` order (RF_i, then RF_ij).
     pub refund_signatures: Option<Vec<Vec<bitcoin::secp256k1::ecdsa::Signature>>>,
     pub swap: dstore_protocol::audit::swap::RenterSwap,
     pub phase: RentedAuditPhase,
-    /// The tower holds every refund (before TX_A was broadcast).
+    /// The tower holds every refund of the stored book (the RF_i before TX_A was
+    /// broadcast; the RF_ij and reclaims before the swap).
     pub tower_registered: bool,
     /// The tower (and auditor) hold every candidate signed by both.
     pub candidates_registered: bool,
     pub error: Option<String>,
+    /// What the setup waits for (TX_A's confirmations), shown by `dstore-status`.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
 }

@@ -124,7 +124,7 @@ impl Renter {
 }
 
 /// Where `output` is written before it is complete: a hidden file next to it.
-fn partial_path(output: &Path) -> PathBuf {
+pub(crate) fn partial_path(output: &Path) -> PathBuf {
     let name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -135,13 +135,50 @@ impl AuditBook {
             .reclaim_to(candidate, &lock, renter_claim_secret, payout, fee)
     }
 
-    /// Every refund, in signing order.
+    /// A book before the coin toss: TX_A is known, the double-spend sets are not. Only the
+    /// RF_i ([`Self::unraced_refund_ids`]) can be built from it; the toss's kept locks
+    /// complete it ([`Self::with_kept_locks`]).
+    pub fn before_toss(
+        terms: AuditTerms,
+        funding_txid: Txid,
+        renter_destination: ScriptBuf,
+        refund_anchor: Option<ScriptBuf>,
+    ) -> Self {
+        Self {
+            terms,
+            funding_txid,
+            renter_destination,
+            kept_locks: Vec::new(),
+            refund_anchor,
+        }
+    }
+
+    /// This book with the coin toss's double-spend sets, checked.
+    pub fn with_kept_locks(mut self, kept_locks: Vec<Vec<KeptLock>>) -> Result<Self, AuditTxError> {
+        self.kept_locks = kept_locks;
+        self.check()?;
+        Ok(self)
+    }
+
+    /// Every refund, in signing order: [`Self::unraced_refund_ids`] then
+    /// [`Self::after_candidate_refund_ids`].
     pub fn refund_ids(&self) -> Vec<RefundId> {
-        let audits = self.terms.audits;
+        let mut ids = self.unraced_refund_ids();
+        ids.extend(self.after_candidate_refund_ids());
+        ids
+    }
+
+    /// RF_i for every audit: signed before TX_A is broadcast.
+    pub fn unraced_refund_ids(&self) -> Vec<RefundId> {
+        (0..self.terms.audits).map(RefundId::Unraced).collect()
+    }
+
+    /// RF_ij for every audit and kept candidate: signed after the openings.
+    pub fn after_candidate_refund_ids(&self) -> Vec<RefundId> {
         let m = self.kept_per_audit() as u32;
-        let unraced = (0..audits).map(RefundId::Unraced);
-        let after = (0..audits).flat_map(|i| (0..m).map(move |j| RefundId::AfterCandidate(i, j)));
-        unraced.chain(after).collect()
+        (0..self.terms.audits)
+            .flat_map(|i| (0..m).map(move |j| RefundId::AfterCandidate(i, j)))
+            .collect()
     }
 
     /// Every candidate (audit, j), in swap order.
@@ -152,31 +189,32 @@ impl AuditBook {
             .collect()
     }
 
-    /// The farmer's signatures on every refund's O inputs, in [`Self::refund_ids`] order.
+    /// The farmer's signatures on the O inputs of the refunds `ids`, in that order.
     pub fn farmer_refund_signatures(
         &self,
+        ids: &[RefundId],
         farmer: &SigningKeys,
     ) -> Result<Vec<Vec<ecdsa::Signature>>, AuditTxError> {
-        self.refund_ids()
-            .into_iter()
-            .map(|id| self.terms.sign(&self.refund(id)?, Signer::Farmer, farmer))
+        ids.iter()
+            .map(|id| self.terms.sign(&self.refund(*id)?, Signer::Farmer, farmer))
             .collect()
     }
 
-    /// The renter's check of the farmer's refund signatures.
+    /// The renter's check of the farmer's signatures on the refunds `ids`.
     pub fn verify_farmer_refund_signatures(
         &self,
+        ids: &[RefundId],
         signatures: &[Vec<ecdsa::Signature>],
     ) -> Result<(), AuditTxError> {
-        let ids = self.refund_ids();
         if ids.len() != signatures.len() {
             return Err(AuditTxError::SignatureCount {
                 expected: ids.len(),
                 got: signatures.len(),
             });
         }
-        for (id, sigs) in ids.into_iter().zip(signatures) {
-            self.terms.verify(&self.refund(id)?, Signer::Farmer, sigs)?;
+        for (id, sigs) in ids.iter().zip(signatures) {
+            self.terms
+                .verify(&self.refund(*id)?, Signer::Farmer, sigs)?;
         }
         Ok(())
     }

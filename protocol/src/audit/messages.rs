@@ -1,10 +1,13 @@
 //! The renter ↔ farmer messages that set up an audit contract (PROTOCOL.md 5, 7), each a [`PeerMessage`] in a signed envelope of the storage contract's conversation.
 //!
-//! [`AuditProposal`] (the renter's terms and every lock) → [`AuditAccepted`] (the farmer's
-//! keys and toss commitment) → [`AuditToss`] (the renter's nonce) → [`AuditTossReveal`]
-//! (the farmer's nonce) → [`AuditOpenings`] (the tossed half opened, and TX_A unsigned) →
-//! [`AuditRefundSignatures`] (the farmer's signatures on every RF) → TX_A is broadcast →
-//! [`AuditSwap`] / [`AuditSwapReply`] once per candidate, farmer's signature first.
+//! [`AuditProposal`] (the renter's terms, its stake and every lock) → [`AuditAccepted`]
+//! (the farmer's keys, toss commitment, lease record and stake script) → [`AuditFunding`]
+//! (TX_A unsigned, with the stake) → [`AuditRefundSignatures`] (the farmer's signatures on
+//! every RF_i) → TX_A is broadcast and confirmed → [`AuditToss`] (the renter's nonce; the
+//! farmer answers only once TX_A has its confirmations) → [`AuditTossReveal`] (the
+//! farmer's nonce) → [`AuditOpenings`] (the tossed half opened) → [`AuditRefundSignatures`]
+//! (every RF_ij) → [`AuditSwap`] / [`AuditSwapReply`] once per candidate, farmer's
+//! signature first.
 
 use bitcoin::secp256k1::{ecdsa, PublicKey};
 use bitcoin::{Amount, ScriptBuf, Transaction};
@@ -35,6 +38,10 @@ pub struct ProposedTerms {
     pub candidate_fee: Amount,
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub refund_fee: Amount,
+    /// What TX_A pays the farmer at `stake::stake_index` (at least
+    /// `stake::required_stake`): the farmer's in every case.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub stake: Amount,
 }
 
 impl ProposedTerms {
@@ -100,13 +107,31 @@ pub struct AuditAccepted {
     /// puts it at TX_A index N, and the farmer refuses a TX_A without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<crate::market::lease::LeaseRecord>,
+    /// Where TX_A pays the stake (P2WPKH or P2TR of the farmer's wallet).
+    pub stake_script: ScriptBuf,
+    /// Confirmations TX_A needs before the farmer reveals its toss nonce.
+    pub stake_confirmations: u32,
 }
 
 impl PeerMessage for AuditAccepted {
     const KIND: &'static str = "audit_accepted";
 }
 
-/// Renter → farmer: the renter's toss nonce, in the clear.
+/// Renter → farmer: TX_A, unsigned (its inputs are the renter's segwit coins, so the txid
+/// is final): O_0..O_{N−1}, the lease record, the stake, change. The reply is the farmer's
+/// signatures on every RF_i (`AuditBook::unraced_refund_ids`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFunding {
+    pub funding_tx: Transaction,
+}
+
+impl PeerMessage for AuditFunding {
+    const KIND: &'static str = "audit_funding";
+}
+
+/// Renter → farmer, once TX_A has the farmer's confirmations: the renter's toss nonce, in
+/// the clear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditToss {
@@ -130,21 +155,20 @@ impl PeerMessage for AuditTossReveal {
     const KIND: &'static str = "audit_toss_reveal";
 }
 
-/// Renter → farmer: the tossed half opened, and TX_A (unsigned; its inputs are the
-/// renter's segwit coins, so the txid is final).
+/// Renter → farmer: the tossed half opened. The reply is the farmer's signatures on every
+/// RF_ij (`AuditBook::after_candidate_refund_ids`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditOpenings {
     pub openings: Vec<Opening>,
-    pub funding_tx: Transaction,
 }
 
 impl PeerMessage for AuditOpenings {
     const KIND: &'static str = "audit_openings";
 }
 
-/// Farmer → renter: its signatures on every refund's O inputs, in
-/// `AuditBook::refund_ids` order.
+/// Farmer → renter: its signatures on the O inputs of a list of refunds (RF_i after
+/// [`AuditFunding`], RF_ij after [`AuditOpenings`]), in that list's order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRefundSignatures {

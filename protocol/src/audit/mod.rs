@@ -9,6 +9,7 @@ pub mod messages;
 pub mod opening;
 pub mod planted;
 pub mod policy;
+pub mod stake;
 pub mod swap;
 #[cfg(test)]
 mod tests;

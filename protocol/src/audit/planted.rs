@@ -6,6 +6,12 @@
 //! candidate can replace it (full-RBF needs a higher fee); the farmer's own tower
 //! publishes the beacon's choice at T_i. A bad candidate then confirms only when the
 //! beacon picks it, or when the renter reaches the miners first.
+//!
+//! That leaves O/(2m) per planted lock, so the renter stakes (see [`super::stake`]): TX_A
+//! pays the farmer at least O/m and must be confirmed before the toss is revealed. A caught
+//! renter has lost the stake and must set up again (paying another stake) where an honest
+//! one pays once; a hidden one has paid what an honest renter pays. With the stake the
+//! expected gain is at most zero ([`gain_with_stake`]).
 
 /// Probability that all `bad` of an audit's `2·kept` locks land in the kept half.
 pub fn all_kept_probability(kept: u32, bad: u32) -> f64 {
@@ -45,6 +51,17 @@ pub fn break_even_cost(kept: u32, bad: u32, race_win: f64) -> f64 {
     hidden * bad_confirms_probability(kept, bad, race_win) / (1.0 - hidden)
 }
 
+/// The renter's expected gain from planting `bad` locks in one audit of `amount`, when a
+/// caught attempt forfeits `stake` (both in sat; the result in sat), the farmer's tower
+/// publishing the beacon's choice first (`race_win` = 0 in the ideal race).
+pub fn gain_with_stake(kept: u32, bad: u32, race_win: f64, amount: u64, stake: u64) -> f64 {
+    if amount == 0 {
+        return 0.0;
+    }
+    let caught_cost = stake as f64 / amount as f64;
+    expected_gain(kept, bad, race_win, caught_cost) * amount as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +92,21 @@ mod tests {
         // eight-audit contract) already makes one planted lock not pay.
         assert!(expected_gain(8, 1, 0.0, 1.0 / 8.0) <= 1e-12);
         assert!(expected_gain(8, 2, 0.0, 1.0 / 8.0) < 0.0);
+    }
+
+    #[test]
+    fn with_the_required_stake_planting_does_not_pay() {
+        use super::super::stake::required_stake;
+        use bitcoin::Amount;
+        for (amount, m) in [(20_000u64, 8u32), (20_001, 8), (50_000, 4), (1_000_000, 32)] {
+            let stake = required_stake(Amount::from_sat(amount), m as usize).to_sat();
+            for bad in 1..=m {
+                let gain = gain_with_stake(m, bad, 0.0, amount, stake);
+                assert!(gain <= 1e-9, "m={m} b={bad} O={amount}: {gain} sat");
+            }
+        }
+        // Without the stake one planted lock returns O/(2m) in expectation.
+        let free = gain_with_stake(8, 1, 0.0, 20_000, 0);
+        assert!((free - 1_250.0).abs() < 1e-9, "{free}");
     }
 }

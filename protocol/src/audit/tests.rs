@@ -181,14 +181,20 @@ fn the_renter_verifies_every_refund_signature() {
     let s = setup(2);
     let mut sigs = s
         .book
-        .farmer_refund_signatures(&s.farmer.keys(false))
+        .farmer_refund_signatures(&s.book.refund_ids(), &s.farmer.keys(false))
         .unwrap();
-    s.book.verify_farmer_refund_signatures(&sigs).unwrap();
+    s.book
+        .verify_farmer_refund_signatures(&s.book.refund_ids(), &sigs)
+        .unwrap();
     sigs.swap(0, 1);
-    assert!(s.book.verify_farmer_refund_signatures(&sigs).is_err());
+    assert!(s
+        .book
+        .verify_farmer_refund_signatures(&s.book.refund_ids(), &sigs)
+        .is_err());
     sigs.pop();
     assert!(matches!(
-        s.book.verify_farmer_refund_signatures(&sigs),
+        s.book
+            .verify_farmer_refund_signatures(&s.book.refund_ids(), &sigs),
         Err(AuditTxError::SignatureCount { .. })
     ));
 }
@@ -315,15 +321,18 @@ fn anchored_refunds_pay_the_tower_a_bumpable_output_from_the_renters_share() {
     };
     book.check().unwrap();
     let farmer_sigs = book
-        .farmer_refund_signatures(&plain.farmer.keys(false))
+        .farmer_refund_signatures(&book.refund_ids(), &plain.farmer.keys(false))
         .unwrap();
-    book.verify_farmer_refund_signatures(&farmer_sigs).unwrap();
+    book.verify_farmer_refund_signatures(&book.refund_ids(), &farmer_sigs)
+        .unwrap();
     // The plain book's signatures do not cover the anchored refunds.
     let plain_sigs = plain
         .book
-        .farmer_refund_signatures(&plain.farmer.keys(false))
+        .farmer_refund_signatures(&plain.book.refund_ids(), &plain.farmer.keys(false))
         .unwrap();
-    assert!(book.verify_farmer_refund_signatures(&plain_sigs).is_err());
+    assert!(book
+        .verify_farmer_refund_signatures(&book.refund_ids(), &plain_sigs)
+        .is_err());
     for (k, id) in book.refund_ids().into_iter().enumerate() {
         let tx = book
             .signed_refund(id, &plain.renter.keys(true), &farmer_sigs[k])
@@ -394,7 +403,10 @@ mod lease_outcomes {
             let rsig = renter.receive(&s.book, &rkeys, step, fsig).unwrap();
             farmer.receive(&s.book, step, rsig).unwrap();
         }
-        let refund_sigs = s.book.farmer_refund_signatures(&fkeys).unwrap();
+        let refund_sigs = s
+            .book
+            .farmer_refund_signatures(&s.book.refund_ids(), &fkeys)
+            .unwrap();
         let candidates = renter.signed_candidates(&s.book);
         (s, candidates, refund_sigs)
     }

@@ -7,6 +7,7 @@ mod audit;
 mod datapath;
 mod market;
 mod measure;
+mod shards;
 mod transfer;
 mod watchtower;
 mod zk;
@@ -53,6 +54,10 @@ enum Command {
     /// The market scanner on a real 2,000-transaction regtest block against `getblock`
     /// verbosity 0 alone, and the market's memory per farmer.
     Market(market::MarketArgs),
+    /// A file erasure-coded into N = 6 shards (any K = 4 rebuild it) stored with six
+    /// farmer plugins over loopback on regtest and bought back: encode throughput against
+    /// the single-contract path, upload and download MiB/s, the renter's peak RSS.
+    Shards(shards::ShardsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Command::Watchtower(args) => watchtower::run(&args),
         Command::Audit(args) => audit::run(&args),
         Command::Market(args) => market::run(&args),
+        Command::Shards(args) => shards::run(&args),
     }
 }

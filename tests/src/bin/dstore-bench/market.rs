@@ -82,7 +82,7 @@ pub fn run(args: &MarketArgs) -> anyhow::Result<()> {
             "release build"
         },
         load_average(),
-        cpu_summary()
+        crate::measure::cpu_summary(&["sse4_2", "avx", "avx2", "avx512f", "sha_ni", "bmi2"])
     );
     let mut rng = StdRng::seed_from_u64(0x3a_4b);
     let lessors: Vec<Keypair> = (0..LEASES).map(|_| keypair(&mut rng)).collect();
@@ -91,29 +91,6 @@ pub fn run(args: &MarketArgs) -> anyhow::Result<()> {
     scan_figures(args, &mut rng, &state, &lessors)?;
     eprintln!("market: done, load average {}", load_average());
     Ok(())
-}
-
-/// CPU model and the SIMD/hash flags that matter to parsing and hashing.
-fn cpu_summary() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_else(|| "?".into())
-    };
-    let flags = field("flags");
-    let wanted: Vec<&str> = flags
-        .split_whitespace()
-        .filter(|f| ["sse4_2", "avx", "avx2", "avx512f", "sha_ni", "bmi2"].contains(f))
-        .collect();
-    format!(
-        "{} ({} logical), flags: {}",
-        field("model name"),
-        info.lines().filter(|l| l.starts_with("processor")).count(),
-        wanted.join(" ")
-    )
 }
 
 fn keypair(rng: &mut StdRng) -> Keypair {

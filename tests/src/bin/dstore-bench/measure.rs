@@ -10,6 +10,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+/// The CPU model, its logical core count, and which of the `wanted` flags it has (SHA-NI,
+/// AVX-512 and the like change the figures from one machine to the next).
+pub fn cpu_summary(wanted: &[&str]) -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let flags = field("flags");
+    let present: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| wanted.contains(f))
+        .collect();
+    format!(
+        "{} ({} logical), flags: {}",
+        field("model name"),
+        info.lines().filter(|l| l.starts_with("processor")).count(),
+        present.join(" ")
+    )
+}
+
 /// Bytes in a MiB.
 pub const MIB: u64 = 1 << 20;
 
