@@ -353,6 +353,16 @@ impl PluginWallet {
         Ok(txid)
     }
 
+    /// Gives the coins of `tx`, built here but abandoned before any broadcast, back to
+    /// later builds (else they wait out [`RESERVATION_TTL`]).
+    pub fn release(&self, tx: &Transaction) {
+        if let Ok(mut inner) = self.lock() {
+            for input in &tx.input {
+                inner.reserved.remove(&input.previous_output);
+            }
+        }
+    }
+
     /// Builds and signs (without broadcasting) a CPFP child of `parent`, an unconfirmed
     /// transaction whose output `vout` pays this wallet: it spends that output (plus more
     /// coins if needed) back to a change address, paying a fee that brings the package

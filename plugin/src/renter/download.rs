@@ -274,6 +274,8 @@ impl Renter {
             if let Err(e) = check_t1_margin(agreed(&d)?.refund_height, self.tip().await?) {
                 current(record).phase = DownloadPhase::Failed;
                 self.store(record)?;
+                let (wallet, abandoned) = (self.wallet.clone(), tx1.clone());
+                let _ = tokio::task::spawn_blocking(move || wallet.release(&abandoned)).await;
                 return Err(e);
             }
         }

@@ -153,6 +153,11 @@ impl Renter {
             audit.error = Some(e.to_string());
             if audit.phase < Funded {
                 audit.phase = Failed;
+                // TX_A never left: its coins go back to the wallet's other builds.
+                if let Some(tx) = audit.funding_tx.clone() {
+                    let wallet = self.wallet.clone();
+                    let _ = tokio::task::spawn_blocking(move || wallet.release(&tx)).await;
+                }
             }
             self.store(record)?;
         }
