@@ -306,19 +306,31 @@ pub fn contract_id_of(reply: &Value) -> String {
         .to_string()
 }
 
-fn start_farmer(node: &BitcoinNode, dir: &Path, i: usize, spec: &FarmerSpec, crs: &str) -> Farmer {
+/// Farmer `i`'s plugin flags on a free loopback port (storage under `dir`, files up to
+/// `max_file_bytes`, the test price, the CRS flag `crs`), its peer URL and storage dir.
+pub fn farmer_flags(
+    dir: &Path,
+    i: usize,
+    max_file_bytes: u64,
+    crs: &str,
+) -> (String, PathBuf, Vec<String>) {
     let port = ports::free_ports(1)[0];
     let peer_url = format!("http://127.0.0.1:{port}");
     let storage = dir.join(format!("farmer{i}-storage"));
-    let mut args = vec![
+    let args = vec![
         "--farmer".to_string(),
         format!("--peer-bind=127.0.0.1:{port}"),
         format!("--peer-url={peer_url}"),
         format!("--storage-dir={}", storage.display()),
         format!("--price-per-download-sat={TEST_PRICE_SAT}"),
-        format!("--max-file-bytes={}", 80u64 << 20),
+        format!("--max-file-bytes={max_file_bytes}"),
         crs.to_string(),
     ];
+    (peer_url, storage, args)
+}
+
+fn start_farmer(node: &BitcoinNode, dir: &Path, i: usize, spec: &FarmerSpec, crs: &str) -> Farmer {
+    let (peer_url, _, mut args) = farmer_flags(dir, i, 80 << 20, crs);
     let tower = spec.tower.then(|| TowerProcess::start(node));
     if let Some(tower) = &tower {
         args.extend(tower_flags(tower));

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
-use crate::market::TEST_PRICE_SAT;
-use crate::{ports, wait_until, BitcoinNode, PluginProcess, RpcError};
+use crate::{wait_until, BitcoinNode, PluginProcess, RpcError};
 
 /// How long a sharded download or repair may take before a test gives up.
 pub const SHARD_WAIT: Duration = Duration::from_secs(900);
@@ -359,18 +358,8 @@ fn start_farmer(
     crs: &str,
     max_file_bytes: u64,
 ) -> ShardFarmer {
-    let port = ports::free_ports(1)[0];
-    let peer_url = format!("http://127.0.0.1:{port}");
-    let storage = dir.join(format!("farmer{i}-storage"));
-    let mut args = vec![
-        "--farmer".to_string(),
-        format!("--peer-bind=127.0.0.1:{port}"),
-        format!("--peer-url={peer_url}"),
-        format!("--storage-dir={}", storage.display()),
-        format!("--price-per-download-sat={TEST_PRICE_SAT}"),
-        format!("--max-file-bytes={max_file_bytes}"),
-        crs.to_string(),
-    ];
+    let (peer_url, storage, mut args) =
+        crate::market_fixture::farmer_flags(dir, i, max_file_bytes, crs);
     if let Some(fault) = spec.fault {
         args.push(format!("--dev-fault={fault}"));
     }
