@@ -256,15 +256,7 @@ impl Farmer {
         funding_txid: &bitcoin::Txid,
     ) -> Result<(), FarmerError> {
         let needed = self.config.min_tx1_confirmations;
-        let found = self
-            .bitcoind
-            .call(
-                "gettxout",
-                serde_json::json!([funding_txid.to_string(), 0, false]),
-            )
-            .await
-            .map_err(internal)?;
-        let got = found["confirmations"].as_u64().unwrap_or(0) as u32;
+        let got = self.output0_confirmations(funding_txid).await?;
         if got < needed.max(1) {
             tracing::info!(funding_txid = %funding_txid, got, needed, "toss refused: TX_A is not confirmed enough");
             return Err(FarmerError::Unconfirmed { got, needed });
@@ -545,21 +537,24 @@ impl Farmer {
         })
     }
 
+    /// Confirmations of `txid`'s output 0 while it is unspent in our bitcoind's UTXO set
+    /// (0 when unconfirmed, spent or unknown).
+    async fn output0_confirmations(&self, txid: &bitcoin::Txid) -> Result<u32, FarmerError> {
+        let found = self
+            .bitcoind
+            .call("gettxout", serde_json::json!([txid.to_string(), 0, false]))
+            .await
+            .map_err(internal)?;
+        Ok(found["confirmations"].as_u64().unwrap_or(0) as u32)
+    }
+
     /// The candidate's output 0 is in bitcoind's UTXO set, confirmed (not only in the
     /// mempool): a release of any other candidate is refused and changes nothing.
     async fn require_confirmed_unspent(
         &self,
         candidate: &bitcoin::Txid,
     ) -> Result<(), FarmerError> {
-        let found = self
-            .bitcoind
-            .call(
-                "gettxout",
-                serde_json::json!([candidate.to_string(), 0, false]),
-            )
-            .await
-            .map_err(internal)?;
-        if found["confirmations"].as_u64().unwrap_or(0) == 0 {
+        if self.output0_confirmations(candidate).await? == 0 {
             return Err(FarmerError::WrongPhase(
                 "that candidate is not confirmed (or its output is already spent)",
             ));
