@@ -14,14 +14,13 @@ use std::path::Path;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use dstore_protocol::zk::{setup, Crs, Shape};
 use rand::rngs::OsRng;
-use sha2::{Digest, Sha256};
 
 /// The CRS for `shape`, from `dir` if a previous process made it, else made and stored.
 pub fn crs_for(dir: &Path, shape: &Shape) -> Crs {
     fs::create_dir_all(dir).expect("CRS cache directory");
-    let key = hex::encode(Sha256::digest(
-        serde_json::to_vec(shape).expect("shape serialises"),
-    ));
+    // The circuit's version is in the key, so a changed circuit never meets a stale CRS
+    // left in the target directory by an earlier build.
+    let key = shape.crs_cache_key();
     let path = dir.join(format!("crs-{key}.bin"));
     let lock = File::create(dir.join(format!("crs-{key}.lock"))).expect("CRS lock file");
     lock.lock().expect("locking the CRS cache");

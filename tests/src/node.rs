@@ -16,6 +16,8 @@ use crate::{bins, ports, tail, wait_until, RpcError};
 pub struct BitcoinNode {
     child: Child,
     datadir: TempDir,
+    /// Flags after the standard ones (e.g. `-prune=1`), kept for [`resume`](Self::resume).
+    extra_args: Vec<String>,
     pub rpc_port: u16,
     pub p2p_port: u16,
     pub zmq_rawtx: String,
@@ -27,6 +29,13 @@ pub struct BitcoinNode {
 impl BitcoinNode {
     /// Starts a fresh node and waits until its RPC answers.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a fresh node with extra flags after the standard ones. A pruning node
+    /// (`-prune=…`) runs without `-txindex`, which bitcoind refuses to combine with it.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let ports = ports::free_ports(5);
         let datadir = tempfile::Builder::new()
             .prefix("dstore-bitcoind-")
@@ -40,10 +49,12 @@ impl BitcoinNode {
             p2p_port,
             rpc_port,
             [&zmq_rawtx, &zmq_rawblock, &zmq_sequence],
+            &extra_args,
         );
         let mut node = BitcoinNode {
             child,
             datadir,
+            extra_args,
             rpc_port,
             p2p_port,
             zmq_rawtx,
@@ -75,6 +86,7 @@ impl BitcoinNode {
             self.p2p_port,
             self.rpc_port,
             [&self.zmq_rawtx, &self.zmq_rawblock, &self.zmq_sequence],
+            &self.extra_args,
         );
         self.wait_ready();
     }
@@ -192,7 +204,14 @@ impl Drop for BitcoinNode {
     }
 }
 
-fn spawn_bitcoind(datadir: &Path, p2p_port: u16, rpc_port: u16, zmq: [&String; 3]) -> Child {
+fn spawn_bitcoind(
+    datadir: &Path,
+    p2p_port: u16,
+    rpc_port: u16,
+    zmq: [&String; 3],
+    extra: &[String],
+) -> Child {
+    let pruned = extra.iter().any(|a| a.starts_with("-prune"));
     Command::new(bins::bitcoind())
         .arg("-regtest")
         .arg(format!("-datadir={}", datadir.display()))
@@ -200,10 +219,12 @@ fn spawn_bitcoind(datadir: &Path, p2p_port: u16, rpc_port: u16, zmq: [&String; 3
         .arg(format!("-rpcport={rpc_port}"))
         .args(["-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", "-server=1"])
         .args(["-listen=0", "-dnsseed=0", "-fixedseeds=0", "-discover=0"])
-        .args(["-txindex=1", "-acceptnonstdtxn=0", "-printtoconsole=0"])
+        .args((!pruned).then_some("-txindex=1"))
+        .args(["-acceptnonstdtxn=0", "-printtoconsole=0"])
         .arg(format!("-zmqpubrawtx={}", zmq[0]))
         .arg(format!("-zmqpubrawblock={}", zmq[1]))
         .arg(format!("-zmqpubsequence={}", zmq[2]))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

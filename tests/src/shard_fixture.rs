@@ -205,7 +205,7 @@ impl ShardNet {
 
     /// Mines one block if some renter contract shows a "waiting for TX1 confirmations k/n"
     /// phase not mined for yet, so each TX1 gets the confirmations its farmer waits for.
-    fn mine_for_new_tx1_waits(&self, mined_for: &mut HashSet<(String, String)>) {
+    pub fn mine_for_new_tx1_waits(&self, mined_for: &mut HashSet<(String, String)>) {
         let Ok(list) = self.renter().call("dstore-list", json!([])) else {
             return;
         };
@@ -261,6 +261,15 @@ impl ShardNet {
     pub fn stop_renter(&mut self) {
         if let Some(renter) = self.renter.take() {
             renter.stop();
+        }
+    }
+
+    /// Sets the renter's `--dev-fault` (e.g. `stall-at-tx1-funded`) for its next start;
+    /// `None` starts it without one.
+    pub fn set_renter_fault(&mut self, fault: Option<&str>) {
+        self.renter_args.retain(|a| !a.starts_with("--dev-fault"));
+        if let Some(fault) = fault {
+            self.renter_args.push(format!("--dev-fault={fault}"));
         }
     }
 

@@ -26,11 +26,7 @@ use serde_json::{json, Value};
 
 /// The renter plugin's CRS cache file for `shape` (its "own" CRS, made once per shape).
 fn renter_cache_file(dir: &Path, shape: &Shape) -> PathBuf {
-    let key = hex::encode(dstore_protocol::hashing::sha256(&[&serde_json::to_vec(
-        shape,
-    )
-    .unwrap()]));
-    dir.join(format!("renter-{key}.crs"))
+    dir.join(format!("renter-{}.crs", shape.crs_cache_key()))
 }
 
 /// Bit 0 of s1 is probed alone: with it 0 the proof verifies, with it 1 it does not, and

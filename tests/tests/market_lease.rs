@@ -12,7 +12,7 @@ use std::str::FromStr;
 use bitcoin::secp256k1::XOnlyPublicKey;
 use bitcoin::{consensus, Transaction};
 use dstore_protocol::market::lease::{
-    check_lease_in, contract_tag, leased_outputs, parse_lease, verify_lease,
+    check_lease_in, contract_tag, leased_outputs, parse_leases, verify_lease, LeaseRecord,
 };
 use dstore_protocol::market::outcome::{classify_spend, LeaseOutput, SpendOutcome};
 use dstore_tests::market::{Faults, Market};
@@ -67,9 +67,7 @@ fn market_lease_tx_a_carries_the_farmers_record_after_the_audit_outputs() {
     assert!(m.node.confirmations(&txid) > 0, "TX_A confirmed");
     let tx_a = raw_tx(&m, &txid);
     let identity = farmer_identity(&m);
-    let (vout, record) = parse_lease(&tx_a)
-        .expect("a lease record")
-        .expect("well formed");
+    let (vout, record) = only_lease(&tx_a);
     assert_eq!(
         vout, AUDITS as usize,
         "the record sits right after O_0..O_{{N-1}}"
@@ -111,9 +109,7 @@ fn market_lease_only_the_first_tx1_of_a_contract_without_audits_is_leased() {
         .expect("first download");
     assert_eq!(std::fs::read(m.dir.path().join("out1")).unwrap(), data);
     let tx1 = raw_tx(&m, first["tx1"].as_str().expect("TX1 txid"));
-    let (vout, record) = parse_lease(&tx1)
-        .expect("a lease record")
-        .expect("well formed");
+    let (vout, record) = only_lease(&tx1);
     assert_eq!(vout, 1, "TX1:0 then the record");
     check_lease_in(&tx1, &identity, &contract_id(&id), 1).expect("the farmer's record");
     assert_eq!(
@@ -145,7 +141,7 @@ fn market_lease_only_the_first_tx1_of_a_contract_without_audits_is_leased() {
         .expect("second download");
     let tx1 = raw_tx(&m, second["tx1"].as_str().expect("TX1 txid"));
     assert!(
-        parse_lease(&tx1).is_none(),
+        parse_leases(&tx1).is_empty(),
         "the second TX1 carries no record"
     );
 }
@@ -214,4 +210,11 @@ fn market_lease_record_for_another_contract_is_refused() {
         .download(&id, &m.dir.path().join("out"))
         .expect_err("the farmer refuses the first TX1");
     assert!(err.contains("for another contract"), "{err}");
+}
+
+/// The one lease record of `tx` (index and record).
+fn only_lease(tx: &Transaction) -> (usize, LeaseRecord) {
+    let found = parse_leases(tx);
+    assert_eq!(found.len(), 1, "one lease record");
+    found[0].clone().expect("well formed")
 }

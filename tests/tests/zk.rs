@@ -288,8 +288,8 @@ fn zk_farmer_rejects_subverted_crs() {
     let crs = crs_for(&crs_dir(), &shape);
     let g1 = G1Affine::generator();
     // Tamperings that decode fine are checked through CrsChecker::check_decoded, which runs
-    // every check of check_crs after decoding: decoding the 36 MB key validates ~10^6 points and
-    // takes about a minute, and the honest key's full byte-level check_crs (decoding
+    // every check of check_crs after decoding: decoding the 21 MB key for each tampering
+    // would cost seconds apiece, and the honest key's full byte-level check_crs (decoding
     // included) is in zk_regtest_farmer_proves_renter_verifies_….
     let checker = CrsChecker::new(&shape).unwrap();
     let mut check_rng = StdRng::seed_from_u64(44);

@@ -22,6 +22,8 @@ use dstore_protocol::watch::auditor::{MerkleRecord, ReleaseDue};
 use dstore_protocol::watch::cpfp::{cpfp_child, CpfpError};
 use dstore_protocol::watch::DueBroadcast;
 
+mod recovery;
+
 /// bitcoind's "transaction already in block chain" (RPC_VERIFY_ALREADY_IN_CHAIN).
 const ALREADY_IN_CHAIN: i64 = -27;
 
@@ -64,6 +66,8 @@ pub fn bump(counter: &AtomicU64) {
 struct State {
     engine: Engine,
     tip: Option<Tip>,
+    /// A recovery past pruned blocks whose replay has not reached bitcoind's tip yet.
+    recovery: Option<recovery::Recovery>,
 }
 
 pub struct Tower {
@@ -96,7 +100,11 @@ impl Tower {
         tracing::info!(watches = engine.len(), tip = ?tip.map(|t| t.height), "watchtower state loaded");
         let (auditor, outcomes) = Auditor::new(settings);
         let tower = Tower {
-            state: Mutex::new(State { engine, tip }),
+            state: Mutex::new(State {
+                engine,
+                tip,
+                recovery: None,
+            }),
             store,
             bitcoind,
             wallet,
@@ -132,6 +140,7 @@ impl Tower {
                 return Ok(());
             };
             if tip.hash == best.hash {
+                self.finish_recovery(state);
                 return Ok(());
             }
             let header = self
@@ -141,7 +150,14 @@ impl Tower {
             if header["confirmations"].as_i64().unwrap_or(-1) < 0 {
                 self.disconnect(state, tip, &header).await?;
             } else if tip.height < best.height {
-                self.connect_next(state, tip).await?;
+                if let Err(e) = self.connect_next(state, tip).await {
+                    // A pruned node no longer has the block: recover without it.
+                    let recovered =
+                        recovery::is_pruned_block(&e) && self.recover_if_pruned(state, tip).await?;
+                    if !recovered {
+                        return Err(e);
+                    }
+                }
             } else {
                 // Same height, other hash, yet ours is active: bitcoind moved; look again.
                 continue;
@@ -577,12 +593,16 @@ impl Tower {
         };
         let keys_before = self.keys_known(state);
         if let Some(from) = from {
+            let (from, recovery) = self.look_back_start(state, id, from).await?;
             for height in from.min(tip.height)..=tip.height {
                 let hash = self.bitcoind.call("getblockhash", json!([height])).await?;
                 let block = self.fetch_block(&parse_hash(&hash)?).await?;
                 for tx in &block.txdata {
                     state.engine.observe_for(id, tx, Some(height));
                 }
+            }
+            if let Some(recovery) = recovery {
+                self.report_unseen(state, &recovery);
             }
         }
         let outpoints: Vec<OutPoint> = state

@@ -150,7 +150,9 @@ impl Farmer {
     }
 
     /// A TX1 that must carry the lease record has it, this farmer's and for this contract,
-    /// at index 1 right after TX1:0. Returns whether this TX1 is the leased one.
+    /// right after the contract output at `outpoint.vout` (index 1 after TX1:0 when TX1
+    /// funds this download alone; a TX1 funding several downloads has each contract output
+    /// followed by its own farmer's record). Returns whether this TX1 is the leased one.
     fn check_tx1_lease(
         &self,
         record: &FarmedContract,
@@ -160,26 +162,28 @@ impl Farmer {
         if !needs_tx1_lease(record) {
             return Ok(false);
         }
+        let vout = message.outpoint.vout as usize;
         let refuse = |why: String| {
             FarmerError::Invalid(format!(
-                "the first TX1 of a contract without audits must carry this farmer's lease record at output 1: {why}"
+                "the first TX1 of a contract without audits must carry this farmer's lease record at output {}, right after the contract output: {why}",
+                vout.saturating_add(1)
             ))
         };
         let tx1 = message
             .tx1
             .as_ref()
             .ok_or_else(|| refuse("TX1 itself was not sent".into()))?;
-        if tx1.compute_txid() != message.outpoint.txid || message.outpoint.vout != 0 {
+        if tx1.compute_txid() != message.outpoint.txid {
             return Err(refuse(format!(
-                "TX1 is not the transaction of {} with the contract output at 0",
+                "TX1 is not the transaction of {}",
                 message.outpoint
             )));
         }
-        if tx1.output.first() != Some(&contract.tx1_output().map_err(internal)?) {
-            return Err(refuse("output 0 does not pay the contract".into()));
+        if tx1.output.get(vout) != Some(&contract.tx1_output().map_err(internal)?) {
+            return Err(refuse(format!("output {vout} does not pay the contract")));
         }
         let (identity, _) = self.identity.x_only_public_key();
-        check_lease_in(tx1, &identity, &record.contract_id, 1)
+        check_lease_in(&from_output(tx1, vout), &identity, &record.contract_id, 1)
             .map_err(|e| refuse(e.to_string()))?;
         Ok(true)
     }
@@ -297,6 +301,16 @@ impl Farmer {
     }
 }
 
+/// `tx1` from output `vout` on: the contract output there becomes output 0, so the record
+/// right after it is checked as in a TX1 that funds this download alone (leasing exactly
+/// that one output).
+fn from_output(tx1: &Transaction, vout: usize) -> Transaction {
+    Transaction {
+        output: tx1.output.get(vout..).unwrap_or_default().to_vec(),
+        ..tx1.clone()
+    }
+}
+
 /// Whether `record`'s next TX1 is the one its lease record goes in: no audits (TX_A would
 /// carry it) and no TX1 leased yet.
 fn needs_tx1_lease(record: &FarmedContract) -> bool {
@@ -316,5 +330,57 @@ impl FarmedContract {
             )),
             _ => Err(FarmerError::WrongPhase(phase.expected_message())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+    use bitcoin::secp256k1::{Keypair, SecretKey};
+    use bitcoin::{ScriptBuf, TxOut};
+
+    fn contract_output(seed: u8) -> TxOut {
+        TxOut {
+            value: Amount::from_sat(50_000 + u64::from(seed)),
+            script_pubkey: ScriptBuf::new_p2sh(&bitcoin::ScriptHash::from_byte_array([seed; 20])),
+        }
+    }
+
+    #[test]
+    fn a_shared_tx1_has_each_lease_record_right_after_its_contract_output() {
+        let farmers: Vec<Keypair> = [7u8, 8]
+            .iter()
+            .map(|s| {
+                Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[*s; 32]).unwrap())
+            })
+            .collect();
+        let contracts = [[1u8; 32], [2u8; 32]];
+        let mut output = Vec::new();
+        for (i, farmer) in farmers.iter().enumerate() {
+            let paid = contract_output(i as u8);
+            output.push(paid.clone());
+            output.push(sign_lease(farmer, &contracts[i], &[paid]).txout());
+        }
+        output.push(contract_output(9));
+        let tx1 = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output,
+        };
+        for (i, farmer) in farmers.iter().enumerate() {
+            let (identity, _) = farmer.x_only_public_key();
+            let vout = 2 * i;
+            check_lease_in(&from_output(&tx1, vout), &identity, &contracts[i], 1)
+                .unwrap_or_else(|e| panic!("farmer {i}'s record after output {vout}: {e}"));
+            let other = 2 * (1 - i);
+            assert!(
+                check_lease_in(&from_output(&tx1, other), &identity, &contracts[i], 1).is_err(),
+                "farmer {i}'s record is not after output {other}"
+            );
+        }
+        // A TX1 for one download keeps today's layout: the record at 1 after TX1:0.
+        assert_eq!(from_output(&tx1, 0).output, tx1.output);
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use bitcoin::secp256k1::XOnlyPublicKey;
 use bitcoin::{Block, BlockHash, OutPoint, Transaction};
 use dstore_protocol::market::announce::parse_announcement;
-use dstore_protocol::market::lease::{leased_outputs, parse_lease, verify_lease, LeaseRecord};
+use dstore_protocol::market::lease::{
+    leased_by, leased_outputs, parse_leases, verify_lease, LeaseRecord,
+};
 use dstore_protocol::market::outcome::classify_spend;
 use serde_json::{json, Value};
 
@@ -216,18 +218,22 @@ impl BlockScan<'_> {
         }
     }
 
-    /// A lease record (`DSL`): kept, attributed if it verifies under an announced
-    /// identity, and its contract outputs followed.
+    /// Every lease record (`DSL`) of `tx`: see [`Self::lease_at`].
     fn lease(&mut self, tx: &Transaction) {
-        let (vout, record) = match parse_lease(tx) {
-            None => return,
-            Some(Err(e)) => {
-                tracing::info!(txid = %tx.compute_txid(), "market: ignoring a lease record: {e}");
-                return;
+        for found in parse_leases(tx) {
+            match found {
+                Ok((vout, record)) => self.lease_at(tx, vout, record),
+                Err(e) => {
+                    tracing::info!(txid = %tx.compute_txid(), "market: ignoring a lease record: {e}")
+                }
             }
-            Some(Ok(found)) => found,
-        };
-        let leased = tx.output[..vout].to_vec();
+        }
+    }
+
+    /// The lease record at `vout`: kept, attributed if it verifies under an announced
+    /// identity, and its contract outputs followed.
+    fn lease_at(&mut self, tx: &Transaction, vout: usize, record: LeaseRecord) {
+        let leased = leased_by(tx, vout).to_vec();
         let identity = self
             .candidates(&record.identity_prefix)
             .into_iter()

@@ -30,10 +30,7 @@ impl Renter {
     }
 
     async fn load_or_make_crs(&self, shape: &Shape) -> Result<Arc<Crs>, RenterError> {
-        let key = hex::encode(dstore_protocol::hashing::sha256(&[&serde_json::to_vec(
-            shape,
-        )
-        .map_err(internal)?]));
+        let key = shape.crs_cache_key();
         let path = self.crs_dir.join(format!("renter-{key}.crs"));
         let shape = *shape;
         let lock_path = self.crs_dir.join(format!("renter-{key}.lock"));

@@ -186,6 +186,17 @@ impl Renter {
         self.store(record)
     }
 
+    /// Steps 1a to 1c of a new download, up to the point where TX1 is due: for a download
+    /// funded together with others ([`super::tx1_group`]).
+    pub(super) async fn advance_to_funding(
+        &self,
+        record: &mut RentedContract,
+    ) -> Result<(), RenterError> {
+        let offer = self.request_offer(record).await?;
+        self.exchange_reveals(record, &offer).await?;
+        self.fetch_sealed_copy(record).await
+    }
+
     /// Step 1c (PROTOCOL.md 3.1): E is fetched and checked against root_E before any money
     /// moves.
     async fn fetch_sealed_copy(&self, record: &RentedContract) -> Result<(), RenterError> {
@@ -262,16 +273,24 @@ impl Renter {
     /// Step 1e: the watchtower gets TX1's refund (and watches for TX2) before TX1 exists,
     /// then the stored TX1 is broadcast, unless it is out already. A TX1 that never left
     /// (a crash came first) is broadcast only while T1 is still far enough ahead; else the
-    /// download fails with nothing paid.
+    /// download fails with nothing paid. A TX1 that also funds other downloads is decided
+    /// by one of them at a time, by the earliest T1 among them, so all go on or none does.
     async fn broadcast_tx1(&self, record: &mut RentedContract) -> Result<(), RenterError> {
         let d = current(record).clone();
         let tx1 = d.tx1.clone().ok_or_else(|| internal("no TX1"))?;
+        let shared_t1 = self.earliest_t1_of_shared(&tx1)?;
+        let _one_at_a_time = match shared_t1 {
+            Some(_) => Some(self.jobs.shared_tx1.hold().await),
+            None => None,
+        };
         let known = self
             .find_tx(&tx1.compute_txid(), d.start_height)
             .await?
             .is_some();
         if !known {
-            if let Err(e) = check_t1_margin(agreed(&d)?.refund_height, self.tip().await?) {
+            let own_t1 = agreed(&d)?.refund_height;
+            let t1 = shared_t1.map_or(own_t1, |earliest| earliest.min(own_t1));
+            if let Err(e) = check_t1_margin(t1, self.tip().await?) {
                 current(record).phase = DownloadPhase::Failed;
                 self.store(record)?;
                 let (wallet, abandoned) = (self.wallet.clone(), tx1.clone());
@@ -433,7 +452,7 @@ impl Renter {
     }
 
     /// With a test-only stall fault, waits for ever right here (the test kills the process).
-    async fn stall_if(&self, stall: bool) {
+    pub(super) async fn stall_if(&self, stall: bool) {
         if stall {
             tracing::warn!("dev fault: the renter stalls here until it is killed");
             std::future::pending::<()>().await;
@@ -487,13 +506,14 @@ pub(super) fn done_json(record: &RentedContract, d: &RentedDownload) -> Value {
         "bytes": record.plaintext_length,
         "price_sat": record.price.to_sat(),
         "tx1": d.tx1_outpoint.map(|o| o.txid.to_string()),
+        "tx1_vout": d.tx1_outpoint.map(|o| o.vout),
         "tx2": d.tx2_txid.map(|t| t.to_string()),
         "tx3": d.tx3_txid.map(|t| t.to_string()),
     })
 }
 
 /// TX1 may be funded at chain height `tip` for a download whose T1 is `refund_height`.
-fn check_t1_margin(refund_height: u32, tip: u32) -> Result<(), RenterError> {
+pub(super) fn check_t1_margin(refund_height: u32, tip: u32) -> Result<(), RenterError> {
     let ahead = refund_height.saturating_sub(tip);
     if ahead < MIN_T1_MARGIN_AT_FUNDING {
         return Err(RenterError::TooLate(format!(

@@ -90,11 +90,18 @@ impl Job {
 #[derive(Default)]
 pub struct Jobs {
     running: Mutex<HashMap<[u8; 32], Arc<Job>>>,
+    /// Held while a download decides whether its TX1, shared with other downloads, goes out.
+    pub(super) shared_tx1: super::tx1_group::SharedTx1Lock,
 }
 
 impl Jobs {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<[u8; 32], Arc<Job>>) -> T) -> T {
         f(&mut self.running.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether contract `id` has a download job running.
+    pub(super) fn running(&self, id: &[u8; 32]) -> bool {
+        self.with(|running| running.contains_key(id))
     }
 }
 
@@ -544,6 +551,12 @@ fn start(record: &RentedContract) -> Result<Start, RenterError> {
         )));
     }
     Ok(Start::New)
+}
+
+/// Whether a job on `record` would buy a new download (no download has money locked or an
+/// outcome still to report).
+pub(super) fn starts_new(record: &RentedContract) -> Result<bool, RenterError> {
+    Ok(matches!(start(record)?, Start::New))
 }
 
 /// A download whose end a later call may still have to learn.

@@ -29,6 +29,7 @@ mod refund;
 mod refund_fees;
 mod spender;
 mod tower;
+mod tx1_group;
 mod unseal;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ use records::{RentedContract, RentedDownload};
 
 pub use fraud::verify_fraud_file;
 pub(crate) use open::normalise_url;
+pub use tx1_group::Prepared;
 pub(crate) use unseal::partial_path;
 
 /// Largest TX2 fee the renter accepts out of the price.

@@ -1,9 +1,13 @@
 //! `dstore-download <file_id> <out>`: K shards downloaded in parallel, each an ordinary
 //! paid mode-L download of its contract through the download driver (root checks, fraud
-//! proofs and refunds as for any contract); a shard whose download fails is marked suspect
-//! and another shard takes its place. Then the K shards are decoded into C, C is decrypted
-//! with K_f and checked against root_C, and the output is renamed into place only then.
+//! proofs and refunds as for any contract). The K first shard downloads are run up to the
+//! point where TX1 is due and funded together from one TX1, one output per farmer
+//! (`crate::renter` `tx1_group`); a shard whose download fails is marked suspect and
+//! another shard takes its place with a TX1 of its own. Then the K shards are decoded into
+//! C, C is decrypted with K_f and checked against root_C, and the output is renamed into
+//! place only then.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +15,11 @@ use std::time::Duration;
 use dstore_protocol::merkle::MerkleCommitment;
 use serde_json::{json, Value};
 
-use super::jobs::{FileJob, JobKind, ShardRun};
+use crate::renter::Prepared;
+
+use super::jobs::{FileJob, ShardRun};
 use super::probe::ProbeOutcome;
-use super::record::{FileRecord, ShardSlot, ShardState};
+use super::record::{FileRecord, JobRequest, ShardSlot, ShardState};
 use super::{codec, internal, FileError, Files};
 
 /// How long one call into the download driver waits before it is asked again.
@@ -44,17 +50,12 @@ impl Files {
         if record.root_c.is_none() {
             return Err(FileError::Invalid("the file is not encoded yet".into()));
         }
-        self.run_job(
-            file_id,
-            JobKind::Download,
-            wait,
-            move |files, job, id| async move { files.download_file(&job, &id, &output).await },
-        )
-        .await
+        self.run_job(file_id, JobRequest::Download { output }, wait)
+            .await
     }
 
     /// The job's work: K shards, then decode, decrypt, check, rename.
-    async fn download_file(
+    pub(super) async fn download_file(
         self: &Arc<Self>,
         job: &Arc<FileJob>,
         file_id: &[u8; 32],
@@ -63,7 +64,9 @@ impl Files {
         let record = self.existing(file_id)?;
         let needed = usize::from(record.needed);
         let order = self.download_order(&record).await;
-        let fetched = self.fetch_shards(job, &record, order, needed, needed).await;
+        let fetched = self
+            .fetch_shards_with(job, &record, order, needed, needed, true)
+            .await;
         if fetched.done.len() < needed {
             return Err(FileError::TooFewShards(format!(
                 "only {} of the {needed} shards needed could be downloaded: {}",
@@ -84,9 +87,12 @@ impl Files {
                 "contract_id": reply["contract_id"],
                 "price_sat": reply["price_sat"],
                 "tx1": reply["tx1"],
+                "tx1_txid": reply["tx1"],
+                "tx1_vout": reply["tx1_vout"],
                 "tx2": reply["tx2"],
                 "tx3": reply["tx3"],
             })).collect::<Vec<_>>(),
+            "tx1_txids": tx1_txids(&fetched),
             "failures": fetched.failures,
         }))
     }
@@ -161,7 +167,8 @@ impl Files {
     }
 
     /// Downloads shards in `order`, `in_flight` at a time, until `want` are fetched: a
-    /// failed shard is marked suspect and the next in `order` takes its place.
+    /// failed shard is marked suspect and the next in `order` takes its place. Each shard
+    /// download funds its own TX1.
     pub(super) async fn fetch_shards(
         self: &Arc<Self>,
         job: &Arc<FileJob>,
@@ -169,6 +176,21 @@ impl Files {
         order: Vec<u8>,
         want: usize,
         in_flight: usize,
+    ) -> Fetched {
+        self.fetch_shards_with(job, record, order, want, in_flight, false)
+            .await
+    }
+
+    /// Like [`Files::fetch_shards`]; with `share_tx1` the first downloads are funded from
+    /// one TX1 ([`Files::fund_first_together`]), and a replacement funds its own.
+    async fn fetch_shards_with(
+        self: &Arc<Self>,
+        job: &Arc<FileJob>,
+        record: &FileRecord,
+        order: Vec<u8>,
+        want: usize,
+        in_flight: usize,
+        share_tx1: bool,
     ) -> Fetched {
         let mut queue = order.into_iter().filter_map(|i| record.slot(i).cloned());
         let mut tasks = tokio::task::JoinSet::new();
@@ -179,8 +201,24 @@ impl Files {
                 (slot, outcome)
             });
         };
-        for slot in queue.by_ref().take(in_flight.max(1)) {
-            spawn(&mut tasks, slot);
+        let first: Vec<ShardSlot> = queue.by_ref().take(in_flight.max(1)).collect();
+        let mut unfunded = if share_tx1 {
+            self.fund_first_together(job, record, &first).await
+        } else {
+            HashMap::new()
+        };
+        for slot in first {
+            match unfunded.remove(&slot.index) {
+                Some(error) => {
+                    job.shard(
+                        slot.index,
+                        slot.contract_id,
+                        ShardRun::Failed(error.clone()),
+                    );
+                    tasks.spawn(async move { (slot, Err(error)) });
+                }
+                None => spawn(&mut tasks, slot),
+            }
         }
         let mut fetched = Fetched {
             done: Vec::new(),
@@ -222,6 +260,79 @@ impl Files {
         fetched
     }
 
+    /// Runs the downloads of `slots` up to TX1 in parallel and funds every one that got
+    /// there from one TX1 (broadcast before this returns); the shards that failed before
+    /// being funded, with why (nothing was paid for them). A shard whose contract already
+    /// has a paid download or a download job running, or whose fetched file is there, is
+    /// left to [`Files::fetch_shard`].
+    async fn fund_first_together(
+        &self,
+        job: &FileJob,
+        record: &FileRecord,
+        slots: &[ShardSlot],
+    ) -> HashMap<u8, String> {
+        let mut unfunded = HashMap::new();
+        if slots.len() < 2 {
+            return unfunded;
+        }
+        let prepared = futures::future::join_all(
+            slots
+                .iter()
+                .map(|slot| self.prepare_shard(job, &record.file_id, slot)),
+        )
+        .await;
+        let mut ready = Vec::new();
+        for (slot, outcome) in slots.iter().zip(prepared) {
+            match outcome {
+                Ok(Prepared::Ready { download_id }) => {
+                    ready.push((slot.index, (slot.contract_id, download_id)))
+                }
+                Ok(Prepared::Driver) => {}
+                Err(e) => {
+                    unfunded.insert(slot.index, e);
+                }
+            }
+        }
+        if ready.is_empty() {
+            return unfunded;
+        }
+        let group: Vec<([u8; 32], [u8; 32])> = ready.iter().map(|(_, ids)| *ids).collect();
+        let funded = self.renter.fund_together(&group).await;
+        for ((index, _), outcome) in ready.iter().zip(funded) {
+            match outcome {
+                Ok(outpoint) => {
+                    tracing::info!(file = %hex::encode(record.file_id), shard = index, tx1 = %outpoint, "shard download funded")
+                }
+                Err(e) => {
+                    unfunded.insert(*index, e);
+                }
+            }
+        }
+        unfunded
+    }
+
+    /// Shard `slot`'s download, run up to the point where TX1 is due, into its fetched
+    /// file.
+    async fn prepare_shard(
+        &self,
+        job: &FileJob,
+        file_id: &[u8; 32],
+        slot: &ShardSlot,
+    ) -> Result<Prepared, String> {
+        let out = self.fetched_shard(file_id, slot.index);
+        if out.exists() {
+            return Ok(Prepared::Driver);
+        }
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        job.shard(slot.index, slot.contract_id, ShardRun::Running);
+        self.renter
+            .prepare_download(&slot.contract_id, &out)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// One shard's ordinary download into its fetched file, driven to the end; the
     /// driver's `done` reply.
     async fn fetch_shard(
@@ -234,6 +345,12 @@ impl Files {
         let out = self.fetched_shard(file_id, index);
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        if out.exists() {
+            // Bought and checked by an earlier job that ended before decoding (a crash, too
+            // few shards): not bought again. C's root check still covers its bytes.
+            job.shard(index, id, ShardRun::Done);
+            return Ok(json!({"status": "done", "contract_id": hex::encode(id), "reused": true}));
         }
         job.shard(index, id, ShardRun::Running);
         let outcome = self.drive_shard(job, slot, &out).await;
@@ -279,6 +396,17 @@ impl Files {
         }
         Err("the download driver kept reporting earlier downloads".into())
     }
+}
+
+/// The distinct TX1s that funded the fetched shards, in shard order.
+fn tx1_txids(fetched: &Fetched) -> Vec<Value> {
+    let mut txids: Vec<Value> = Vec::new();
+    for (_, reply) in &fetched.done {
+        if !reply["tx1"].is_null() && !txids.contains(&reply["tx1"]) {
+            txids.push(reply["tx1"].clone());
+        }
+    }
+    txids
 }
 
 /// C's commitment as the file record holds it.

@@ -3,7 +3,9 @@
 //! `running`/`waiting`/`done` reply shape as a contract download. A call returns once the
 //! job ends, once every shard download in flight only waits for the chain (without
 //! `wait_seconds`), or after `wait_seconds`; a later call joins the running job, and the
-//! outcome no call received is returned by the next call.
+//! outcome no call received is returned by the next call. The job's request and outcome
+//! live in the file record, so a restart runs an unfinished job again and still hands its
+//! outcome to the next call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use super::record::{JobRequest, StoredJob, StoredOutcome};
+use super::FileError;
 use crate::jsonrpc::RpcError;
 
 /// What a file job does.
@@ -22,7 +26,7 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             JobKind::Download => "download",
             JobKind::Repair => "repair",
@@ -142,11 +146,11 @@ impl FileJobs {
         id: &[u8; 32],
         kind: JobKind,
         start: impl FnOnce(Arc<FileJob>),
-    ) -> Result<Arc<FileJob>, super::FileError> {
+    ) -> Result<Arc<FileJob>, FileError> {
         self.with(|running| {
             if let Some(job) = running.get(id) {
                 if job.kind != kind {
-                    return Err(super::FileError::Busy(format!(
+                    return Err(FileError::Busy(format!(
                         "a {} of file {} is running; wait for it first",
                         job.kind.name(),
                         hex::encode(id)
@@ -166,16 +170,16 @@ impl FileJobs {
         self.with(|running| running.get(id).cloned())
     }
 
-    /// Waits for `job` of file `id` as one call: its outcome (then the job is collected),
-    /// or the running reply once only the chain is awaited (`wait` = `None`) or after
-    /// `wait`.
+    /// Waits for `job` of file `id` as one call: its outcome (then the job is collected:
+    /// `true`), or the running reply once only the chain is awaited (`wait` = `None`) or
+    /// after `wait`.
     pub async fn wait(
         &self,
         id: &[u8; 32],
         job: &Arc<FileJob>,
         wait: Option<Duration>,
         step: impl Fn(&[u8; 32]) -> Option<String>,
-    ) -> Outcome {
+    ) -> (Outcome, bool) {
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
             let changed = job.changed.notified();
@@ -187,11 +191,11 @@ impl FileJobs {
                         running.remove(id);
                     }
                 });
-                return outcome;
+                return (outcome, true);
             }
             let due = deadline.map_or(only_chain, |d| now >= d);
             if due {
-                return Ok(job.running_json(id, &step));
+                return (Ok(job.running_json(id, &step)), false);
             }
             match deadline {
                 Some(d) => {
@@ -204,31 +208,20 @@ impl FileJobs {
 }
 
 impl super::Files {
-    /// `dstore-download` and `dstore-repair` of a file: starts its `kind` job running
-    /// `work` (or joins the one running) and waits for it as one call, as a contract
-    /// download does.
-    pub(super) async fn run_job<W, F>(
+    /// `dstore-download` and `dstore-repair` of a file: returns the outcome of the file's
+    /// last job if no call received it yet (even across a restart), else starts the job
+    /// `request` asks for (or joins the one running) and waits for it as one call, as a
+    /// contract download does.
+    pub(super) async fn run_job(
         self: &Arc<Self>,
         file_id: &[u8; 32],
-        kind: JobKind,
+        request: JobRequest,
         wait: Option<Duration>,
-        work: W,
-    ) -> Result<Value, super::FileError>
-    where
-        W: FnOnce(Arc<Self>, Arc<FileJob>, [u8; 32]) -> F + Send + 'static,
-        F: std::future::Future<Output = Result<Value, super::FileError>> + Send + 'static,
-    {
-        let files = self.clone();
-        let id = *file_id;
-        let job = self.jobs.join_or_start(file_id, kind, move |job| {
-            tokio::spawn(async move {
-                let outcome = work(files, job.clone(), id).await;
-                if let Err(e) = &outcome {
-                    tracing::warn!(file = %hex::encode(id), "file {} failed: {e}", kind.name());
-                }
-                job.finish(outcome.map_err(|e| e.to_rpc()));
-            });
-        })?;
+    ) -> Result<Value, FileError> {
+        if let Some(outcome) = self.take_outcome(file_id, request.kind())? {
+            return outcome.map_err(FileError::Rpc);
+        }
+        let job = self.start_job(file_id, request)?;
         let renter = self.renter.clone();
         let step = move |id: &[u8; 32]| {
             renter
@@ -237,10 +230,110 @@ impl super::Files {
                 .filter(|p| p.running)
                 .map(|p| p.phase)
         };
-        self.jobs
-            .wait(file_id, &job, wait, step)
-            .await
-            .map_err(super::FileError::Rpc)
+        let (outcome, collected) = self.jobs.wait(file_id, &job, wait, step).await;
+        if collected {
+            self.update(file_id, |r| r.job = None)?;
+        }
+        outcome.map_err(FileError::Rpc)
+    }
+
+    /// After a restart: every file job that had not ended runs again in the background
+    /// (its shard downloads resume through their contracts' own records).
+    pub fn resume_jobs(self: &Arc<Self>) -> Result<(), FileError> {
+        for record in self.list()? {
+            if let Some(StoredJob {
+                request,
+                outcome: None,
+            }) = record.job
+            {
+                tracing::info!(file = %hex::encode(record.file_id), "resuming an interrupted file {}", request.kind().name());
+                self.start_job(&record.file_id, request)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored outcome of the file's last `kind` job, removed as it is returned. A
+    /// stored outcome of the other kind is dropped: this call asks for something new.
+    fn take_outcome(
+        &self,
+        file_id: &[u8; 32],
+        kind: JobKind,
+    ) -> Result<Option<Outcome>, FileError> {
+        if self.jobs.get(file_id).is_some() {
+            return Ok(None);
+        }
+        let mut taken = None;
+        let record = self.existing(file_id)?;
+        if let Some(StoredJob {
+            request,
+            outcome: Some(outcome),
+        }) = record.job
+        {
+            if request.kind() == kind {
+                taken = Some(match outcome {
+                    StoredOutcome::Done(value) => Ok(value),
+                    StoredOutcome::Failed { code, message } => Err(RpcError::new(code, message)),
+                });
+            }
+            self.update(file_id, |r| r.job = None)?;
+        }
+        Ok(taken)
+    }
+
+    /// Starts the job `request` asks for (its request stored before any work), or joins the
+    /// one running. Its outcome is stored when it ends.
+    fn start_job(
+        self: &Arc<Self>,
+        file_id: &[u8; 32],
+        request: JobRequest,
+    ) -> Result<Arc<FileJob>, FileError> {
+        let kind = request.kind();
+        let (files, id) = (self.clone(), *file_id);
+        let mut stored = Ok(());
+        let job = self.jobs.join_or_start(file_id, kind, |job| {
+            stored = self
+                .update(file_id, |r| {
+                    r.job = Some(StoredJob {
+                        request: request.clone(),
+                        outcome: None,
+                    })
+                })
+                .map(|_| ());
+            if stored.is_ok() {
+                tokio::spawn(async move { files.run_stored(job, id, request).await });
+            }
+        });
+        stored?;
+        job
+    }
+
+    /// A job's task: its work, then its outcome stored and handed to the waiting calls.
+    async fn run_stored(self: Arc<Self>, job: Arc<FileJob>, id: [u8; 32], request: JobRequest) {
+        let kind = request.kind();
+        let outcome = match request {
+            JobRequest::Download { output } => self.download_file(&job, &id, &output).await,
+            JobRequest::Repair { farmers } => self.repair_file(&job, &id, farmers).await,
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(file = %hex::encode(id), "file {} failed: {e}", kind.name());
+        }
+        let outcome = outcome.map_err(|e| e.to_rpc());
+        let stored = match &outcome {
+            Ok(value) => StoredOutcome::Done(value.clone()),
+            Err(e) => StoredOutcome::Failed {
+                code: e.code,
+                message: e.message.clone(),
+            },
+        };
+        if let Err(e) = self.update(&id, |r| {
+            if let Some(j) = r.job.as_mut() {
+                j.outcome = Some(stored);
+            }
+        }) {
+            tracing::warn!(file = %hex::encode(id), "could not store the file {}'s outcome: {e}", kind.name());
+        }
+        job.finish(outcome);
     }
 }
 
@@ -256,16 +349,16 @@ mod tests {
         assert!(jobs.join_or_start(&id, JobKind::Repair, |_| {}).is_err());
         job.shard(0, [2; 32], ShardRun::Waiting);
         job.shard(1, [3; 32], ShardRun::Done);
-        let reply = jobs.wait(&id, &job, None, |_| None).await.unwrap();
-        assert_eq!(reply["status"], "waiting");
+        let (reply, collected) = jobs.wait(&id, &job, None, |_| None).await;
+        assert_eq!(reply.unwrap()["status"], "waiting");
+        assert!(!collected);
         job.finish(Ok(json!({"status": "done"})));
         let again = jobs
             .join_or_start(&id, JobKind::Download, |_| panic!("new job"))
             .unwrap();
-        assert_eq!(
-            jobs.wait(&id, &again, None, |_| None).await.unwrap()["status"],
-            "done"
-        );
+        let (outcome, collected) = jobs.wait(&id, &again, None, |_| None).await;
+        assert_eq!(outcome.unwrap()["status"], "done");
+        assert!(collected);
         assert!(jobs.get(&id).is_none());
     }
 }

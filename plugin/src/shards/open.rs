@@ -20,7 +20,8 @@ use crate::renter::normalise_url;
 use crate::renter::records::AuditRequest;
 
 /// Where the shards go: listed farmers (one per shard) or the market's best.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Farmers {
     Listed(Vec<String>),
     Auto,
@@ -250,8 +251,10 @@ impl Files {
     }
 
     /// After a restart: every file open a crash interrupted goes on in the background
-    /// (shards not started start; started ones resume through their contract's record).
+    /// (shards not started start; started ones resume through their contract's record),
+    /// and so does every file download or repair that had not ended.
     pub fn resume(self: &Arc<Self>) -> Result<(), FileError> {
+        self.resume_jobs()?;
         for record in self.list()? {
             if record.phase == FilePhase::Stored {
                 continue;
@@ -319,6 +322,7 @@ fn new_record(request: &OpenFile, params: ShardParams, size: u64, urls: Vec<Stri
         audits: request.audits,
         shards,
         replaced: Vec::new(),
+        job: None,
     }
 }
 

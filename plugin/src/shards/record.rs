@@ -2,10 +2,15 @@
 //! parameters, C's length and root, and per shard its farmer, contract id and state, plus
 //! the shards a repair replaced. Written before any network step.
 
+use std::path::PathBuf;
+
 use bitcoin::Amount;
 use dstore_protocol::merkle::Hash32;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::jobs::JobKind;
+use super::open::Farmers;
 use super::probe::ProbeRecord;
 use crate::renter::records::AuditRequest;
 
@@ -65,6 +70,40 @@ pub struct ReplacedShard {
     pub reason: String,
 }
 
+/// What a file job was asked, stored so that a restart runs it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobRequest {
+    Download { output: PathBuf },
+    Repair { farmers: Option<Farmers> },
+}
+
+impl JobRequest {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobRequest::Download { .. } => JobKind::Download,
+            JobRequest::Repair { .. } => JobKind::Repair,
+        }
+    }
+}
+
+/// How a file job ended, kept until a call collects it (across restarts too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredOutcome {
+    Done(Value),
+    Failed { code: i64, message: String },
+}
+
+/// The file's job: written before its work starts, its outcome written when it ends, and
+/// removed once a call has returned that outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredJob {
+    pub request: JobRequest,
+    #[serde(default)]
+    pub outcome: Option<StoredOutcome>,
+}
+
 /// One file stored as N erasure-coded shards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -90,6 +129,9 @@ pub struct FileRecord {
     pub shards: Vec<ShardSlot>,
     #[serde(default)]
     pub replaced: Vec<ReplacedShard>,
+    /// The download or repair running (or ended and not yet collected), if any.
+    #[serde(default)]
+    pub job: Option<StoredJob>,
 }
 
 impl FileRecord {
@@ -139,11 +181,21 @@ mod tests {
                 last_probe: None,
             }],
             replaced: Vec::new(),
+            job: Some(StoredJob {
+                request: JobRequest::Repair {
+                    farmers: Some(Farmers::Auto),
+                },
+                outcome: Some(StoredOutcome::Failed {
+                    code: -1,
+                    message: "m".into(),
+                }),
+            }),
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: FileRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.shard_of(&[3; 32]), Some(0));
         assert_eq!(back.price, Some(Amount::from_sat(1000)));
         assert!(back.slot(1).is_none());
+        assert_eq!(back.job, record.job);
     }
 }

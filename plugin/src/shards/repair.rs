@@ -17,9 +17,9 @@ use rand::RngCore;
 use serde_json::{json, Value};
 
 use super::download::Fetched;
-use super::jobs::{FileJob, JobKind};
+use super::jobs::FileJob;
 use super::open::{listed_farmers, Farmers};
-use super::record::{FilePhase, FileRecord, ReplacedShard, ShardState};
+use super::record::{FilePhase, FileRecord, JobRequest, ReplacedShard, ShardState};
 use super::status::Health;
 use super::{codec, internal, FileError, Files};
 
@@ -41,19 +41,14 @@ impl Files {
         if record.root_c.is_none() {
             return Err(FileError::Invalid("the file is not encoded yet".into()));
         }
-        self.run_job(
-            file_id,
-            JobKind::Repair,
-            wait,
-            move |files, job, id| async move { files.repair_file(&job, &id, farmers).await },
-        )
-        .await
+        self.run_job(file_id, JobRequest::Repair { farmers }, wait)
+            .await
     }
 
     /// The job's work: probe every shard (free), pay for exactly K healthy shards'
     /// downloads (another healthy shard takes the place of one whose download fails),
     /// rebuild the bad ones, re-place them.
-    async fn repair_file(
+    pub(super) async fn repair_file(
         self: &Arc<Self>,
         job: &Arc<FileJob>,
         file_id: &[u8; 32],

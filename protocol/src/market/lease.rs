@@ -215,14 +215,36 @@ fn lease_payload(script: &ScriptBuf) -> Option<Vec<u8>> {
     data.starts_with(&LEASE_MAGIC).then_some(data)
 }
 
-/// The first lease record of `tx` and its output index (= the number of leased outputs
-/// before it). None if no output is an OP_RETURN whose push starts with `b"DSL"`; Some(Err)
-/// if that push is not a well-formed record.
-pub fn parse_lease(tx: &Transaction) -> Option<Result<(usize, LeaseRecord), MarketError>> {
-    tx.output.iter().enumerate().find_map(|(vout, output)| {
-        let data = lease_payload(&output.script_pubkey)?;
-        Some(LeaseRecord::from_bytes(&data).map(|record| (vout, record)))
-    })
+/// Every lease record of `tx` with its output index, in output order: a TX_A or a TX1
+/// paying one contract carries one, a TX1 shared by several shard downloads one per farmer
+/// that asked for one. A push that starts with `b"DSL"` but is not a well-formed record is
+/// an `Err` entry; OP_RETURNs without the magic are not records.
+pub fn parse_leases(tx: &Transaction) -> Vec<Result<(usize, LeaseRecord), MarketError>> {
+    tx.output
+        .iter()
+        .enumerate()
+        .filter_map(|(vout, output)| {
+            let data = lease_payload(&output.script_pubkey)?;
+            Some(LeaseRecord::from_bytes(&data).map(|record| (vout, record)))
+        })
+        .collect()
+}
+
+/// The index of the first output a record at `vout` leases. A TX1 contract output (P2SH)
+/// right before the record is leased alone: in a shared TX1 each farmer's record follows
+/// its own contract output. Otherwise (TX_A's O_0..O_{N−1}) every output before it.
+pub fn leased_start(tx: &Transaction, vout: usize) -> usize {
+    match vout.checked_sub(1).and_then(|i| tx.output.get(i)) {
+        Some(before) if before.script_pubkey.is_p2sh() => vout - 1,
+        _ => 0,
+    }
+}
+
+/// The outputs a record at `vout` leases (see [`leased_start`]).
+pub fn leased_by(tx: &Transaction, vout: usize) -> &[TxOut] {
+    tx.output
+        .get(leased_start(tx, vout)..vout)
+        .unwrap_or_default()
 }
 
 /// Checks that `record` is `identity`'s signature over `leased`.
@@ -247,7 +269,10 @@ pub fn find_lessor<'a>(
     record: &LeaseRecord,
     identities: impl IntoIterator<Item = &'a XOnlyPublicKey>,
 ) -> Option<XOnlyPublicKey> {
-    let leased = tx.output.get(..vout)?;
+    if vout > tx.output.len() {
+        return None;
+    }
+    let leased = leased_by(tx, vout);
     identities
         .into_iter()
         .find(|identity| verify_lease(record, identity, leased).is_ok())
@@ -277,18 +302,20 @@ pub fn check_lease_in(
     verify_lease(&record, identity, &tx.output[..leased_count])
 }
 
-/// The outpoints a verified record at `vout` leases, with what each one is: a P2SH output 0
-/// before a record at index 1 is TX1:0 ([`LeaseOutput::DownloadFunding`]); P2WSH outputs are
-/// TX_A's O_i ([`LeaseOutput::AuditFunding`] with i = the output index). Other outputs are
-/// not contract outputs and are not followed.
+/// The outpoints a verified record at `vout` leases ([`leased_by`]), with what each one
+/// is: the P2SH output right before the record is a TX1 contract output
+/// ([`LeaseOutput::DownloadFunding`]); P2WSH outputs are TX_A's O_i
+/// ([`LeaseOutput::AuditFunding`] with i = the output index). Other outputs are not
+/// contract outputs and are not followed.
 pub fn leased_outputs(tx: &Transaction, vout: usize) -> Vec<(OutPoint, LeaseOutput)> {
     let txid = tx.compute_txid();
-    let leased = tx.output.get(..vout).unwrap_or_default();
-    leased
+    let start = leased_start(tx, vout);
+    leased_by(tx, vout)
         .iter()
         .enumerate()
+        .map(|(offset, output)| (start + offset, output))
         .filter_map(|(index, output)| {
-            let kind = if vout == 1 && output.script_pubkey.is_p2sh() {
+            let kind = if output.script_pubkey.is_p2sh() {
                 LeaseOutput::DownloadFunding
             } else if output.script_pubkey.is_p2wsh() {
                 LeaseOutput::AuditFunding {
@@ -356,7 +383,9 @@ mod tests {
             "OP_RETURN OP_PUSHDATA1 80 …: Core's historical 83"
         );
         let tx = tx_with(leased.clone(), &record, true);
-        let (vout, parsed) = parse_lease(&tx).unwrap().unwrap();
+        let found = parse_leases(&tx);
+        assert_eq!(found.len(), 1);
+        let (vout, parsed) = found[0].clone().unwrap();
         assert_eq!((vout, parsed), (3, record));
         let json = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<LeaseRecord>(&json).unwrap(), record);
@@ -374,6 +403,43 @@ mod tests {
                 .map(|audit| LeaseOutput::AuditFunding { audit })
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_shared_tx1_carries_one_record_per_farmer_each_after_its_own_output() {
+        let p2sh = |n: u8| TxOut {
+            value: Amount::from_sat(10_000 + u64::from(n)),
+            script_pubkey: ScriptBuf::new_p2sh(&bitcoin::ScriptHash::from_byte_array([n; 20])),
+        };
+        let (a, b) = (identity(7), identity(8));
+        let (ra, rb) = (
+            sign_lease(&a, &[1; 32], &[p2sh(1)]),
+            sign_lease(&b, &[2; 32], &[p2sh(2)]),
+        );
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![],
+            output: vec![p2sh(1), ra.txout(), p2sh(2), rb.txout()],
+        };
+        let found: Vec<_> = parse_leases(&tx).into_iter().map(Result::unwrap).collect();
+        assert_eq!(found, vec![(1, ra), (3, rb)]);
+        let ((xa, _), (xb, _)) = (a.x_only_public_key(), b.x_only_public_key());
+        assert_eq!(find_lessor(&tx, 1, &ra, [&xb, &xa]), Some(xa));
+        assert_eq!(find_lessor(&tx, 3, &rb, [&xa, &xb]), Some(xb));
+        assert_eq!(
+            leased_outputs(&tx, 3),
+            vec![(
+                OutPoint::new(tx.compute_txid(), 2),
+                LeaseOutput::DownloadFunding
+            )]
+        );
+        // The farmer's own check, on TX1 from its contract output on.
+        let from_b = Transaction {
+            output: tx.output[2..].to_vec(),
+            ..tx.clone()
+        };
+        check_lease_in(&from_b, &xb, &[2; 32], 1).unwrap();
     }
 
     #[test]
@@ -414,12 +480,12 @@ mod tests {
                 script_pubkey: ScriptBuf::new_op_return([1u8, 2, 3]),
             }],
         };
-        assert!(parse_lease(&plain).is_none());
+        assert!(parse_leases(&plain).is_empty());
         let mut short = plain.clone();
         short.output[0].script_pubkey = ScriptBuf::new_op_return(*b"DSL\x01abcd");
         assert!(matches!(
-            parse_lease(&short),
-            Some(Err(MarketError::Unparseable(_)))
+            parse_leases(&short)[..],
+            [Err(MarketError::Unparseable(_))]
         ));
         let record = sign_lease(&identity(3), &[4; 32], &[]);
         let mut bytes = record.to_bytes();

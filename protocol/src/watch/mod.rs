@@ -31,6 +31,7 @@ pub mod bump;
 pub mod cpfp;
 mod groups;
 mod hold;
+mod recovery;
 pub mod registration;
 mod unexpected;
 
@@ -47,6 +48,7 @@ pub use auditor::AuditState;
 pub use bump::{fee_ladder, Bump, REFUND_BUMP_BLOCKS};
 use groups::Derived;
 pub use groups::{lock_height, BeaconHash, GroupChoice};
+pub use recovery::UnseenSpend;
 pub use registration::{
     AuditorSpec, ExtractSpec, Hold, Merge, Presigned, Registration, RegistrationError, WatchRole,
 };
@@ -129,6 +131,10 @@ pub struct Watch {
     /// The auditor's bookkeeping, when the registration carries an [`AuditorSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Box<AuditState>>,
+    /// Watched outpoints spent while the tower was away, in blocks a pruned node no longer
+    /// has, by transactions it never saw ([`recovery`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unseen_spends: Vec<UnseenSpend>,
     /// Indexes over the registration, built on first use.
     #[serde(skip)]
     derived: Derived,
@@ -164,6 +170,12 @@ pub enum TxState {
     Expired {
         height: u32,
     },
+    /// One of its inputs was spent below `below_height` while the tower was away, by a
+    /// transaction in a block the (pruned) node no longer has: never broadcast.
+    SpentUnseen {
+        outpoint: OutPoint,
+        below_height: u32,
+    },
 }
 
 /// A broadcast the engine asks the shell to make.
@@ -195,6 +207,7 @@ impl Watch {
             beacon_hashes: Vec::new(),
             groups_withheld_above: None,
             audit: None,
+            unseen_spends: Vec::new(),
             derived: Derived::default(),
         };
         watch.attach_audit();
@@ -375,6 +388,12 @@ impl Watch {
         if let Some(by) = self.superseded_by(&p.tx, &txid, 2) {
             return TxState::Superseded { by };
         }
+        if let Some(u) = self.unseen_spend_of_inputs(&p.tx) {
+            return TxState::SpentUnseen {
+                outpoint: u.outpoint,
+                below_height: u.below_height,
+            };
+        }
         if let Some(state) = self.hold_state(p, &txid, tip) {
             return state;
         }
@@ -549,7 +568,10 @@ impl Watch {
         self.registration.transactions.iter().all(|p| {
             matches!(
                 self.state_of(p, tip),
-                TxState::Buried | TxState::Superseded { .. } | TxState::Expired { .. }
+                TxState::Buried
+                    | TxState::Superseded { .. }
+                    | TxState::Expired { .. }
+                    | TxState::SpentUnseen { .. }
             )
         })
     }
@@ -849,5 +871,7 @@ mod audit_tests;
 mod bump_tests;
 #[cfg(test)]
 mod hold_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

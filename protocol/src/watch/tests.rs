@@ -12,14 +12,15 @@ use rand::SeedableRng;
 
 const FEE: Amount = Amount::from_sat(1_000);
 
-struct Setup {
-    p: Parties,
-    tx2: Transaction,
-    tx1_refund: Transaction,
-    tx2_refund: Transaction,
+/// One renter contract's TX2 and pre-signed refunds (shared with `recovery_tests`).
+pub(super) struct Setup {
+    pub(super) p: Parties,
+    pub(super) tx2: Transaction,
+    pub(super) tx1_refund: Transaction,
+    pub(super) tx2_refund: Transaction,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     let p = parties(61);
     let c = &p.contract;
     let unsigned = c
@@ -49,7 +50,7 @@ fn setup() -> Setup {
     }
 }
 
-fn renter_registration(s: &Setup) -> Registration {
+pub(super) fn renter_registration(s: &Setup) -> Registration {
     let c = &s.p.contract;
     Registration {
         id: [9; 32],
@@ -70,7 +71,7 @@ fn renter_registration(s: &Setup) -> Registration {
     }
 }
 
-fn block(txs: Vec<Transaction>) -> Block {
+pub(super) fn block(txs: Vec<Transaction>) -> Block {
     Block {
         header: Header {
             version: BlockVersion::TWO,

@@ -5,17 +5,26 @@
 //! [`prove`] per contract. Deserialisers pre-scan every length prefix against the bytes
 //! actually present before handing them to ark-serialize (whose `Vec` decoder would
 //! otherwise reserve whatever a hostile prefix asks for), and decode points with
-//! validation: off-curve, out-of-subgroup, non-canonical or trailing bytes are errors.
+//! validation: off-curve, out-of-subgroup, non-canonical or trailing bytes are errors. A
+//! CRS's ~10⁶ points are decompressed on every core ([`decode_crs`]); the farmer's
+//! [`crate::zk::check_crs`] checks the B query's G2 points for the subgroup in a batch.
 
-use ark_bn254::{Bn254, Fr, G1Projective, G2Projective};
+use std::ops::Range;
+
+use ark_bn254::{Bn254, Fq, Fq2, Fr, G1Projective, G2Projective};
+use ark_ec::short_weierstrass::{Affine, SWCurveConfig, SWFlags};
 use ark_ec::PrimeGroup;
+use ark_ff::{BigInt, BitIteratorBE, Field, MontFp, Zero};
 use ark_groth16::{prepare_verifying_key, Groth16, Proof, ProvingKey, VerifyingKey};
 use ark_relations::r1cs::{
     ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode,
 };
-use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+use ark_serialize::{
+    CanonicalDeserialize, CanonicalDeserializeWithFlags, CanonicalSerialize, Valid,
+};
 use ark_std::UniformRand;
 use rand::{CryptoRng, RngCore};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::circuit::{PublicValues, Shape, TxCircuit};
@@ -269,6 +278,17 @@ const G1_LEN: usize = 32;
 const G2_LEN: usize = 64;
 const FR_LEN: usize = 32;
 
+impl Item {
+    /// Bytes of one point or field element (of a vector's elements).
+    fn element_len(self) -> usize {
+        match self {
+            Item::G1 | Item::VecG1 => G1_LEN,
+            Item::G2 | Item::VecG2 => G2_LEN,
+            Item::VecFr => FR_LEN,
+        }
+    }
+}
+
 const PROVING_KEY_LAYOUT: [Item; 12] = [
     Item::G1,    // vk.alpha_g1
     Item::G2,    // vk.beta_g2
@@ -287,37 +307,229 @@ const VERIFYING_KEY_LAYOUT: [Item; 5] = [Item::G1, Item::G2, Item::G2, Item::G2,
 const PROOF_LAYOUT: [Item; 3] = [Item::G1, Item::G2, Item::G1];
 
 /// Checks that `bytes` is exactly the concatenation of `layout`, with every vector's
-/// length prefix backed by bytes that are present.
-fn scan(bytes: &[u8], layout: &[Item]) -> Result<(), ZkError> {
+/// length prefix backed by bytes that are present, and returns where each item's points
+/// (or elements) are: a vector's range starts after its length prefix.
+fn scan(bytes: &[u8], layout: &[Item]) -> Result<Vec<Range<usize>>, ZkError> {
     let mut pos = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], ZkError> {
+    let mut take = |n: usize| -> Result<Range<usize>, ZkError> {
         let end = pos.checked_add(n).ok_or(ZkError::Decode)?;
-        let slice = bytes.get(pos..end).ok_or(ZkError::Decode)?;
+        if end > bytes.len() {
+            return Err(ZkError::Decode);
+        }
+        let range = pos..end;
         pos = end;
-        Ok(slice)
+        Ok(range)
     };
-    for item in layout {
-        let element = match item {
-            Item::G1 => {
-                take(G1_LEN)?;
-                continue;
+    let mut items = Vec::with_capacity(layout.len());
+    for &item in layout {
+        let range = match item {
+            Item::G1 | Item::G2 => take(item.element_len())?,
+            Item::VecG1 | Item::VecG2 | Item::VecFr => {
+                let prefix = &bytes[take(8)?];
+                let len = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+                let len = usize::try_from(len).map_err(|_| ZkError::Decode)?;
+                take(len.checked_mul(item.element_len()).ok_or(ZkError::Decode)?)?
             }
-            Item::G2 => {
-                take(G2_LEN)?;
-                continue;
-            }
-            Item::VecG1 => G1_LEN,
-            Item::VecG2 => G2_LEN,
-            Item::VecFr => FR_LEN,
         };
-        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-        let len = usize::try_from(len).map_err(|_| ZkError::Decode)?;
-        take(len.checked_mul(element).ok_or(ZkError::Decode)?)?;
+        items.push(range);
     }
     if pos != bytes.len() {
         return Err(ZkError::Decode);
     }
-    Ok(())
+    Ok(items)
+}
+
+/// Indices of a CRS's items in [`crs_items`] (the order of ark's `ProvingKey` fields).
+pub(crate) mod crs_item {
+    pub const ALPHA_G1: usize = 0;
+    pub const BETA_G2: usize = 1;
+    pub const GAMMA_G2: usize = 2;
+    pub const DELTA_G2: usize = 3;
+    pub const GAMMA_ABC_G1: usize = 4;
+    pub const BETA_G1: usize = 5;
+    pub const DELTA_G1: usize = 6;
+    pub const A_QUERY: usize = 7;
+    pub const B_G1_QUERY: usize = 8;
+    pub const B_G2_QUERY: usize = 9;
+    pub const H_QUERY: usize = 10;
+    pub const L_QUERY: usize = 11;
+}
+
+/// Where each item of a compressed CRS is (see [`crs_item`]), length prefixes checked.
+pub(crate) fn crs_items(bytes: &[u8]) -> Result<Vec<Range<usize>>, ZkError> {
+    scan(bytes, &PROVING_KEY_LAYOUT)
+}
+
+/// How much [`decode_crs`] checks of a G2 point of the B query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PointCheck {
+    /// On the curve and in the order-r subgroup (ark's per-point check).
+    Full,
+    /// On the curve only: the caller checks the subgroup in a batch
+    /// ([`crate::zk::check_crs`]).
+    OnCurve,
+}
+
+/// (p + 1)/4 for BN254's base field (p ≡ 3 mod 4): a^((p+1)/4) is a square root of a
+/// whenever a has one.
+const P_PLUS_ONE_OVER_FOUR: BigInt<4> =
+    ark_ff::BigInt!("5472060717959818805561601436314318772174077789324455915672259473661306552146");
+/// 1/2 in BN254's base field.
+const HALF: Fq =
+    MontFp!("10944121435919637611123202872628637544348155578648911831344518947322613104292");
+
+/// base^exp for a public exponent with a 5-bit sliding window: ~45 multiplications
+/// besides the squarings for a 254-bit exponent, against ~127 for ark's square-and-multiply
+/// (decompressing points is most of decoding a CRS).
+fn pow_window<F: Field>(base: F, exp: &[u64]) -> F {
+    let square = base.square();
+    let mut odd_powers = [base; 16];
+    for k in 1..odd_powers.len() {
+        odd_powers[k] = odd_powers[k - 1] * square;
+    }
+    let bits: Vec<bool> = BitIteratorBE::without_leading_zeros(exp).collect();
+    let mut acc = F::one();
+    let mut i = 0;
+    while i < bits.len() {
+        if !bits[i] {
+            acc.square_in_place();
+            i += 1;
+            continue;
+        }
+        let mut end = (i + 5).min(bits.len());
+        while !bits[end - 1] {
+            end -= 1;
+        }
+        let mut window = 0usize;
+        for &bit in &bits[i..end] {
+            acc.square_in_place();
+            window = window << 1 | usize::from(bit);
+        }
+        acc *= odd_powers[window >> 1];
+        i = end;
+    }
+    acc
+}
+
+/// Square roots for point decompression, faster than ark's and checked by squaring.
+trait FastSqrt: Field {
+    fn fast_sqrt(self) -> Option<Self>;
+}
+
+impl FastSqrt for Fq {
+    fn fast_sqrt(self) -> Option<Fq> {
+        let root = pow_window(self, P_PLUS_ONE_OVER_FOUR.as_ref());
+        (root.square() == self).then_some(root)
+    }
+}
+
+impl FastSqrt for Fq2 {
+    /// The complex method (ePrint 2012/685, algorithm 8) for F_p[u]/(u² + 1) with two
+    /// exponentiations instead of ark's three: for a = c0 + c1·u, s = √(c0² + c1²) and
+    /// δ = (c0 + s)/2, t = δ^((p+1)/4) has t² = δ (root t + c1/(2t)·u) or, δ being a
+    /// non-residue, t² = −δ (root c1/(2t) + t·u), because δ·(c0 − s)/2 = −c1²/4. Other
+    /// cases (c1 = 0, δ = 0) go to ark's square root.
+    fn fast_sqrt(self) -> Option<Fq2> {
+        let (c0, c1) = (self.c0, self.c1);
+        if c1.is_zero() {
+            return self.sqrt();
+        }
+        let s = (c0.square() + c1.square()).fast_sqrt()?;
+        let delta = (c0 + s) * HALF;
+        let t = pow_window(delta, P_PLUS_ONE_OVER_FOUR.as_ref());
+        let Some(t_inv) = t.inverse() else {
+            return self.sqrt();
+        };
+        let other = c1 * HALF * t_inv;
+        let root = if t.square() == delta {
+            Fq2::new(t, other)
+        } else {
+            Fq2::new(other, t)
+        };
+        (root.square() == self).then_some(root)
+    }
+}
+
+/// Decompresses one point exactly as ark-serialize does (canonical coordinates, the
+/// infinity and sign flags, the smaller of ±y for a positive flag), without its checks.
+fn decompress<P: SWCurveConfig>(bytes: &[u8]) -> Result<Affine<P>, ZkError>
+where
+    P::BaseField: FastSqrt,
+{
+    let (x, flags): (P::BaseField, SWFlags) =
+        CanonicalDeserializeWithFlags::deserialize_with_flags(bytes)?;
+    if flags.is_infinity() {
+        return Ok(Affine::<P>::identity());
+    }
+    let y = (P::add_b(x.square() * x) + P::mul_by_a(x))
+        .fast_sqrt()
+        .ok_or(ZkError::Decode)?;
+    let neg_y = -y;
+    let (smaller, larger) = if y < neg_y { (y, neg_y) } else { (neg_y, y) };
+    let y = if flags.is_positive() == Some(true) {
+        smaller
+    } else {
+        larger
+    };
+    Ok(Affine::new_unchecked(x, y))
+}
+
+/// One compressed point, decoded (canonical coordinates, a y exists) and checked.
+fn decode_point<P: SWCurveConfig>(bytes: &[u8], check: PointCheck) -> Result<Affine<P>, ZkError>
+where
+    P::BaseField: FastSqrt,
+{
+    let point = decompress::<P>(bytes)?;
+    let valid = match check {
+        PointCheck::Full => point.check().is_ok(),
+        PointCheck::OnCurve => point.is_on_curve(),
+    };
+    valid.then_some(point).ok_or(ZkError::Decode)
+}
+
+/// Back-to-back compressed points of `len` bytes each, decoded and checked on every core.
+fn decode_points<P: SWCurveConfig>(
+    bytes: &[u8],
+    len: usize,
+    check: PointCheck,
+) -> Result<Vec<Affine<P>>, ZkError>
+where
+    P::BaseField: FastSqrt,
+{
+    bytes
+        .par_chunks(len)
+        .map(|point| decode_point(point, check))
+        .collect()
+}
+
+/// Decodes a compressed CRS on every core. Every coordinate must be canonical and every
+/// point on its curve (in G1, whose cofactor is 1, that is the whole check); the G2 points
+/// of the verifying key get ark's subgroup check, and those of the B query the check
+/// `b_g2` says.
+pub(crate) fn decode_crs(bytes: &[u8], b_g2: PointCheck) -> Result<Crs, ZkError> {
+    use ark_bn254::{g1, g2};
+    use crs_item::*;
+    let items = crs_items(bytes)?;
+    let at = |item: usize| &bytes[items[item].clone()];
+    let g1_point = |item| decode_point::<g1::Config>(at(item), PointCheck::Full);
+    let g2_point = |item| decode_point::<g2::Config>(at(item), PointCheck::Full);
+    let g1_points = |item| decode_points::<g1::Config>(at(item), G1_LEN, PointCheck::Full);
+    Ok(Crs {
+        vk: VerifyingKey {
+            alpha_g1: g1_point(ALPHA_G1)?,
+            beta_g2: g2_point(BETA_G2)?,
+            gamma_g2: g2_point(GAMMA_G2)?,
+            delta_g2: g2_point(DELTA_G2)?,
+            gamma_abc_g1: g1_points(GAMMA_ABC_G1)?,
+        },
+        beta_g1: g1_point(BETA_G1)?,
+        delta_g1: g1_point(DELTA_G1)?,
+        a_query: g1_points(A_QUERY)?,
+        b_g1_query: g1_points(B_G1_QUERY)?,
+        b_g2_query: decode_points::<g2::Config>(at(B_G2_QUERY), G2_LEN, b_g2)?,
+        h_query: g1_points(H_QUERY)?,
+        l_query: g1_points(L_QUERY)?,
+    })
 }
 
 fn decode<T: CanonicalDeserialize>(bytes: &[u8], layout: &[Item]) -> Result<T, ZkError> {
@@ -343,9 +555,11 @@ pub fn serialize_crs(crs: &Crs) -> Vec<u8> {
     encode(crs)
 }
 
-/// Decodes a CRS, validating every point (curve and subgroup).
+/// Decodes a CRS, validating every point (curve and subgroup, each G2 point on its own),
+/// on every core. [`crate::zk::check_crs`] is faster: it checks the G2 subgroup in a batch
+/// with the caller's randomness.
 pub fn deserialize_crs(bytes: &[u8]) -> Result<Crs, ZkError> {
-    decode(bytes, &PROVING_KEY_LAYOUT)
+    decode_crs(bytes, PointCheck::Full)
 }
 
 /// Uncompressed CRS bytes for a node's own cache: a CRS it generated itself, or one it
@@ -357,8 +571,8 @@ pub fn serialize_trusted_crs(crs: &Crs) -> Vec<u8> {
     out
 }
 
-/// Reads back [`serialize_trusted_crs`] output without re-validating the points (that
-/// validation is what makes decoding a peer's CRS take about a minute).
+/// Reads back [`serialize_trusted_crs`] output without re-validating the points (a
+/// peer's CRS is decompressed and validated, which takes seconds).
 pub fn deserialize_trusted_crs(bytes: &[u8]) -> Result<Crs, ZkError> {
     Ok(Crs::deserialize_uncompressed_unchecked(bytes)?)
 }
@@ -407,7 +621,7 @@ mod tests {
     use ark_relations::r1cs::ConstraintSystemRef;
     use proptest::prelude::*;
     use rand::rngs::StdRng;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     use std::time::Instant;
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -762,6 +976,84 @@ mod tests {
             if let Ok(inputs) = deserialize_public_inputs(&bytes) {
                 prop_assert!(verify_inputs(&crs.vk, &inputs, &proof.1).is_err());
             }
+        }
+    }
+
+    /// ark's own decompression (no checks), the reference for [`decompress`].
+    fn ark_decompress<P: SWCurveConfig>(bytes: &[u8]) -> Option<Affine<P>> {
+        Affine::<P>::deserialize_with_mode(
+            bytes,
+            ark_serialize::Compress::Yes,
+            ark_serialize::Validate::No,
+        )
+        .ok()
+    }
+
+    #[test]
+    fn fast_decompression_matches_ark() {
+        use ark_bn254::{g1, g2, G1Affine, G2Affine};
+        use ark_ec::AffineRepr;
+        use ark_ff::{AdditiveGroup, One};
+        use rand::RngCore;
+        let mut rng = StdRng::seed_from_u64(30);
+        assert_eq!(
+            <ark_bn254::Fq2Config as ark_ff::Fp2Config>::NONRESIDUE,
+            -Fq::one()
+        );
+        let mut p_plus_one = <Fq as ark_ff::PrimeField>::MODULUS;
+        ark_ff::BigInteger::add_with_carry(&mut p_plus_one, &BigInt::from(1u64));
+        assert_eq!(p_plus_one, P_PLUS_ONE_OVER_FOUR << 2);
+        assert_eq!(HALF.double(), Fq::one());
+        // Honest points (both signs), the identity, and random bytes (mostly no point,
+        // non-canonical or bad flags).
+        for _ in 0..300 {
+            for point in [
+                G1Affine::rand(&mut rng),
+                -G1Affine::rand(&mut rng),
+                G1Affine::zero(),
+            ] {
+                let bytes = encode(&point);
+                assert_eq!(decompress::<g1::Config>(&bytes).ok(), Some(point));
+            }
+            for point in [
+                G2Affine::rand(&mut rng),
+                -G2Affine::rand(&mut rng),
+                G2Affine::zero(),
+            ] {
+                let bytes = encode(&point);
+                assert_eq!(decompress::<g2::Config>(&bytes).ok(), Some(point));
+            }
+        }
+        for _ in 0..3000 {
+            let mut bytes = [0u8; 64];
+            rng.fill_bytes(&mut bytes);
+            bytes[31] &= if rng.gen() { 0xff } else { 0x3f };
+            bytes[63] &= if rng.gen() { 0xff } else { 0x3f };
+            assert_eq!(
+                decompress::<g1::Config>(&bytes[..32]).ok(),
+                ark_decompress::<g1::Config>(&bytes[..32])
+            );
+            assert_eq!(
+                decompress::<g2::Config>(&bytes).ok(),
+                ark_decompress::<g2::Config>(&bytes)
+            );
+        }
+        // Square roots: squares (including c1 = 0 and zero) and non-squares.
+        for _ in 0..500 {
+            let a = Fq2::rand(&mut rng);
+            for b in [
+                a,
+                Fq2::new(a.c0, Fq::zero()),
+                Fq2::new(Fq::zero(), a.c1),
+                Fq2::zero(),
+            ] {
+                let root = b.square().fast_sqrt().unwrap();
+                assert_eq!(root.square(), b.square());
+                assert_eq!(b.fast_sqrt().is_some(), b.sqrt().is_some());
+            }
+            let x = Fq::rand(&mut rng);
+            assert_eq!(x.fast_sqrt().is_some(), x.sqrt().is_some());
+            assert_eq!(x.square().fast_sqrt().unwrap().square(), x.square());
         }
     }
 

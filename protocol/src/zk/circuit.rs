@@ -35,6 +35,11 @@ pub const MAX_TX_LEN: usize = 2048;
 /// Bytes per packed public field element.
 pub const BYTES_PER_ELEMENT: usize = 31;
 
+/// Version of the constraint system a shape stands for. Bump it whenever synthesis
+/// changes (2: the round-pair SHA-256 gadget), so a CRS cached for an older circuit is
+/// never taken for the current one ([`Shape::crs_cache_key`]).
+pub const CIRCUIT_VERSION: u32 = 2;
+
 /// The layout a circuit is specialised to: total length and the offsets of the two r and
 /// two s fields (32 bytes each). Contracts with equal shapes share a CRS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,6 +131,17 @@ impl Shape {
     /// Total number of public inputs (without the constant one).
     pub fn num_public_inputs(&self) -> usize {
         8 + 8 + 2 + self.template_elements()
+    }
+
+    /// The name of this shape's CRS in a cache: a hash of [`CIRCUIT_VERSION`] and the
+    /// shape, so a circuit change gives every shape a new name.
+    pub fn crs_cache_key(&self) -> String {
+        let shape = serde_json::to_vec(self).expect("a shape serialises");
+        hex::encode(crate::hashing::sha256(&[
+            b"dstore/crs-cache/v",
+            &CIRCUIT_VERSION.to_be_bytes(),
+            &shape,
+        ]))
     }
 
     /// SHA-256 compressions the circuit performs.

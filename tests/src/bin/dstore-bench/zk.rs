@@ -12,12 +12,17 @@
 //!   the satisfaction check and the prover's self-verification.
 //! * `zk-baseline-setup-s`, `zk-baseline-prove-s`, `zk-baseline-verify-ms` and the
 //!   `zk-*-ratio` figures (baseline over ours; above 1 means ours is faster).
-//! * `zk-check-crs-s`: the farmer's CRS check.
+//! * `zk-check-crs-s`: the farmer's CRS check (decoding on every core, the G2 subgroup
+//!   checks batched: `dstore_protocol::zk::crs_check`).
 //! * `zk-constraints`, `zk-baseline-constraints`: whole circuits.
+//! * `zk-blocks-hashed`: SHA-256 compressions in our circuit for the real TX2 (the blocks
+//!   from the first one holding a byte of s1 to the end; the midstate covers the rest).
 //! * `zk-proof-bytes`, `zk-pk-bytes`: compressed sizes of our proof and proving key.
 //! * `zk-peak-rss-mib`: this process's peak RSS after our setup, check, prove and verify
 //!   and before the baseline starts (VmHWM is a high-water mark, so the baseline, which
 //!   runs second, cannot inflate it).
+//! * `cpu-flags`: the CPU, its logical cores and the flags that move these figures (ark's
+//!   prover and the CRS check use every core).
 //!
 //! Each timing is the best of `--runs` runs (setup and the CRS check run once).
 
@@ -33,7 +38,7 @@ use dstore_protocol::zk::{self, baseline, sha256_gadget, Shape, Statement};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::measure::{figure, kib_to_mib, peak_rss_kib};
+use crate::measure::{cpu_summary, figure, kib_to_mib, peak_rss_kib};
 
 /// Options of `dstore-bench zk`.
 #[derive(Debug, Args)]
@@ -156,6 +161,10 @@ fn run_baseline(
 /// Runs the benchmark and prints its figures.
 pub fn run(args: &ZkArgs) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(0x2b);
+    figure(
+        "cpu-flags",
+        cpu_summary(&["avx2", "avx512f", "bmi2", "adx", "sha_ni"]),
+    );
     let ours_per_block = sha256_gadget::constraints_per_compression()?;
     let base_per_block = sha256_gadget::baseline_constraints_per_compression()?;
     figure("zk-constraints-per-compression", ours_per_block);
@@ -172,6 +181,7 @@ pub fn run(args: &ZkArgs) -> anyhow::Result<()> {
         tx2.bytes.len(),
         statement.shape.compressions()
     );
+    figure("zk-blocks-hashed", statement.shape.compressions());
     let ours = run_ours(args, &mut rng, &statement, (&s1, &s2))?;
     let base = run_baseline(args, &mut rng, &statement, (&s1, &s2))?;
 

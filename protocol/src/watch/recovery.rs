@@ -1,0 +1,132 @@
+//! What a tower learns without the blocks (PROTOCOL.md 6): after it was away longer than
+//! a pruned node keeps blocks, the shell asks bitcoind's UTXO set and mempool about every
+//! watched outpoint instead of replaying blocks. An unspent outpoint tells when its
+//! transaction confirmed ([`Engine::note_confirmed`]); one gone from the UTXO set whose
+//! transaction is known confirmed was spent in a block the node no longer has, by a
+//! transaction nobody can show the tower ([`Engine::note_unseen_spend`]). A pre-signed
+//! transaction spending such an outpoint can never be valid again: it is
+//! [`TxState::SpentUnseen`] and never broadcast, and a key that only that spender
+//! could reveal stays unknown ([`Watch::extract_note`] says so). A spend the tower
+//! later does see (in a block still available) takes precedence.
+
+use std::collections::BTreeSet;
+
+use bitcoin::{OutPoint, Transaction, Txid};
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, Watch, WatchId};
+
+/// A watched outpoint spent while the tower was away, in a block below `below_height`
+/// that the node has pruned: the spender is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnseenSpend {
+    pub outpoint: OutPoint,
+    pub below_height: u32,
+}
+
+impl Watch {
+    /// Records `txid` confirmed at `height`, learnt without its block (from the depth of
+    /// one of its unspent outputs). True if anything changed.
+    pub fn note_confirmed(&mut self, txid: Txid, height: u32) -> bool {
+        self.indexes().txids.contains(&txid) && self.note_sighting(txid, Some(height))
+    }
+
+    /// Records that `outpoint` was spent below `below_height` by a transaction the tower
+    /// cannot see. Nothing changes if a confirmed spend of it is known already.
+    pub fn note_unseen_spend(&mut self, outpoint: OutPoint, below_height: u32) -> bool {
+        let known = self.spend_of(&outpoint).is_some_and(|s| s.height.is_some());
+        if known || self.unseen_spend_of(&outpoint).is_some() {
+            return false;
+        }
+        self.unseen_spends.push(UnseenSpend {
+            outpoint,
+            below_height,
+        });
+        let tx1 = self.registration.extract.as_ref().map(|e| e.tx1_outpoint);
+        if tx1 == Some(outpoint) && self.key.is_none() {
+            self.extract_note = Some(format!(
+                "TX1's output was spent below height {below_height} while the tower was away, \
+                 in a block the pruned node no longer has: the spender is unknown, so f \
+                 cannot be extracted from it"
+            ));
+        }
+        true
+    }
+
+    pub fn unseen_spend_of(&self, outpoint: &OutPoint) -> Option<&UnseenSpend> {
+        self.unseen_spends.iter().find(|u| u.outpoint == *outpoint)
+    }
+
+    /// The unseen spend of one of `tx`'s inputs, unless the spender is known after all.
+    pub(super) fn unseen_spend_of_inputs(&self, tx: &Transaction) -> Option<&UnseenSpend> {
+        tx.input
+            .iter()
+            .map(|i| &i.previous_output)
+            .filter(|o| self.spend_of(o).is_none_or(|s| s.height.is_none()))
+            .find_map(|o| self.unseen_spend_of(o))
+    }
+}
+
+impl Engine {
+    /// Every outpoint some watch cares about.
+    pub fn watched_outpoints(&self) -> BTreeSet<OutPoint> {
+        self.by_outpoint.keys().copied().collect()
+    }
+
+    /// The height at which some watch saw `txid` confirmed.
+    pub fn confirmed_height(&self, txid: &Txid) -> Option<u32> {
+        self.by_txid
+            .get(txid)?
+            .iter()
+            .filter_map(|id| self.watches.get(id)?.sighting(txid)?)
+            .max()
+    }
+
+    /// The confirmed spend of `outpoint` some watch knows: (spender, height).
+    pub fn confirmed_spend(&self, outpoint: &OutPoint) -> Option<(Txid, u32)> {
+        self.by_outpoint
+            .get(outpoint)?
+            .iter()
+            .filter_map(|id| self.watches.get(id)?.spend_of(outpoint))
+            .find_map(|s| Some((s.spender, s.height?)))
+    }
+
+    /// The pre-signed transactions of every watch that spend `outpoint`, once each.
+    pub fn presigned_spenders(&self, outpoint: &OutPoint) -> Vec<Transaction> {
+        let mut seen = BTreeSet::new();
+        let ids = self.by_outpoint.get(outpoint).into_iter().flatten();
+        ids.filter_map(|id| self.watches.get(id))
+            .flat_map(|w| w.registration.transactions.iter())
+            .filter(|p| p.tx.input.iter().any(|i| i.previous_output == *outpoint))
+            .filter(|p| seen.insert(p.tx.compute_txid()))
+            .map(|p| p.tx.clone())
+            .collect()
+    }
+
+    /// Records `txid` confirmed at `height` for every watch that cares; returns those
+    /// that changed.
+    pub fn note_confirmed(&mut self, txid: Txid, height: u32) -> BTreeSet<WatchId> {
+        let ids = self.by_txid.get(&txid).cloned().unwrap_or_default();
+        self.mark(ids, |w| w.note_confirmed(txid, height))
+    }
+
+    /// Records an unseen spend of `outpoint` (see [`Watch::note_unseen_spend`]) for every
+    /// watch that cares; returns those that changed.
+    pub fn note_unseen_spend(&mut self, outpoint: OutPoint, below: u32) -> BTreeSet<WatchId> {
+        let ids = self.by_outpoint.get(&outpoint).cloned().unwrap_or_default();
+        self.mark(ids, |w| w.note_unseen_spend(outpoint, below))
+    }
+
+    fn mark(
+        &mut self,
+        ids: Vec<WatchId>,
+        mut change: impl FnMut(&mut Watch) -> bool,
+    ) -> BTreeSet<WatchId> {
+        let changed: BTreeSet<WatchId> = ids
+            .into_iter()
+            .filter(|id| self.watches.get_mut(id).is_some_and(&mut change))
+            .collect();
+        self.dirty.extend(&changed);
+        changed
+    }
+}
