@@ -185,14 +185,7 @@ fn names(due: &[DueBroadcast]) -> Vec<String> {
 }
 
 fn state(engine: &Engine, name: &str, tip: u32) -> TxState {
-    let watch = engine.get(&ID).unwrap();
-    let p = watch
-        .registration
-        .transactions
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap();
-    watch.state_of(p, tip)
+    super::tests::named_state(engine, &ID, name, tip)
 }
 
 fn beacon_j(hash: BlockHash) -> u32 {

@@ -92,14 +92,7 @@ fn due_names(engine: &mut Engine, tip: u32) -> Vec<String> {
 }
 
 fn state(engine: &Engine, name: &str, tip: u32) -> TxState {
-    let watch = engine.get(&ID).unwrap();
-    let p = watch
-        .registration
-        .transactions
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap();
-    watch.state_of(p, tip)
+    super::tests::named_state(engine, &ID, name, tip)
 }
 
 #[test]

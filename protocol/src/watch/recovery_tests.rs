@@ -16,14 +16,7 @@ fn engine(s: &Setup) -> Engine {
 }
 
 fn state(engine: &Engine, name: &str, tip: u32) -> TxState {
-    let watch = engine.get(&ID).unwrap();
-    let p = watch
-        .registration
-        .transactions
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap();
-    watch.state_of(p, tip)
+    super::tests::named_state(engine, &ID, name, tip)
 }
 
 #[test]

@@ -71,6 +71,18 @@ pub(super) fn renter_registration(s: &Setup) -> Registration {
     }
 }
 
+/// The state of watch `id`'s pre-signed transaction `name` at `tip`.
+pub(super) fn named_state(engine: &Engine, id: &WatchId, name: &str, tip: u32) -> TxState {
+    let watch = engine.get(id).unwrap();
+    let p = watch
+        .registration
+        .transactions
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap();
+    watch.state_of(p, tip)
+}
+
 pub(super) fn block(txs: Vec<Transaction>) -> Block {
     Block {
         header: Header {
