@@ -15,15 +15,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
 
-/// One funded download contract and every transaction of its life.
-struct Contract {
-    parties: Parties,
-    id: [u8; 32],
-    tx1_outpoint: OutPoint,
-    tx2: Transaction,
-    tx3: Transaction,
-    tx1_refund: Transaction,
-    tx2_refund: Transaction,
+/// One funded download contract and every transaction of its life (also the fixture of
+/// `tower_scale`).
+pub(crate) struct Contract {
+    pub(crate) parties: Parties,
+    pub(crate) id: [u8; 32],
+    pub(crate) tx1_outpoint: OutPoint,
+    pub(crate) tx2: Transaction,
+    pub(crate) tx3: Transaction,
+    pub(crate) tx1_refund: Transaction,
+    pub(crate) tx2_refund: Transaction,
 }
 
 impl Contract {
@@ -37,8 +38,13 @@ impl Contract {
         delta: u16,
     ) -> Self {
         let parties = Parties::new(node, rng, t1_ahead, delta);
+        let (_, tx1_outpoint) = funder.fund(node, parties.contract.tx1_output().unwrap());
+        Self::on_tx1(parties, rng, tx1_outpoint)
+    }
+
+    /// The contract of `parties` whose TX1 output is `tx1_outpoint`.
+    pub(crate) fn on_tx1(parties: Parties, rng: &mut StdRng, tx1_outpoint: OutPoint) -> Self {
         let c = &parties.contract;
-        let (_, tx1_outpoint) = funder.fund(node, c.tx1_output().unwrap());
         let template = parties.tx2(rng, tx1_outpoint);
         let tx3 = parties.tx3(&template.digest);
         let destination = parties.renter_refund_destination();
@@ -66,13 +72,18 @@ impl Contract {
         }
     }
 
-    fn id_hex(&self) -> String {
+    pub(crate) fn id_hex(&self) -> String {
         hex::encode(self.id)
     }
 
     /// What the renter's plugin registers: extract f from TX1's spend; refund TX1 after
     /// T1 and TX2's output after Δ.
     fn renter_registration(&self) -> Value {
+        self.renter_registration_from(None)
+    }
+
+    /// The renter's registration, looking back from `rescan_from_height` if given.
+    pub(crate) fn renter_registration_from(&self, rescan_from_height: Option<u32>) -> Value {
         let c = &self.parties.contract;
         serde_json::to_value(Registration {
             id: self.id,
@@ -88,7 +99,7 @@ impl Contract {
                 presigned("tx2-refund", &self.tx2_refund),
             ],
             watch_txids: vec![self.tx2.compute_txid()],
-            rescan_from_height: None,
+            rescan_from_height,
             auditor: None,
         })
         .unwrap()

@@ -7,30 +7,26 @@
 use std::time::Duration;
 
 use bitcoin::{OutPoint, Transaction, TxOut};
-use dstore_protocol::watch::{ExtractSpec, Presigned, Registration, WatchRole};
 use dstore_tests::funding::{broadcast, Funder};
-use dstore_tests::parties::{Parties, REFUND_FEE, TX2_FEE};
+use dstore_tests::parties::Parties;
 use dstore_tests::{wait_until, BitcoinNode, TowerProcess};
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
+
+use crate::tower::Contract;
 use serde_json::{json, Value};
 
 /// Manual pruning (`pruneblockchain`) with small block files, so that a regtest chain of
 /// a few hundred blocks can lose its first file.
 const PRUNED: &[&str] = &["-prune=1", "-fastprune"];
 
-/// A funded download contract: TX1 confirmed at `tx1_height`, its refund and TX2's.
-struct Contract {
-    parties: Parties,
-    id: [u8; 32],
-    tx1_outpoint: OutPoint,
+/// A funded download contract (`tower.rs`'s fixture) whose TX1 confirmed at `tx1_height`.
+struct Pruned {
+    contract: Contract,
     tx1_height: u32,
-    tx2: Transaction,
-    tx1_refund: Transaction,
-    tx2_refund: Transaction,
 }
 
-impl Contract {
+impl Pruned {
     /// TX1's refund opens `t1_ahead` blocks above the tip, TX2's Δ blocks after TX2.
     fn new(
         node: &BitcoinNode,
@@ -40,56 +36,17 @@ impl Contract {
         delta: u16,
     ) -> Self {
         let parties = Parties::new(node, rng, t1_ahead, delta);
-        let c = &parties.contract;
-        let (tx1_outpoint, tx1_height) = fund(node, funder, c.tx1_output().unwrap());
-        let template = parties.tx2(rng, tx1_outpoint);
-        let destination = parties.renter_refund_destination();
-        let tx1_refund = c
-            .tx1_refund(tx1_outpoint, &parties.r, &destination, REFUND_FEE)
-            .unwrap();
-        let tx2_outpoint = OutPoint::new(template.txid, 0);
-        let value = c.tx2_value(TX2_FEE).unwrap();
-        let tx2_refund = c
-            .tx2_refund(tx2_outpoint, value, &parties.r2, &destination, REFUND_FEE)
-            .unwrap();
-        let mut id = [0u8; 32];
-        rng.fill_bytes(&mut id);
-        Contract {
-            parties,
-            id,
-            tx1_outpoint,
+        let (tx1_outpoint, tx1_height) = fund(node, funder, parties.contract.tx1_output().unwrap());
+        Pruned {
+            contract: Contract::on_tx1(parties, rng, tx1_outpoint),
             tx1_height,
-            tx2: template.tx,
-            tx1_refund,
-            tx2_refund,
         }
-    }
-
-    fn id_hex(&self) -> String {
-        hex::encode(self.id)
     }
 
     /// What the renter's plugin registers, looking back from TX1's block as it does.
     fn renter_registration(&self) -> Value {
-        let c = &self.parties.contract;
-        serde_json::to_value(Registration {
-            id: self.id,
-            role: WatchRole::Renter,
-            extract: Some(ExtractSpec {
-                tx1_outpoint: self.tx1_outpoint,
-                farmer_key: c.farmer_key,
-                contract_id: c.contract_id,
-                tx1_script_pubkey: c.tx1_script_pubkey().unwrap(),
-            }),
-            transactions: vec![
-                Presigned::new("tx1-refund", self.tx1_refund.clone()),
-                Presigned::new("tx2-refund", self.tx2_refund.clone()),
-            ],
-            watch_txids: vec![self.tx2.compute_txid()],
-            rescan_from_height: Some(self.tx1_height),
-            auditor: None,
-        })
-        .unwrap()
+        self.contract
+            .renter_registration_from(Some(self.tx1_height))
     }
 }
 
@@ -153,9 +110,10 @@ fn tower_down_past_the_prune_depth(
     let mut rng = StdRng::seed_from_u64(seed);
     let node = BitcoinNode::start_with(PRUNED);
     let mut funder = Funder::new(&node, 2);
-    let contract = Contract::new(&node, &mut funder, &mut rng, 30, 5);
+    let pruned = Pruned::new(&node, &mut funder, &mut rng, 30, 5);
     let mut tower = TowerProcess::start_with(&node, &["--poll-seconds=1"]);
-    let reply = tower.call_ok("tower-register", json!([contract.renter_registration()]));
+    let reply = tower.call_ok("tower-register", json!([pruned.renter_registration()]));
+    let contract = pruned.contract;
     assert_eq!(reply["result"], "registered");
     let last = node.block_count();
     tower.wait_for_tip(last);
@@ -268,12 +226,13 @@ fn tower_scale_pruned_node_registration_looking_back_into_pruned_blocks_recovers
     let mut rng = StdRng::seed_from_u64(2103);
     let node = BitcoinNode::start_with(PRUNED);
     let mut funder = Funder::new(&node, 2);
-    let contract = Contract::new(&node, &mut funder, &mut rng, 400, 5);
+    let pruned = Pruned::new(&node, &mut funder, &mut rng, 400, 5);
+    let contract = &pruned.contract;
     broadcast(&node, &contract.tx2).expect("TX2 accepted");
     node.mine(1);
-    let pruned_below = prune_past(&node, u64::from(contract.tx1_height));
+    let pruned_below = prune_past(&node, u64::from(pruned.tx1_height));
     let tower = TowerProcess::start_with(&node, &["--poll-seconds=1"]);
-    let reply = tower.call_ok("tower-register", json!([contract.renter_registration()]));
+    let reply = tower.call_ok("tower-register", json!([pruned.renter_registration()]));
     assert_eq!(reply["result"], "registered");
 
     // TX2's depth in the UTXO set starts Δ: its refund goes out without TX2's block.
