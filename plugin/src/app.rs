@@ -25,6 +25,8 @@ pub struct App {
     pub market: Arc<Market>,
     /// Files stored as erasure-coded shards across several farmers.
     pub files: Arc<crate::shards::Files>,
+    /// The Lightning node paying or selling mode-N downloads (`--lightning`, or lightningd).
+    pub lightning: Option<crate::ln::Lightning>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -45,8 +47,15 @@ impl App {
             renter,
             farmer,
             market,
+            lightning: None,
             shutdown: watch::channel(false).0,
         }
+    }
+
+    /// The plugin's Lightning node (None: no Lightning, mode L only).
+    pub fn with_lightning(mut self, lightning: Option<crate::ln::Lightning>) -> Self {
+        self.lightning = lightning;
+        self
     }
 
     /// The roles this plugin plays. The renter role (client side) is always on.

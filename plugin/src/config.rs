@@ -155,6 +155,17 @@ pub struct Args {
     /// (default 10000)
     #[arg(long, value_name = "N")]
     pub market_min_bond_sat: Option<u64>,
+
+    /// Run an embedded Lightning node (LDK) to pay or sell downloads over Lightning (mode N);
+    /// its data lives in <datadir>/<network>/ln, its chain source is the same bitcoind
+    /// (`lightning=1` in dstore.conf)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub lightning: Option<bool>,
+
+    /// The embedded Lightning node's peer address (default 127.0.0.1:9735)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub ln_listen: Option<SocketAddr>,
 }
 
 /// Misbehaviours the functional tests make a real plugin process commit, to show that
@@ -193,10 +204,24 @@ pub enum DevFault {
     StallAtTx1Funded,
     /// Renter: stalls for good once phase tx2_signed is stored, before sig_R is sent.
     StallAtTx2Signed,
+    /// Farmer's embedded Lightning node: never claims an incoming payment (the HTLC fails
+    /// back at LDK's deadline).
+    LnNeverSettle,
     /// Renter: funds TX_A (or a first TX1) without the farmer's lease record.
     LeaseOmit,
     /// Renter: funds TX_A (or a first TX1) with a lease record naming another contract.
     LeaseWrongContract,
+    /// Farmer, mode N: seals data that is not C, with an honest transcript of it (fraud
+    /// after the payment settled).
+    LnSealWrongData,
+    /// Farmer, mode N: its invoice's payment hash is not the transcript's (the renter
+    /// refuses before paying).
+    LnWrongInvoiceHash,
+    /// Farmer, mode N: its invoice asks one satoshi more than the transcript's price.
+    LnWrongInvoiceAmount,
+    /// Renter, mode N: stalls for good right after the payment was sent, before its
+    /// outcome is stored (the test kills it there).
+    StallAfterLnPaid,
 }
 
 /// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.
@@ -322,6 +347,22 @@ pub struct Config {
     pub min_storage_blocks: u32,
     /// The market scanner's settings (`--market-*`).
     pub market: MarketSettings,
+    /// The plugin's Lightning node, if any (`--lightning`, or lightningd in CLN mode).
+    pub lightning: LightningSetting,
+}
+
+/// Default peer port of the embedded Lightning node.
+pub const DEFAULT_LN_PORT: u16 = 9735;
+
+/// Which Lightning node the plugin uses for mode N.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LightningSetting {
+    /// No Lightning: downloads go through the mode-L chain only.
+    Off,
+    /// `--lightning`: an embedded LDK node listening on `listen`.
+    Ldk { listen: SocketAddr },
+    /// Core Lightning plugin mode: lightningd itself, through its RPC socket.
+    Cln { rpc_path: PathBuf },
 }
 
 /// The market scanner's settings.
@@ -442,9 +483,19 @@ impl Config {
         let watchtower = tower_settings(args.watchtower_url, args.watchtower_cookie, network)?;
         let auditor = tower_settings(args.auditor_url, args.auditor_cookie, network)
             .map_err(|e| ConfigError::Watchtower(format!("auditor: {e}")))?;
+        let lightning = if args.lightning.unwrap_or(false) {
+            LightningSetting::Ldk {
+                listen: args
+                    .ln_listen
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_LN_PORT))),
+            }
+        } else {
+            LightningSetting::Off
+        };
         Ok(Config {
             farmer,
             market,
+            lightning,
             watchtower,
             auditor,
             min_storage_blocks: args
@@ -471,6 +522,11 @@ impl Config {
     /// `<datadir>/<network>`: the cookie, the seed and the wallet live here.
     pub fn network_dir(&self) -> PathBuf {
         self.datadir.join(self.network.name())
+    }
+
+    /// `<datadir>/<network>/ln`: the embedded Lightning node's seed and data.
+    pub fn ln_dir(&self) -> PathBuf {
+        self.network_dir().join("ln")
     }
 }
 
@@ -819,6 +875,37 @@ mod tests {
             let err = Config::from_args(argv(&flags)).unwrap_err().to_string();
             assert!(err.contains("https://"), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn lightning_flags_layer_over_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().to_str().unwrap();
+        let base = ["--datadir", datadir, "--bitcoind-cookie", "/c"];
+        let config = Config::from_args(argv(&base)).unwrap();
+        assert_eq!(config.lightning, LightningSetting::Off);
+        assert_eq!(config.ln_dir(), dir.path().join("regtest").join("ln"));
+        std::fs::write(dir.path().join(CONF_FILE_NAME), "lightning=1\n").unwrap();
+        assert_eq!(
+            Config::from_args(argv(&base)).unwrap().lightning,
+            LightningSetting::Ldk {
+                listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_LN_PORT))
+            }
+        );
+        let mut flags = base.to_vec();
+        flags.extend(["--ln-listen", "127.0.0.1:19735"]);
+        assert_eq!(
+            Config::from_args(argv(&flags)).unwrap().lightning,
+            LightningSetting::Ldk {
+                listen: SocketAddr::from(([127, 0, 0, 1], 19735))
+            }
+        );
+        flags.push("--lightning=0");
+        assert_eq!(
+            Config::from_args(argv(&flags)).unwrap().lightning,
+            LightningSetting::Off
+        );
+        assert!(Config::from_args(argv(&["--datadir", datadir, "--ln-listen", "x"])).is_err());
     }
 
     #[test]

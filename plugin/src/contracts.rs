@@ -13,7 +13,9 @@ use crate::farmer::records::FarmedContract;
 use crate::jsonrpc::{code, RpcError};
 use crate::methods::Params;
 use crate::renter::records::{AuditRequest, RentedContract, StoragePhase, TowerRecord};
-use crate::renter::{verify_fraud_file, RenterError, TX1_REFUND_NAME, TX2_REFUND_NAME};
+use crate::renter::{
+    verify_fraud_file, DownloadMode, RenterError, TX1_REFUND_NAME, TX2_REFUND_NAME,
+};
 use crate::wire::PeerCallError;
 
 fn renter_error(e: RenterError) -> RpcError {
@@ -231,6 +233,7 @@ pub(crate) async fn download(app: &Arc<App>, args: &Params<'_>) -> Result<Value,
                 .into(),
         )),
     };
+    let mode = download_mode(args)?;
     if app.files.load(&id).map_err(|e| e.to_rpc())?.is_some() {
         return app
             .files
@@ -239,9 +242,22 @@ pub(crate) async fn download(app: &Arc<App>, args: &Params<'_>) -> Result<Value,
             .map_err(|e| e.to_rpc());
     }
     app.renter
-        .download(&id, &output, wait)
+        .download_in_mode(&id, &output, wait, mode)
         .await
         .map_err(|e| rpc_error(&e))
+}
+
+/// `[mode]` of `dstore-download` (its last parameter): ln, chain or auto (the default).
+fn download_mode(args: &Params<'_>) -> Result<DownloadMode, RpcError> {
+    let position = crate::methods::find("dstore-download")
+        .and_then(|m| m.params.iter().position(|p| p.name == "mode"))
+        .unwrap_or(usize::MAX);
+    match args.string(position)? {
+        None => Ok(DownloadMode::Auto),
+        Some(text) => text
+            .parse()
+            .map_err(|e: String| RpcError::new(code::INVALID_PARAMETER, e)),
+    }
 }
 
 /// `dstore-repair <file_id> [farmer_urls|auto] [wait_seconds]`.
@@ -382,7 +398,12 @@ fn rented_json(app: &App, record: &RentedContract, detail: bool) -> Value {
             "expiry_height": record.receipt.map(|r| r.expiry_height),
             "downloads": record.downloads.iter().map(|d| json!({
                 "download_id": hex::encode(d.download_id),
+                "mode": if d.ln.is_some() { "ln" } else { "chain" },
                 "phase": d.phase,
+                "payment_hash": d.ln.as_ref().and_then(|ln| ln.payment_hash).map(hex::encode),
+                "price_msat": d.ln.as_ref().map(|ln| ln.price_msat),
+                "fee_msat": d.ln.as_ref().and_then(|ln| ln.fee_msat),
+                "invoice": d.ln.as_ref().and_then(|ln| ln.invoice.clone()),
                 "tx1": d.tx1_outpoint.map(|o| o.txid.to_string()),
                 "tx2": d.tx2_txid.map(|t| t.to_string()),
                 "tx3": d.tx3_txid.map(|t| t.to_string()),
@@ -465,6 +486,13 @@ fn farmed_json(app: &App, record: &FarmedContract, detail: bool) -> Value {
                 "stake_sat": a.proposal.terms.stake.to_sat(),
                 "renter_caught": a.caught,
             })),
+            "ln_downloads": record.ln_downloads.iter().map(|d| json!({
+                "download_id": hex::encode(d.download_id),
+                "phase": d.phase,
+                "payment_hash": hex::encode(d.transcript.payment_hash),
+                "price_msat": d.transcript.price_msat,
+                "invoiced": d.invoice.is_some(),
+            })).collect::<Vec<_>>(),
         });
         merge(&mut value, extra);
     }

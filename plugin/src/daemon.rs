@@ -10,11 +10,13 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::bitcoind::{Bitcoind, BitcoindError};
-use crate::config::{Config, FarmerSettings};
+use crate::config::{Config, FarmerSettings, LightningSetting};
 use crate::cookie::CookieFile;
 use crate::db::Db;
 use crate::farmer::{Farmer, FarmerConfig};
 use crate::jsonrpc::code;
+use crate::ln::ldk::{LdkNode, LdkSettings};
+use crate::ln::{Lightning, LnError};
 use crate::market::Market;
 use crate::renter::Renter;
 use crate::server;
@@ -65,13 +67,19 @@ pub enum StartError {
     Market(crate::db::DbError),
     #[error("farmer storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("Lightning: {0}")]
+    Lightning(#[from] crate::ln::LnError),
 }
 
 /// Runs the daemon until `dstore-stop`, SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let started = start(config, true).await?;
+    let lightning = started.app.lightning.clone();
     if let Some((listener, cookie)) = started.rpc {
         server::serve(started.app, cookie, listener).await;
+    }
+    if let Some(lightning) = lightning {
+        lightning.stop().await;
     }
     tracing::info!("dstore-plugin stopped");
     Ok(())
@@ -111,6 +119,7 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
     let wallet = Arc::new(open_wallet(&config).await?);
     let db = Arc::new(Db::open(&config.network_dir().join("db"))?);
     let seed = *wallet.seed();
+    let lightning = start_lightning(&config).await?;
     let tower = config
         .watchtower
         .clone()
@@ -135,13 +144,14 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
                 .auditor
                 .clone()
                 .map(|settings| Arc::new(TowerClient::new(settings))),
-        ),
+        )
+        .with_lightning(lightning.clone()),
     );
     let farmer = match &config.farmer {
         None => None,
         Some(settings) => {
-            let tower = tower.clone();
-            Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet, tower).await?)
+            let (tower, ln) = (tower.clone(), lightning.clone());
+            Some(start_farmer(&config, settings, seed, &db, &bitcoind, &wallet, tower, ln).await?)
         }
     };
     let addr = format!("{}:{}", config.rpc_bind, config.rpc_port);
@@ -187,14 +197,10 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
         Market::open(db.clone(), config.market.clone(), config.network.name())
             .map_err(StartError::Market)?,
     );
-    let app = Arc::new(App::new(
-        config,
-        bitcoind,
-        wallet,
-        renter,
-        farmer.clone(),
-        market,
-    ));
+    let app = Arc::new(
+        App::new(config, bitcoind, wallet, renter, farmer.clone(), market)
+            .with_lightning(lightning),
+    );
     tokio::spawn(stop_on_signal(app.clone()));
     start_market(&app);
     app.renter.resume_uploads()?;
@@ -220,6 +226,67 @@ pub async fn start(config: Config, rpc_server: bool) -> Result<Started, StartErr
     Ok(Started { app, rpc })
 }
 
+/// The Lightning node the configuration asks for: the embedded LDK node (chain source the
+/// same bitcoind over RPC) or lightningd.
+async fn start_lightning(config: &Config) -> Result<Option<Lightning>, StartError> {
+    match &config.lightning {
+        LightningSetting::Off => Ok(None),
+        LightningSetting::Cln { rpc_path } => Ok(Some(Lightning::Cln(Arc::new(
+            crate::ln::cln::ClnNode::start(rpc_path.clone()).await?,
+        )))),
+        LightningSetting::Ldk { listen } => {
+            let (rpc_host, rpc_port) = rpc_host_port(&config.bitcoind_rpc_url)?;
+            let (rpc_user, rpc_password) = rpc_credentials(&config.bitcoind_auth)?;
+            let settings = LdkSettings {
+                dir: config.ln_dir(),
+                network: config.network.to_bitcoin(),
+                listen: *listen,
+                rpc_host,
+                rpc_port,
+                rpc_user,
+                rpc_password,
+                never_settle: crate::dev_fault!(config.dev_fault, LnNeverSettle),
+            };
+            Ok(Some(Lightning::Ldk(LdkNode::start(settings).await?)))
+        }
+    }
+}
+
+/// bitcoind's RPC host and port, from `--bitcoind-rpc-url`.
+fn rpc_host_port(url: &str) -> Result<(String, u16), LnError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| LnError::InvalidParameter(format!("bitcoind RPC URL: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| LnError::InvalidParameter("bitcoind RPC URL has no host".into()))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| LnError::InvalidParameter("bitcoind RPC URL has no port".into()))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// The user and password LDK's RPC client sends: the cookie's `__cookie__:<password>`, or
+/// `--bitcoind-rpc-user`/`--bitcoind-rpc-password`.
+fn rpc_credentials(auth: &crate::config::BitcoindAuth) -> Result<(String, String), LnError> {
+    match auth {
+        crate::config::BitcoindAuth::UserPass { user, password } => {
+            Ok((user.clone(), password.clone()))
+        }
+        crate::config::BitcoindAuth::Cookie(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                LnError::Store(format!(
+                    "cannot read bitcoind's cookie {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let (user, password) = text.trim().split_once(':').ok_or_else(|| {
+                LnError::Store(format!("bitcoind's cookie {} is malformed", path.display()))
+            })?;
+            Ok((user.to_string(), password.to_string()))
+        }
+    }
+}
+
 /// The market scanner and the advert/evidence refresh, both stopping with the daemon.
 fn start_market(app: &Arc<App>) {
     let (market, bitcoind) = (app.market.clone(), app.bitcoind.clone());
@@ -233,6 +300,7 @@ fn start_market(app: &Arc<App>) {
     tokio::spawn(market.refresh_loop(async move { stop.shutdown_requested().await }));
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_farmer(
     config: &Config,
     settings: &FarmerSettings,
@@ -241,6 +309,7 @@ async fn start_farmer(
     bitcoind: &Arc<Bitcoind>,
     wallet: &Arc<PluginWallet>,
     tower: Option<Arc<TowerClient>>,
+    lightning: Option<Lightning>,
 ) -> Result<Arc<Farmer>, StartError> {
     let blobs = match &settings.storage_url {
         None => BlobStore::local(&settings.storage_dir)?,
@@ -265,7 +334,8 @@ async fn start_farmer(
             tx2_broadcast_margin_blocks: settings.tx2_broadcast_margin_blocks,
             market: settings.market.clone(),
         },
-    )?;
+    )?
+    .with_lightning(lightning);
     farmer.resume().await?;
     tracing::info!(peer = %settings.peer_bind, "farmer role on");
     Ok(Arc::new(farmer))

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod db;
 pub mod farmer;
 pub mod files;
+pub mod ln;
 pub mod locks;
 pub mod market;
 pub mod methods;

@@ -128,8 +128,9 @@ pub const METHODS: &[MethodSpec] = &[
             param("contract_id", true, "the contract id dstore-open returned"),
             param("output_path", true, "where to write the file (written only if it checks out)"),
             param("wait_seconds", false, "wait up to this many seconds for the download to finish (default: return once it only waits for the chain)"),
+            param("mode", false, "how the download is paid: ln (mode N, over Lightning), chain (mode L) or auto (default: ln when both sides have Lightning and the price looks routable, else chain)"),
         ],
-        description: "Buys one download through the mode-L chain (TX1 from the plugin wallet, TX2, Groth16 proof, TX3), then unseals, decrypts and checks the file against root_C. The download runs in the background: once it only waits for the chain (TX1's confirmations, then the farmer's TX2) the call returns {status: \"waiting\", download_id, phase, waiting_for}, or after wait_seconds {status: \"running\" or \"waiting\", ...}; it goes on by itself, also after a restart, and dstore-status shows it. Calling dstore-download again on the contract then waits for that download (up to wait_seconds) or returns its outcome, without paying twice; once its outcome was returned, the next call buys a new download. A finished download returns {status: \"done\", output, bytes, tx1, tx2, tx3}. Given a file id (dstore-open with shards) it downloads K shards in parallel, each through its own mode-L chain (a shard whose download fails is replaced by another), decodes and decrypts them and checks C's root before the output is written; same reply shapes, with the shards used.",
+        description: "Buys one download through the mode-L chain (TX1 from the plugin wallet, TX2, Groth16 proof, TX3), then unseals, decrypts and checks the file against root_C. The download runs in the background: once it only waits for the chain (TX1's confirmations, then the farmer's TX2) the call returns {status: \"waiting\", download_id, phase, waiting_for}, or after wait_seconds {status: \"running\" or \"waiting\", ...}; it goes on by itself, also after a restart, and dstore-status shows it. Calling dstore-download again on the contract then waits for that download (up to wait_seconds) or returns its outcome, without paying twice; once its outcome was returned, the next call buys a new download. A finished download returns {status: \"done\", output, bytes, tx1, tx2, tx3}. Given a file id (dstore-open with shards) it downloads K shards in parallel, each through its own mode-L chain (a shard whose download fails is replaced by another), decodes and decrypts them and checks C's root before the output is written; same reply shapes, with the shards used. With mode ln (or auto when this plugin has Lightning, the farmer advertises a node and the price looks routable) a contract's download is paid over Lightning instead (mode N): the sealed copy is checked against root_E and the invoice against the farmer's signed transcript before paying, no transaction goes on the chain, and it returns {status: \"done\", mode: \"ln\", output, bytes, payment_hash, fee_msat, price_msat}; a payment still pending after the wait returns {status: \"waiting\", waiting_for: \"lightning payment\"}; a failed payment ends the download as failed with nothing paid (dstore-status says why). Mode-L replies carry mode: \"chain\".",
     },
     MethodSpec {
         name: "dstore-repair",
@@ -191,6 +192,41 @@ pub const METHODS: &[MethodSpec] = &[
         description: "Verifies a fraud proof and posts it to farmers' evidence boards (POST /dstore/v1/evidence); the accused farmer is marked burned.",
     },
     MethodSpec {
+        name: "dstore-ln-getinfo",
+        params: &[],
+        description: "Lightning (--lightning): the embedded node's id, peer addresses, network, the block its wallet is synced to, its channels (all and usable) and its balances: on-chain (onchain_sat, spendable_onchain_sat) and in channels (lightning_sat).",
+    },
+    MethodSpec {
+        name: "dstore-ln-newaddress",
+        params: &[],
+        description: "Lightning: a new address of the embedded node's own on-chain wallet (it funds channels; separate from the plugin wallet). Returns {address}.",
+    },
+    MethodSpec {
+        name: "dstore-ln-connect",
+        params: &[param("peer", true, "the peer as node_id@host:port")],
+        description: "Lightning: connects the embedded node to a peer (and reconnects after restarts).",
+    },
+    MethodSpec {
+        name: "dstore-ln-openchannel",
+        params: &[
+            param("node_id", true, "the peer's node id, or node_id@host:port to connect first"),
+            param("amount_sat", true, "the channel's capacity in satoshis, from the Lightning wallet"),
+            param("push_sat", false, "satoshis given to the peer at opening (default 0)"),
+            param("announce", false, "true: an announced (public) channel that the peer and this node forward payments over; default false, a private channel (enough for paying a farmer directly)"),
+        ],
+        description: "Lightning: opens a channel from the embedded node's on-chain wallet (which also keeps a 25000 sat anchor reserve; so must the peer's, if it is an LDK node). Returns {channel_id, user_channel_id, funding_txid} once the funding transaction is broadcast; the channel is usable after 6 confirmations (dstore-ln-listchannels: is_usable).",
+    },
+    MethodSpec {
+        name: "dstore-ln-listchannels",
+        params: &[],
+        description: "Lightning: the embedded node's channels: [{channel_id, user_channel_id, counterparty_node_id, capacity_sat, outbound_msat, inbound_msat, is_channel_ready, is_usable, funding_txid}].",
+    },
+    MethodSpec {
+        name: "dstore-ln-closechannel",
+        params: &[param("channel_id", true, "the channel id (hex) or user channel id from dstore-ln-listchannels")],
+        description: "Lightning: closes a channel cooperatively; the funds return to the Lightning wallet once the closing transaction confirms.",
+    },
+    MethodSpec {
         name: "dstore-stop",
         params: &[],
         description: "Stops dstore-plugin (bitcoind keeps running; `stop` is forwarded to bitcoind).",
@@ -237,6 +273,12 @@ pub async fn dispatch(app: &Arc<App>, method: &str, params: &Value) -> Result<Va
         "dstore-unbond" => crate::market::announce::unbond(app, &args).await,
         "dstore-farmers" => crate::market::methods::farmers(app, &args).await,
         "dstore-publish-fraud" => crate::market::evidence::publish_fraud(app, &args).await,
+        "dstore-ln-getinfo" => crate::ln::methods::getinfo(app).await,
+        "dstore-ln-newaddress" => crate::ln::methods::new_address(app).await,
+        "dstore-ln-connect" => crate::ln::methods::connect(app, &args).await,
+        "dstore-ln-openchannel" => crate::ln::methods::open_channel(app, &args).await,
+        "dstore-ln-listchannels" => crate::ln::methods::list_channels(app).await,
+        "dstore-ln-closechannel" => crate::ln::methods::close_channel(app, &args).await,
         "dstore-stop" => {
             app.request_shutdown();
             Ok(json!("dstore-plugin stopping"))
@@ -420,6 +462,18 @@ impl<'a> Params<'a> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(type_error(self.name(i), "a string")),
+        }
+    }
+
+    /// A boolean given as JSON true/false or, as bitcoin-cli sends unknown methods' arguments,
+    /// the text "true"/"false" (or "1"/"0").
+    pub(crate) fn boolean(&self, i: usize) -> Result<Option<bool>, RpcError> {
+        match self.get(i) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if s == "true" || s == "1" => Ok(Some(true)),
+            Some(Value::String(s)) if s == "false" || s == "0" => Ok(Some(false)),
+            Some(_) => Err(type_error(self.name(i), "true or false")),
         }
     }
 

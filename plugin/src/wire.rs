@@ -74,6 +74,9 @@ pub struct FarmerInfo {
     pub network: String,
     pub price_per_download_sat: u64,
     pub max_file_bytes: u64,
+    /// The farmer's Lightning node, when it sells downloads over Lightning (mode N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lightning: Option<crate::ln::LnPeerInfo>,
 }
 
 /// An error as the farmer reports it (bitcoind's JSON-RPC error shape).

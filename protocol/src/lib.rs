@@ -12,6 +12,7 @@
 //! * [`receipt`]: the farmer's signed storage receipt (1.3).
 //! * [`keys`]: BIP32 per-contract keys, commit-then-reveal, joint key (2).
 //! * [`seal`]: sealing under the joint key, unsealing, fraud proofs (3.1).
+//! * [`ln`]: mode N: sealing under a Lightning preimage, invoice check, fraud proofs (4b).
 //! * [`contract`]: TX1/TX2/TX3 and refund descriptors and transactions (3.2).
 //! * [`nonce_reuse`]: the farmer's reused-nonce TX2 signatures and template (3.3).
 //! * [`extract`]: recovering f from a TX1 spend (3.6).
@@ -29,6 +30,7 @@ pub mod erasure;
 pub mod extract;
 pub mod hashing;
 pub mod keys;
+pub mod ln;
 pub mod market;
 pub mod merkle;
 pub mod messages;

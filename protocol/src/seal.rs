@@ -164,7 +164,7 @@ fn keystream_at(key: &[u8; 32], offset: u64) -> Result<ChaCha20, SealError> {
 }
 
 /// XORs `reader` with the keystream into `writer`; returns the byte count.
-fn xor_stream(
+pub(crate) fn xor_stream(
     key: &[u8; 32],
     mut reader: impl Read,
     mut writer: impl Write,
@@ -248,10 +248,18 @@ pub fn check_sealed_copy(
     transcript: &SealTranscript,
     sealed: impl Read,
 ) -> Result<MerkleTree, SealError> {
+    sealed_tree_matching(&transcript.sealed_commitment(), sealed)
+}
+
+/// Builds E's tree from `sealed` and checks it against the signed root_E and length.
+pub(crate) fn sealed_tree_matching(
+    signed: &MerkleCommitment,
+    sealed: impl Read,
+) -> Result<MerkleTree, SealError> {
     let mut builder = MerkleBuilder::recording_leaves();
     io::copy(&mut { sealed }, &mut builder)?;
     let tree = builder.finish_tree()?;
-    if tree.commitment() != transcript.sealed_commitment() {
+    if tree.commitment() != *signed {
         return Err(SealError::RootMismatch);
     }
     Ok(tree)
@@ -281,10 +289,19 @@ pub fn unseal_segment(
     index: u64,
     segment: &[u8],
 ) -> Result<Vec<u8>, SealError> {
+    unseal_segment_with_key(&shared_key(joint_secret, ephemeral)?, index, segment)
+}
+
+/// Unseals segment `index` under a seal key (mode L or mode N).
+pub(crate) fn unseal_segment_with_key(
+    key: &[u8; 32],
+    index: u64,
+    segment: &[u8],
+) -> Result<Vec<u8>, SealError> {
     let offset = index
         .checked_mul(SEGMENT_SIZE as u64)
         .ok_or(SealError::KeystreamExhausted)?;
-    let mut cipher = keystream_at(&shared_key(joint_secret, ephemeral)?, offset)?;
+    let mut cipher = keystream_at(key, offset)?;
     let mut out = segment.to_vec();
     cipher
         .try_apply_keystream(&mut out)
@@ -297,10 +314,20 @@ pub fn unseal_segment(
 pub fn find_bad_segment(
     joint_secret: &SecretKey,
     ephemeral: &PublicKey,
+    sealed: impl Read,
+    ciphertext_tree: &MerkleTree,
+) -> Result<Option<(u64, Vec<u8>)>, SealError> {
+    let key = shared_key(joint_secret, ephemeral)?;
+    find_bad_segment_with_key(&key, sealed, ciphertext_tree)
+}
+
+/// [`find_bad_segment`] under a seal key (mode L or mode N).
+pub(crate) fn find_bad_segment_with_key(
+    key: &[u8; 32],
     mut sealed: impl Read,
     ciphertext_tree: &MerkleTree,
 ) -> Result<Option<(u64, Vec<u8>)>, SealError> {
-    let mut cipher = keystream_at(&shared_key(joint_secret, ephemeral)?, 0)?;
+    let mut cipher = keystream_at(key, 0)?;
     let mut segment = vec![0u8; SEGMENT_SIZE];
     let mut index = 0u64;
     loop {

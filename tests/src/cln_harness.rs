@@ -6,6 +6,12 @@
 //! `<lightning-dir>/lightning-rpc` for the calls the plugin makes (`getinfo`,
 //! `listconfigs`, `sendcustommsg`). Everything the plugin writes to stdout is kept, so a
 //! test can check that it is nothing but protocol messages.
+//!
+//! Backed by a real in-process LDK node ([`LightningdNode`], see [`crate::cln_lightning`]),
+//! the socket also answers lightningd's Lightning calls (`getinfo` then reports that node,
+//! `invoice`, `listinvoices`, `pay`, `xpay`, `listpays`, `listpeerchannels`), so a plugin in
+//! Core Lightning mode really pays and is paid over a channel. [`FakeLightningd`] serves
+//! the same socket without a plugin.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+pub use crate::cln_lightning::{lightningd_call, LightningdNode};
 use crate::{bins, tail};
 
 /// This node's id, as the fake lightningd's `getinfo` reports it.
@@ -87,6 +94,11 @@ pub struct ClnPlugin {
 impl ClnPlugin {
     /// Starts the plugin process and the RPC socket; no message sent yet.
     pub fn spawn(bitcoin: BitcoinSettings) -> Self {
+        Self::spawn_with_lightning(bitcoin, None)
+    }
+
+    /// Like [`spawn`](Self::spawn), the socket answering Lightning calls with `ln`.
+    pub fn spawn_with_lightning(bitcoin: BitcoinSettings, ln: Option<Arc<LightningdNode>>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("dstore-cln-")
             .tempdir()
@@ -98,6 +110,7 @@ impl ClnPlugin {
             &lightning_dir.join("lightning-rpc"),
             bitcoin,
             rpc_log.clone(),
+            ln,
         );
         let stderr = File::create(lightning_dir.join("plugin-stderr.log")).expect("stderr log");
         let mut child = Command::new(bins::dstore_plugin())
@@ -125,7 +138,16 @@ impl ClnPlugin {
 
     /// Spawns, sends `getmanifest` and `init` with `options`; returns the init reply.
     pub fn start(bitcoin: BitcoinSettings, options: Value) -> (Self, Value) {
-        let plugin = Self::spawn(bitcoin);
+        Self::start_with_lightning(bitcoin, options, None)
+    }
+
+    /// Like [`start`](Self::start), the socket answering Lightning calls with `ln`.
+    pub fn start_with_lightning(
+        bitcoin: BitcoinSettings,
+        options: Value,
+        ln: Option<Arc<LightningdNode>>,
+    ) -> (Self, Value) {
+        let plugin = Self::spawn_with_lightning(bitcoin, ln);
         plugin.getmanifest();
         let init = plugin.init(options);
         (plugin, init)
@@ -440,20 +462,64 @@ fn read_stdout(mut stdout: impl Read + Send + 'static, inbox: Shared<Inbox>) {
     });
 }
 
+/// lightningd's JSON-RPC socket without a plugin: for driving the Lightning calls directly
+/// (raw JSON through [`lightningd_call`], or cln-rpc).
+pub struct FakeLightningd {
+    pub socket: PathBuf,
+    pub rpc_log: Shared<RpcLog>,
+    _dir: TempDir,
+}
+
+impl FakeLightningd {
+    /// Serves `<tempdir>/lightning-rpc`, answering Lightning calls with `ln`.
+    pub fn serve(bitcoin: BitcoinSettings, ln: Arc<LightningdNode>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dstore-lightningd-")
+            .tempdir()
+            .expect("lightning dir");
+        let socket = dir.path().join("lightning-rpc");
+        let rpc_log: Shared<RpcLog> = Arc::default();
+        serve_rpc(&socket, bitcoin, rpc_log.clone(), Some(ln));
+        FakeLightningd {
+            socket,
+            rpc_log,
+            _dir: dir,
+        }
+    }
+
+    /// One raw call (named or positional params, as given).
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, Value> {
+        lightningd_call(&self.socket, method, params)
+    }
+}
+
 /// Serves lightningd's JSON-RPC socket for the calls the plugin makes.
-fn serve_rpc(path: &Path, bitcoin: BitcoinSettings, log: Shared<RpcLog>) {
+fn serve_rpc(
+    path: &Path,
+    bitcoin: BitcoinSettings,
+    log: Shared<RpcLog>,
+    ln: Option<Arc<LightningdNode>>,
+) {
     let listener = UnixListener::bind(path).expect("bind lightning-rpc");
+    // Weak: the test owns the node, and it stops when the test drops it.
+    let ln = ln.as_ref().map(Arc::downgrade);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
             let bitcoin = bitcoin.clone();
             let log = log.clone();
-            std::thread::spawn(move || serve_connection(stream, &bitcoin, &log));
+            let ln = ln.clone();
+            std::thread::spawn(move || serve_connection(stream, &bitcoin, &log, &ln));
         }
     });
 }
 
-fn serve_connection(mut stream: UnixStream, bitcoin: &BitcoinSettings, log: &Shared<RpcLog>) {
+fn serve_connection(
+    mut stream: UnixStream,
+    bitcoin: &BitcoinSettings,
+    log: &Shared<RpcLog>,
+    ln: &Option<std::sync::Weak<LightningdNode>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
@@ -462,11 +528,8 @@ fn serve_connection(mut stream: UnixStream, bitcoin: &BitcoinSettings, log: &Sha
             return;
         }
         buf.extend_from_slice(&chunk[..n]);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let message: Vec<u8> = buf.drain(..end + 2).collect();
-            let Ok(request) = serde_json::from_slice::<Value>(&message[..end]) else {
-                continue;
-            };
+        // lightningd reads one JSON object after another, with or without "\n\n" between.
+        while let Some(request) = next_request(&mut buf) {
             let method = request["method"].as_str().unwrap_or("").to_string();
             let params = request["params"].clone();
             {
@@ -477,7 +540,11 @@ fn serve_connection(mut stream: UnixStream, bitcoin: &BitcoinSettings, log: &Sha
                     .push((method.clone(), params.clone()));
                 cvar.notify_all();
             }
-            let outcome = answer(&method, &params, bitcoin);
+            let outcome = ln
+                .as_ref()
+                .and_then(std::sync::Weak::upgrade)
+                .and_then(|ln| ln.answer(&method, &params))
+                .unwrap_or_else(|| answer(&method, &params, bitcoin));
             let mut reply = json!({"jsonrpc": "2.0", "id": request["id"]});
             match outcome {
                 Ok(result) => reply["result"] = result,
@@ -488,6 +555,24 @@ fn serve_connection(mut stream: UnixStream, bitcoin: &BitcoinSettings, log: &Sha
             if stream.write_all(&bytes).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// The next whole JSON value at the front of `buf`, removed from it; None while incomplete.
+/// Unparseable bytes are dropped (lightningd would close the connection).
+fn next_request(buf: &mut Vec<u8>) -> Option<Value> {
+    let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
+    match stream.next() {
+        Some(Ok(value)) => {
+            let used = stream.byte_offset();
+            buf.drain(..used);
+            Some(value)
+        }
+        Some(Err(e)) if e.is_eof() => None,
+        _ => {
+            buf.clear();
+            None
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod audit_fixture;
 pub mod bins;
 pub mod cln_harness;
+pub mod cln_lightning;
 pub mod crs_cache;
 pub mod funding;
 pub mod harden_audit;
@@ -17,6 +18,7 @@ pub mod harden_download;
 pub mod harden_peer;
 pub mod harden_refund;
 pub mod harden_tx2;
+pub mod ln;
 pub mod market;
 pub mod market_fixture;
 pub mod node;

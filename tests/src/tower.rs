@@ -78,6 +78,11 @@ impl TowerProcess {
         cmd
     }
 
+    /// Replaces the extra flags the next [`restart`](Self::restart) runs with.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// (Re)starts the process on the same datadir and waits for its RPC.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the tower is already running");

@@ -279,6 +279,7 @@ fn hostile_farmer(identity: Keypair, terms: Arc<Mutex<Terms>>) -> HostileServer 
                 network: "regtest".into(),
                 price_per_download_sat: 20_000,
                 max_file_bytes: 1 << 30,
+                lightning: None,
             };
             return Answer::json(200, serde_json::to_vec(&info).unwrap());
         }
@@ -406,6 +407,7 @@ fn harden_oversized_or_redirected_reply_is_refused() {
         network: "regtest".into(),
         price_per_download_sat: 20_000,
         max_file_bytes: 1 << 30,
+        lightning: None,
     })
     .unwrap();
 

@@ -67,6 +67,45 @@ pub struct Args {
     /// Segments per off-chain Merkle audit, 1 to 256 (default 16)
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub merkle_audit_k: Option<u32>,
+
+    /// Test-only misbehaviour, for the functional tests. Exists only in builds with the
+    /// `dev-fault` Cargo feature (the tests' build), never in a release.
+    #[cfg(feature = "dev-fault")]
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub dev_fault: Option<DevFault>,
+}
+
+/// Faults the functional tests make a real tower process commit. Hidden from `--help`,
+/// and compiled only with the `dev-fault` Cargo feature: test faults are not in the
+/// product.
+#[cfg(feature = "dev-fault")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevFault {
+    /// Pauses 20 ms after each compaction, so a test can kill -9 the tower in the middle
+    /// of compacting many contracts.
+    SlowCompaction,
+}
+
+/// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.
+#[cfg(not(feature = "dev-fault"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevFault {}
+
+/// Whether the test-only fault `$fault` (a [`DevFault`] variant) is set in `$setting` (an
+/// `Option<DevFault>`); always false in builds without the `dev-fault` feature, where the
+/// variant names do not exist.
+#[macro_export]
+macro_rules! dev_fault {
+    ($setting:expr, $fault:ident) => {{
+        #[cfg(feature = "dev-fault")]
+        let on = $setting == Some($crate::config::DevFault::$fault);
+        #[cfg(not(feature = "dev-fault"))]
+        let on = {
+            let _: &Option<$crate::config::DevFault> = &$setting;
+            false
+        };
+        on
+    }};
 }
 
 /// Default segments per Merkle audit.
@@ -89,6 +128,8 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     pub poll_seconds: u64,
     pub auditor: AuditorSettings,
+    /// A test-only fault (`--dev-fault`, builds with the `dev-fault` feature only).
+    pub dev_fault: Option<DevFault>,
 }
 
 impl Config {
@@ -129,6 +170,10 @@ impl Config {
                 merkle_every: args.merkle_audit_every.unwrap_or(0),
                 merkle_k: args.merkle_audit_k.unwrap_or(DEFAULT_MERKLE_AUDIT_K),
             },
+            #[cfg(feature = "dev-fault")]
+            dev_fault: args.dev_fault,
+            #[cfg(not(feature = "dev-fault"))]
+            dev_fault: None,
             datadir,
         })
     }
@@ -170,5 +215,19 @@ mod tests {
         assert_eq!((flag.auditor.merkle_every, flag.auditor.merkle_k), (2, 4));
         assert!(config(&["--merkle-audit-k=0"], &[]).is_err());
         assert!(config(&["--merkle-audit-k=257"], &[]).is_err());
+    }
+
+    #[cfg(not(feature = "dev-fault"))]
+    #[test]
+    fn no_dev_fault_flag_without_the_feature() {
+        assert!(config(&["--dev-fault=slow-compaction"], &[]).is_err());
+        assert_eq!(config(&[], &[]).unwrap().dev_fault, None);
+    }
+
+    #[cfg(feature = "dev-fault")]
+    #[test]
+    fn the_dev_fault_flag_in_test_builds() {
+        let config = config(&["--dev-fault=slow-compaction"], &[]).unwrap();
+        assert_eq!(config.dev_fault, Some(DevFault::SlowCompaction));
     }
 }

@@ -2,10 +2,11 @@
 //! the extracted key (public once TX2 is out, but only shown to authenticated callers),
 //! what it has seen on the chain and, for an audit contract, the `audits` section
 //! ([`dstore_protocol::watch::auditor::AuditsReport`] documents its shape). The
-//! registration itself is never shown: an auditor's salts stay in the tower.
+//! registration itself is never shown: an auditor's salts stay in the tower. A compacted
+//! contract shows its summary (`"compacted": true`): the key, how each transaction ended.
 
 use bitcoin::consensus::encode::serialize_hex;
-use dstore_protocol::watch::{TxState, Watch};
+use dstore_protocol::watch::{TxState, Watch, WatchSummary};
 use serde_json::{json, Value};
 
 pub fn summary(watch: &Watch, tip: Option<u32>) -> Value {
@@ -18,6 +19,45 @@ pub fn summary(watch: &Watch, tip: Option<u32>) -> Value {
         "settled": tip.is_some_and(|t| watch.settled(t)),
         "auditor": r.auditor.is_some(),
         "audits_failed": watch.audit.as_ref().is_some_and(|a| a.failure.is_some()),
+        "compacted": false,
+    })
+}
+
+/// The `tower-list` row of a compacted contract.
+pub fn compacted_summary(summary: &WatchSummary) -> Value {
+    json!({
+        "id": hex::encode(summary.id),
+        "role": summary.role,
+        "key_extracted": summary.key.is_some(),
+        "transactions": summary.outcomes.len(),
+        "settled": true,
+        "auditor": false,
+        "audits_failed": false,
+        "compacted": true,
+    })
+}
+
+/// `tower-status` of a compacted contract: the same fields where they still mean
+/// something, each transaction's final state, and no chain history.
+pub fn compacted_status(summary: &WatchSummary, tip: Option<u32>) -> Value {
+    let transactions: Vec<Value> = summary
+        .outcomes
+        .iter()
+        .map(|o| json!({"name": o.name, "txid": o.txid.to_string(), "status": o.status}))
+        .collect();
+    json!({
+        "id": hex::encode(summary.id),
+        "role": summary.role,
+        "tip_height": tip,
+        "key": summary.key.map(|k| json!({
+            "secret": hex::encode(k.secret_bytes()),
+            "tx2_txid": summary.tx2_txid.map(|t| t.to_string()),
+        })),
+        "transactions": transactions,
+        "settled": true,
+        "compacted": true,
+        "settled_height": summary.settled_height,
+        "compacted_height": summary.compacted_height,
     })
 }
 
@@ -60,6 +100,7 @@ pub fn status(watch: &Watch, tip: Option<u32>) -> Value {
         // re-signed under fresh nonces): the renter's dstore-refund refunds its output 0.
         "unexpected_spends": watch.unexpected_spends(),
         "settled": tip.is_some_and(|t| watch.settled(t)),
+        "compacted": false,
         "audits": watch.audits_report(tip),
     })
 }

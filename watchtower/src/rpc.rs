@@ -1,6 +1,6 @@
 //! The watchtower's JSON-RPC server, in bitcoind's dialect (HTTP POST, Basic auth against
-//! a cookie file, bitcoind's error codes): tower-register, tower-list, tower-status,
-//! tower-forget, tower-getinfo, help and stop.
+//! a cookie file, bitcoind's error codes): tower-register, tower-register-many,
+//! tower-list, tower-status, tower-forget, tower-getinfo, help and stop.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// few thousand transactions (see `MAX_REGISTRATION_JSON_BYTES`), plus the envelope.
 pub const MAX_REGISTER_BODY_BYTES: usize = MAX_REGISTRATION_JSON_BYTES + 4096;
 
-const HELP: &str = "tower-register {registration}\ntower-list\ntower-status \"id\"\ntower-forget \"id\"\ntower-getinfo\nhelp\nstop";
+const HELP: &str = "tower-register {registration}\ntower-register-many [registrations]\ntower-list\ntower-status \"id\"\ntower-forget \"id\"\ntower-getinfo\nhelp\nstop";
 
 /// Serves until `shutdown` flips to true; `stop` requests flip it.
 pub async fn serve(
@@ -94,7 +94,8 @@ async fn handle(
             return json_reply(status, &jsonrpc::reply(e.version, e.id, Err(e.error)));
         }
     };
-    if body.len() > MAX_BODY_BYTES && request.method != "tower-register" {
+    let big = ["tower-register", "tower-register-many"].contains(&request.method.as_str());
+    if body.len() > MAX_BODY_BYTES && !big {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large");
     }
     let outcome = dispatch(tower, shutdown, &request.method, &request.params).await;
@@ -123,7 +124,21 @@ pub async fn dispatch(
             let merge = tower.register(registration).await.map_err(tower_error)?;
             Ok(json!({"id": id, "result": merge}))
         }
-        "tower-list" => Ok(tower.list().await),
+        "tower-register-many" => {
+            let registrations = registrations_param(params)?;
+            let ids: Vec<String> = registrations.iter().map(|r| hex::encode(r.id)).collect();
+            let merges = tower
+                .register_many(registrations)
+                .await
+                .map_err(tower_error)?;
+            let rows: Vec<Value> = ids
+                .into_iter()
+                .zip(merges)
+                .map(|(id, merge)| json!({"id": id, "result": merge}))
+                .collect();
+            Ok(Value::Array(rows))
+        }
+        "tower-list" => tower.list().await.map_err(tower_error),
         "tower-status" => tower.status(&id_param(params)?).await.map_err(tower_error),
         "tower-forget" => {
             let id = id_param(params)?;
@@ -157,6 +172,30 @@ fn registration_param(params: &Value) -> Result<&Value, RpcError> {
     }
 }
 
+/// The registrations of `tower-register-many`: an array, positional or as `registrations`.
+fn registrations_param(params: &Value) -> Result<Vec<Registration>, RpcError> {
+    let list = match params {
+        Value::Array(items) if items.len() == 1 => items[0].as_array(),
+        Value::Object(map) => map.get("registrations").and_then(Value::as_array),
+        _ => None,
+    };
+    let items = list.ok_or_else(|| {
+        RpcError::new(
+            code::INVALID_PARAMS,
+            "usage: tower-register-many [registration, …]",
+        )
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            Registration::from_json(item).map_err(|e| {
+                RpcError::new(code::INVALID_PARAMETER, format!("registration {i}: {e}"))
+            })
+        })
+        .collect()
+}
+
 fn id_param(params: &Value) -> Result<WatchId, RpcError> {
     let value = match params {
         Value::Array(items) if items.len() == 1 => &items[0],
@@ -184,6 +223,9 @@ fn registration_error(e: RegistrationError) -> RpcError {
 fn tower_error(e: TowerError) -> RpcError {
     match e {
         TowerError::Registration(e) => registration_error(e),
+        e @ TowerError::BatchRegistration { .. } => {
+            RpcError::new(code::INVALID_PARAMETER, e.to_string())
+        }
         TowerError::UnknownWatch(id) => {
             RpcError::new(code::INVALID_PARAMETER, format!("no watch {id}"))
         }

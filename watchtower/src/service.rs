@@ -24,6 +24,8 @@ pub enum ServiceError {
     InitialBlockDownload,
     #[error("bitcoind is on {bitcoind}, the watchtower on {ours}")]
     WrongNetwork { bitcoind: String, ours: String },
+    #[error("this is a test build (Cargo feature dev-fault) and refuses to run on mainnet")]
+    TestBuildOnMainnet,
     #[error("cannot reach bitcoind at start-up: {0}")]
     Bitcoind(#[from] BitcoindError),
     #[error(transparent)]
@@ -48,6 +50,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
 pub async fn run(config: Config) -> Result<(), ServiceError> {
     // Secrets (cookie, extracted keys in the database) are created private.
     unsafe { libc::umask(0o077) };
+    if cfg!(feature = "dev-fault") {
+        if config.network == Network::Mainnet {
+            return Err(ServiceError::TestBuildOnMainnet);
+        }
+        tracing::warn!(fault = ?config.dev_fault, "test build: compiled with the dev-fault feature (test-only faults, refuses mainnet)");
+    }
     let bitcoind = Arc::new(Bitcoind::new(
         &config.bitcoind_rpc_url,
         config.bitcoind_auth.clone(),
@@ -60,7 +68,8 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let wallet =
         crate::wallet::TowerWallet::load_or_create(&dir.join("wallet.key"), config.network)
             .map_err(io("cannot load the tower's wallet key"))?;
-    let (tower, mut outcomes) = Tower::open(store, bitcoind, wallet, config.auditor)?;
+    let (tower, mut outcomes) =
+        Tower::open(store, bitcoind, wallet, config.auditor, config.dev_fault)?;
     let tower = Arc::new(tower);
     tower.reconcile().await?;
 

@@ -1,25 +1,37 @@
-//! The watchtower's durable state in RocksDB: one JSON record per watch (registration,
-//! extracted key, chain sightings, broadcast intents) and the last processed block. Every
-//! write is one synced batch, so a watch and the tip it was brought to move together.
+//! The watchtower's durable state in RocksDB. Per watch: one JSON record (registration,
+//! extracted key, chain sightings, broadcast intents) under `watch/<id>` and beside it a
+//! compact binary index record under `index/<id>` (its truncated keys, when it must be
+//! evaluated next, whether it holds a key: [`IndexRecord`]), from which start-up rebuilds
+//! the engine's index without reading the watches. A compacted watch is one JSON
+//! [`WatchSummary`] under `summary/<id>`. Plus the last processed block. Every write is one
+//! synced batch, so a watch, its index record and the tip it was brought to move
+//! together, and a compaction (summary in, watch and index record out) is atomic.
 //!
 //! An auditor watch's secrets (the candidates' segment indices and salts) never reach the
 //! database in clear: the record holds the watch with an empty `secrets` list and, beside
 //! it, the secrets sealed with the auditor key ([`crate::secrets`]); loading puts them
 //! back. Records are `{"watch": …, "sealed_secrets": null | {"nonce", "ciphertext"}}`;
-//! records of earlier versions (the bare watch) still load.
+//! records of earlier versions (the bare watch) still load, and a database written before
+//! index records existed gets them at its first opening.
 
 use std::path::Path;
 
 use bitcoin::BlockHash;
 use dstore_protocol::audit::candidates::CandidateSecret;
-use dstore_protocol::watch::{Watch, WatchId};
+use dstore_protocol::watch::{IndexRecord, Watch, WatchId, WatchSummary};
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::{Sealed, SecretBox, SecretsError};
 
 const WATCH_PREFIX: &str = "watch/";
+const INDEX_PREFIX: &str = "index/";
+const SUMMARY_PREFIX: &str = "summary/";
 const TIP_KEY: &str = "meta/tip";
+/// Present once every watch record has its index record.
+const INDEXED_KEY: &str = "meta/indexed";
+/// The index record's format version (its first byte).
+const INDEX_RECORD_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,6 +74,14 @@ fn watch_key(id: &WatchId) -> String {
     format!("{WATCH_PREFIX}{}", hex::encode(id))
 }
 
+fn index_key(id: &WatchId) -> String {
+    format!("{INDEX_PREFIX}{}", hex::encode(id))
+}
+
+fn summary_key(id: &WatchId) -> String {
+    format!("{SUMMARY_PREFIX}{}", hex::encode(id))
+}
+
 fn synced() -> WriteOptions {
     let mut options = WriteOptions::default();
     options.set_sync(true);
@@ -74,39 +94,161 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_keep_log_file_num(2);
-        Ok(Store {
+        let store = Store {
             db: DB::open(&options, dir)?,
             secrets,
-        })
+        };
+        store.add_missing_index_records()?;
+        Ok(store)
+    }
+
+    /// A database of an earlier version has watch records only: each gets its index
+    /// record, due at once (the tower evaluates every such watch at its first block).
+    fn add_missing_index_records(&self) -> Result<(), StoreError> {
+        if self.db.get(INDEXED_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let mut count = 0usize;
+        self.for_each_watch(|watch| {
+            let mut record = IndexRecord::of(&watch, 0);
+            record.wake = Some(0);
+            batch.put(index_key(&watch.registration.id), encode_index(&record));
+            count += 1;
+            Ok(())
+        })?;
+        batch.put(INDEXED_KEY, b"1");
+        self.db.write_opt(batch, &synced())?;
+        if count > 0 {
+            tracing::info!(
+                watches = count,
+                "index records added to a database of an earlier version"
+            );
+        }
+        Ok(())
     }
 
     pub fn tip(&self) -> Result<Option<Tip>, StoreError> {
         self.get(TIP_KEY)
     }
 
-    /// Every stored watch.
+    /// Every stored (not compacted) watch, whole: for tests and rare full scans only.
     pub fn watches(&self) -> Result<Vec<Watch>, StoreError> {
         let mut found = Vec::new();
-        let mode = IteratorMode::From(WATCH_PREFIX.as_bytes(), Direction::Forward);
-        for item in self.db.iterator(mode) {
-            let (key, value) = item?;
-            if !key.starts_with(WATCH_PREFIX.as_bytes()) {
-                break;
-            }
-            found.push(self.decode_watch(&String::from_utf8_lossy(&key), &value)?);
-        }
+        self.for_each_watch(|watch| {
+            found.push(watch);
+            Ok(())
+        })?;
         Ok(found)
     }
 
-    /// Writes `watches` and, if given, the new tip, in one synced batch.
+    /// Calls `each` with every stored watch in turn, one in memory at a time.
+    pub fn for_each_watch(
+        &self,
+        mut each: impl FnMut(Watch) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_under(WATCH_PREFIX, |key, value| {
+            each(self.decode_watch(key, value)?)
+        })
+    }
+
+    /// Every index record: what start-up reads.
+    pub fn index_records(&self) -> Result<Vec<IndexRecord>, StoreError> {
+        let mut found = Vec::new();
+        self.for_each_under(INDEX_PREFIX, |key, value| {
+            found.push(decode_index(key, value)?);
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Watch `id`, if stored whole.
+    pub fn load(&self, id: &WatchId) -> Result<Option<Watch>, StoreError> {
+        let key = watch_key(id);
+        match self.db.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => self.decode_watch(&key, &bytes).map(Some),
+        }
+    }
+
+    /// The summary of compacted watch `id`.
+    pub fn summary(&self, id: &WatchId) -> Result<Option<WatchSummary>, StoreError> {
+        self.get(&summary_key(id))
+    }
+
+    /// Calls `each` with every compacted watch's summary.
+    pub fn for_each_summary(
+        &self,
+        mut each: impl FnMut(WatchSummary) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_under(SUMMARY_PREFIX, |key, value| each(decode(key, value)?))
+    }
+
+    fn for_each_under(
+        &self,
+        prefix: &str,
+        mut each: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            each(&String::from_utf8_lossy(&key), &value)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces watch `id` by its summary, in one synced batch.
+    pub fn compact(&self, summary: &WatchSummary) -> Result<(), StoreError> {
+        self.compact_many([summary])
+    }
+
+    /// Replaces each summarised watch by its summary, all in one synced batch.
+    pub fn compact_many<'a>(
+        &self,
+        summaries: impl IntoIterator<Item = &'a WatchSummary>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for summary in summaries {
+            batch.put(summary_key(&summary.id), encode(summary));
+            batch.delete(watch_key(&summary.id));
+            batch.delete(index_key(&summary.id));
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Bytes of the database's files on disk, after flushing the memtable and compacting
+    /// away what deletions left behind (for the benchmark's disk figures).
+    pub fn disk_bytes(&self, dir: &Path) -> Result<u64, StoreError> {
+        self.db.flush()?;
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir).map_err(|e| corrupt(&dir.display().to_string(), e))? {
+            let entry = entry.map_err(|e| corrupt(&dir.display().to_string(), e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // Table files and the write-ahead log; not RocksDB's info logs.
+            if name.ends_with(".sst") || name.ends_with(".log") && !name.starts_with("LOG") {
+                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Writes `watches` with their index records and, if given, the new tip, in one
+    /// synced batch.
     pub fn save<'a>(
         &self,
-        watches: impl IntoIterator<Item = &'a Watch>,
+        watches: impl IntoIterator<Item = (&'a Watch, IndexRecord)>,
         tip: Option<Tip>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for watch in watches {
+        for (watch, record) in watches {
             batch.put(watch_key(&watch.registration.id), self.encode_watch(watch)?);
+            batch.put(index_key(&record.id), encode_index(&record));
         }
         if let Some(tip) = tip {
             batch.put(TIP_KEY, encode(&tip));
@@ -115,8 +257,13 @@ impl Store {
         Ok(())
     }
 
+    /// Removes watch `id` entirely: whole, index record, summary.
     pub fn forget(&self, id: &WatchId) -> Result<(), StoreError> {
-        self.db.delete_opt(watch_key(id), &synced())?;
+        let mut batch = WriteBatch::default();
+        batch.delete(watch_key(id));
+        batch.delete(index_key(id));
+        batch.delete(summary_key(id));
+        self.db.write_opt(batch, &synced())?;
         Ok(())
     }
 
@@ -182,6 +329,47 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+}
+
+/// An index record: version, flags (bit 0 key extracted, bit 1 pinned, bit 2 wake
+/// present), wake (u32 LE), the id, then the 8-byte keys (LE).
+fn encode_index(record: &IndexRecord) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(38 + 8 * record.keys.len());
+    let flags = u8::from(record.key_extracted)
+        | u8::from(record.pinned) << 1
+        | u8::from(record.wake.is_some()) << 2;
+    bytes.extend_from_slice(&[INDEX_RECORD_VERSION, flags]);
+    bytes.extend_from_slice(&record.wake.unwrap_or(0).to_le_bytes());
+    bytes.extend_from_slice(&record.id);
+    for key in &record.keys {
+        bytes.extend_from_slice(&key.to_le_bytes());
+    }
+    bytes
+}
+
+fn decode_index(key: &str, bytes: &[u8]) -> Result<IndexRecord, StoreError> {
+    let header = 2 + 4 + 32;
+    if bytes.len() < header || !(bytes.len() - header).is_multiple_of(8) {
+        return Err(corrupt(key, "an index record of a wrong length"));
+    }
+    if bytes[0] != INDEX_RECORD_VERSION {
+        return Err(corrupt(key, format!("index record version {}", bytes[0])));
+    }
+    let flags = bytes[1];
+    let wake = u32::from_le_bytes(bytes[2..6].try_into().expect("4 bytes"));
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&bytes[6..header]);
+    let keys = bytes[header..]
+        .chunks_exact(8)
+        .map(|k| u64::from_le_bytes(k.try_into().expect("8 bytes")))
+        .collect();
+    Ok(IndexRecord {
+        id,
+        keys,
+        wake: (flags & 4 != 0).then_some(wake),
+        key_extracted: flags & 1 != 0,
+        pinned: flags & 2 != 0,
+    })
 }
 
 fn corrupt(key: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -270,7 +458,9 @@ mod tests {
         let watch = auditor_watch();
         {
             let store = Store::open(&dir.path().join("db"), SecretBox::new(&key)).unwrap();
-            store.save([&watch], None).unwrap();
+            store
+                .save([(&watch, IndexRecord::of(&watch, 0))], None)
+                .unwrap();
             let raw = raw_records(&store);
             assert!(!contains(&raw, hex::encode(SALT).as_bytes()));
             assert!(!contains(&raw, &SALT));
@@ -306,6 +496,57 @@ mod tests {
         assert!(
             !dir.path().join("k").exists(),
             "no key made without a secret"
+        );
+    }
+
+    #[test]
+    fn a_database_without_index_records_gets_them_at_its_first_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut watch = auditor_watch();
+        watch.registration.auditor = None;
+        watch.audit = None;
+        watch.registration.watch_txids = vec![Txid::from_byte_array([8; 32])];
+        {
+            let store = Store::open(&db, SecretBox::new(&dir.path().join("k"))).unwrap();
+            store.db.delete(INDEXED_KEY).unwrap();
+            store
+                .db
+                .put(watch_key(&watch.registration.id), encode(&watch))
+                .unwrap();
+        }
+        let store = Store::open(&db, SecretBox::new(&dir.path().join("k"))).unwrap();
+        let records = store.index_records().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].keys, watch.index_keys());
+        assert_eq!(records[0].wake, Some(0), "evaluated at the first block");
+    }
+
+    #[test]
+    fn compaction_swaps_the_watch_for_its_summary_and_forget_removes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            SecretBox::new(&dir.path().join("k")),
+        )
+        .unwrap();
+        let mut watch = auditor_watch();
+        watch.registration.auditor = None;
+        watch.audit = None;
+        watch.registration.watch_txids = vec![Txid::from_byte_array([8; 32])];
+        let record = IndexRecord::of(&watch, 7);
+        store.save([(&watch, record.clone())], None).unwrap();
+        assert_eq!(store.index_records().unwrap(), vec![record]);
+        let id = watch.registration.id;
+        store.compact(&watch.summary(300)).unwrap();
+        assert_eq!(store.load(&id).unwrap(), None);
+        assert!(store.index_records().unwrap().is_empty());
+        assert_eq!(store.summary(&id).unwrap(), Some(watch.summary(300)));
+        store.forget(&id).unwrap();
+        assert_eq!(store.summary(&id).unwrap(), None);
+        assert!(
+            raw_records(&store).len() < 4,
+            "only the meta records are left"
         );
     }
 }

@@ -2,20 +2,31 @@
 //! persisting every change before it acts and broadcasting whatever the engine says is due.
 //! For auditor watches it also releases the salts of confirmed candidates and runs the
 //! off-chain Merkle audits ([`crate::auditor`]), recording each before it is sent.
+//!
+//! Memory: the engine keeps only its compact index in RAM (issue 21). Before each
+//! operation the tower loads from the store the watches the engine names (those a block
+//! or a transaction touches, those due at the tip, the one an RPC names), and once what
+//! changed is stored it evicts them again ([`Engine::evict`]); watches with groups or an
+//! auditor stay loaded. A settled contract buried [`COMPACT_DEPTH`] blocks deep is
+//! replaced by its summary ([`Tower::compact`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize_hex};
 use bitcoin::{Amount, Block, BlockHash, OutPoint, Transaction, TxOut, Txid};
 use dstore_daemon::bitcoind::{Bitcoind, BitcoindError};
-use dstore_protocol::watch::{Engine, Merge, Registration, RegistrationError, Watch, WatchId};
+use dstore_protocol::watch::{
+    Engine, Merge, Registration, RegistrationError, WatchId, COMPACT_DEPTH,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Mutex;
 
 use crate::auditor::{Auditor, AuditorOutcome, AuditorSettings};
+use crate::config::DevFault;
 use crate::store::{Store, StoreError, Tip};
 use crate::wallet::TowerWallet;
 use dstore_protocol::watch::auditor::{MerkleRecord, ReleaseDue};
@@ -39,6 +50,11 @@ pub enum TowerError {
     BadChainData(String),
     #[error("no watch {0}")]
     UnknownWatch(String),
+    #[error("registration {index} of the batch: {error}")]
+    BatchRegistration {
+        index: usize,
+        error: RegistrationError,
+    },
 }
 
 /// Counters for the metrics endpoint and `tower-getinfo`.
@@ -57,6 +73,7 @@ pub struct Counters {
     pub zmq_malformed: AtomicU64,
     pub zmq_gaps: AtomicU64,
     pub reconcile_failures: AtomicU64,
+    pub compactions: AtomicU64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -68,6 +85,8 @@ struct State {
     tip: Option<Tip>,
     /// A recovery past pruned blocks whose replay has not reached bitcoind's tip yet.
     recovery: Option<recovery::Recovery>,
+    /// Watches compacted to their summary and not forgotten.
+    compacted: usize,
 }
 
 pub struct Tower {
@@ -76,6 +95,8 @@ pub struct Tower {
     bitcoind: Arc<Bitcoind>,
     wallet: TowerWallet,
     auditor: Auditor,
+    /// A test-only fault (builds with the `dev-fault` feature only).
+    dev_fault: Option<DevFault>,
     pub counters: Counters,
 }
 
@@ -84,34 +105,63 @@ pub struct Tower {
 const BUMP_FEERATE_SAT_VB: u64 = 25;
 
 impl Tower {
-    /// Loads every stored watch and the last processed block. The auditor's answers
-    /// arrive on the returned receiver; hand each to [`Tower::on_auditor_outcome`].
+    /// Rebuilds the engine's index and schedule from the stored index records (and
+    /// loads the pinned watches whole), and reads the last processed block. The auditor's
+    /// answers arrive on the returned receiver; hand each to [`Tower::on_auditor_outcome`].
     pub fn open(
         store: Store,
         bitcoind: Arc<Bitcoind>,
         wallet: TowerWallet,
         settings: AuditorSettings,
+        dev_fault: Option<DevFault>,
     ) -> Result<(Tower, UnboundedReceiver<AuditorOutcome>), TowerError> {
-        let mut engine = Engine::new();
-        for watch in store.watches()? {
-            engine.insert(watch);
-        }
+        let started = Instant::now();
+        let engine = load_engine(&store)?;
+        let mut compacted = 0;
+        store.for_each_summary(|_| {
+            compacted += 1;
+            Ok(())
+        })?;
         let tip = store.tip()?;
-        tracing::info!(watches = engine.len(), tip = ?tip.map(|t| t.height), "watchtower state loaded");
+        tracing::info!(watches = engine.len(), compacted, tip = ?tip.map(|t| t.height), seconds = started.elapsed().as_secs_f64(), "watchtower state loaded (index only)");
         let (auditor, outcomes) = Auditor::new(settings);
         let tower = Tower {
             state: Mutex::new(State {
                 engine,
                 tip,
                 recovery: None,
+                compacted,
             }),
             store,
             bitcoind,
             wallet,
             auditor,
+            dev_fault,
             counters: Counters::default(),
         };
         Ok((tower, outcomes))
+    }
+
+    /// Loads the stored watches among `ids` that are not resident yet.
+    fn page_in(&self, state: &mut State, ids: &BTreeSet<WatchId>) -> Result<(), TowerError> {
+        for id in ids {
+            if state.engine.get(id).is_some() {
+                continue;
+            }
+            if let Some(watch) = self.store.load(id)? {
+                state.engine.page_in(watch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads every stored watch (a recovery past pruned blocks asks about all of them).
+    fn page_in_all(&self, state: &mut State) -> Result<(), TowerError> {
+        self.store.for_each_watch(|watch| {
+            state.engine.page_in(watch);
+            Ok(())
+        })?;
+        Ok(())
     }
 
     pub fn bitcoind(&self) -> &Bitcoind {
@@ -126,8 +176,12 @@ impl Tower {
         if result.is_err() {
             bump(&self.counters.reconcile_failures);
         }
-        result?;
-        self.act(&mut state).await
+        let result = match result {
+            Ok(()) => self.act(&mut state).await,
+            Err(e) => Err(e),
+        };
+        state.engine.evict();
+        result
     }
 
     async fn catch_up(&self, state: &mut State) -> Result<(), TowerError> {
@@ -140,8 +194,7 @@ impl Tower {
                 return Ok(());
             };
             if tip.hash == best.hash {
-                self.finish_recovery(state);
-                return Ok(());
+                return self.finish_recovery(state);
             }
             let header = self
                 .bitcoind
@@ -152,8 +205,11 @@ impl Tower {
             } else if tip.height < best.height {
                 if let Err(e) = self.connect_next(state, tip).await {
                     // A pruned node no longer has the block: recover without it.
-                    let recovered =
-                        recovery::is_pruned_block(&e) && self.recover_if_pruned(state, tip).await?;
+                    let pruned = recovery::is_pruned_block(&e);
+                    if pruned {
+                        self.page_in_all(state)?;
+                    }
+                    let recovered = pruned && self.recover_if_pruned(state, tip).await?;
                     if !recovered {
                         return Err(e);
                     }
@@ -197,6 +253,9 @@ impl Tower {
     ) -> Result<(), TowerError> {
         let block = self.fetch_block(&tip.hash).await?;
         let previous = parse_hash(&header["previousblockhash"])?;
+        let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+        let wanted = state.engine.wanted_for_block(&block, &txids);
+        self.page_in(state, &wanted)?;
         let changed = state.engine.disconnect_block(&block, tip.height);
         let new_tip = Tip {
             height: tip.height - 1,
@@ -219,7 +278,11 @@ impl Tower {
             return Ok(());
         }
         let keys_before = self.keys_known(state);
-        let changed = state.engine.connect_block(&block, height);
+        let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+        let touched = state.engine.touched_in_block(&block, &txids);
+        let wanted = state.engine.wanted_in(&touched);
+        self.page_in(state, &wanted)?;
+        let changed = state.engine.connect_touched(&block, &touched, height);
         let new_tip = Tip { height, hash };
         self.persist(state, &changed, Some(new_tip))?;
         state.tip = Some(new_tip);
@@ -230,11 +293,7 @@ impl Tower {
     }
 
     fn keys_known(&self, state: &State) -> usize {
-        state
-            .engine
-            .watches()
-            .filter(|(_, w)| w.key.is_some())
-            .count()
+        state.engine.keys()
     }
 
     fn note_new_keys(&self, state: &State, before: usize) {
@@ -244,16 +303,19 @@ impl Tower {
         }
     }
 
+    /// Stores the `changed` watches with their index records (evaluated at `tip`, or
+    /// the current tip) and, if given, the new tip, in one synced write.
     fn persist(
         &self,
         state: &State,
         changed: &BTreeSet<WatchId>,
         tip: Option<Tip>,
     ) -> Result<(), TowerError> {
-        let watches: Vec<&Watch> = changed
+        let at = tip.or(state.tip).map_or(0, |t| t.height);
+        let engine = &state.engine;
+        let watches = changed
             .iter()
-            .filter_map(|id| state.engine.get(id))
-            .collect();
+            .filter_map(|id| Some((engine.get(id)?, engine.index_record(id, at)?)));
         self.store.save(watches, tip)?;
         Ok(())
     }
@@ -264,13 +326,21 @@ impl Tower {
         let tx: Transaction =
             deserialize(bytes).map_err(|e| TowerError::BadChainData(format!("rawtx: {e}")))?;
         let mut state = self.state.lock().await;
-        let keys_before = self.keys_known(&state);
-        let changed = state.engine.observe(&tx, None);
+        let result = self.observe_raw_tx(&mut state, &tx);
+        state.engine.evict();
+        result
+    }
+
+    fn observe_raw_tx(&self, state: &mut State, tx: &Transaction) -> Result<(), TowerError> {
+        let wanted = state.engine.wanted_for_tx(tx);
+        self.page_in(state, &wanted)?;
+        let keys_before = self.keys_known(state);
+        let changed = state.engine.observe(tx, None);
         if changed.is_empty() {
             return Ok(());
         }
-        self.persist(&state, &changed, None)?;
-        self.note_new_keys(&state, keys_before);
+        self.persist(state, &changed, None)?;
+        self.note_new_keys(state, keys_before);
         for id in &changed {
             if let Some(watch) = state.engine.get(id) {
                 if watch.key.is_some() {
@@ -288,6 +358,8 @@ impl Tower {
             return Ok(());
         };
         self.fill_beacon_hashes(state, tip.height).await?;
+        let wanted = state.engine.wanted_at(tip.height);
+        self.page_in(state, &wanted)?;
         let script = self.wallet.script();
         let actions = state.engine.actions(tip.height, Some(&script));
         for due in actions.broadcasts {
@@ -296,7 +368,28 @@ impl Tower {
         for stuck in actions.bumps {
             self.bump(state, tip.height, stuck).await?;
         }
+        for id in actions.compact {
+            self.compact(state, &id, tip.height).await?;
+        }
         self.audit(state, tip)
+    }
+
+    /// Replaces a settled watch buried [`COMPACT_DEPTH`] blocks deep by its summary: one
+    /// atomic write puts the summary in and takes the watch and its index record out.
+    async fn compact(&self, state: &mut State, id: &WatchId, tip: u32) -> Result<(), TowerError> {
+        let Some(watch) = state.engine.get(id).filter(|w| w.compactable(tip)) else {
+            return Ok(());
+        };
+        let summary = watch.summary(tip);
+        self.store.compact(&summary)?;
+        state.engine.forget(id);
+        state.compacted += 1;
+        bump(&self.counters.compactions);
+        tracing::info!(watch = %hex::encode(id), settled_height = summary.settled_height, depth = COMPACT_DEPTH, "contract settled and buried: compacted to its summary, its transactions dropped");
+        if crate::dev_fault!(self.dev_fault, SlowCompaction) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Looks up the block hashes groups need that the engine did not see connected (a
@@ -375,8 +468,14 @@ impl Tower {
     /// no concurrent round sends it again in between.
     pub async fn on_auditor_outcome(&self, outcome: AuditorOutcome) -> Result<(), TowerError> {
         let mut state = self.state.lock().await;
-        let result = self.record_outcome(&mut state, &outcome);
+        let id = match &outcome {
+            AuditorOutcome::Release { id, .. } | AuditorOutcome::Merkle { id, .. } => *id,
+        };
+        let result = self
+            .page_in(&mut state, &BTreeSet::from([id]))
+            .and_then(|()| self.record_outcome(&mut state, &outcome));
         self.auditor.finished(&outcome);
+        state.engine.evict();
         result
     }
 
@@ -566,18 +665,87 @@ impl Tower {
     /// Registers (or merges) a contract; then looks back for what it missed and acts.
     pub async fn register(&self, registration: Registration) -> Result<Merge, TowerError> {
         let mut state = self.state.lock().await;
+        let result = self.register_one(&mut state, registration).await;
+        state.engine.evict();
+        result
+    }
+
+    async fn register_one(
+        &self,
+        state: &mut State,
+        registration: Registration,
+    ) -> Result<Merge, TowerError> {
         let id = registration.id;
         let rescan = registration.rescan_from_height;
+        self.page_in(state, &BTreeSet::from([id]))?;
         let merge = state.engine.register(registration)?;
-        self.persist(&state, &BTreeSet::from([id]), None)?;
+        self.persist(state, &BTreeSet::from([id]), None)?;
         tracing::info!(watch = %hex::encode(id), ?merge, "registration");
         if merge != Merge::Unchanged {
-            if let Err(e) = self.look_back(&mut state, &id, rescan).await {
+            if let Err(e) = self.look_back(state, &id, rescan).await {
                 tracing::warn!(watch = %hex::encode(id), "look-back after registration failed: {e}; the next reconcile catches up");
             }
-            self.act(&mut state).await.ok();
+            self.act(state).await.ok();
         }
         Ok(merge)
+    }
+
+    /// Registers (or merges) many contracts at once: all are checked first (one bad
+    /// registration refuses the batch and changes nothing), then stored in one write,
+    /// then each looks back as [`register`](Self::register) does, and the tower acts once.
+    pub async fn register_many(
+        &self,
+        registrations: Vec<Registration>,
+    ) -> Result<Vec<Merge>, TowerError> {
+        let mut state = self.state.lock().await;
+        let result = self.register_batch(&mut state, registrations).await;
+        state.engine.evict();
+        result
+    }
+
+    async fn register_batch(
+        &self,
+        state: &mut State,
+        registrations: Vec<Registration>,
+    ) -> Result<Vec<Merge>, TowerError> {
+        let ids: BTreeSet<WatchId> = registrations.iter().map(|r| r.id).collect();
+        if ids.len() != registrations.len() {
+            return Err(
+                RegistrationError::Malformed("an id appears twice in the batch".into()).into(),
+            );
+        }
+        self.page_in(state, &ids)?;
+        for (index, registration) in registrations.iter().enumerate() {
+            let error = |error| TowerError::BatchRegistration { index, error };
+            registration.check().map_err(error)?;
+            if let Some(existing) = state.engine.get(&registration.id) {
+                let mut merged = existing.registration.clone();
+                merged.merge(registration).map_err(error)?;
+            }
+        }
+        let mut merges = Vec::with_capacity(registrations.len());
+        let mut looks = Vec::new();
+        for registration in registrations {
+            let (id, rescan) = (registration.id, registration.rescan_from_height);
+            let merge = state.engine.register(registration)?;
+            if merge != Merge::Unchanged {
+                looks.push((id, rescan));
+            }
+            merges.push(merge);
+        }
+        self.persist(state, &ids, None)?;
+        tracing::info!(
+            registrations = merges.len(),
+            changed = looks.len(),
+            "batch registration"
+        );
+        for (id, rescan) in looks {
+            if let Err(e) = self.look_back(state, &id, rescan).await {
+                tracing::warn!(watch = %hex::encode(id), "look-back after registration failed: {e}; the next reconcile catches up");
+            }
+        }
+        self.act(state).await.ok();
+        Ok(merges)
     }
 
     /// Replays blocks from `from` to the tip and the mempool's spends of the watched
@@ -646,54 +814,74 @@ impl Tower {
         Ok(found)
     }
 
-    /// After a ZMQ gap: the mempool's spends of every watched outpoint, replayed.
+    /// After a ZMQ gap: the mempool's spends of every watched outpoint, replayed. The
+    /// outpoints are read from the store one watch at a time.
     pub async fn resync_mempool(&self) -> Result<(), TowerError> {
         let outpoints: Vec<OutPoint> = {
-            let state = self.state.lock().await;
+            let _state = self.state.lock().await;
             let mut all = BTreeSet::new();
-            for (_, watch) in state.engine.watches() {
+            self.store.for_each_watch(|watch| {
                 all.extend(watch.watched_outpoints());
-            }
+                Ok(())
+            })?;
             all.into_iter().collect()
         };
         for tx in self.mempool_spends(&outpoints).await? {
             let mut state = self.state.lock().await;
-            let keys_before = self.keys_known(&state);
-            let changed = state.engine.observe(&tx, None);
-            self.persist(&state, &changed, None)?;
-            self.note_new_keys(&state, keys_before);
+            let result = self.observe_raw_tx(&mut state, &tx);
+            state.engine.evict();
+            result?;
         }
         Ok(())
     }
 
+    /// Removes watch `id` entirely, whole or compacted.
     pub async fn forget(&self, id: &WatchId) -> Result<(), TowerError> {
         let mut state = self.state.lock().await;
-        if state.engine.forget(id).is_none() {
+        self.page_in(&mut state, &BTreeSet::from([*id]))?;
+        if state.engine.forget(id).is_some() {
+            self.store.forget(id)?;
+        } else if self.store.summary(id)?.is_some() {
+            self.store.forget(id)?;
+            state.compacted -= 1;
+        } else {
             return Err(TowerError::UnknownWatch(hex::encode(id)));
         }
-        self.store.forget(id)?;
+        state.engine.evict();
         Ok(())
     }
 
+    /// `tower-status`: the watch at the tip, or the summary of a compacted one.
     pub async fn status(&self, id: &WatchId) -> Result<Value, TowerError> {
-        let state = self.state.lock().await;
-        let watch = state
-            .engine
-            .get(id)
-            .ok_or_else(|| TowerError::UnknownWatch(hex::encode(id)))?;
-        Ok(crate::report::status(watch, state.tip.map(|t| t.height)))
+        let mut state = self.state.lock().await;
+        let tip = state.tip.map(|t| t.height);
+        self.page_in(&mut state, &BTreeSet::from([*id]))?;
+        let status = match state.engine.get(id) {
+            Some(watch) => Some(crate::report::status(watch, tip)),
+            None => self
+                .store
+                .summary(id)?
+                .map(|s| crate::report::compacted_status(&s, tip)),
+        };
+        state.engine.evict();
+        status.ok_or_else(|| TowerError::UnknownWatch(hex::encode(id)))
     }
 
-    pub async fn list(&self) -> Value {
+    /// `tower-list`: one row per watch, whole or compacted, read from the store.
+    pub async fn list(&self) -> Result<Value, TowerError> {
         let state = self.state.lock().await;
         let tip = state.tip.map(|t| t.height);
-        let mut rows: Vec<Value> = state
-            .engine
-            .watches()
-            .map(|(_, w)| crate::report::summary(w, tip))
-            .collect();
+        let mut rows: Vec<Value> = Vec::new();
+        self.store.for_each_watch(|watch| {
+            rows.push(crate::report::summary(&watch, tip));
+            Ok(())
+        })?;
+        self.store.for_each_summary(|summary| {
+            rows.push(crate::report::compacted_summary(&summary));
+            Ok(())
+        })?;
         rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-        Value::Array(rows)
+        Ok(Value::Array(rows))
     }
 
     pub async fn info(&self) -> Value {
@@ -703,6 +891,7 @@ impl Tower {
             "tip_height": state.tip.map(|t| t.height),
             "tip_hash": state.tip.map(|t| t.hash.to_string()),
             "contracts": state.engine.len(),
+            "compacted": state.compacted,
             "keys_extracted": state.engine.keys(),
             "wallet_address": self.wallet.address.to_string(),
         })
@@ -713,6 +902,24 @@ impl Tower {
         let state = self.state.lock().await;
         (state.engine.len(), state.tip.map(|t| t.height))
     }
+}
+
+/// The engine as stored: every watch's index record restored (indexed and scheduled, not
+/// loaded), the pinned watches loaded whole.
+pub fn load_engine(store: &Store) -> Result<Engine, TowerError> {
+    let mut engine = Engine::new();
+    for record in store.index_records()? {
+        if !record.pinned {
+            engine.restore(&record);
+            continue;
+        }
+        let watch = store.load(&record.id)?.ok_or_else(|| StoreError::Corrupt {
+            key: hex::encode(record.id),
+            reason: "an index record without its watch".into(),
+        })?;
+        engine.insert(watch);
+    }
+    Ok(engine)
 }
 
 fn parse_hash(value: &Value) -> Result<BlockHash, TowerError> {

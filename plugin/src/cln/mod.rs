@@ -9,6 +9,9 @@
 //!   and runs through [`methods::dispatch`], so results and errors are the bitcoind mode's.
 //!   `dstore-discover` and `dstore-peers` use Lightning peers to find farmers
 //!   ([`discovery`]).
+//! - Mode-N downloads (PROTOCOL.md 4b) pay and sell through lightningd itself
+//!   ([`crate::ln::cln`]: `invoice` with a preimage, `xpay`/`pay`, `listpays`); no embedded
+//!   LDK node runs in this mode.
 //! - Logs go to lightningd as `log` notifications (cln-plugin's tracing subscriber); the
 //!   stderr logger is not started. [`io`] keeps stdout to protocol messages only and
 //!   answers malformed input itself.
@@ -27,7 +30,7 @@ use std::time::Duration;
 use cln_plugin::{anyhow, Builder, ConfiguredPlugin, Error, Plugin, RpcMethodBuilder};
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, LightningSetting};
 use crate::daemon;
 use crate::methods::{self, MethodSpec, METHODS};
 use discovery::State;
@@ -205,7 +208,7 @@ async fn prepare(
         Err(e) => tracing::warn!("getinfo failed: {e}"),
     }
     let argv = options::flags(&given, &conf.lightning_dir, &conf.network, &bitcoin)?;
-    let config = Config::from_args(argv).map_err(|e| match e {
+    let mut config = Config::from_args(argv).map_err(|e| match e {
         crate::config::ConfigError::Daemon(dstore_daemon::config::ConfigError::Invalid(e)) => e
             .to_string()
             .lines()
@@ -214,6 +217,10 @@ async fn prepare(
             .to_string(),
         other => other.to_string(),
     })?;
+    // Mode N pays and sells through lightningd itself: no embedded node.
+    config.lightning = LightningSetting::Cln {
+        rpc_path: rpc_path.clone(),
+    };
     let announce_url = match given.get("dstore-peer-url") {
         Some(cln_plugin::options::Value::String(url)) => Some(url.clone()),
         _ => config

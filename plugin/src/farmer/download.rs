@@ -293,7 +293,11 @@ impl Farmer {
     /// The id of contract `id`'s current download (what its sealed copy and CRS requests
     /// are signed for).
     pub fn current_download_id(&self, id: &[u8; 32]) -> Result<[u8; 32], FarmerError> {
-        self.existing(id)?
+        let record = self.existing(id)?;
+        if let Some(ln) = record.current_ln_download() {
+            return Ok(ln.download_id);
+        }
+        record
             .download
             .as_ref()
             .map(|d| d.download_id)

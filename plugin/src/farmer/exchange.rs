@@ -13,6 +13,7 @@ use dstore_protocol::messages::{
 };
 use dstore_protocol::peer::{self, Expected, Opened, PeerMessage, SequenceGuard};
 
+use super::ln_download::LnDownloadRequest;
 use super::records::FarmedContract;
 use super::{internal, Farmer, FarmerError, Step};
 
@@ -71,6 +72,7 @@ impl Farmer {
             AuditToss::KIND => step!(AuditToss, on_audit_toss),
             AuditOpenings::KIND => step!(AuditOpenings, on_audit_openings),
             AuditSwap::KIND => step!(AuditSwap, on_audit_swap),
+            LnDownloadRequest::KIND => step!(LnDownloadRequest, offer_ln_download),
             other => Err(FarmerError::Invalid(format!(
                 "unknown message kind {}",
                 other.chars().take(40).collect::<String>()

@@ -21,6 +21,7 @@ pub mod crs;
 pub mod download;
 pub mod error;
 pub mod exchange;
+pub mod ln_download;
 pub mod records;
 pub mod seal;
 pub mod server;
@@ -98,6 +99,8 @@ pub struct Farmer {
     checked_crs: Mutex<HashMap<[u8; 32], Arc<Crs>>>,
     /// Verified fraud proofs anyone posted (`/dstore/v1/evidence`).
     board: crate::market::evidence::Board,
+    /// The Lightning node mode-N downloads are invoiced through (None: mode N is off).
+    lightning: Option<crate::ln::Lightning>,
 }
 
 /// A message's effect: the new record and the reply body.
@@ -130,7 +133,14 @@ impl Farmer {
             config,
             locks: ContractLocks::default(),
             checked_crs: Mutex::new(HashMap::new()),
+            lightning: None,
         })
+    }
+
+    /// Sells mode-N downloads (PROTOCOL.md 4b) through `ln`'s invoices from now on.
+    pub fn with_lightning(mut self, ln: Option<crate::ln::Lightning>) -> Farmer {
+        self.lightning = ln;
+        self
     }
 
     pub fn identity(&self) -> &Keypair {
@@ -144,6 +154,7 @@ impl Farmer {
             "price_per_download_sat": self.config.price_per_download.to_sat(),
             "max_file_bytes": self.config.max_file_bytes,
             "advert": self.advert(),
+            "lightning": self.lightning.as_ref().and_then(|ln| ln.advertised()),
         })
     }
 

@@ -45,6 +45,9 @@ pub struct FarmedContract {
     /// contract without audits leases only its first TX1.
     #[serde(default)]
     pub leased_tx1: Option<OutPoint>,
+    /// Mode-N downloads (PROTOCOL.md 4b), oldest first. Each holds its secret x.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ln_downloads: Vec<FarmedLnDownload>,
 }
 
 impl FarmedContract {
@@ -73,7 +76,57 @@ impl FarmedContract {
             last_reply: None,
             audit: None,
             leased_tx1: None,
+            ln_downloads: Vec::new(),
         }
+    }
+
+    /// The contract's current download if it is a mode-N one: the latest mode-N download,
+    /// unless a mode-L download began after it.
+    pub fn current_ln_download(&self) -> Option<&FarmedLnDownload> {
+        let latest = self.ln_downloads.last()?;
+        (latest.chain_download_before == self.download.as_ref().map(|d| d.download_id))
+            .then_some(latest)
+    }
+}
+
+/// Where the farmer's half of a mode-N download stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FarmedLnPhase {
+    /// x and the transcript are stored (before any invoice exists); the invoice follows.
+    LnInvoiced,
+    /// The invoice is stored too and the offer went to the renter; the Lightning node
+    /// settles the payment by revealing x.
+    LnOffered,
+}
+
+/// The farmer's half of one mode-N download: x is secret until the renter pays the
+/// invoice (the metadata store's directory is 0700); it is never logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FarmedLnDownload {
+    #[serde(with = "hex::serde")]
+    pub download_id: [u8; 32],
+    pub phase: FarmedLnPhase,
+    /// x: the invoice's payment hash is SHA256(x); E is sealed under a key derived from it.
+    #[serde(with = "hex::serde")]
+    pub preimage: [u8; 32],
+    pub transcript: dstore_protocol::ln::LnTranscript,
+    /// The BOLT11 invoice, once the Lightning node made it.
+    #[serde(default)]
+    pub invoice: Option<String>,
+    /// The mode-L download that was the contract's latest when this one began: this one
+    /// is the current download while that stays so.
+    #[serde(default)]
+    pub chain_download_before: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for FarmedLnDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FarmedLnDownload")
+            .field("download_id", &hex::encode(self.download_id))
+            .field("phase", &self.phase)
+            .field("invoice", &self.invoice.is_some())
+            .finish_non_exhaustive()
     }
 }
 

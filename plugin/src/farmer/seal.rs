@@ -52,6 +52,9 @@ impl Farmer {
     /// The sealed copy the renter may fetch now for contract `id`, if any.
     pub fn current_sealed(&self, id: &[u8; 32]) -> Result<PathBuf, FarmerError> {
         let record = self.existing(id)?;
+        if let Some(ln) = record.current_ln_download() {
+            return Ok(self.sealed_path(&ln.download_id));
+        }
         match &record.download {
             Some(d) if d.phase != FarmerPhase::Offered && d.phase != FarmerPhase::Aborted => {
                 Ok(self.sealed_path(&d.download_id))
@@ -60,7 +63,7 @@ impl Farmer {
         }
     }
 
-    async fn copy_blob(&self, id: &[u8; 32], dest: &Path) -> Result<(), FarmerError> {
+    pub(super) async fn copy_blob(&self, id: &[u8; 32], dest: &Path) -> Result<(), FarmerError> {
         use tokio::io::AsyncWriteExt;
         let size = self.blobs.size(id).await.map_err(internal)?;
         let mut out = tokio::fs::File::create(dest).await.map_err(internal)?;
@@ -77,7 +80,7 @@ impl Farmer {
 }
 
 /// Flips the first byte of a file, if it has one (test-only faults).
-fn flip_first_byte(path: &Path) -> std::io::Result<()> {
+pub(super) fn flip_first_byte(path: &Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut file = std::fs::OpenOptions::new()
         .read(true)

@@ -53,6 +53,10 @@ impl Renter {
                     self.sign_tx3(record, &statement, &proof)?;
                 }
                 DownloadPhase::Tx3Signed => return self.send_tx3_signature(record).await,
+                DownloadPhase::LnRequested
+                | DownloadPhase::LnFetching
+                | DownloadPhase::LnPaying
+                | DownloadPhase::LnPaid => return self.advance_ln(record).await,
                 DownloadPhase::Done
                 | DownloadPhase::Fraud
                 | DownloadPhase::Refunded
@@ -99,6 +103,7 @@ impl Renter {
             statement: None,
             tx3: None,
             lease: None,
+            ln: None,
         });
         self.store(record)?;
         Ok(download_id)
@@ -497,10 +502,14 @@ fn tx2_value(
 
 /// What `dstore-download` returns for finished download `d` of `record`.
 pub(super) fn done_json(record: &RentedContract, d: &RentedDownload) -> Value {
+    if let Some(ln) = &d.ln {
+        return super::ln_download::ln_done_json(record, d, ln);
+    }
     json!({
         "contract_id": hex::encode(record.contract_id),
         "download_id": hex::encode(d.download_id),
         "status": "done",
+        "mode": "chain",
         "phase": d.phase,
         "output": d.output,
         "bytes": record.plaintext_length,

@@ -18,8 +18,10 @@ use dstore_protocol::keys::Role;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use super::ln_download::{DownloadMode, LN_PAYMENT_WAIT, LN_WAITING};
 use super::records::{DownloadPhase, RentedContract, RentedDownload, StoragePhase};
 use super::{internal, Renter, RenterError};
+use crate::ln::PaymentOutcome;
 
 /// How often a waiting download asks bitcoind for TX2 (mempool and new blocks).
 const POLL: Duration = Duration::from_millis(500);
@@ -149,14 +151,27 @@ impl Renter {
         output: &std::path::Path,
         wait: Option<Duration>,
     ) -> Outcome {
+        self.download_in_mode(id, output, wait, DownloadMode::Chain)
+            .await
+    }
+
+    /// [`Renter::download`], paid as `mode` says when the call buys a new download (a
+    /// running or resumed download keeps the mode it began with).
+    pub async fn download_in_mode(
+        self: &Arc<Self>,
+        id: &[u8; 32],
+        output: &std::path::Path,
+        wait: Option<Duration>,
+        mode: DownloadMode,
+    ) -> Outcome {
         let output = super::unseal::absolute(output).map_err(Arc::new)?;
         self.existing(id).map_err(Arc::new)?;
-        let mut job = self.job(id, Some(output.clone()));
+        let mut job = self.job(id, Some(output.clone()), mode);
         if self.settled_elsewhere(id, &job) {
             // dstore-refund settled the job's download while it waited for TX2: that wait
             // ends at its next poll. This call is a new download, not that one's outcome.
             job.ended().await;
-            job = self.job(id, Some(output));
+            job = self.job(id, Some(output), mode);
         }
         match self.await_job(&job, wait).await {
             Reply::Finished(outcome) => outcome,
@@ -174,10 +189,10 @@ impl Renter {
             let funded = record
                 .downloads
                 .last()
-                .is_some_and(|d| d.phase.money_locked());
+                .is_some_and(|d| d.phase.money_locked() || d.phase.ln_paying());
             if funded {
                 tracing::info!(contract = %hex::encode(record.contract_id), "resuming a funded download in the background");
-                self.job(&record.contract_id, None);
+                self.job(&record.contract_id, None, DownloadMode::Chain);
             }
         }
         Ok(())
@@ -199,14 +214,19 @@ impl Renter {
 
     /// The running job of contract `id`, or a new one started for `output` (`None`: the
     /// output the paid download recorded).
-    fn job(self: &Arc<Self>, id: &[u8; 32], output: Option<PathBuf>) -> Arc<Job> {
+    fn job(
+        self: &Arc<Self>,
+        id: &[u8; 32],
+        output: Option<PathBuf>,
+        mode: DownloadMode,
+    ) -> Arc<Job> {
         self.jobs.with(|running| {
             if let Some(job) = running.get(id) {
                 return job.clone();
             }
             let job = Arc::new(Job::default());
             running.insert(*id, job.clone());
-            tokio::spawn(self.clone().run_job(*id, output, job.clone()));
+            tokio::spawn(self.clone().run_job(*id, output, mode, job.clone()));
             job
         })
     }
@@ -273,8 +293,14 @@ impl Renter {
     /// to the calls waiting for it. It holds the contract's lock from recording the
     /// outcome until the outcome is marked delivered, so a later call sees either the
     /// running job or the final record.
-    async fn run_job(self: Arc<Self>, id: [u8; 32], output: Option<PathBuf>, job: Arc<Job>) {
-        let outcome = self.drive(&id, output, &job).await;
+    async fn run_job(
+        self: Arc<Self>,
+        id: [u8; 32],
+        output: Option<PathBuf>,
+        mode: DownloadMode,
+        job: Arc<Job>,
+    ) {
+        let outcome = self.drive(&id, output, mode, &job).await;
         let _guard = self.locks.lock(&id).await;
         let download_id = job.download_id();
         if let Some(download_id) = download_id {
@@ -299,10 +325,18 @@ impl Renter {
         &self,
         id: &[u8; 32],
         output: Option<PathBuf>,
+        mode: DownloadMode,
         job: &Job,
     ) -> Result<Value, RenterError> {
-        if let Some(reported) = self.run_to_tx3(id, output, job).await? {
+        if let Some(reported) = self.run_to_tx3(id, output, mode, job).await? {
             return Ok(reported);
+        }
+        if let Some((hash, phase)) = Renter::ln_payment_due(&self.existing(id)?) {
+            let outcome = match phase {
+                DownloadPhase::LnPaying => self.wait_ln_payment(id, job, hash).await?,
+                _ => PaymentOutcome::Pending,
+            };
+            return self.finish_ln(id, job.download_id(), outcome).await;
         }
         let tx2 = self.wait_for_tx2(id, job).await?;
         self.finish_paid(id, job, tx2).await
@@ -315,6 +349,7 @@ impl Renter {
         &self,
         id: &[u8; 32],
         output: Option<PathBuf>,
+        mode: DownloadMode,
         job: &Job,
     ) -> Result<Option<Value>, RenterError> {
         let _guard = self.locks.lock(id).await;
@@ -340,7 +375,11 @@ impl Renter {
             }
             Start::New => {
                 let output = output.ok_or_else(|| internal("no output path"))?;
-                job.set_download(self.begin_download(&mut record, &output).await?);
+                let download_id = match self.ln_payee(&record, mode).await? {
+                    Some(payee) => self.begin_ln_download(&mut record, &output, payee).await?,
+                    None => self.begin_download(&mut record, &output).await?,
+                };
+                job.set_download(download_id);
             }
         }
         self.advance(&mut record).await?;
@@ -398,7 +437,13 @@ impl Renter {
             }
             // Only a download that moved no money fails; a funded one keeps its phase
             // (dstore-refund, or a later dstore-download, picks it up).
-            if matches!(d.phase, DownloadPhase::Offered | DownloadPhase::Fetching) {
+            if matches!(
+                d.phase,
+                DownloadPhase::Offered
+                    | DownloadPhase::Fetching
+                    | DownloadPhase::LnRequested
+                    | DownloadPhase::LnFetching
+            ) {
                 d.phase = DownloadPhase::Failed;
             }
         }
@@ -459,6 +504,33 @@ impl Renter {
                 shown_at = Some(tip);
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits, holding no lock, for the outcome of mode-N payment `hash`: after
+    /// [`LN_PAYMENT_WAIT`] the calls are told the download waits for the payment (it goes
+    /// on in the background until the payment settles or fails back).
+    async fn wait_ln_payment(
+        &self,
+        id: &[u8; 32],
+        job: &Job,
+        hash: [u8; 32],
+    ) -> Result<PaymentOutcome, RenterError> {
+        let ln = self.ln_node()?.clone();
+        self.progress.phase(&hex::encode(id), LN_WAITING, 0);
+        loop {
+            let outcome = ln
+                .wait_payment(hash, LN_PAYMENT_WAIT)
+                .await
+                .map_err(|e| RenterError::Lightning(format!("the Lightning node: {e}")))?;
+            match outcome {
+                PaymentOutcome::Succeeded { .. } | PaymentOutcome::Failed { .. } => {
+                    return Ok(outcome)
+                }
+                PaymentOutcome::Pending | PaymentOutcome::Unknown => {
+                    job.update(|s| s.waiting = true)
+                }
+            }
         }
     }
 
@@ -540,7 +612,7 @@ impl Renter {
 /// What a job on `record` does first.
 fn start(record: &RentedContract) -> Result<Start, RenterError> {
     match record.downloads.last() {
-        Some(d) if d.phase.money_locked() => return Ok(Start::Resume),
+        Some(d) if d.phase.money_locked() || d.phase.ln_paying() => return Ok(Start::Resume),
         Some(d) if d.unreported && reportable(d.phase) => return Ok(Start::Report),
         _ => {}
     }

@@ -23,6 +23,7 @@ mod crs;
 mod download;
 pub mod driver;
 mod fraud;
+mod ln_download;
 mod open;
 pub mod records;
 mod refund;
@@ -53,6 +54,7 @@ use crate::wire::{PeerCallError, PeerClient};
 use records::{RentedContract, RentedDownload};
 
 pub use fraud::verify_fraud_file;
+pub use ln_download::DownloadMode;
 pub(crate) use open::normalise_url;
 pub use tx1_group::Prepared;
 pub(crate) use unseal::partial_path;
@@ -102,6 +104,9 @@ pub enum RenterError {
     Earlier(String),
     #[error("fraud: {0}")]
     Fraud(String),
+    /// A mode-N payment failed or the Lightning node could not be asked.
+    #[error("{0}")]
+    Lightning(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -140,6 +145,8 @@ pub struct Renter {
     jobs: driver::Jobs,
     /// The audit setups running in the background (once TX_A is broadcast), by contract.
     audit_jobs: audit_job::AuditJobs,
+    /// The Lightning node mode-N downloads are paid through (None: mode N is off).
+    lightning: Option<crate::ln::Lightning>,
 }
 
 impl Renter {
@@ -175,7 +182,14 @@ impl Renter {
             min_storage_blocks: crate::config::DEFAULT_MIN_STORAGE_BLOCKS,
             jobs: Default::default(),
             audit_jobs: Default::default(),
+            lightning: None,
         })
+    }
+
+    /// Pays mode-N downloads (PROTOCOL.md 4b) through `ln` from now on.
+    pub fn with_lightning(mut self, ln: Option<crate::ln::Lightning>) -> Renter {
+        self.lightning = ln;
+        self
     }
 
     /// Refuses storage terms shorter than `blocks` past the tip (`--min-storage-blocks`).

@@ -100,6 +100,16 @@ pub enum DownloadPhase {
     Refunded,
     /// Failed before any money moved.
     Failed,
+    /// Mode N (PROTOCOL.md 4b): the download id is fixed; the farmer's offer is asked for.
+    LnRequested,
+    /// Mode N: the signed transcript and the invoice are stored; E is fetched and checked
+    /// against root_E, then the invoice against the transcript.
+    LnFetching,
+    /// Mode N: the payment hash is stored and the invoice is being paid (maybe sent, maybe
+    /// not: after a restart the Lightning node is asked, never paid twice).
+    LnPaying,
+    /// Mode N: the payment settled and x is stored; unsealing and checking root_C.
+    LnPaid,
 }
 
 impl DownloadPhase {
@@ -109,6 +119,12 @@ impl DownloadPhase {
             self,
             DownloadPhase::Tx1Funded | DownloadPhase::Tx2Signed | DownloadPhase::Tx3Signed
         )
+    }
+
+    /// A mode-N payment may be in flight or settled without the file written yet: the
+    /// download goes on from its stored phase (also after a restart).
+    pub fn ln_paying(self) -> bool {
+        matches!(self, DownloadPhase::LnPaying | DownloadPhase::LnPaid)
     }
 }
 
@@ -159,6 +175,63 @@ pub struct RentedDownload {
     /// a contract without audits gets one): TX1 carries it at index 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<dstore_protocol::market::lease::LeaseRecord>,
+    /// A mode-N download's state (None: a mode-L download, whose fields above it uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ln: Option<RentedLn>,
+}
+
+/// The renter's half of a mode-N download (PROTOCOL.md 4b).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RentedLn {
+    /// The agreed price, in millisatoshis: the transcript and the invoice must say it.
+    pub price_msat: u64,
+    /// The farmer's Lightning node, as its info advertised it: the invoice's payee.
+    pub payee: bitcoin::secp256k1::PublicKey,
+    /// The farmer's signed transcript (root_E, H, length, price), once checked.
+    #[serde(default)]
+    pub transcript: Option<dstore_protocol::ln::LnTranscript>,
+    #[serde(default)]
+    pub invoice: Option<String>,
+    /// H, stored before the invoice is paid.
+    #[serde(default, with = "opt_hex32")]
+    pub payment_hash: Option<[u8; 32]>,
+    /// x, from the settled payment (SHA256(x) = H).
+    #[serde(default, with = "opt_hex32")]
+    pub preimage: Option<[u8; 32]>,
+    /// What routing the payment cost, when the node says.
+    #[serde(default)]
+    pub fee_msat: Option<u64>,
+}
+
+impl std::fmt::Debug for RentedLn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RentedLn")
+            .field("price_msat", &self.price_msat)
+            .field("payment_hash", &self.payment_hash.map(hex::encode))
+            .field("paid", &self.preimage.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Option<[u8; 32]>` as an optional hex string.
+mod opt_hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_some(&hex::encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&text, &mut bytes).map_err(serde::de::Error::custom)?;
+        Ok(Some(bytes))
+    }
 }
 
 /// The renter's registration of one download with its watchtower. The signed refunds are

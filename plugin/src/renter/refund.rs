@@ -17,11 +17,9 @@ impl Renter {
         let mut record = self.existing(id)?;
         // The latest download with money in TX1 or TX2:0; a finished one still counts
         // while the farmer has not claimed TX2:0 with TX3.
-        let Some(index) = record
-            .downloads
-            .iter()
-            .rposition(|d| d.phase.money_locked() || d.phase == DownloadPhase::Done)
-        else {
+        let Some(index) = record.downloads.iter().rposition(|d| {
+            d.ln.is_none() && (d.phase.money_locked() || d.phase == DownloadPhase::Done)
+        }) else {
             return Ok(json!({
                 "contract_id": hex::encode(id),
                 "status": "nothing",

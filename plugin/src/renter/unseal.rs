@@ -65,7 +65,6 @@ impl Renter {
         let d = current(record).clone();
         let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
         let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
-        let (key, id) = (record.file_key, record.contract_id);
         let sealed = self.sealed_file(&d.download_id);
         let unsealed = self
             .work_dir
@@ -90,6 +89,19 @@ impl Renter {
             let proof = self.fraud_proof(record, joint, r, tx2).await?;
             return Err(RenterError::Fraud(proof));
         }
+        self.decrypt_checked(record, &unsealed, output).await
+    }
+
+    /// Decrypts `unsealed` (C', already checked against root_C) to `output` through a
+    /// hidden partial file, removes `unsealed`, and stores the latest download as done.
+    pub(super) async fn decrypt_checked(
+        &self,
+        record: &mut RentedContract,
+        unsealed: &Path,
+        output: &Path,
+    ) -> Result<(), RenterError> {
+        let (key, id) = (record.file_key, record.contract_id);
+        let unsealed = unsealed.to_path_buf();
         let partial = partial_path(output);
         let (unsealed_in, partial_out) = (unsealed.clone(), partial.clone());
         let decrypted = tokio::task::spawn_blocking(move || {

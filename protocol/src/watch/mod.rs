@@ -28,9 +28,11 @@
 
 pub mod auditor;
 pub mod bump;
+pub mod compaction;
 pub mod cpfp;
 mod groups;
 mod hold;
+pub mod index;
 mod recovery;
 pub mod registration;
 mod unexpected;
@@ -46,8 +48,10 @@ use serde::{Deserialize, Serialize};
 use crate::extract::extract_farmer_key;
 pub use auditor::AuditState;
 pub use bump::{fee_ladder, Bump, REFUND_BUMP_BLOCKS};
+pub use compaction::{Outcome, WatchSummary, COMPACT_DEPTH};
 use groups::Derived;
 pub use groups::{lock_height, BeaconHash, GroupChoice};
+pub use index::{outpoint_key, txid_key, IndexRecord, Key, Slot, WatchIndex};
 pub use recovery::UnseenSpend;
 pub use registration::{
     AuditorSpec, ExtractSpec, Hold, Merge, Presigned, Registration, RegistrationError, WatchRole,
@@ -141,7 +145,7 @@ pub struct Watch {
 }
 
 /// Where one pre-signed transaction stands at a tip.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TxState {
     /// Not valid yet; `height` is the first tip at which it will be, when known.
@@ -193,6 +197,8 @@ pub struct Actions {
     pub broadcasts: Vec<DueBroadcast>,
     /// Stuck transactions with an output paying the tower: bump them by CPFP.
     pub bumps: Vec<DueBroadcast>,
+    /// Settled watches buried [`COMPACT_DEPTH`] deep: replace each by its summary.
+    pub compact: Vec<WatchId>,
 }
 
 impl Watch {
@@ -577,22 +583,42 @@ impl Watch {
     }
 }
 
-/// Every registered watch, indexed by the txids and outpoints it cares about, and
-/// scheduled: a watch is re-evaluated only when a chain event or the shell touched it
-/// (`dirty`) or at the next height where a timelock opens or a re-broadcast is due
-/// (`schedule`), so a block costs what it touches, not what is registered.
+/// Every registered watch in a compact index ([`WatchIndex`]: truncated txid and outpoint
+/// keys to slots), and scheduled: a watch is re-evaluated only when a chain event or the
+/// shell touched it (`dirty`) or at the next height where a timelock opens, a re-broadcast
+/// is due or it may be compacted (`schedule`), so a block costs what it touches, not what
+/// is registered.
+///
+/// Only the index is in RAM for good (plus the watches with groups or an auditor, which
+/// are [pinned](Watch::pinned)); a watch itself is *resident* only while the shell works
+/// on it. Before an operation the shell loads what the engine names
+/// ([`wanted_for_block`](Self::wanted_for_block), [`wanted_for_tx`](Self::wanted_for_tx),
+/// [`wanted_at`](Self::wanted_at)) and hands each over with [`page_in`](Self::page_in);
+/// after it has stored what changed (with its [`IndexRecord`]), it calls
+/// [`evict`](Self::evict). Watches handed over with [`insert`](Self::insert) stay resident
+/// until then too (the unit tests never evict).
 #[derive(Debug, Default)]
 pub struct Engine {
-    watches: HashMap<WatchId, Watch>,
-    by_txid: HashMap<Txid, Vec<WatchId>>,
-    by_outpoint: HashMap<OutPoint, Vec<WatchId>>,
+    index: WatchIndex,
+    resident: HashMap<WatchId, Resident>,
     /// Watches by the heights whose block hashes pick their groups' members.
     by_beacon: BTreeMap<u32, Vec<WatchId>>,
     /// The last [`RECENT_BLOCK_HASHES`] connected blocks' hashes.
     recent_hashes: BTreeMap<u32, BlockHash>,
-    dirty: BTreeSet<WatchId>,
-    schedule: BTreeMap<u32, BTreeSet<WatchId>>,
+    dirty: BTreeSet<Slot>,
+    schedule: BTreeMap<u32, Vec<Slot>>,
     keys: usize,
+}
+
+/// A block's transactions that may touch registered watches: (position, watches).
+pub type Touched = Vec<(usize, BTreeSet<WatchId>)>;
+
+/// A watch loaded whole, with the slot and keys it is indexed under.
+#[derive(Debug)]
+struct Resident {
+    slot: Slot,
+    keys: Vec<Key>,
+    watch: Watch,
 }
 
 impl Engine {
@@ -600,20 +626,23 @@ impl Engine {
         Engine::default()
     }
 
+    /// Registered watches (resident or not).
     pub fn len(&self) -> usize {
-        self.watches.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.watches.is_empty()
+        self.index.is_empty()
     }
 
+    /// A resident watch.
     pub fn get(&self, id: &WatchId) -> Option<&Watch> {
-        self.watches.get(id)
+        self.resident.get(id).map(|r| &r.watch)
     }
 
+    /// The resident watches.
     pub fn watches(&self) -> impl Iterator<Item = (&WatchId, &Watch)> {
-        self.watches.iter()
+        self.resident.iter().map(|(id, r)| (id, &r.watch))
     }
 
     /// How many watches hold an extracted key.
@@ -621,32 +650,75 @@ impl Engine {
         self.keys
     }
 
-    /// Adds a watch loaded from storage (or replaces one).
+    /// Adds a watch whole (registered now, or a pinned one loaded at start-up), or
+    /// replaces a resident one; it is evaluated at the next [`actions`](Self::actions).
     pub fn insert(&mut self, mut watch: Watch) {
         let id = watch.registration.id;
         self.unindex(&id);
         watch.attach_audit();
+        let keys = watch.index_keys();
+        let slot = self.index.add(id, &keys);
         self.keys += usize::from(watch.key.is_some());
-        self.dirty.insert(id);
-        for txid in watch.watched_txids() {
-            self.by_txid.entry(txid).or_default().push(id);
-        }
-        for outpoint in watch.watched_outpoints() {
-            self.by_outpoint.entry(outpoint).or_default().push(id);
-        }
+        self.dirty.insert(slot);
         for height in watch.beacon_heights() {
             self.by_beacon.entry(height).or_default().push(id);
+        }
+        self.fill_beacon_hashes(&mut watch);
+        self.resident.insert(id, Resident { slot, keys, watch });
+    }
+
+    /// Adds a watch known only by its stored [`IndexRecord`] (start-up): indexed and
+    /// scheduled, not loaded.
+    pub fn restore(&mut self, record: &IndexRecord) {
+        let slot = self.index.add(record.id, &record.keys);
+        self.keys += usize::from(record.key_extracted);
+        if let Some(wake) = record.wake {
+            self.schedule.entry(wake).or_default().push(slot);
+        }
+    }
+
+    /// Makes a stored watch resident. False if it is not registered (nothing changes).
+    pub fn page_in(&mut self, mut watch: Watch) -> bool {
+        let id = watch.registration.id;
+        if self.resident.contains_key(&id) {
+            return true;
+        }
+        let keys = watch.index_keys();
+        let Some(slot) = self.index.find(&id, &keys) else {
+            return false;
+        };
+        watch.attach_audit();
+        self.fill_beacon_hashes(&mut watch);
+        self.resident.insert(id, Resident { slot, keys, watch });
+        true
+    }
+
+    /// Drops every resident watch that is not pinned: the shell has stored them.
+    pub fn evict(&mut self) {
+        self.resident.retain(|_, r| r.watch.pinned());
+    }
+
+    fn fill_beacon_hashes(&self, watch: &mut Watch) {
+        for height in watch.beacon_heights() {
             if let Some(hash) = self.recent_hashes.get(&height) {
                 watch.note_beacon_hash(height, *hash);
             }
         }
-        self.watches.insert(id, watch);
     }
 
-    /// Registers or merges `registration`; returns what happened. Nothing changes on error.
+    /// What the shell stores beside resident watch `id` evaluated at `tip`.
+    pub fn index_record(&self, id: &WatchId, tip: u32) -> Option<IndexRecord> {
+        let r = self.resident.get(id)?;
+        let mut record = IndexRecord::of(&r.watch, tip);
+        record.keys = r.keys.clone();
+        Some(record)
+    }
+
+    /// Registers or merges `registration` (the shell pages in a stored watch of the same
+    /// id first); returns what happened. Nothing changes on error.
     pub fn register(&mut self, registration: Registration) -> Result<Merge, RegistrationError> {
         registration.check()?;
-        let Some(existing) = self.watches.get(&registration.id) else {
+        let Some(existing) = self.get(&registration.id) else {
             self.insert(Watch::new(registration));
             return Ok(Merge::Registered);
         };
@@ -659,24 +731,20 @@ impl Engine {
         Ok(merge)
     }
 
+    /// Removes resident watch `id` (forgotten or compacted).
     pub fn forget(&mut self, id: &WatchId) -> Option<Watch> {
         self.unindex(id);
-        self.watches.remove(id)
+        self.resident.remove(id).map(|r| r.watch)
     }
 
     fn unindex(&mut self, id: &WatchId) {
-        let Some(old) = self.watches.get(id) else {
+        let Some(old) = self.resident.get(id) else {
             return;
         };
-        self.keys -= usize::from(old.key.is_some());
-        self.dirty.remove(id);
-        for txid in old.watched_txids() {
-            remove_from(&mut self.by_txid, &txid, id);
-        }
-        for outpoint in old.watched_outpoints() {
-            remove_from(&mut self.by_outpoint, &outpoint, id);
-        }
-        for height in old.beacon_heights() {
+        self.keys -= usize::from(old.watch.key.is_some());
+        self.dirty.remove(&old.slot);
+        self.index.remove(old.slot, &old.keys);
+        for height in old.watch.beacon_heights() {
             if let Some(ids) = self.by_beacon.get_mut(&height) {
                 ids.retain(|x| x != id);
                 if ids.is_empty() {
@@ -686,48 +754,126 @@ impl Engine {
         }
     }
 
-    /// The watches `tx` may touch, found through the indexes only.
+    /// Every registered watch the index names under `key` (possibly false positives).
+    fn ids_under(&self, key: Key) -> impl Iterator<Item = WatchId> + '_ {
+        self.index.slots(key).filter_map(|s| self.index.id(s))
+    }
+
+    /// The watches `tx` may touch, found through the index only.
     fn touched_by(&self, tx: &Transaction, txid: &Txid) -> BTreeSet<WatchId> {
-        let mut ids: BTreeSet<WatchId> = BTreeSet::new();
-        if let Some(found) = self.by_txid.get(txid) {
-            ids.extend(found);
-        }
+        let mut ids: BTreeSet<WatchId> = self.ids_under(txid_key(txid)).collect();
         for input in &tx.input {
-            if let Some(found) = self.by_outpoint.get(&input.previous_output) {
-                ids.extend(found);
-            }
+            ids.extend(self.ids_under(outpoint_key(&input.previous_output)));
         }
         ids
+    }
+
+    /// The stored watches the shell must page in before [`observe`](Self::observe)s `tx`.
+    pub fn wanted_for_tx(&self, tx: &Transaction) -> BTreeSet<WatchId> {
+        let mut ids = self.touched_by(tx, &tx.compute_txid());
+        ids.retain(|id| !self.resident.contains_key(id));
+        ids
+    }
+
+    /// The stored watches to page in before connecting or disconnecting `block`, whose
+    /// transactions' ids are `txids`.
+    pub fn wanted_for_block(&self, block: &Block, txids: &[Txid]) -> BTreeSet<WatchId> {
+        self.wanted_in(&self.touched_in_block(block, txids))
+    }
+
+    /// The transactions of `block` (whose ids are `txids`) that may touch a registered
+    /// watch, by position, with those watches: one index lookup per txid and input, done
+    /// once for [`wanted_in`](Self::wanted_in) and
+    /// [`connect_touched`](Self::connect_touched).
+    pub fn touched_in_block(&self, block: &Block, txids: &[Txid]) -> Touched {
+        let pairs = block.txdata.iter().zip(txids).enumerate();
+        pairs
+            .filter_map(|(i, (tx, txid))| {
+                let ids = self.touched_by(tx, txid);
+                (!ids.is_empty()).then_some((i, ids))
+            })
+            .collect()
+    }
+
+    /// The watches of `touched` that are not resident: the shell pages them in.
+    pub fn wanted_in(&self, touched: &Touched) -> BTreeSet<WatchId> {
+        let ids = touched.iter().flat_map(|(_, ids)| ids);
+        ids.filter(|id| !self.resident.contains_key(*id))
+            .copied()
+            .collect()
+    }
+
+    /// The stored watches to page in before [`actions`](Self::actions) at `tip`.
+    pub fn wanted_at(&self, tip: u32) -> BTreeSet<WatchId> {
+        let scheduled = self.schedule.range(..=tip).flat_map(|(_, s)| s);
+        self.dirty
+            .iter()
+            .chain(scheduled)
+            .filter_map(|slot| self.index.id(*slot))
+            .filter(|id| !self.resident.contains_key(id))
+            .collect()
     }
 
     /// Records a transaction seen in the mempool (`None`) or a block; returns the watches
     /// that changed.
     pub fn observe(&mut self, tx: &Transaction, height: Option<u32>) -> BTreeSet<WatchId> {
-        let txid = tx.compute_txid();
+        self.observe_txid(tx, &tx.compute_txid(), height)
+    }
+
+    fn observe_txid(
+        &mut self,
+        tx: &Transaction,
+        txid: &Txid,
+        height: Option<u32>,
+    ) -> BTreeSet<WatchId> {
+        let ids = self.touched_by(tx, txid);
+        self.observe_by(tx, &ids, height)
+    }
+
+    /// Records `tx` for the watches `ids` it touches.
+    fn observe_by(
+        &mut self,
+        tx: &Transaction,
+        ids: &BTreeSet<WatchId>,
+        height: Option<u32>,
+    ) -> BTreeSet<WatchId> {
         let mut changed = BTreeSet::new();
-        for id in self.touched_by(tx, &txid) {
-            if let Some(watch) = self.watches.get_mut(&id) {
-                let had_key = watch.key.is_some();
-                if watch.observe(tx, height) {
-                    self.keys += usize::from(!had_key && watch.key.is_some());
+        for id in ids.iter().copied() {
+            if let Some(r) = self.resident.get_mut(&id) {
+                let had_key = r.watch.key.is_some();
+                if r.watch.observe(tx, height) {
+                    self.keys += usize::from(!had_key && r.watch.key.is_some());
+                    self.dirty.insert(r.slot);
                     changed.insert(id);
                 }
             }
         }
-        self.dirty.extend(&changed);
         changed
     }
 
     /// Records every transaction of a block connected at `height`, and its hash.
     pub fn connect_block(&mut self, block: &Block, height: u32) -> BTreeSet<WatchId> {
+        let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+        let touched = self.touched_in_block(block, &txids);
+        self.connect_touched(block, &touched, height)
+    }
+
+    /// [`connect_block`](Self::connect_block) with the block's transactions that touch
+    /// watches found already ([`touched_in_block`](Self::touched_in_block)).
+    pub fn connect_touched(
+        &mut self,
+        block: &Block,
+        touched: &Touched,
+        height: u32,
+    ) -> BTreeSet<WatchId> {
         let hash = block.block_hash();
         self.recent_hashes.split_off(&height);
         self.recent_hashes.insert(height, hash);
         let keep_from = height.saturating_sub(RECENT_BLOCK_HASHES - 1);
         self.recent_hashes = self.recent_hashes.split_off(&keep_from);
         let mut changed = self.note_block_hash(height, hash);
-        for tx in &block.txdata {
-            changed.extend(self.observe(tx, Some(height)));
+        for (i, ids) in touched {
+            changed.extend(self.observe_by(&block.txdata[*i], ids, Some(height)));
         }
         changed
     }
@@ -743,20 +889,33 @@ impl Engine {
         let mut changed: BTreeSet<WatchId> = ids
             .into_iter()
             .filter(|id| {
-                self.watches
+                self.resident
                     .get_mut(id)
-                    .is_some_and(|w| w.disconnect(&txids, height))
+                    .is_some_and(|r| r.watch.disconnect(&txids, height))
             })
             .collect();
         for id in self.by_beacon.get(&height).cloned().unwrap_or_default() {
-            if let Some(watch) = self.watches.get_mut(&id) {
-                if watch.forget_beacon_hash(height) {
+            if let Some(r) = self.resident.get_mut(&id) {
+                if r.watch.forget_beacon_hash(height) {
                     changed.insert(id);
                 }
             }
         }
-        self.dirty.extend(&changed);
+        self.mark_dirty(&changed);
         changed
+    }
+
+    /// A resident watch, without marking it for re-evaluation.
+    fn watch_mut_quiet(&mut self, id: &WatchId) -> Option<&mut Watch> {
+        self.resident.get_mut(id).map(|r| &mut r.watch)
+    }
+
+    fn mark_dirty(&mut self, ids: &BTreeSet<WatchId>) {
+        for id in ids {
+            if let Some(r) = self.resident.get(id) {
+                self.dirty.insert(r.slot);
+            }
+        }
     }
 
     /// Heights up to `tip` whose block hash some watch's group needs and was not given
@@ -767,8 +926,7 @@ impl Engine {
             .range(..=tip)
             .filter(|(height, ids)| {
                 ids.iter().any(|id| {
-                    self.watches
-                        .get(id)
+                    self.get(id)
                         .is_some_and(|w| w.beacon_hash(**height).is_none())
                 })
             })
@@ -781,13 +939,13 @@ impl Engine {
     pub fn note_block_hash(&mut self, height: u32, hash: BlockHash) -> BTreeSet<WatchId> {
         let mut changed = BTreeSet::new();
         for id in self.by_beacon.get(&height).cloned().unwrap_or_default() {
-            if let Some(watch) = self.watches.get_mut(&id) {
-                if watch.note_beacon_hash(height, hash) {
+            if let Some(r) = self.resident.get_mut(&id) {
+                if r.watch.note_beacon_hash(height, hash) {
                     changed.insert(id);
                 }
             }
         }
-        self.dirty.extend(&changed);
+        self.mark_dirty(&changed);
         changed
     }
 
@@ -799,17 +957,24 @@ impl Engine {
 
     /// What is due at `tip` among the watches that were touched or scheduled for it;
     /// `own_script` (the tower's key) enables CPFP bumps of stuck transactions paying it.
+    /// A touched or scheduled watch that is not resident stays pending (the shell pages
+    /// in [`wanted_at`](Self::wanted_at) first).
     pub fn actions(&mut self, tip: u32, own_script: Option<&bitcoin::Script>) -> Actions {
-        let mut ids = std::mem::take(&mut self.dirty);
+        let mut slots = std::mem::take(&mut self.dirty);
         let later = self.schedule.split_off(&(tip + 1));
         for (_, scheduled) in std::mem::replace(&mut self.schedule, later) {
-            ids.extend(scheduled);
+            slots.extend(scheduled);
         }
         let mut actions = Actions::default();
-        for id in ids {
-            let Some(watch) = self.watches.get(&id) else {
+        for slot in slots {
+            let Some(id) = self.index.id(slot) else {
                 continue;
             };
+            let Some(r) = self.resident.get(&id) else {
+                self.dirty.insert(slot);
+                continue;
+            };
+            let watch = &r.watch;
             let make = |p: &Presigned| DueBroadcast {
                 id,
                 name: p.name.clone(),
@@ -823,45 +988,36 @@ impl Engine {
                     .bumps
                     .extend(watch.stuck(tip, script).into_iter().map(make));
             }
-            if let Some(next) = watch.next_check(tip) {
-                self.schedule.entry(next).or_default().insert(id);
+            if watch.compactable(tip) {
+                actions.compact.push(id);
+            }
+            if let Some(next) = watch.wake(tip) {
+                self.schedule.entry(next).or_default().push(slot);
             }
         }
         actions
     }
 
-    /// Gives mutable access to a watch's bookkeeping (broadcast and bump records); it is
-    /// re-evaluated at the next [`actions`](Self::actions).
+    /// Gives mutable access to a resident watch's bookkeeping (broadcast and bump
+    /// records); it is re-evaluated at the next [`actions`](Self::actions).
     pub fn watch_mut(&mut self, id: &WatchId) -> Option<&mut Watch> {
-        self.dirty.insert(*id);
-        self.watches.get_mut(id)
+        let r = self.resident.get_mut(id)?;
+        self.dirty.insert(r.slot);
+        Some(&mut r.watch)
     }
 
     /// Records `tx` for watch `id` only (a look-back after its registration).
     pub fn observe_for(&mut self, id: &WatchId, tx: &Transaction, height: Option<u32>) -> bool {
-        let Some(watch) = self.watches.get_mut(id) else {
+        let Some(r) = self.resident.get_mut(id) else {
             return false;
         };
-        let had_key = watch.key.is_some();
-        let changed = watch.observe(tx, height);
-        self.keys += usize::from(!had_key && watch.key.is_some());
+        let had_key = r.watch.key.is_some();
+        let changed = r.watch.observe(tx, height);
+        self.keys += usize::from(!had_key && r.watch.key.is_some());
         if changed {
-            self.dirty.insert(*id);
+            self.dirty.insert(r.slot);
         }
         changed
-    }
-}
-
-fn remove_from<K: std::hash::Hash + Eq>(
-    index: &mut HashMap<K, Vec<WatchId>>,
-    key: &K,
-    id: &WatchId,
-) {
-    if let Some(ids) = index.get_mut(key) {
-        ids.retain(|x| x != id);
-        if ids.is_empty() {
-            index.remove(key);
-        }
     }
 }
 
@@ -869,6 +1025,8 @@ fn remove_from<K: std::hash::Hash + Eq>(
 mod audit_tests;
 #[cfg(test)]
 mod bump_tests;
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod hold_tests;
 #[cfg(test)]

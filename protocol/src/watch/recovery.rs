@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use bitcoin::{OutPoint, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
+use super::index::{outpoint_key, txid_key, Key};
 use super::{Engine, Watch, WatchId};
 
 /// A watched outpoint spent while the tower was away, in a block below `below_height`
@@ -68,34 +69,55 @@ impl Watch {
 }
 
 impl Engine {
-    /// Every outpoint some watch cares about.
+    /// Every outpoint some resident watch cares about (the shell pages in every watch
+    /// before a recovery).
     pub fn watched_outpoints(&self) -> BTreeSet<OutPoint> {
-        self.by_outpoint.keys().copied().collect()
+        self.watches()
+            .flat_map(|(_, w)| w.watched_outpoints())
+            .collect()
+    }
+
+    /// The stored watches to page in before asking about `outpoints`.
+    pub fn wanted_for_outpoints<'a>(
+        &self,
+        outpoints: impl IntoIterator<Item = &'a OutPoint>,
+    ) -> BTreeSet<WatchId> {
+        outpoints
+            .into_iter()
+            .flat_map(|o| self.ids_under(outpoint_key(o)).collect::<Vec<_>>())
+            .filter(|id| self.get(id).is_none())
+            .collect()
+    }
+
+    /// The resident watches the index names under `key`.
+    fn resident_under(&self, key: Key) -> Vec<WatchId> {
+        self.ids_under(key)
+            .filter(|id| self.get(id).is_some())
+            .collect()
     }
 
     /// The height at which some watch saw `txid` confirmed.
     pub fn confirmed_height(&self, txid: &Txid) -> Option<u32> {
-        self.by_txid
-            .get(txid)?
+        self.resident_under(txid_key(txid))
             .iter()
-            .filter_map(|id| self.watches.get(id)?.sighting(txid)?)
+            .filter_map(|id| self.get(id)?.sighting(txid)?)
             .max()
     }
 
     /// The confirmed spend of `outpoint` some watch knows: (spender, height).
     pub fn confirmed_spend(&self, outpoint: &OutPoint) -> Option<(Txid, u32)> {
-        self.by_outpoint
-            .get(outpoint)?
+        self.resident_under(outpoint_key(outpoint))
             .iter()
-            .filter_map(|id| self.watches.get(id)?.spend_of(outpoint))
+            .filter_map(|id| self.get(id)?.spend_of(outpoint))
             .find_map(|s| Some((s.spender, s.height?)))
     }
 
     /// The pre-signed transactions of every watch that spend `outpoint`, once each.
     pub fn presigned_spenders(&self, outpoint: &OutPoint) -> Vec<Transaction> {
         let mut seen = BTreeSet::new();
-        let ids = self.by_outpoint.get(outpoint).into_iter().flatten();
-        ids.filter_map(|id| self.watches.get(id))
+        let ids = self.resident_under(outpoint_key(outpoint));
+        ids.iter()
+            .filter_map(|id| self.get(id))
             .flat_map(|w| w.registration.transactions.iter())
             .filter(|p| p.tx.input.iter().any(|i| i.previous_output == *outpoint))
             .filter(|p| seen.insert(p.tx.compute_txid()))
@@ -106,14 +128,14 @@ impl Engine {
     /// Records `txid` confirmed at `height` for every watch that cares; returns those
     /// that changed.
     pub fn note_confirmed(&mut self, txid: Txid, height: u32) -> BTreeSet<WatchId> {
-        let ids = self.by_txid.get(&txid).cloned().unwrap_or_default();
+        let ids = self.resident_under(txid_key(&txid));
         self.mark(ids, |w| w.note_confirmed(txid, height))
     }
 
     /// Records an unseen spend of `outpoint` (see [`Watch::note_unseen_spend`]) for every
     /// watch that cares; returns those that changed.
     pub fn note_unseen_spend(&mut self, outpoint: OutPoint, below: u32) -> BTreeSet<WatchId> {
-        let ids = self.by_outpoint.get(&outpoint).cloned().unwrap_or_default();
+        let ids = self.resident_under(outpoint_key(&outpoint));
         self.mark(ids, |w| w.note_unseen_spend(outpoint, below))
     }
 
@@ -124,9 +146,9 @@ impl Engine {
     ) -> BTreeSet<WatchId> {
         let changed: BTreeSet<WatchId> = ids
             .into_iter()
-            .filter(|id| self.watches.get_mut(id).is_some_and(&mut change))
+            .filter(|id| self.watch_mut_quiet(id).is_some_and(&mut change))
             .collect();
-        self.dirty.extend(&changed);
+        self.mark_dirty(&changed);
         changed
     }
 }

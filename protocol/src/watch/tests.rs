@@ -200,7 +200,7 @@ fn forgetting_and_reregistering_reindexes() {
     );
     assert!(engine.forget(&[9; 32]).is_some());
     assert!(engine.observe(&s.tx2, None).is_empty());
-    assert!(engine.by_txid.is_empty() && engine.by_outpoint.is_empty());
+    assert!(engine.index.is_empty() && engine.resident.is_empty());
 }
 
 #[test]

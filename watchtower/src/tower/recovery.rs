@@ -274,15 +274,18 @@ impl Tower {
 
     /// Once the replay reached bitcoind's tip: says which unseen spends the blocks still
     /// available explained, and which stay unknown.
-    pub(super) fn finish_recovery(&self, state: &mut State) {
+    pub(super) fn finish_recovery(&self, state: &mut State) -> Result<(), TowerError> {
         let Some(recovery) = state.recovery.take() else {
-            return;
+            return Ok(());
         };
+        let wanted = state.engine.wanted_for_outpoints(&recovery.unseen);
+        self.page_in(state, &wanted)?;
         self.report_unseen(state, &recovery);
         tracing::warn!(
             pruned_below = recovery.first_block,
             "recovered without the pruned blocks: caught up with bitcoind's tip"
         );
+        Ok(())
     }
 
     /// For each outpoint found spent unseen: the spend the replayed blocks showed, or

@@ -5,6 +5,7 @@
 
 mod audit;
 mod datapath;
+mod lightning;
 mod market;
 mod measure;
 mod shards;
@@ -58,6 +59,9 @@ enum Command {
     /// farmer plugins over loopback on regtest and bought back: encode throughput against
     /// the single-contract path, upload and download MiB/s, the renter's peak RSS.
     Shards(shards::ShardsArgs),
+    /// One download bought over Lightning (mode N, a direct channel opened before) against
+    /// one through the mode-L chain, same file, same plugins: wall seconds and on-chain vbytes.
+    Lightning(lightning::LightningArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,5 +74,6 @@ fn main() -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(&args),
         Command::Market(args) => market::run(&args),
         Command::Shards(args) => shards::run(&args),
+        Command::Lightning(args) => lightning::run(&args),
     }
 }

@@ -1,27 +1,48 @@
 //! `watchtower`: what watching costs. The watch engine (`dstore_protocol::watch::Engine`,
-//! the decision core of `dstore-watchtower`) processing a block against many registered
-//! contracts, measured against decoding the same block; the engine's memory per contract;
-//! and, on regtest with a real `dstore-watchtower` process, the time from broadcasting a
+//! the decision core of `dstore-watchtower`) with its RocksDB store
+//! (`dstore_watchtower::store::Store`, in a temporary directory) processing a block
+//! against many registered contracts, measured against decoding the same block; the
+//! engine's memory per contract (its compact index: the watches themselves live in
+//! RocksDB); the start-up time; the disk bytes per live and per compacted contract; and,
+//! on regtest with a real `dstore-watchtower` process, the time from broadcasting a
 //! reused-nonce TX2 to the tower holding the farmer's key f.
 //!
 //! Figures (required names first):
 //!
 //! * `tower-block-ms`: decoding one `--block-txs` (2,000) transaction block from its
-//!   consensus bytes and `Engine::connect_block` on it, with `--contracts` (100,000)
-//!   renter contracts registered. Median of `--runs` (20).
+//!   consensus bytes, loading from RocksDB the watches its transactions touch (what
+//!   `Engine::touched_in_block` names), `Engine::connect_touched` and
+//!   `Engine::actions` on it, with `--contracts` (100,000) renter contracts registered, as
+//!   the tower does. The synced write of the changed watches afterwards is not included
+//!   (it was not before either: it is the disk's, not the engine's). Median of `--runs`
+//!   (20).
 //! * `tower-decode-only-block-ms`: the baseline, in the same run and interleaved with the
 //!   above: decoding the same bytes and computing every txid. Median of `--runs`.
 //! * `tower-block-ratio`: the first over the second (what watching adds to decoding).
-//! * `tower-ram-bytes-per-contract`: heap bytes live after registering the contracts minus
-//!   before, over the number of contracts, from a counting global allocator (bytes as
-//!   requested from the allocator; malloc's own per-chunk overhead is not included).
+//! * `tower-ram-bytes-per-contract`: heap bytes live after registering the contracts (each
+//!   stored in RocksDB and evicted, as the tower does) minus before, over the number of
+//!   contracts, from a counting global allocator (bytes as requested from the allocator;
+//!   malloc's own per-chunk overhead is not included, nor RocksDB's C++ memory, whose
+//!   memtable and block cache are bounded and do not grow with the contracts).
+//! * `tower-startup-s`: reopening the store and rebuilding the engine from the index
+//!   records (`dstore_watchtower::tower::load_engine`, what `dstore-watchtower` does at
+//!   start-up), no watch read.
+//! * `tower-disk-bytes-per-contract-live` (and `tower-disk-bytes-per-contract`, the same):
+//!   the database's files (table files and write-ahead log, after a flush and a full
+//!   RocksDB compaction) over the number of contracts; `tower-disk-bytes-per-contract-settled`:
+//!   the same after every contract is replaced by its summary (what the tower does
+//!   `COMPACT_DEPTH` blocks after a contract settled).
 //! * `tower-tx2-to-key-median-ms`, `tower-tx2-to-key-p99-ms`: for each of `--tx2s` (100)
 //!   renter contracts on regtest, the wall time from just before `sendrawtransaction` of its
 //!   real TX2 until the tower's `tower-status` shows the key (polled every millisecond).
 //!   The p99 is the nearest-rank 99th percentile (the 99th of 100 samples).
 //! * Extras: `tower-ram-rss-bytes-per-contract` (the same window's growth of VmRSS, which
 //!   includes malloc's overhead and fragmentation), `tower-register-us` (mean
-//!   `Engine::register` time), `tower-block-bytes`, `tower-tx2-to-key-min-ms`,
+//!   registration time, `Engine::register` and the stored write together),
+//!   `tower-ram-bytes-per-contract-restarted` (the heap of the engine rebuilt at start-up),
+//!   `tower-block-load-ms` (the part of `tower-block-ms` spent loading the touched
+//!   watches from RocksDB),
+//!   `tower-block-bytes`, `tower-tx2-to-key-min-ms`,
 //!   `tower-tx2-to-key-max-ms`, `tower-sendrawtransaction-ms` (median time until
 //!   bitcoind's `sendrawtransaction` returns, a part of the latency that is bitcoind's)
 //!   and `tower-status-rpc-ms` (median round trip of one `tower-status` poll, the
@@ -34,9 +55,9 @@
 //! contracts: two real reused-nonce TX2s (f is extracted), four of the registered
 //! tx1-refunds, and four random spends of registered TX1 outpoints (extraction is tried and
 //! fails). The rest spend outpoints nobody watches. Every timed connect does the same work:
-//! the ten touched watches are restored from a copy taken before the first connect
-//! (outside the timed region), so each repetition records first sightings and extracts f
-//! again, as the first connect of a block does.
+//! the ten touched watches are evicted without being written back (outside the timed
+//! region), so each repetition loads them as stored before the block, records first
+//! sightings and extracts f again, as the first connect of a block does.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
@@ -58,10 +79,15 @@ use bitcoin::{
 use clap::Args;
 use dstore_protocol::contract::{DownloadContract, RefundDestination};
 use dstore_protocol::nonce_reuse::farmer_sign_tx2;
-use dstore_protocol::watch::{Engine, ExtractSpec, Presigned, Registration, Watch, WatchRole};
+use dstore_protocol::watch::{
+    Engine, ExtractSpec, Presigned, Registration, WatchRole, WatchSummary,
+};
 use dstore_tests::funding::{broadcast, Funder};
 use dstore_tests::parties::{Parties, PRICE, REFUND_FEE, TX2_FEE};
 use dstore_tests::{BitcoinNode, TowerProcess};
+use dstore_watchtower::secrets::SecretBox;
+use dstore_watchtower::store::Store;
+use dstore_watchtower::tower::load_engine;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
@@ -274,14 +300,49 @@ fn renter_registration(kept: &Kept) -> anyhow::Result<Registration> {
     })
 }
 
-/// The engine with `n` registered contracts, the ones the block will touch, and the
-/// memory and time registering took.
+/// Contracts registered and stored per write (and evaluated, then evicted, together).
+const REGISTER_CHUNK: usize = 1_000;
+/// The tip the contracts are registered at.
+const REGISTER_TIP: u32 = BLOCK_HEIGHT - 1;
+
+/// The engine with `n` registered contracts stored in RocksDB, the ones the block will
+/// touch, and the memory and time registering took.
 struct Registered {
     engine: Engine,
+    store: Store,
+    dir: tempfile::TempDir,
     touched: Vec<Kept>,
     heap_bytes: isize,
     rss_bytes: i64,
     register_time: Duration,
+}
+
+fn open_store(dir: &tempfile::TempDir) -> anyhow::Result<Store> {
+    let secrets = SecretBox::new(&dir.path().join("auditor.key"));
+    Store::open(&dir.path().join("db"), secrets).context("opening the watchtower store")
+}
+
+/// What the tower does with registrations: register, evaluate at the tip, store each
+/// with its index record, evict.
+fn register_chunk(
+    engine: &mut Engine,
+    store: &Store,
+    registrations: Vec<Registration>,
+) -> anyhow::Result<()> {
+    let mut ids = Vec::with_capacity(registrations.len());
+    for registration in registrations {
+        ids.push(registration.id);
+        engine
+            .register(registration)
+            .map_err(|e| anyhow!("registering a synthetic contract: {e}"))?;
+    }
+    engine.actions(REGISTER_TIP, None);
+    let stored = ids
+        .iter()
+        .filter_map(|id| Some((engine.get(id)?, engine.index_record(id, REGISTER_TIP)?)));
+    store.save(stored, None)?;
+    engine.evict();
+    Ok(())
 }
 
 fn register_contracts(rng: &mut StdRng, n: u32) -> anyhow::Result<Registered> {
@@ -289,9 +350,14 @@ fn register_contracts(rng: &mut StdRng, n: u32) -> anyhow::Result<Registered> {
     let stride = n / TOUCHED;
     let mut touched = Vec::with_capacity(TOUCHED);
     let mut register_time = Duration::ZERO;
+    let dir = tempfile::Builder::new()
+        .prefix("dstore-bench-tower-")
+        .tempdir()?;
+    let store = open_store(&dir)?;
     let (heap_before, rss_before) = (live_bytes(), current_rss_bytes()?);
     let mut engine = Engine::new();
     let started = Instant::now();
+    let mut chunk = Vec::with_capacity(REGISTER_CHUNK);
     for i in 0..n {
         let (contract, f, r) = random_contract(rng);
         let outpoint = OutPoint {
@@ -304,18 +370,18 @@ fn register_contracts(rng: &mut StdRng, n: u32) -> anyhow::Result<Registered> {
             r,
             outpoint,
         };
-        let registration = renter_registration(&kept)?;
-        let t = Instant::now();
-        engine
-            .register(registration)
-            .map_err(|e| anyhow!("registering synthetic contract {i}: {e}"))?;
-        register_time += t.elapsed();
+        chunk.push(renter_registration(&kept)?);
         if i % stride == stride / 2 && touched.len() < TOUCHED {
             touched.push(kept);
         }
+        if chunk.len() == REGISTER_CHUNK || i + 1 == n {
+            let t = Instant::now();
+            register_chunk(&mut engine, &store, std::mem::take(&mut chunk))?;
+            register_time += t.elapsed();
+        }
         if (i + 1) % 20_000 == 0 {
             eprintln!(
-                "watchtower: {} contracts registered ({:.1} s)",
+                "watchtower: {} contracts registered and stored ({:.1} s)",
                 i + 1,
                 started.elapsed().as_secs_f64()
             );
@@ -335,6 +401,8 @@ fn register_contracts(rng: &mut StdRng, n: u32) -> anyhow::Result<Registered> {
     );
     Ok(Registered {
         engine,
+        store,
+        dir,
         touched,
         heap_bytes,
         rss_bytes,
@@ -489,16 +557,35 @@ fn decode_only(bytes: &[u8]) -> anyhow::Result<(Duration, Block, Vec<Txid>)> {
     Ok((took, black_box(block), black_box(txids)))
 }
 
+/// Loads the stored watches among `ids` (what the tower's `page_in` does).
+fn page_in(engine: &mut Engine, store: &Store, ids: &BTreeSet<[u8; 32]>) -> anyhow::Result<()> {
+    for id in ids {
+        if let Some(watch) = store.load(id)? {
+            engine.page_in(watch);
+        }
+    }
+    Ok(())
+}
+
 /// Decodes the block and connects it: what the tower does with a block's bytes.
 fn decode_and_connect(
     engine: &mut Engine,
+    store: &Store,
     bytes: &[u8],
-) -> anyhow::Result<(Duration, Block, BTreeSet<[u8; 32]>)> {
+) -> anyhow::Result<(Duration, Duration, Block, BTreeSet<[u8; 32]>)> {
     let start = Instant::now();
     let block: Block = deserialize(bytes).context("decoding the block")?;
-    let changed = engine.connect_block(&block, BLOCK_HEIGHT);
+    let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+    let touched = engine.touched_in_block(&block, &txids);
+    let wanted = engine.wanted_in(&touched);
+    let loading = Instant::now();
+    page_in(engine, store, &wanted)?;
+    let loading = loading.elapsed();
+    let changed = engine.connect_touched(&block, &touched, BLOCK_HEIGHT);
     // What is due now, among the watches the block touched or that were scheduled for
-    // this height (the first call, in the warm-up, evaluates every new registration).
+    // this height.
+    let wanted = engine.wanted_at(BLOCK_HEIGHT);
+    page_in(engine, store, &wanted)?;
     let actions = engine.actions(BLOCK_HEIGHT, None);
     let took = start.elapsed();
     ensure!(
@@ -506,7 +593,7 @@ fn decode_and_connect(
         "{} refunds due at height {BLOCK_HEIGHT}",
         actions.broadcasts.len()
     );
-    Ok((took, black_box(block), black_box(changed)))
+    Ok((took, loading, black_box(block), black_box(changed)))
 }
 
 fn engine_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
@@ -517,25 +604,20 @@ fn engine_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
     );
     let Registered {
         mut engine,
+        store,
+        dir,
         touched,
         heap_bytes,
         rss_bytes,
         register_time,
     } = register_contracts(&mut rng, args.contracts)?;
     let n = f64::from(args.contracts);
+    let db = dir.path().join("db");
+    let live_disk = store.disk_bytes(&db)?;
 
     let (block, revealed) = build_block(&mut rng, args.block_txs, &touched)?;
     let bytes = serialize(&block);
     let ids: Vec<[u8; 32]> = touched.iter().map(|k| k.contract.contract_id).collect();
-    let pristine: Vec<Watch> = ids
-        .iter()
-        .map(|id| {
-            engine
-                .get(id)
-                .cloned()
-                .ok_or_else(|| anyhow!("watch missing"))
-        })
-        .collect::<anyhow::Result<_>>()?;
     let expected: BTreeSet<[u8; 32]> = ids.iter().copied().collect();
     eprintln!(
         "watchtower: block of {} transactions, {} bytes; {} runs each, interleaved, after one \
@@ -547,6 +629,7 @@ fn engine_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
     drop(block);
 
     let (mut decode_times, mut tower_times) = (Vec::new(), Vec::new());
+    let mut load_times = Vec::new();
     for run in 0..=args.runs {
         let (took, block, txids) = decode_only(&bytes)?;
         ensure!(txids.len() == block.txdata.len());
@@ -555,7 +638,7 @@ fn engine_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
             decode_times.push(took);
         }
 
-        let (took, block, changed) = decode_and_connect(&mut engine, &bytes)?;
+        let (took, loading, block, changed) = decode_and_connect(&mut engine, &store, &bytes)?;
         ensure!(
             changed == expected,
             "the block changed {} watches, not the {} it touches",
@@ -573,18 +656,37 @@ fn engine_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
         drop((block, changed));
         if run > 0 {
             tower_times.push(took);
+            load_times.push(loading);
         }
         // Back to the state before the block, outside the timed region, so the next
-        // connect records and extracts again instead of finding everything known.
-        for watch in &pristine {
-            engine.insert(watch.clone());
-        }
+        // connect loads the watches as stored and records and extracts again.
+        engine.evict();
     }
     let decode = median(&decode_times);
     let tower = median(&tower_times);
+    drop(engine);
+
+    eprintln!("watchtower: restarting: reopening the store and rebuilding the index…");
+    drop(store);
+    let heap_before_start = live_bytes();
+    let started = Instant::now();
+    let store = open_store(&dir)?;
+    let engine = load_engine(&store).map_err(|e| anyhow!("rebuilding the engine: {e}"))?;
+    let startup = started.elapsed();
+    ensure!(
+        engine.len() == args.contracts as usize,
+        "{} watches after the restart",
+        engine.len()
+    );
+    let restarted_heap = live_bytes() - heap_before_start;
+    drop(engine);
+
+    eprintln!("watchtower: compacting every contract to its summary…");
+    let settled_disk = compact_all(&store, &db)?;
 
     figure("tower-block-ms", ms(tower));
     figure("tower-decode-only-block-ms", ms(decode));
+    figure("tower-block-load-ms", ms(median(&load_times)));
     figure(
         "tower-block-ratio",
         format!("{:.3}", tower.as_secs_f64() / decode.as_secs_f64()),
@@ -597,12 +699,44 @@ fn engine_figures(args: &WatchtowerArgs) -> anyhow::Result<()> {
         "tower-ram-rss-bytes-per-contract",
         format!("{:.1}", rss_bytes as f64 / n),
     );
+    figure("tower-startup-s", format!("{:.3}", startup.as_secs_f64()));
+    figure(
+        "tower-ram-bytes-per-contract-restarted",
+        format!("{:.1}", restarted_heap as f64 / n),
+    );
+    let live = format!("{:.1}", live_disk as f64 / n);
+    figure("tower-disk-bytes-per-contract", &live);
+    figure("tower-disk-bytes-per-contract-live", &live);
+    figure(
+        "tower-disk-bytes-per-contract-settled",
+        format!("{:.1}", settled_disk as f64 / n),
+    );
     figure(
         "tower-register-us",
         format!("{:.2}", register_time.as_secs_f64() * 1e6 / n),
     );
     figure("tower-block-bytes", bytes.len());
     Ok(())
+}
+
+/// Replaces every stored contract by its summary (as if all had settled), a thousand per
+/// write; returns the database's bytes on disk afterwards.
+fn compact_all(store: &Store, db: &std::path::Path) -> anyhow::Result<u64> {
+    let mut summaries: Vec<WatchSummary> = Vec::with_capacity(REGISTER_CHUNK);
+    let all: Vec<[u8; 32]> = store.index_records()?.into_iter().map(|r| r.id).collect();
+    for ids in all.chunks(REGISTER_CHUNK) {
+        for id in ids {
+            let watch = store.load(id)?.ok_or_else(|| anyhow!("watch missing"))?;
+            summaries.push(watch.summary(REFUND_HEIGHT + 200));
+        }
+        store.compact_many(&summaries)?;
+        summaries.clear();
+    }
+    ensure!(
+        store.index_records()?.is_empty(),
+        "watches left after compaction"
+    );
+    Ok(store.disk_bytes(db)?)
 }
 
 // ---------------------------------------------------------------------------------------
