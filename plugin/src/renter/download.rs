@@ -72,6 +72,20 @@ impl Renter {
         record: &mut RentedContract,
         output: &Path,
     ) -> Result<[u8; 32], RenterError> {
+        self.add_download(record, output, DownloadPhase::Offered, None)
+            .await
+    }
+
+    /// Adds and stores a new download of `record`'s file for `output` in `phase`, with a
+    /// fresh id, key index and commitment to R (mode N keeps them unused) and `ln`, the
+    /// mode-N state. Returns its id.
+    pub(super) async fn add_download(
+        &self,
+        record: &mut RentedContract,
+        output: &Path,
+        phase: DownloadPhase,
+        ln: Option<super::records::RentedLn>,
+    ) -> Result<[u8; 32], RenterError> {
         let tip = self.tip().await?;
         let key_index = self.db.next_key_index().map_err(internal)?;
         let r = self.secret(Role::Download, key_index)?;
@@ -81,7 +95,7 @@ impl Renter {
         record.downloads.push(RentedDownload {
             download_id,
             key_index,
-            phase: DownloadPhase::Offered,
+            phase,
             renter_commitment: commitment,
             renter_reveal: reveal,
             farmer_commitment: None,
@@ -103,7 +117,7 @@ impl Renter {
             statement: None,
             tx3: None,
             lease: None,
-            ln: None,
+            ln,
         });
         self.store(record)?;
         Ok(download_id)

@@ -14,13 +14,11 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitcoin::secp256k1::PublicKey;
-use dstore_protocol::keys::{commit_key, Role};
 use dstore_protocol::ln::{check_invoice, check_ln_sealed_copy, unseal_ln, verify_ln_transcript};
-use dstore_protocol::merkle::{MerkleBuilder, MerkleWriter};
-use rand::RngCore;
 use serde_json::{json, Value};
 
 use super::records::{DownloadPhase, RentedContract, RentedDownload, RentedLn};
+use super::unseal::unseal_checked;
 use super::{current, farmer_fault, internal, Renter, RenterError, SLOW_CALL};
 use crate::farmer::ln_download::{price_msat, LnDownloadRequest, LnOffer};
 use crate::ln::{Lightning, PaymentOutcome};
@@ -149,48 +147,18 @@ impl Renter {
         output: &Path,
         payee: PublicKey,
     ) -> Result<[u8; 32], RenterError> {
-        let tip = self.tip().await?;
-        let key_index = self.db.next_key_index().map_err(internal)?;
-        let r = self.secret(Role::Download, key_index)?;
-        let mut download_id = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut download_id);
-        let (commitment, reveal) = commit_key(&mut rand::thread_rng(), &r, &record.contract_id);
-        record.downloads.push(RentedDownload {
-            download_id,
-            key_index,
-            phase: DownloadPhase::LnRequested,
-            renter_commitment: commitment,
-            renter_reveal: reveal,
-            farmer_commitment: None,
-            contract: None,
+        let ln = RentedLn {
+            price_msat: price_msat(record.price),
+            payee,
             transcript: None,
-            tx1: None,
-            tx1_outpoint: None,
-            unsigned_tx2: None,
-            tx2_txid: None,
-            tx3_txid: None,
-            start_height: tip,
-            output: Some(output.display().to_string()),
-            fraud_proof: None,
-            refund_txid: None,
-            error: None,
-            watchtower: None,
-            min_tx1_confirmations: 0,
-            unreported: false,
-            statement: None,
-            tx3: None,
-            lease: None,
-            ln: Some(RentedLn {
-                price_msat: price_msat(record.price),
-                payee,
-                transcript: None,
-                invoice: None,
-                payment_hash: None,
-                preimage: None,
-                fee_msat: None,
-            }),
-        });
-        self.store(record)?;
+            invoice: None,
+            payment_hash: None,
+            preimage: None,
+            fee_msat: None,
+        };
+        let download_id = self
+            .add_download(record, output, DownloadPhase::LnRequested, Some(ln))
+            .await?;
         tracing::info!(download = %hex::encode(download_id), "mode-N download begins");
         Ok(download_id)
     }
@@ -485,21 +453,11 @@ impl Renter {
             "decrypting",
             record.ciphertext_length,
         );
-        let (sealed_in, unsealed_out, download_id) =
-            (sealed.clone(), unsealed.clone(), d.download_id);
-        let root_ok = tokio::task::spawn_blocking(move || {
-            let input = std::io::BufReader::new(std::fs::File::open(&sealed_in)?);
-            let out = std::io::BufWriter::new(std::fs::File::create(&unsealed_out)?);
-            let mut tee = MerkleWriter::new(out, MerkleBuilder::new());
-            unseal_ln(&preimage, &download_id, input, &mut tee)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let (mut out, builder) = tee.into_parts();
-            std::io::Write::flush(&mut out)?;
-            Ok::<_, std::io::Error>(builder.finish() == receipt.commitment())
+        let download_id = d.download_id;
+        let root_ok = unseal_checked(&sealed, &unsealed, receipt.commitment(), move |e, c| {
+            unseal_ln(&preimage, &download_id, e, c).map_err(|e| e.to_string())
         })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        .await?;
         if !root_ok {
             let _ = std::fs::remove_file(&unsealed);
             let proof = self.ln_fraud_proof(record).await?;

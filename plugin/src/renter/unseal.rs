@@ -2,6 +2,7 @@
 //! sealed copy E unsealed into C' and checked against root_C, C' decrypted to the output
 //! (through a hidden partial file); a mismatch stores a fraud proof instead.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::SecretKey;
@@ -9,13 +10,40 @@ use bitcoin::Transaction;
 use dstore_protocol::datapath::decrypt_stream;
 use dstore_protocol::extract::extract_farmer_key;
 use dstore_protocol::keys::joint_secret_key;
-use dstore_protocol::merkle::{MerkleBuilder, MerkleWriter};
+use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment, MerkleWriter};
 use dstore_protocol::seal::unseal;
 use serde_json::Value;
 
 use super::download::done_json;
 use super::records::{DownloadPhase, RentedContract};
 use super::{current, farmer_fault, internal, Renter, RenterError};
+
+/// Unseals the sealed copy at `sealed` into `unsealed` with `unseal_with` (either mode's
+/// keystream), hashing what it writes, off the async executor; true when that is C (root_C
+/// and length of `expected`).
+pub(super) async fn unseal_checked<F>(
+    sealed: &Path,
+    unsealed: &Path,
+    expected: MerkleCommitment,
+    unseal_with: F,
+) -> Result<bool, RenterError>
+where
+    F: FnOnce(&mut dyn Read, &mut dyn Write) -> Result<u64, String> + Send + 'static,
+{
+    let (sealed, unsealed) = (sealed.to_path_buf(), unsealed.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let mut input = std::io::BufReader::new(std::fs::File::open(&sealed)?);
+        let out = std::io::BufWriter::new(std::fs::File::create(&unsealed)?);
+        let mut tee = MerkleWriter::new(out, MerkleBuilder::new());
+        unseal_with(&mut input, &mut tee).map_err(std::io::Error::other)?;
+        let (mut out, builder) = tee.into_parts();
+        out.flush()?;
+        Ok::<_, std::io::Error>(builder.finish() == expected)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
+}
 
 impl Renter {
     /// Finishes the paid download at the end of `record` once TX2 is known: extracts f,
@@ -69,21 +97,11 @@ impl Renter {
         let unsealed = self
             .work_dir
             .join(format!("{}.c", hex::encode(d.download_id)));
-        let joint_key = *joint;
-        let (sealed_in, unsealed_out) = (sealed.clone(), unsealed.clone());
-        let root_ok = tokio::task::spawn_blocking(move || {
-            let input = std::io::BufReader::new(std::fs::File::open(&sealed_in)?);
-            let out = std::io::BufWriter::new(std::fs::File::create(&unsealed_out)?);
-            let mut tee = MerkleWriter::new(out, MerkleBuilder::new());
-            unseal(&joint_key, &transcript.ephemeral, input, &mut tee)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let (mut out, builder) = tee.into_parts();
-            std::io::Write::flush(&mut out)?;
-            Ok::<_, std::io::Error>(builder.finish() == receipt.commitment())
+        let (joint_key, ephemeral) = (*joint, transcript.ephemeral);
+        let root_ok = unseal_checked(&sealed, &unsealed, receipt.commitment(), move |e, c| {
+            unseal(&joint_key, &ephemeral, e, c).map_err(|e| e.to_string())
         })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        .await?;
         if !root_ok {
             let _ = std::fs::remove_file(&unsealed);
             let proof = self.fraud_proof(record, joint, r, tx2).await?;
