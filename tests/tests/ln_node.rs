@@ -67,6 +67,11 @@ fn ln_node_channel_opens_with_push_is_usable_on_both_sides_and_closes_cooperativ
         advertised["lightning"]["address"],
         ln_info(&farmer)["addresses"][0]
     );
+    // And in its signed market advert.
+    assert_eq!(
+        advertised["advert"]["advert"]["lightning"], advertised["lightning"],
+        "{advertised}"
+    );
 
     // Unfunded: the open is refused as insufficient funds and nothing is listed.
     payer.call_ok("dstore-ln-connect", json!([peer_uri(&farmer)]));

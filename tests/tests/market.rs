@@ -706,6 +706,7 @@ fn market_forged_inputs_change_nothing() {
             audits: true,
             min_claim_window_blocks: 6,
             issued_at: 1,
+            lightning: None,
         },
     );
     advert.advert.price_per_download_sat = 1;

@@ -477,6 +477,14 @@ mod tests {
         ));
     }
 
+    /// A renter's watch without audits (what most contracts are).
+    fn plain_watch() -> Watch {
+        let mut watch = auditor_watch();
+        watch.registration.auditor = None;
+        watch.audit = None;
+        watch
+    }
+
     #[test]
     fn records_of_earlier_versions_still_load() {
         let dir = tempfile::tempdir().unwrap();
@@ -485,9 +493,7 @@ mod tests {
             SecretBox::new(&dir.path().join("k")),
         )
         .unwrap();
-        let mut watch = auditor_watch();
-        watch.registration.auditor = None;
-        watch.audit = None;
+        let watch = plain_watch();
         store
             .db
             .put(watch_key(&watch.registration.id), encode(&watch))
@@ -503,9 +509,7 @@ mod tests {
     fn a_database_without_index_records_gets_them_at_its_first_opening() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db");
-        let mut watch = auditor_watch();
-        watch.registration.auditor = None;
-        watch.audit = None;
+        let mut watch = plain_watch();
         watch.registration.watch_txids = vec![Txid::from_byte_array([8; 32])];
         {
             let store = Store::open(&db, SecretBox::new(&dir.path().join("k"))).unwrap();
@@ -530,9 +534,7 @@ mod tests {
             SecretBox::new(&dir.path().join("k")),
         )
         .unwrap();
-        let mut watch = auditor_watch();
-        watch.registration.auditor = None;
-        watch.audit = None;
+        let mut watch = plain_watch();
         watch.registration.watch_txids = vec![Txid::from_byte_array([8; 32])];
         let record = IndexRecord::of(&watch, 7);
         store.save([(&watch, record.clone())], None).unwrap();

@@ -429,6 +429,7 @@ mod tests {
             max_file_bytes: 2,
             free_bytes: 3,
             min_claim_window_blocks: 6,
+            lightning: None,
         };
         let advert = crate::market::advert::signed_advert(&key, terms);
         let body = serde_json::to_vec(&advert).unwrap();

@@ -175,6 +175,14 @@ impl Farmer {
             max_file_bytes: self.config.max_file_bytes,
             free_bytes: crate::market::advert::free_bytes(&self.config.work_dir),
             min_claim_window_blocks: u32::from(self.config.audit_policy.min_claim_window),
+            lightning: self
+                .lightning
+                .as_ref()
+                .and_then(|ln| ln.advertised())
+                .map(|ln| dstore_protocol::market::advert::AdvertLightning {
+                    node_id: ln.node_id,
+                    address: ln.address,
+                }),
         };
         crate::market::advert::signed_advert(&self.identity, terms)
     }

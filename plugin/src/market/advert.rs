@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bitcoin::secp256k1::{Keypair, XOnlyPublicKey};
-use dstore_protocol::market::advert::{sign_advert, Advert, SignedAdvert};
+use dstore_protocol::market::advert::{sign_advert, Advert, AdvertLightning, SignedAdvert};
 use dstore_protocol::market::MarketError;
 use serde_json::Value;
 
@@ -46,6 +46,8 @@ pub struct AdvertTerms {
     pub max_file_bytes: u64,
     pub free_bytes: u64,
     pub min_claim_window_blocks: u32,
+    /// The farmer's Lightning node, when it has one (mode N).
+    pub lightning: Option<AdvertLightning>,
 }
 
 /// The farmer's advert, signed now.
@@ -61,6 +63,7 @@ pub fn signed_advert(identity: &Keypair, terms: AdvertTerms) -> SignedAdvert {
         audits: true,
         min_claim_window_blocks: terms.min_claim_window_blocks,
         issued_at: unix_now(),
+        lightning: terms.lightning,
     };
     sign_advert(identity, advert)
 }

@@ -29,6 +29,18 @@ pub struct Advert {
     pub min_claim_window_blocks: u32,
     /// Unix seconds by the farmer's clock, for freshness.
     pub issued_at: u64,
+    /// The farmer's Lightning node, when it sells downloads over Lightning (mode N,
+    /// PROTOCOL.md 4b). Left out of the JSON when absent, so adverts without it sign and
+    /// verify exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lightning: Option<AdvertLightning>,
+}
+
+/// A farmer's Lightning node in its advert: the node id and the "host:port" to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertLightning {
+    pub node_id: bitcoin::secp256k1::PublicKey,
+    pub address: String,
 }
 
 /// An advert with its identity's BIP340 signature.
@@ -100,6 +112,7 @@ mod tests {
             audits: true,
             min_claim_window_blocks: 6,
             issued_at: 1_700_000_000,
+            lightning: None,
         }
     }
 
@@ -118,6 +131,30 @@ mod tests {
             .unwrap()
             .verify()
             .unwrap();
+    }
+
+    #[test]
+    fn a_lightning_node_is_signed_and_its_absence_changes_nothing() {
+        let kp = keypair(5);
+        let plain = advert(&kp);
+        assert!(!String::from_utf8(plain.canonical_bytes())
+            .unwrap()
+            .contains("lightning"));
+        let mut with_ln = advert(&kp);
+        with_ln.lightning = Some(AdvertLightning {
+            node_id: kp.public_key(),
+            address: "127.0.0.1:9735".into(),
+        });
+        let signed = sign_advert(&kp, with_ln);
+        let back: SignedAdvert =
+            serde_json::from_str(&serde_json::to_string(&signed).unwrap()).unwrap();
+        back.verify().unwrap();
+        let mut moved = back.clone();
+        moved.advert.lightning.as_mut().unwrap().node_id = keypair(6).public_key();
+        assert_eq!(moved.verify(), Err(MarketError::BadSignature));
+        let mut dropped = back;
+        dropped.advert.lightning = None;
+        assert_eq!(dropped.verify(), Err(MarketError::BadSignature));
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn measured_state(rng: &mut StdRng, farmers: u32, lessors: &[Keypair]) -> (Marke
             audits: true,
             min_claim_window_blocks: 6,
             issued_at: 1_700_000_000,
+            lightning: None,
         };
         state.adverts.insert(identity, sign_advert(key, advert));
     }
