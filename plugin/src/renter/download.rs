@@ -219,31 +219,50 @@ impl Renter {
     /// Step 1c (PROTOCOL.md 3.1): E is fetched and checked against root_E before any money
     /// moves.
     async fn fetch_sealed_copy(&self, record: &RentedContract) -> Result<(), RenterError> {
-        let (id, id_hex) = (record.contract_id, hex::encode(record.contract_id));
         let d = record
             .downloads
             .last()
             .ok_or_else(|| internal("no download"))?;
         let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
-        let sealed = self.sealed_file(&d.download_id);
-        self.progress
-            .phase(&id_hex, "downloading", transcript.length);
+        self.fetch_checked_sealed_copy(record, transcript.length, move |sealed| {
+            check_sealed_copy(&transcript, sealed)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Fetches the latest download's sealed copy E (`length` bytes) and runs `check` (E
+    /// against root_E, in either mode) on it before any money moves.
+    pub(super) async fn fetch_checked_sealed_copy<F>(
+        &self,
+        record: &RentedContract,
+        length: u64,
+        check: F,
+    ) -> Result<(), RenterError>
+    where
+        F: FnOnce(std::io::BufReader<std::fs::File>) -> Result<(), String> + Send + 'static,
+    {
+        let (id, id_hex) = (record.contract_id, hex::encode(record.contract_id));
+        let download_id = record
+            .downloads
+            .last()
+            .ok_or_else(|| internal("no download"))?
+            .download_id;
+        let sealed = self.sealed_file(&download_id);
+        self.progress.phase(&id_hex, "downloading", length);
         self.client(record)
             .fetch_sealed(
                 &id,
-                &d.download_id,
+                &download_id,
                 &sealed,
-                transcript.length,
+                length,
                 reporter(&self.progress, &id_hex),
             )
             .await?;
         tokio::task::spawn_blocking(move || {
-            check_sealed_copy(
-                &transcript,
-                std::io::BufReader::new(std::fs::File::open(&sealed)?),
-            )
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            let file = std::fs::File::open(&sealed).map_err(|e| e.to_string())?;
+            check(std::io::BufReader::new(file))
         })
         .await
         .map_err(internal)?

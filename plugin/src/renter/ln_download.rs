@@ -22,7 +22,6 @@ use super::unseal::unseal_checked;
 use super::{current, farmer_fault, internal, Renter, RenterError, SLOW_CALL};
 use crate::farmer::ln_download::{price_msat, LnDownloadRequest, LnOffer};
 use crate::ln::{Lightning, PaymentOutcome};
-use crate::progress::reporter;
 
 /// How `dstore-download` pays: over Lightning (mode N), on the chain (mode L), or over
 /// Lightning when both sides have it and the payment looks routable (auto).
@@ -214,7 +213,6 @@ impl Renter {
 
     /// Step 3: E is fetched and checked against root_E before anything is paid.
     async fn fetch_ln_sealed_copy(&self, record: &RentedContract) -> Result<(), RenterError> {
-        let (id, id_hex) = (record.contract_id, hex::encode(record.contract_id));
         let d = record
             .downloads
             .last()
@@ -222,31 +220,12 @@ impl Renter {
         let transcript = ln_state(d)?
             .transcript
             .ok_or_else(|| internal("no transcript"))?;
-        let sealed = self.sealed_file(&d.download_id);
-        self.progress
-            .phase(&id_hex, "downloading", transcript.length);
-        self.client(record)
-            .fetch_sealed(
-                &id,
-                &d.download_id,
-                &sealed,
-                transcript.length,
-                reporter(&self.progress, &id_hex),
-            )
-            .await?;
-        tokio::task::spawn_blocking(move || {
-            let input = std::io::BufReader::new(std::fs::File::open(&sealed)?);
-            check_ln_sealed_copy(&transcript, input)
+        self.fetch_checked_sealed_copy(record, transcript.length, move |sealed| {
+            check_ln_sealed_copy(&transcript, sealed)
                 .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map_err(|e| e.to_string())
         })
         .await
-        .map_err(internal)?
-        .map_err(|e| {
-            farmer_fault(format!(
-                "the sealed copy fails root_E ({e}); nothing was paid"
-            ))
-        })
     }
 
     /// Step 4: the invoice pays exactly the transcript's price to the farmer's node under
