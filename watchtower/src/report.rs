@@ -3,7 +3,9 @@
 //! what it has seen on the chain and, for an audit contract, the `audits` section
 //! ([`dstore_protocol::watch::auditor::AuditsReport`] documents its shape). The
 //! registration itself is never shown: an auditor's salts stay in the tower. A compacted
-//! contract shows its summary (`"compacted": true`): the key, how each transaction ended.
+//! contract shows its summary (`"compacted": true`): the key, how each transaction ended
+//! and, for an audit contract, its `audits` section as at compaction (without the Merkle
+//! records).
 
 use bitcoin::consensus::encode::serialize_hex;
 use dstore_protocol::watch::{TxState, Watch, WatchSummary};
@@ -31,8 +33,8 @@ pub fn compacted_summary(summary: &WatchSummary) -> Value {
         "key_extracted": summary.key.is_some(),
         "transactions": summary.outcomes.len(),
         "settled": true,
-        "auditor": false,
-        "audits_failed": false,
+        "auditor": summary.auditor,
+        "audits_failed": summary.audits.as_ref().is_some_and(|a| a.audits_failed),
         "compacted": true,
     })
 }
@@ -58,6 +60,7 @@ pub fn compacted_status(summary: &WatchSummary, tip: Option<u32>) -> Value {
         "compacted": true,
         "settled_height": summary.settled_height,
         "compacted_height": summary.compacted_height,
+        "audits": summary.audits,
     })
 }
 

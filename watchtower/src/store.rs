@@ -13,8 +13,16 @@
 //! back. Records are `{"watch": …, "sealed_secrets": null | {"nonce", "ciphertext"}}`;
 //! records of earlier versions (the bare watch) still load, and a database written before
 //! index records existed gets them at its first opening.
+//!
+//! The last [`RECENT_WATCHES`] watches loaded or saved are kept decoded ([`Recent`]): a
+//! TX2 and the `tower-status` polls that follow it, or a block and the broadcasts it makes
+//! due, touch the same watch again within moments. The copy is replaced at each save and
+//! dropped at each compaction or forget, after the write succeeded, so it is always what
+//! the database holds.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Mutex;
 
 use bitcoin::BlockHash;
 use dstore_protocol::audit::candidates::CandidateSecret;
@@ -32,6 +40,8 @@ const TIP_KEY: &str = "meta/tip";
 const INDEXED_KEY: &str = "meta/indexed";
 /// The index record's format version (its first byte).
 const INDEX_RECORD_VERSION: u8 = 1;
+/// Decoded watches kept after their last load or save.
+pub const RECENT_WATCHES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +63,47 @@ pub struct Tip {
 pub struct Store {
     db: DB,
     secrets: SecretBox,
+    recent: Mutex<Recent>,
+}
+
+/// The most recently touched watches, decoded: at most [`RECENT_WATCHES`], the least
+/// recently touched dropped first.
+#[derive(Default)]
+struct Recent {
+    watches: HashMap<WatchId, (u64, Watch)>,
+    by_age: BTreeMap<u64, WatchId>,
+    clock: u64,
+}
+
+impl Recent {
+    fn get(&mut self, id: &WatchId) -> Option<Watch> {
+        let (stamp, watch) = self.watches.get_mut(id)?;
+        self.by_age.remove(stamp);
+        self.clock += 1;
+        *stamp = self.clock;
+        self.by_age.insert(self.clock, *id);
+        Some(watch.clone())
+    }
+
+    fn put(&mut self, watch: Watch) {
+        let id = watch.registration.id;
+        self.remove(&id);
+        self.clock += 1;
+        self.by_age.insert(self.clock, id);
+        self.watches.insert(id, (self.clock, watch));
+        while self.watches.len() > RECENT_WATCHES {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.watches.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, id: &WatchId) {
+        if let Some((stamp, _)) = self.watches.remove(id) {
+            self.by_age.remove(&stamp);
+        }
+    }
 }
 
 /// A watch record as written.
@@ -97,6 +148,7 @@ impl Store {
         let store = Store {
             db: DB::open(&options, dir)?,
             secrets,
+            recent: Mutex::new(Recent::default()),
         };
         store.add_missing_index_records()?;
         Ok(store)
@@ -152,6 +204,29 @@ impl Store {
         })
     }
 
+    /// Up to `limit` stored watches in id order, from the first one after `after` (or
+    /// the first of all): a scan in bounded pieces.
+    pub fn watches_after(
+        &self,
+        after: Option<&WatchId>,
+        limit: usize,
+    ) -> Result<Vec<Watch>, StoreError> {
+        let start = after.map_or_else(|| WATCH_PREFIX.to_string(), watch_key);
+        let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
+        let mut found = Vec::new();
+        for item in self.db.iterator(mode) {
+            let (key, value) = item?;
+            if !key.starts_with(WATCH_PREFIX.as_bytes()) || found.len() == limit {
+                break;
+            }
+            if *key == *start.as_bytes() && after.is_some() {
+                continue;
+            }
+            found.push(self.decode_watch(&String::from_utf8_lossy(&key), &value)?);
+        }
+        Ok(found)
+    }
+
     /// Every index record: what start-up reads.
     pub fn index_records(&self) -> Result<Vec<IndexRecord>, StoreError> {
         let mut found = Vec::new();
@@ -162,13 +237,22 @@ impl Store {
         Ok(found)
     }
 
-    /// Watch `id`, if stored whole.
+    /// Watch `id`, if stored whole (from the recent ones if it is among them).
     pub fn load(&self, id: &WatchId) -> Result<Option<Watch>, StoreError> {
-        let key = watch_key(id);
-        match self.db.get(&key)? {
-            None => Ok(None),
-            Some(bytes) => self.decode_watch(&key, &bytes).map(Some),
+        if let Some(watch) = self.recent().get(id) {
+            return Ok(Some(watch));
         }
+        let key = watch_key(id);
+        let Some(bytes) = self.db.get(&key)? else {
+            return Ok(None);
+        };
+        let watch = self.decode_watch(&key, &bytes)?;
+        self.recent().put(watch.clone());
+        Ok(Some(watch))
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The summary of compacted watch `id`.
@@ -211,12 +295,16 @@ impl Store {
         summaries: impl IntoIterator<Item = &'a WatchSummary>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
+        let mut ids = Vec::new();
         for summary in summaries {
             batch.put(summary_key(&summary.id), encode(summary));
             batch.delete(watch_key(&summary.id));
             batch.delete(index_key(&summary.id));
+            ids.push(summary.id);
         }
         self.db.write_opt(batch, &synced())?;
+        let mut recent = self.recent();
+        ids.iter().for_each(|id| recent.remove(id));
         Ok(())
     }
 
@@ -246,15 +334,31 @@ impl Store {
         tip: Option<Tip>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
+        let mut written = Vec::new();
         for (watch, record) in watches {
             batch.put(watch_key(&watch.registration.id), self.encode_watch(watch)?);
             batch.put(index_key(&record.id), encode_index(&record));
+            written.push(watch);
         }
         if let Some(tip) = tip {
             batch.put(TIP_KEY, encode(&tip));
         }
         self.db.write_opt(batch, &synced())?;
+        self.note_saved(&written);
         Ok(())
+    }
+
+    /// Keeps the watches just written among the recent ones; a batch larger than that
+    /// (a bulk registration) only drops their older copies.
+    fn note_saved(&self, written: &[&Watch]) {
+        let mut recent = self.recent();
+        for watch in written {
+            if written.len() <= RECENT_WATCHES {
+                recent.put((*watch).clone());
+            } else {
+                recent.remove(&watch.registration.id);
+            }
+        }
     }
 
     /// Removes watch `id` entirely: whole, index record, summary.
@@ -264,6 +368,7 @@ impl Store {
         batch.delete(index_key(id));
         batch.delete(summary_key(id));
         self.db.write_opt(batch, &synced())?;
+        self.recent().remove(id);
         Ok(())
     }
 
@@ -524,6 +629,53 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].keys, watch.index_keys());
         assert_eq!(records[0].wake, Some(0), "evaluated at the first block");
+    }
+
+    #[test]
+    fn watches_are_read_in_pieces_and_the_recent_copies_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            SecretBox::new(&dir.path().join("k")),
+        )
+        .unwrap();
+        let watches: Vec<Watch> = (0..5u8)
+            .map(|i| {
+                let mut watch = plain_watch();
+                watch.registration.id = [i; 32];
+                watch
+            })
+            .collect();
+        let records = watches.iter().map(|w| (w, IndexRecord::of(w, 0)));
+        store.save(records, None).unwrap();
+        let mut read = Vec::new();
+        let mut after = None;
+        loop {
+            let piece = store.watches_after(after.as_ref(), 2).unwrap();
+            let Some(last) = piece.last() else { break };
+            assert!(piece.len() <= 2);
+            after = Some(last.registration.id);
+            read.extend(piece);
+        }
+        assert_eq!(read, watches, "each once, in id order");
+        // A load after a save, a compaction or a forget sees what the database holds.
+        let id = watches[1].registration.id;
+        assert_eq!(store.load(&id).unwrap().as_ref(), Some(&watches[1]));
+        let mut changed = watches[1].clone();
+        changed.extract_note = Some("changed".into());
+        store
+            .save([(&changed, IndexRecord::of(&changed, 0))], None)
+            .unwrap();
+        assert_eq!(store.load(&id).unwrap(), Some(changed.clone()));
+        store.compact(&changed.summary(300)).unwrap();
+        assert_eq!(store.load(&id).unwrap(), None);
+        let other = watches[2].registration.id;
+        assert!(store.load(&other).unwrap().is_some());
+        store.forget(&other).unwrap();
+        assert_eq!(store.load(&other).unwrap(), None);
+        let recent = store.recent();
+        assert!(recent.watches.len() <= RECENT_WATCHES);
+        assert_eq!(recent.watches.len(), recent.by_age.len());
     }
 
     #[test]

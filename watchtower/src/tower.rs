@@ -6,9 +6,11 @@
 //! Memory: the engine keeps only its compact index in RAM (issue 21). Before each
 //! operation the tower loads from the store the watches the engine names (those a block
 //! or a transaction touches, those due at the tip, the one an RPC names), and once what
-//! changed is stored it evicts them again ([`Engine::evict`]); watches with groups or an
-//! auditor stay loaded. A settled contract buried [`COMPACT_DEPTH`] blocks deep is
-//! replaced by its summary ([`Tower::compact`]).
+//! changed is stored it evicts them again ([`Engine::evict`]). Audit contracts (groups or
+//! an auditor) too: they are due at their timelocks, salt releases and Merkle audits like
+//! any other wake height, and the auditor's duties run for the ones loaded at the tip. A
+//! settled contract buried [`COMPACT_DEPTH`] blocks deep, its audits over, is replaced by
+//! its summary ([`Tower::compact`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,8 +107,8 @@ pub struct Tower {
 const BUMP_FEERATE_SAT_VB: u64 = 25;
 
 impl Tower {
-    /// Rebuilds the engine's index and schedule from the stored index records (and
-    /// loads the pinned watches whole), and reads the last processed block. The auditor's
+    /// Rebuilds the engine's index and schedule from the stored index records, and reads
+    /// the last processed block. The auditor's
     /// answers arrive on the returned receiver; hand each to [`Tower::on_auditor_outcome`].
     pub fn open(
         store: Store,
@@ -116,7 +118,8 @@ impl Tower {
         dev_fault: Option<DevFault>,
     ) -> Result<(Tower, UnboundedReceiver<AuditorOutcome>), TowerError> {
         let started = Instant::now();
-        let engine = load_engine(&store)?;
+        let mut engine = load_engine(&store)?;
+        engine.set_merkle_every(settings.merkle_every);
         let mut compacted = 0;
         store.for_each_summary(|_| {
             compacted += 1;
@@ -152,15 +155,6 @@ impl Tower {
                 state.engine.page_in(watch);
             }
         }
-        Ok(())
-    }
-
-    /// Loads every stored watch (a recovery past pruned blocks asks about all of them).
-    fn page_in_all(&self, state: &mut State) -> Result<(), TowerError> {
-        self.store.for_each_watch(|watch| {
-            state.engine.page_in(watch);
-            Ok(())
-        })?;
         Ok(())
     }
 
@@ -206,9 +200,6 @@ impl Tower {
                 if let Err(e) = self.connect_next(state, tip).await {
                     // A pruned node no longer has the block: recover without it.
                     let pruned = recovery::is_pruned_block(&e);
-                    if pruned {
-                        self.page_in_all(state)?;
-                    }
                     let recovered = pruned && self.recover_if_pruned(state, tip).await?;
                     if !recovered {
                         return Err(e);
@@ -357,9 +348,9 @@ impl Tower {
         let Some(tip) = state.tip else {
             return Ok(());
         };
-        self.fill_beacon_hashes(state, tip.height).await?;
         let wanted = state.engine.wanted_at(tip.height);
         self.page_in(state, &wanted)?;
+        self.fill_beacon_hashes(state, tip.height).await?;
         let script = self.wallet.script();
         let actions = state.engine.actions(tip.height, Some(&script));
         for due in actions.broadcasts {
@@ -403,8 +394,9 @@ impl Tower {
         Ok(())
     }
 
-    /// The auditor's duties at `tip`: release the salts of confirmed candidates, and run
-    /// a Merkle audit where one is due. Each release is recorded and stored before it is
+    /// The auditor's duties at `tip`, for the auditor watches loaded (those a block
+    /// touched or whose wake height came): release the salts of confirmed candidates, and
+    /// run a Merkle audit where one is due. Each release is recorded and stored before it is
     /// sent; the answers come back through [`Tower::on_auditor_outcome`].
     fn audit(&self, state: &mut State, tip: Tip) -> Result<(), TowerError> {
         let ids: Vec<WatchId> = state
@@ -815,24 +807,30 @@ impl Tower {
     }
 
     /// After a ZMQ gap: the mempool's spends of every watched outpoint, replayed. The
-    /// outpoints are read from the store one watch at a time.
+    /// watches are read from the store a batch at a time.
     pub async fn resync_mempool(&self) -> Result<(), TowerError> {
-        let outpoints: Vec<OutPoint> = {
-            let _state = self.state.lock().await;
-            let mut all = BTreeSet::new();
-            self.store.for_each_watch(|watch| {
-                all.extend(watch.watched_outpoints());
-                Ok(())
-            })?;
-            all.into_iter().collect()
-        };
-        for tx in self.mempool_spends(&outpoints).await? {
-            let mut state = self.state.lock().await;
-            let result = self.observe_raw_tx(&mut state, &tx);
-            state.engine.evict();
-            result?;
+        let mut after = None;
+        loop {
+            let outpoints: Vec<OutPoint> = {
+                let _state = self.state.lock().await;
+                let batch = self
+                    .store
+                    .watches_after(after.as_ref(), recovery::RECOVERY_BATCH)?;
+                let Some(last) = batch.last() else {
+                    return Ok(());
+                };
+                after = Some(last.registration.id);
+                let all: BTreeSet<OutPoint> =
+                    batch.iter().flat_map(|w| w.watched_outpoints()).collect();
+                all.into_iter().collect()
+            };
+            for tx in self.mempool_spends(&outpoints).await? {
+                let mut state = self.state.lock().await;
+                let result = self.observe_raw_tx(&mut state, &tx);
+                state.engine.evict();
+                result?;
+            }
         }
-        Ok(())
     }
 
     /// Removes watch `id` entirely, whole or compacted.
@@ -905,19 +903,11 @@ impl Tower {
 }
 
 /// The engine as stored: every watch's index record restored (indexed and scheduled, not
-/// loaded), the pinned watches loaded whole.
+/// loaded).
 pub fn load_engine(store: &Store) -> Result<Engine, TowerError> {
     let mut engine = Engine::new();
     for record in store.index_records()? {
-        if !record.pinned {
-            engine.restore(&record);
-            continue;
-        }
-        let watch = store.load(&record.id)?.ok_or_else(|| StoreError::Corrupt {
-            key: hex::encode(record.id),
-            reason: "an index record without its watch".into(),
-        })?;
-        engine.insert(watch);
+        engine.restore(&record);
     }
     Ok(engine)
 }

@@ -797,3 +797,207 @@ fn an_anchored_audit_refund_left_unconfirmed_is_bumped_by_the_tower() {
     let stranger = cpfp::own_script(&key(10));
     assert!(watch.stuck(tip + STUCK_BLOCKS, &stranger).is_empty());
 }
+
+/// Every audit of `a` paid: at T_i + 1 the beacon-independent candidate j = i % KEPT
+/// confirms and at T_i + 2 the farmer's claim; the salt of each is released first.
+/// Returns the height of the last claim.
+fn pay_every_audit(a: &Audit, engine: &mut Engine) -> u32 {
+    let mut tip = 0;
+    for i in 0..AUDITS {
+        let t = a.book.terms.audit_height(i);
+        let j = i % KEPT as u32;
+        // A losing member seen in a mempool and never confirmed blocks nothing.
+        engine.observe(&a.candidate(i, (j + 1) % KEPT as u32), None);
+        engine.connect_block(&block_at(t + 1, 0, vec![a.candidate(i, j)]), t + 1);
+        let due = ReleaseDue {
+            audit: i,
+            candidate: j,
+            candidate_txid: a.candidate(i, j).compute_txid(),
+        };
+        let claim = a.claim(i, j);
+        let watch = engine.watch_mut(&ID).unwrap();
+        watch.record_release_attempt(&due, t + 1);
+        watch.record_release_outcome(&due, t + 1, Ok(claim.compute_txid()));
+        engine.connect_block(&block_at(t + 2, 0, vec![claim]), t + 2);
+        tip = t + 2;
+    }
+    tip
+}
+
+fn passed_merkle_audit(height: u32) -> MerkleRecord {
+    MerkleRecord {
+        height,
+        block_hash: BlockHash::all_zeros(),
+        k: 16,
+        ok: true,
+        error: None,
+        unreachable: false,
+    }
+}
+
+#[test]
+fn an_audit_contract_is_compacted_once_every_audit_ended_and_keeps_its_audits_report() {
+    let a = audit();
+    let mut engine = registered(&a);
+    connect_empty(&mut engine, T0 - 1, T0);
+    for height in [T0 - 5, T0 - 2] {
+        let watch = engine.watch_mut(&ID).unwrap();
+        watch.record_merkle_audit(passed_merkle_audit(height));
+    }
+    let first = a.book.terms.audit_height(0);
+    engine.connect_block(&block_at(first + 1, 0, vec![a.candidate(0, 0)]), first + 1);
+    let watch = engine.get(&ID).unwrap();
+    assert_eq!(watch.compact_height(first + 200), None, "audits ahead");
+    let last = pay_every_audit(&a, &mut engine);
+    let watch = engine.get(&ID).unwrap();
+    assert!(watch.audits_settled());
+    assert_eq!(watch.compact_height(last + 10), Some(last + COMPACT_DEPTH));
+    assert_eq!(watch.wake(last + 10), Some(last + COMPACT_DEPTH));
+    assert!(engine
+        .actions(last + COMPACT_DEPTH - 1, None)
+        .compact
+        .is_empty());
+    assert_eq!(engine.actions(last + COMPACT_DEPTH, None).compact, vec![ID]);
+
+    let watch = engine.get(&ID).unwrap();
+    let tip = last + COMPACT_DEPTH;
+    let summary = watch.summary(tip);
+    assert!(summary.auditor);
+    let report = summary.audits.clone().unwrap();
+    let mut before = watch.audits_report(Some(tip)).unwrap();
+    assert_eq!(before.merkle.records.len(), 2);
+    before.merkle.records.clear();
+    assert_eq!(
+        report, before,
+        "the report as it stood, without the records"
+    );
+    assert_eq!(report.merkle.passed, 2, "the counts stay");
+    for (i, row) in report.audits.iter().enumerate() {
+        let j = i as u32 % KEPT as u32;
+        assert_eq!(row.outcome, AuditOutcome::Paid);
+        assert_eq!(row.settled_by, Some(a.claim(i as u32, j).compute_txid()));
+        assert_eq!(
+            row.release.as_ref().unwrap().released_height,
+            Some(row.height + 1)
+        );
+    }
+    assert_eq!(
+        summary.outcomes.len(),
+        watch.registration.transactions.len()
+    );
+    // Stored as one JSON line, well under the watch (the transactions' names, txids and
+    // final states are most of it), without any secret, and read back whole.
+    let line = serde_json::to_string(&summary).unwrap();
+    let whole = serde_json::to_string(watch).unwrap();
+    assert!(
+        line.len() * 2 < whole.len(),
+        "{} bytes vs {}",
+        line.len(),
+        whole.len()
+    );
+    assert!(!line.contains(&hex::encode(a.secrets[0][0].salt)));
+    assert_eq!(
+        serde_json::from_str::<WatchSummary>(&line).unwrap(),
+        summary
+    );
+}
+
+#[test]
+fn an_auditor_only_watch_waits_for_its_audits_not_for_transactions() {
+    let a = audit();
+    let mut registration = a.renter_registration();
+    registration.transactions.clear();
+    let mut engine = Engine::new();
+    engine.register(registration).unwrap();
+    let watch = engine.get(&ID).unwrap();
+    assert!(watch.settled(T0 + 500), "no transaction of its own");
+    assert_eq!(watch.compact_height(T0 + 500), None, "its audits are ahead");
+    let first = a.book.terms.audit_height(0);
+    engine.connect_block(&block_at(first + 1, 0, vec![a.candidate(0, 0)]), first + 1);
+    let watch = engine.get(&ID).unwrap();
+    assert_eq!(
+        watch.wake(first + 1),
+        Some(first + 2),
+        "a salt release is due"
+    );
+    let last = pay_every_audit(&a, &mut engine);
+    let summary = engine.get(&ID).unwrap().summary(last + COMPACT_DEPTH);
+    assert!(engine.get(&ID).unwrap().compactable(last + COMPACT_DEPTH));
+    assert!(summary.outcomes.is_empty());
+    let report = summary.audits.unwrap();
+    assert!(report.auditor && !report.audits_failed);
+    assert!(report
+        .audits
+        .iter()
+        .all(|r| r.outcome == AuditOutcome::Paid));
+}
+
+#[test]
+fn a_stored_audit_contract_is_woken_for_its_candidates_and_merkle_audits_and_gets_its_beacon() {
+    let a = audit();
+    let mut engine = registered(&a);
+    engine.set_merkle_every(4);
+    engine.actions(T0 - 30, None);
+    // Only the index is kept: the next Merkle audit is due at once, then 4 blocks on.
+    let record = engine.index_record(&ID, T0 - 30).unwrap();
+    assert_eq!(record.wake, Some(T0 - 29));
+    engine
+        .watch_mut(&ID)
+        .unwrap()
+        .record_merkle_audit(passed_merkle_audit(T0 - 29));
+    let record = engine.index_record(&ID, T0 - 29).unwrap();
+    assert_eq!(record.wake, Some(T0 - 25));
+    let stored = engine.get(&ID).unwrap().clone();
+    let mut fresh = Engine::new();
+    fresh.set_merkle_every(0);
+    let mut record = IndexRecord::of(&stored, T0 - 20);
+    assert_eq!(
+        record.wake,
+        Some(T0),
+        "without Merkle audits: its candidates' T_0"
+    );
+    fresh.restore(&record);
+    fresh.evict();
+    connect_empty(&mut fresh, T0 - 20, T0);
+    assert!(
+        fresh.get(&ID).is_none(),
+        "not loaded by blocks that do not touch it"
+    );
+    assert_eq!(fresh.wanted_at(T0), BTreeSet::from([ID]));
+    assert!(fresh.page_in(stored.clone()));
+    let j = beacon_j(block_at(T0 - 1, 0, vec![]).block_hash());
+    assert_eq!(
+        names(&fresh.due(T0)),
+        vec![format!("audit-0-candidate-{j}")],
+        "the beacon's hash was handed over at page-in"
+    );
+    fresh.evict();
+    assert!(fresh.get(&ID).is_none(), "audit contracts are evicted too");
+    // A record written by an earlier version (pinned, evaluated every block) is due at once.
+    record.pinned = true;
+    record.wake = None;
+    let mut legacy = Engine::new();
+    legacy.restore(&record);
+    assert_eq!(legacy.wanted_at(0), BTreeSet::from([ID]));
+}
+
+#[test]
+fn a_beacon_hash_disconnected_while_the_watch_was_stored_is_forgotten_at_page_in() {
+    let a = audit();
+    let mut engine = registered(&a);
+    connect_empty(&mut engine, T0 - 3, T0 - 1);
+    let stored = engine.get(&ID).unwrap().clone();
+    assert!(stored.beacon_hash(T0 - 1).is_some());
+    engine.evict();
+    engine.disconnect_block(&block_at(T0 - 1, 0, vec![]), T0 - 1);
+    assert!(engine.page_in(stored.clone()));
+    assert_eq!(engine.get(&ID).unwrap().beacon_hash(T0 - 1), None);
+    engine.evict();
+    let fork = block_at(T0 - 1, 1, vec![]);
+    engine.connect_block(&fork, T0 - 1);
+    assert!(engine.page_in(stored));
+    assert_eq!(
+        engine.get(&ID).unwrap().beacon_hash(T0 - 1),
+        Some(fork.block_hash())
+    );
+}

@@ -316,6 +316,31 @@ impl Watch {
             .is_none_or(|last| tip >= last.height.saturating_add(wait))
     }
 
+    /// The first tip above `tip` at which [`merkle_audit_due`](Self::merkle_audit_due)
+    /// may hold with one audit every `every` blocks (the tower wakes the watch there);
+    /// `None` once no Merkle audit is ahead. While one is due (in flight, or not answered
+    /// yet) that is the next block.
+    pub fn next_merkle_audit(&self, tip: u32, every: u32) -> Option<u32> {
+        let (Some(audit), Some(spec)) = (&self.audit, &self.registration.auditor) else {
+            return None;
+        };
+        let terms = &spec.book.terms;
+        let last = terms.refund_height(terms.audits - 1);
+        if every == 0 || tip >= last || self.audits_over() {
+            return None;
+        }
+        let wait = match audit.unreachable_since {
+            Some(_) => unreachable_backoff(audit.unreachable_tries, every),
+            None => every,
+        };
+        let next = audit
+            .merkle
+            .last()
+            .map_or(tip + 1, |l| l.height.saturating_add(wait))
+            .max(tip + 1);
+        (next <= last).then_some(next)
+    }
+
     /// Records an off-chain Merkle audit. Only a verified wrong answer is a failure, or a
     /// farmer unreachable at every try for a whole claim window W. The first failure
     /// marks the audits failed and withholds the candidates of every audit after
@@ -398,6 +423,32 @@ impl Watch {
             let candidate = self.seen_candidate(row);
             self.settlement(row, candidate.as_ref()).is_some()
         })
+    }
+
+    /// True when the watch has no audits, or every audit ended on the chain and no salt
+    /// release is due any more: nothing audit-related can change (compaction may come).
+    pub fn audits_settled(&self) -> bool {
+        self.audits_over() && self.releases_due().is_empty()
+    }
+
+    /// The `audits` section a compacted contract keeps: as at `tip`, without the Merkle
+    /// records (their counts stay).
+    pub fn final_audits_report(&self, tip: u32) -> Option<AuditsReport> {
+        let mut report = self.audits_report(Some(tip))?;
+        report.merkle.records = Vec::new();
+        Some(report)
+    }
+
+    /// The next tip at which the audits need the watch evaluated without a chain event:
+    /// a salt release to (re)send, or a group of an audit still running whose beacon
+    /// block's hash is missing (the shell looks it up).
+    pub(super) fn audit_wake(&self, tip: u32) -> Option<u32> {
+        let hash_missing = self
+            .beacon_heights()
+            .into_iter()
+            .any(|h| h <= tip && self.beacon_hash(h).is_none())
+            && !self.audits_over();
+        (hash_missing || !self.releases_due().is_empty()).then_some(tip + 1)
     }
 
     /// One row per audit: from the auditor spec, else from the groups.
@@ -560,7 +611,7 @@ struct AuditRow {
 }
 
 /// Where one audit stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditOutcome {
     /// T_i not reached and no candidate seen.
@@ -576,7 +627,7 @@ pub enum AuditOutcome {
 }
 
 /// The candidate of an audit seen on the chain (`height`) or in the mempool (`null`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidateReport {
     pub j: u32,
     pub txid: Txid,
@@ -584,7 +635,7 @@ pub struct CandidateReport {
 }
 
 /// One audit in the tower's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     pub audit: u32,
     /// T_i: candidates enter the mempool at this tip and are mined from T_i + 1.
@@ -602,7 +653,7 @@ pub struct AuditReport {
 }
 
 /// The Merkle audits of a watch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerkleSummary {
     /// Among the kept records: answers that verified, and verified wrong answers.
     pub passed: usize,
@@ -639,7 +690,10 @@ pub struct MerkleSummary {
 ///                  "unreachable": false}]}
 /// }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// A compacted contract keeps this section as it stood at compaction, without the Merkle
+/// `records` (history, like its chain sightings): [`Watch::final_audits_report`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditsReport {
     pub auditor: bool,
     pub farmer_url: Option<String>,

@@ -67,19 +67,22 @@ pub struct IndexRecord {
     /// compacted; `None` if only a chain event can.
     pub wake: Option<u32>,
     pub key_extracted: bool,
-    /// Kept whole in RAM (groups or an auditor: evaluated at every block).
+    /// Set by earlier versions, which kept watches with groups or an auditor whole in RAM
+    /// and evaluated them at every block; always false now. A record with it set is
+    /// evaluated at the first block (its `wake` may not say when it is needed).
     pub pinned: bool,
 }
 
 impl IndexRecord {
-    /// The record of `watch` evaluated at `tip`.
+    /// The record of `watch` evaluated at `tip` (without Merkle audits: see
+    /// [`Engine::index_record`](super::Engine::index_record)).
     pub fn of(watch: &Watch, tip: u32) -> Self {
         IndexRecord {
             id: watch.registration.id,
             keys: watch.index_keys(),
             wake: watch.wake(tip),
             key_extracted: watch.key.is_some(),
-            pinned: watch.pinned(),
+            pinned: false,
         }
     }
 }
@@ -94,17 +97,6 @@ impl Watch {
         keys.sort_unstable();
         keys.dedup();
         keys
-    }
-
-    /// True for a watch the engine keeps whole in RAM: one with groups (their beacon
-    /// hashes arrive with every block) or an auditor (salt releases and Merkle audits).
-    pub fn pinned(&self) -> bool {
-        self.registration.auditor.is_some()
-            || self
-                .registration
-                .transactions
-                .iter()
-                .any(|p| p.group.is_some())
     }
 }
 

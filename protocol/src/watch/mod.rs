@@ -589,25 +589,32 @@ impl Watch {
 /// is due or it may be compacted (`schedule`), so a block costs what it touches, not what
 /// is registered.
 ///
-/// Only the index is in RAM for good (plus the watches with groups or an auditor, which
-/// are [pinned](Watch::pinned)); a watch itself is *resident* only while the shell works
-/// on it. Before an operation the shell loads what the engine names
+/// Only the index is in RAM for good; a watch itself (an audit contract too) is
+/// *resident* only while the shell works on it. Before an operation the shell loads what the engine names
 /// ([`wanted_for_block`](Self::wanted_for_block), [`wanted_for_tx`](Self::wanted_for_tx),
 /// [`wanted_at`](Self::wanted_at)) and hands each over with [`page_in`](Self::page_in);
 /// after it has stored what changed (with its [`IndexRecord`]), it calls
 /// [`evict`](Self::evict). Watches handed over with [`insert`](Self::insert) stay resident
 /// until then too (the unit tests never evict).
+///
+/// An audit contract needs no more: its candidates, their outputs and O_i are indexed like
+/// any watched txid or outpoint, its timelocks, salt releases and Merkle audits
+/// ([`set_merkle_every`](Self::set_merkle_every)) are in its wake height, and a group's
+/// beacon hash is handed to it when it is paged in (from the remembered hashes, or asked
+/// of the shell: [`missing_block_hashes`](Self::missing_block_hashes)).
 #[derive(Debug, Default)]
 pub struct Engine {
     index: WatchIndex,
     resident: HashMap<WatchId, Resident>,
-    /// Watches by the heights whose block hashes pick their groups' members.
+    /// Resident watches by the heights whose block hashes pick their groups' members.
     by_beacon: BTreeMap<u32, Vec<WatchId>>,
     /// The last [`RECENT_BLOCK_HASHES`] connected blocks' hashes.
     recent_hashes: BTreeMap<u32, BlockHash>,
     dirty: BTreeSet<Slot>,
     schedule: BTreeMap<u32, Vec<Slot>>,
     keys: usize,
+    /// Blocks between an auditor watch's Merkle audits (the tower's setting; 0: none).
+    merkle_every: u32,
 }
 
 /// A block's transactions that may touch registered watches: (position, watches).
@@ -624,6 +631,11 @@ struct Resident {
 impl Engine {
     pub fn new() -> Self {
         Engine::default()
+    }
+
+    /// Wakes auditor watches for a Merkle audit every `every` blocks (0: never).
+    pub fn set_merkle_every(&mut self, every: u32) {
+        self.merkle_every = every;
     }
 
     /// Registered watches (resident or not).
@@ -660,19 +672,18 @@ impl Engine {
         let slot = self.index.add(id, &keys);
         self.keys += usize::from(watch.key.is_some());
         self.dirty.insert(slot);
-        for height in watch.beacon_heights() {
-            self.by_beacon.entry(height).or_default().push(id);
-        }
-        self.fill_beacon_hashes(&mut watch);
+        self.note_beacons(&mut watch);
         self.resident.insert(id, Resident { slot, keys, watch });
     }
 
     /// Adds a watch known only by its stored [`IndexRecord`] (start-up): indexed and
-    /// scheduled, not loaded.
+    /// scheduled, not loaded. A record an earlier version wrote for a watch it kept
+    /// whole ([`IndexRecord::pinned`]) is due at once.
     pub fn restore(&mut self, record: &IndexRecord) {
         let slot = self.index.add(record.id, &record.keys);
         self.keys += usize::from(record.key_extracted);
-        if let Some(wake) = record.wake {
+        let wake = if record.pinned { Some(0) } else { record.wake };
+        if let Some(wake) = wake {
             self.schedule.entry(wake).or_default().push(slot);
         }
     }
@@ -688,20 +699,40 @@ impl Engine {
             return false;
         };
         watch.attach_audit();
-        self.fill_beacon_hashes(&mut watch);
+        self.note_beacons(&mut watch);
         self.resident.insert(id, Resident { slot, keys, watch });
         true
     }
 
-    /// Drops every resident watch that is not pinned: the shell has stored them.
+    /// Drops every resident watch: the shell has stored them.
     pub fn evict(&mut self) {
-        self.resident.retain(|_, r| r.watch.pinned());
+        self.resident.clear();
+        self.by_beacon.clear();
     }
 
-    fn fill_beacon_hashes(&self, watch: &mut Watch) {
+    /// Files a watch becoming resident under its groups' beacon heights and hands it the
+    /// hashes it needs.
+    fn note_beacons(&mut self, watch: &mut Watch) {
+        let id = watch.registration.id;
         for height in watch.beacon_heights() {
-            if let Some(hash) = self.recent_hashes.get(&height) {
-                watch.note_beacon_hash(height, *hash);
+            self.by_beacon.entry(height).or_default().push(id);
+        }
+        self.fill_beacon_hashes(watch);
+    }
+
+    /// Gives `watch` the remembered hashes its groups need. A hash it holds for a height
+    /// above the newest remembered block was disconnected while it was stored: forgotten.
+    fn fill_beacon_hashes(&self, watch: &mut Watch) {
+        let newest = self.recent_hashes.keys().next_back().copied();
+        for height in watch.beacon_heights() {
+            match self.recent_hashes.get(&height) {
+                Some(hash) => {
+                    watch.note_beacon_hash(height, *hash);
+                }
+                None if newest.is_some_and(|n| height > n) => {
+                    watch.forget_beacon_hash(height);
+                }
+                None => {}
             }
         }
     }
@@ -711,6 +742,7 @@ impl Engine {
         let r = self.resident.get(id)?;
         let mut record = IndexRecord::of(&r.watch, tip);
         record.keys = r.keys.clone();
+        record.wake = r.watch.wake_with_merkle(tip, self.merkle_every);
         Some(record)
     }
 
@@ -991,7 +1023,7 @@ impl Engine {
             if watch.compactable(tip) {
                 actions.compact.push(id);
             }
-            if let Some(next) = watch.wake(tip) {
+            if let Some(next) = watch.wake_with_merkle(tip, self.merkle_every) {
                 self.schedule.entry(next).or_default().push(slot);
             }
         }

@@ -69,22 +69,28 @@ impl Watch {
 }
 
 impl Engine {
-    /// Every outpoint some resident watch cares about (the shell pages in every watch
-    /// before a recovery).
+    /// Every outpoint some resident watch cares about.
     pub fn watched_outpoints(&self) -> BTreeSet<OutPoint> {
         self.watches()
             .flat_map(|(_, w)| w.watched_outpoints())
             .collect()
     }
 
-    /// The stored watches to page in before asking about `outpoints`.
+    /// The stored watches to page in before asking about `outpoints`: those watching
+    /// one of them or its transaction (what [`confirmed_spend`](Self::confirmed_spend),
+    /// [`confirmed_height`](Self::confirmed_height) and
+    /// [`presigned_spenders`](Self::presigned_spenders) consult).
     pub fn wanted_for_outpoints<'a>(
         &self,
         outpoints: impl IntoIterator<Item = &'a OutPoint>,
     ) -> BTreeSet<WatchId> {
         outpoints
             .into_iter()
-            .flat_map(|o| self.ids_under(outpoint_key(o)).collect::<Vec<_>>())
+            .flat_map(|o| {
+                let ids = self.ids_under(outpoint_key(o));
+                ids.chain(self.ids_under(txid_key(&o.txid)))
+                    .collect::<Vec<_>>()
+            })
             .filter(|id| self.get(id).is_none())
             .collect()
     }

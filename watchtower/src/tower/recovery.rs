@@ -17,6 +17,12 @@
 //! precedence over an unseen one). A registration that asks to look back into pruned
 //! blocks gets the same treatment for its own outpoints.
 //!
+//! The watches are recovered [`RECOVERY_BATCH`] at a time, in id order: a batch is loaded
+//! (with the other watches sharing its outpoints), asked about, stored and evicted before
+//! the next, so memory stays bounded however many contracts there are. Each batch's facts
+//! are stored as it finishes; the jump of the tip is the last write, so a crash in between
+//! redoes the recovery, and what is recorded again changes nothing.
+//!
 //! `scantxoutset` is not used here, on purpose: every watched outpoint is named (txid and
 //! index) by its registration, and `gettxout` answers for a named outpoint from the UTXO
 //! index at once, with the depth; `scantxoutset` walks the whole UTXO set (minutes on
@@ -34,6 +40,9 @@ use serde_json::json;
 
 use super::{height_of, parse_hash, State, Tower, TowerError};
 use crate::store::Tip;
+
+/// Watches loaded at once during a recovery.
+pub(super) const RECOVERY_BATCH: usize = 500;
 
 /// What a recovery found, by the method that answered (for the log).
 #[derive(Debug, Default)]
@@ -94,18 +103,23 @@ impl Tower {
         if tip.height + 1 >= first {
             return Ok(false);
         }
-        let outpoints = state.engine.watched_outpoints();
         tracing::warn!(
             from = tip.height + 1,
             pruned_below = first,
             contracts = state.engine.len(),
-            outpoints = outpoints.len(),
-            "bitcoind has pruned blocks the tower missed while it was away: recovering the contracts' state from the UTXO set (gettxout) and the mempool (gettxspendingprevout) instead"
+            batch = RECOVERY_BATCH,
+            "bitcoind has pruned blocks the tower missed while it was away: recovering the contracts' state from the UTXO set (gettxout) and the mempool (gettxspendingprevout) instead, a batch of contracts at a time"
         );
         let mut recovery = Recovery::new(first);
-        let changed = self
-            .recover_outpoints(state, &outpoints, &mut recovery)
-            .await?;
+        let mut after = None;
+        loop {
+            let batch = self.store.watches_after(after.as_ref(), RECOVERY_BATCH)?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some(last.registration.id);
+            self.recover_batch(state, batch, &mut recovery).await?;
+        }
         let hash = self
             .bitcoind
             .call("getblockhash", json!([first - 1]))
@@ -114,10 +128,8 @@ impl Tower {
             height: first - 1,
             hash: parse_hash(&hash)?,
         };
-        recovery.mempool_spends = self.replay_mempool(state, &outpoints).await?;
-        // The recovered facts and the jump are one write, the last: a crash before it
-        // redoes the whole recovery.
-        self.persist(state, &changed, Some(new_tip))?;
+        // The jump is the last write: a crash before it redoes the whole recovery.
+        self.store.save([], Some(new_tip))?;
         state.tip = Some(new_tip);
         tracing::warn!(
             "recovered without the pruned blocks: {} watched outpoints unspent (gettxout), {} spent by a pre-signed transaction (gettxout on its outputs), {} spent by an unknown transaction in a pruned block, {} not in the UTXO set and never seen confirmed (left to the blocks and the mempool), {} spent in the mempool (gettxspendingprevout); replaying the blocks from {first}",
@@ -129,6 +141,39 @@ impl Tower {
         );
         state.recovery = Some(recovery);
         Ok(true)
+    }
+
+    /// Recovers one batch of stored watches: loads them and the other watches their
+    /// outpoints name, asks the UTXO set and the mempool, stores what changed and evicts
+    /// them all again.
+    async fn recover_batch(
+        &self,
+        state: &mut State,
+        batch: Vec<dstore_protocol::watch::Watch>,
+        recovery: &mut Recovery,
+    ) -> Result<(), TowerError> {
+        let mut outpoints = BTreeSet::new();
+        for watch in batch {
+            outpoints.extend(watch.watched_outpoints());
+            state.engine.page_in(watch);
+        }
+        let result = self.recover_loaded(state, &outpoints, recovery).await;
+        state.engine.evict();
+        result
+    }
+
+    async fn recover_loaded(
+        &self,
+        state: &mut State,
+        outpoints: &BTreeSet<OutPoint>,
+        recovery: &mut Recovery,
+    ) -> Result<(), TowerError> {
+        let sharing = state.engine.wanted_for_outpoints(outpoints);
+        self.page_in(state, &sharing)?;
+        let changed = self.recover_outpoints(state, outpoints, recovery).await?;
+        self.persist(state, &changed, None)?;
+        recovery.mempool_spends += self.replay_mempool(state, outpoints).await?;
+        Ok(())
     }
 
     /// Where a registration's look-back from `from` starts: there, or, on a pruned node
@@ -150,6 +195,8 @@ impl Tower {
             .map(|w| w.watched_outpoints())
             .unwrap_or_default();
         tracing::warn!(watch = %hex::encode(id), from, pruned_below = first, "the registration asks to look back into pruned blocks: recovering its state from the UTXO set (gettxout) instead");
+        let sharing = state.engine.wanted_for_outpoints(&outpoints);
+        self.page_in(state, &sharing)?;
         let mut recovery = Recovery::new(first);
         let changed = self
             .recover_outpoints(state, &outpoints, &mut recovery)
