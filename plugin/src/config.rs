@@ -222,6 +222,12 @@ pub enum DevFault {
     /// Renter, mode N: stalls for good right after the payment was sent, before its
     /// outcome is stored (the test kills it there).
     StallAfterLnPaid,
+    /// Farmer: serves E with one byte flipped in its middle, while it streams (fails
+    /// root_E before payment).
+    FlipSealedMidStream,
+    /// Renter: stalls for good after the second part of a streamed upload was stored,
+    /// before the rest is sent (the test kills it there).
+    StallMidUpload,
 }
 
 /// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.

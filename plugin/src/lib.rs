@@ -16,6 +16,7 @@ pub mod ln;
 pub mod locks;
 pub mod market;
 pub mod methods;
+pub mod pipe;
 pub mod progress;
 pub mod renter;
 pub mod shards;

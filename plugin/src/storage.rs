@@ -47,6 +47,9 @@ pub enum StorageError {
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     staging: PathBuf,
+    /// The objects directory when the store is [`BlobStore::local`]: a finished upload is
+    /// then renamed into place instead of copied, and a blob is read as a plain file.
+    local_objects: Option<PathBuf>,
 }
 
 fn blob_path(id: &[u8; 32]) -> Path {
@@ -59,7 +62,9 @@ impl BlobStore {
         let objects = dir.join("objects");
         fs::create_dir_all(&objects)?;
         let store = LocalFileSystem::new_with_prefix(&objects)?;
-        BlobStore::with_store(Arc::new(store), dir.join("staging"))
+        let mut blobs = BlobStore::with_store(Arc::new(store), dir.join("staging"))?;
+        blobs.local_objects = Some(objects);
+        Ok(blobs)
     }
 
     /// Blobs in the object store a URL names (`s3://bucket/prefix` for S3-compatible
@@ -85,7 +90,18 @@ impl BlobStore {
         staging: PathBuf,
     ) -> Result<BlobStore, StorageError> {
         fs::create_dir_all(&staging)?;
-        Ok(BlobStore { store, staging })
+        Ok(BlobStore {
+            store,
+            staging,
+            local_objects: None,
+        })
+    }
+
+    /// The file holding contract `id`'s blob, when the store is a local directory and the
+    /// blob exists (read it directly instead of copying it out).
+    pub fn local_file(&self, id: &[u8; 32]) -> Option<PathBuf> {
+        let path = self.local_objects.as_ref()?.join(blob_path(id).as_ref());
+        path.is_file().then_some(path)
     }
 
     fn staging_file(&self, id: &[u8; 32]) -> PathBuf {
@@ -153,10 +169,13 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Moves a complete staged upload into the object store (streamed in 8 MiB parts) and
-    /// removes the staging file.
+    /// Moves a complete staged upload into the object store (renamed into a local one,
+    /// else streamed in 8 MiB parts) and removes the staging file.
     pub async fn commit(&self, id: &[u8; 32]) -> Result<u64, StorageError> {
         let staging = self.staging_file(id);
+        if let Some(objects) = &self.local_objects {
+            return rename_into(&staging, &objects.join(blob_path(id).as_ref()));
+        }
         let upload = self.store.put_multipart(&blob_path(id)).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, COMMIT_CHUNK);
         let mut file = tokio::fs::File::open(&staging).await?;
@@ -217,6 +236,19 @@ impl BlobStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Renames the synced `staging` file to `dest` (same file system) and syncs the directory
+/// that now holds it; returns its length.
+fn rename_into(staging: &FsPath, dest: &FsPath) -> Result<u64, StorageError> {
+    let length = fs::metadata(staging)?.len();
+    let dir = dest
+        .parent()
+        .ok_or_else(|| StorageError::BadUrl(dest.display().to_string()))?;
+    fs::create_dir_all(dir)?;
+    fs::rename(staging, dest)?;
+    File::open(dir)?.sync_all()?;
+    Ok(length)
 }
 
 #[cfg(test)]

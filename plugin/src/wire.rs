@@ -425,7 +425,9 @@ impl PeerClient {
         Ok(status)
     }
 
-    async fn put_part(
+    /// Sends `part` as the upload's bytes from `offset` (one signed PUT); the farmer's
+    /// count after it.
+    pub async fn put_part(
         &self,
         contract_id: &[u8; 32],
         offset: u64,
@@ -453,6 +455,8 @@ impl PeerClient {
     /// length. Reads at most `limit` bytes (the length the signed transcript announced),
     /// gives up when the farmer is silent for [`IDLE_TIMEOUT`] or the whole transfer takes
     /// longer than its size allows, so a stalling farmer cannot hold the caller for ever.
+    /// Every chunk is also handed to `tap` as it arrives (so E is hashed while it is
+    /// received); a closed `tap` is ignored.
     pub async fn fetch_sealed(
         &self,
         contract_id: &[u8; 32],
@@ -460,11 +464,12 @@ impl PeerClient {
         dest: &Path,
         limit: u64,
         progress: impl Fn(u64),
+        tap: tokio::sync::mpsc::Sender<bytes::Bytes>,
     ) -> Result<u64, PeerCallError> {
         let deadline = transfer_timeout(limit);
         tokio::time::timeout(
             deadline,
-            self.fetch_sealed_within(contract_id, download_id, dest, limit, progress),
+            self.fetch_sealed_within(contract_id, download_id, dest, limit, progress, tap),
         )
         .await
         .map_err(|_| PeerCallError::Stalled(deadline))?
@@ -477,6 +482,7 @@ impl PeerClient {
         dest: &Path,
         limit: u64,
         progress: impl Fn(u64),
+        tap: tokio::sync::mpsc::Sender<bytes::Bytes>,
     ) -> Result<u64, PeerCallError> {
         let path = sealed_path(contract_id);
         let auth = sign_bulk(
@@ -511,6 +517,8 @@ impl PeerClient {
             if written > limit {
                 return Err(PeerCallError::Oversized { limit });
             }
+            // The hashing thread may have stopped (it only stops at the end): ignored.
+            let _ = tap.send(chunk.clone()).await;
             out.write_all(&chunk).await?;
             progress(written);
         }

@@ -2,10 +2,17 @@
 //!
 //! Every script comes from a miniscript descriptor that passes miniscript's sanity check:
 //!
-//! * TX1:0, legacy P2SH: `sh(or_d(multi(3,F,F̃,R),and_v(v:pk(R),after(T1))))`
+//! * TX1:0, legacy P2SH: `sh(or_d(multi(3,R,F,F̃),and_v(v:pk(R),after(T1))))`
 //! * TX2:0, P2WSH:       `wsh(or_d(multi(2,R2,F2),and_v(v:pk(R2),older(Δ))))`
 //!
 //! with the public twin key F̃ = F + c·G, c = tagged_hash("dstore/twin", F ‖ contract id).
+//!
+//! Key order in TX1:0's multisig ([`Tx1KeyOrder`]): R first, so TX2's scriptSig is
+//! `OP_0 sig_R sig_F sig_F̃ redeem` and the hidden s fields start after R's public
+//! signature, where the proof's midstate covers one more 64-byte block (PROTOCOL.md 3.2,
+//! 3.4). Contracts stored before that change carry no order and read back as
+//! [`Tx1KeyOrder::FarmerFirst`] (`multi(3,F,F̃,R)`), the script they were funded to, so
+//! they still claim and refund.
 //!
 //! Transaction choices:
 //! * TX2: version 2, nLockTime 0, input sequence 0xFFFFFFFF (final). TX2 is never replaced:
@@ -67,6 +74,8 @@ pub enum ContractError {
     NonSegwitFunding(usize),
     #[error("TX1 output {0} does not pay the contract's TX1:0 script and price")]
     Tx1OutputMismatch(u32),
+    #[error("the renter's TX2 signature is not fixed-width (70-byte DER), so TX2 would not have the contract's layout")]
+    NotFixedWidth,
 }
 
 pub(crate) fn miniscript_err(e: impl std::fmt::Display) -> ContractError {
@@ -137,6 +146,35 @@ impl RefundDestination {
     }
 }
 
+/// The order of the three keys in TX1:0's `multi(3,…)`, which is also the order of the
+/// signatures in TX2's scriptSig (CHECKMULTISIG takes them in key order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tx1KeyOrder {
+    /// `multi(3,R,F,F̃)`: every new contract. R's signature is public (the renter made
+    /// it), so putting it first moves the hidden s fields 72 bytes later in TX2.
+    RenterFirst,
+    /// `multi(3,F,F̃,R)`: contracts agreed before R-first. Only read back from records
+    /// stored without a key order, never chosen for a new contract.
+    FarmerFirst,
+}
+
+impl Tx1KeyOrder {
+    /// The order of a stored contract that has no `tx1_key_order` field: it was agreed
+    /// (and TX1 possibly funded) before R-first, so its script is `multi(3,F,F̃,R)`.
+    pub fn of_records_without_one() -> Tx1KeyOrder {
+        Tx1KeyOrder::FarmerFirst
+    }
+
+    /// R, F, F̃ in this order's multisig order.
+    fn arrange<T>(self, renter: T, farmer: T, twin: T) -> [T; 3] {
+        match self {
+            Tx1KeyOrder::RenterFirst => [renter, farmer, twin],
+            Tx1KeyOrder::FarmerFirst => [farmer, twin, renter],
+        }
+    }
+}
+
 /// Public parameters of one download contract, agreed after the key exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadContract {
@@ -155,6 +193,10 @@ pub struct DownloadContract {
     pub payout_delay: u16,
     /// The download price: TX1:0's value.
     pub price: Amount,
+    /// The key order of TX1:0's multisig: [`Tx1KeyOrder::RenterFirst`] for every new
+    /// contract; records stored without it read back as [`Tx1KeyOrder::FarmerFirst`].
+    #[serde(default = "Tx1KeyOrder::of_records_without_one")]
+    pub tx1_key_order: Tx1KeyOrder,
 }
 
 pub(crate) fn bkey(key: &PublicKey) -> bitcoin::PublicKey {
@@ -303,17 +345,18 @@ impl DownloadContract {
 
     fn tx1_policy(&self) -> Result<String, ContractError> {
         self.refund_lock_time()?;
+        let renter = bkey(&self.renter_key);
+        let [first, second, third] =
+            self.tx1_key_order
+                .arrange(renter, bkey(&self.farmer_key), bkey(&self.twin_key()?));
         Ok(format!(
-            "or_d(multi(3,{},{},{}),and_v(v:pk({}),after({})))",
-            bkey(&self.farmer_key),
-            bkey(&self.twin_key()?),
-            bkey(&self.renter_key),
-            bkey(&self.renter_key),
+            "or_d(multi(3,{first},{second},{third}),and_v(v:pk({renter}),after({})))",
             self.refund_height
         ))
     }
 
-    /// TX1:0's descriptor, `sh(or_d(multi(3,F,F̃,R),and_v(v:pk(R),after(T1))))`.
+    /// TX1:0's descriptor, `sh(or_d(multi(3,R,F,F̃),and_v(v:pk(R),after(T1))))` (keys in
+    /// [`DownloadContract::tx1_key_order`]).
     pub fn tx1_descriptor(&self) -> Result<KeyDescriptor, ContractError> {
         sanity_checked(&format!("sh({})", self.tx1_policy()?))
     }
@@ -473,7 +516,8 @@ impl DownloadContract {
         )?))
     }
 
-    /// The farmer's check of sig_R before signing TX2 itself.
+    /// The farmer's check of sig_R before signing TX2 itself. sig_R must be fixed-width:
+    /// it precedes both s fields in TX2, so its length would move them.
     pub fn verify_renter_tx2_signature(
         &self,
         tx2: &Transaction,
@@ -482,13 +526,17 @@ impl DownloadContract {
         if signature.sighash_type != EcdsaSighashType::All {
             return Err(ContractError::BadSignature);
         }
+        if signature.signature.serialize_der().len() != 70 {
+            return Err(ContractError::NotFixedWidth);
+        }
         let message = Message::from_digest(self.tx2_sighash(tx2)?);
         SECP256K1
             .verify_ecdsa(&message, &signature.signature, &self.renter_key)
             .map_err(|_| ContractError::BadSignature)
     }
 
-    /// Puts the three signatures into TX2's scriptSig; miniscript picks the multisig branch.
+    /// Puts the three signatures into TX2's scriptSig; miniscript picks the multisig branch
+    /// and orders them as the keys: `OP_0 sig_R sig_F sig_F̃ redeem` (R-first).
     pub fn finalize_tx2(
         &self,
         tx2: &Transaction,
@@ -679,6 +727,7 @@ pub(crate) mod tests {
             refund_height: 500,
             payout_delay: 144,
             price: Amount::from_sat(100_000),
+            tx1_key_order: Tx1KeyOrder::RenterFirst,
         };
         Parties {
             f,
@@ -823,6 +872,140 @@ pub(crate) mod tests {
         );
         // With the public twin key F̃ instead, the same check passes.
         p.contract.tx1_descriptor().unwrap();
+    }
+
+    #[test]
+    fn tx1_multisig_puts_the_renter_first() {
+        let p = parties(8);
+        let c = &p.contract;
+        let (r, f, twin) = (
+            bkey(&c.renter_key),
+            bkey(&c.farmer_key),
+            bkey(&c.twin_key().unwrap()),
+        );
+        let text = c.tx1_descriptor().unwrap().to_string();
+        assert!(
+            text.starts_with(&format!("sh(or_d(multi(3,{r},{f},{twin}),")),
+            "{text}"
+        );
+        let legacy = DownloadContract {
+            tx1_key_order: Tx1KeyOrder::FarmerFirst,
+            ..*c
+        };
+        let text = legacy.tx1_descriptor().unwrap().to_string();
+        assert!(
+            text.starts_with(&format!("sh(or_d(multi(3,{f},{twin},{r}),")),
+            "{text}"
+        );
+        assert_ne!(
+            legacy.tx1_script_pubkey().unwrap(),
+            c.tx1_script_pubkey().unwrap()
+        );
+    }
+
+    #[test]
+    fn stored_contracts_without_a_key_order_keep_their_old_script() {
+        let p = parties(9);
+        let mut stored = serde_json::to_value(p.contract).unwrap();
+        assert_eq!(stored["tx1_key_order"], "renter_first");
+        let back: DownloadContract = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(back, p.contract);
+        stored.as_object_mut().unwrap().remove("tx1_key_order");
+        let old: DownloadContract = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.tx1_key_order, Tx1KeyOrder::FarmerFirst);
+        let (f, twin, r) = (
+            bkey(&old.farmer_key),
+            bkey(&old.twin_key().unwrap()),
+            bkey(&old.renter_key),
+        );
+        let funded = format!("sh(or_d(multi(3,{f},{twin},{r}),and_v(v:pk({r}),after(500))))");
+        assert_eq!(
+            old.tx1_script_pubkey().unwrap(),
+            KeyDescriptor::from_str(&funded).unwrap().script_pubkey(),
+            "the script an old TX1 was funded to"
+        );
+    }
+
+    /// The scriptSig pushes of a finalized TX2: the dummy, three signatures, the redeem script.
+    fn tx2_pushes(contract: &DownloadContract, p: &Parties) -> Vec<Vec<u8>> {
+        let tx2 = contract
+            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
+            .unwrap();
+        let message = Message::from_digest(contract.tx2_sighash(&tx2).unwrap());
+        let twin = twin_secret(&p.f, &contract.contract_id).unwrap();
+        let sig_r = contract.renter_sign_tx2(&tx2, &p.r).unwrap();
+        let signed = contract
+            .finalize_tx2(
+                &tx2,
+                SECP256K1.sign_ecdsa(&message, &p.f),
+                SECP256K1.sign_ecdsa(&message, &twin),
+                sig_r,
+            )
+            .unwrap();
+        signed.input[0]
+            .script_sig
+            .instructions()
+            .map(|i| i.unwrap().push_bytes().unwrap().as_bytes().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn tx2_signatures_follow_the_key_order() {
+        let p = parties(10);
+        let keys = [
+            p.contract.renter_key,
+            p.contract.farmer_key,
+            p.contract.twin_key().unwrap(),
+        ];
+        for order in [Tx1KeyOrder::RenterFirst, Tx1KeyOrder::FarmerFirst] {
+            let contract = DownloadContract {
+                tx1_key_order: order,
+                ..p.contract
+            };
+            let pushes = tx2_pushes(&contract, &p);
+            assert_eq!(pushes.len(), 5, "OP_0, three signatures, redeem script");
+            assert!(pushes[0].is_empty());
+            let z = Message::from_digest(
+                contract
+                    .tx2_sighash(
+                        &contract
+                            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
+                            .unwrap(),
+                    )
+                    .unwrap(),
+            );
+            let [first, second, third] = order.arrange(keys[0], keys[1], keys[2]);
+            for (push, key) in pushes[1..4].iter().zip([first, second, third]) {
+                let sig = bitcoin::ecdsa::Signature::from_slice(push).unwrap();
+                SECP256K1.verify_ecdsa(&z, &sig.signature, &key).unwrap();
+            }
+            assert_eq!(pushes[4], contract.tx1_redeem_script().unwrap().to_bytes());
+        }
+    }
+
+    #[test]
+    fn farmer_refuses_a_renter_signature_that_is_not_fixed_width() {
+        let p = parties(11);
+        let tx2 = p
+            .contract
+            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
+            .unwrap();
+        let message = Message::from_digest(p.contract.tx2_sighash(&tx2).unwrap());
+        let wide = (0u32..)
+            .map(|n| {
+                let mut extra = [0u8; 32];
+                extra[..4].copy_from_slice(&n.to_be_bytes());
+                SECP256K1.sign_ecdsa_with_noncedata(&message, &p.r, &extra)
+            })
+            .find(|sig| sig.serialize_der().len() != 70)
+            .unwrap();
+        assert_eq!(
+            p.contract
+                .verify_renter_tx2_signature(&tx2, &fixed_sighash_all(wide)),
+            Err(ContractError::NotFixedWidth)
+        );
+        let fixed = p.contract.renter_sign_tx2(&tx2, &p.r).unwrap();
+        assert_eq!(p.contract.verify_renter_tx2_signature(&tx2, &fixed), Ok(()));
     }
 
     #[test]

@@ -12,16 +12,21 @@
 //! must discard the output of a failed decryption.
 //!
 //! Encryption can feed the segment Merkle tree as it writes ([`encrypt_and_commit`]), and
-//! [`encrypt_and_commit_parallel`] overlaps encryption and hashing on two threads.
+//! [`encrypt_and_commit_parallel`] overlaps encryption and hashing on two threads. The
+//! AES-GCM and SHA-256 implementations are the ones [`crate::cpu`] chose for this CPU; all
+//! give the same bytes.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, UnboundKey, AES_256_GCM};
 
+use crate::cpu::{AesGcmImpl, DataPathImpl};
 use crate::merkle::{
-    leaf_hash, Hash32, MerkleBuilder, MerkleCommitment, MerkleTree, MerkleWriter, SEGMENT_SIZE,
+    full_leaf_hashes, Hash32, MerkleBuilder, MerkleCommitment, MerkleTree, MerkleWriter,
+    SEGMENT_SIZE,
 };
 
 /// Plaintext bytes per chunk.
@@ -72,6 +77,62 @@ pub fn plaintext_len(ciphertext_len: u64) -> Result<u64, DataPathError> {
         return Err(DataPathError::Truncated);
     }
     Ok(ciphertext_len - chunks * TAG_SIZE as u64)
+}
+
+/// AES-256-GCM under one key, by the implementation chosen for this CPU.
+enum ChunkCipher {
+    Ring(Box<LessSafeKey>),
+    RustCrypto(Box<Aes256Gcm>),
+}
+
+impl ChunkCipher {
+    fn new(choice: AesGcmImpl, key: &[u8; 32]) -> Self {
+        match choice {
+            AesGcmImpl::Ring => ChunkCipher::Ring(Box::new(LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key"),
+            ))),
+            AesGcmImpl::RustCrypto => ChunkCipher::RustCrypto(Box::new(Aes256Gcm::new(key.into()))),
+        }
+    }
+
+    /// Encrypts `chunk` in place; returns the tag. Fails only past GCM's length limit.
+    fn seal(&self, nonce: [u8; 12], aad: &[u8], chunk: &mut [u8]) -> Option<[u8; TAG_SIZE]> {
+        match self {
+            ChunkCipher::Ring(key) => {
+                let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+                let tag = key
+                    .seal_in_place_separate_tag(nonce, Aad::from(aad), chunk)
+                    .ok()?;
+                tag.as_ref().try_into().ok()
+            }
+            ChunkCipher::RustCrypto(cipher) => cipher
+                .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, chunk)
+                .ok()
+                .map(Into::into),
+        }
+    }
+
+    /// Decrypts `body` in place if `tag` authenticates it; false (body unspecified) if not.
+    fn open(&self, nonce: [u8; 12], aad: &[u8], body: &mut [u8], tag: &[u8]) -> bool {
+        match self {
+            ChunkCipher::Ring(key) => {
+                let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+                let Ok(tag) = <[u8; TAG_SIZE]>::try_from(tag) else {
+                    return false;
+                };
+                key.open_in_place_separate_tag(nonce, Aad::from(aad), tag.into(), body, 0..)
+                    .is_ok()
+            }
+            ChunkCipher::RustCrypto(cipher) => cipher
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(&nonce),
+                    aad,
+                    body,
+                    Tag::from_slice(tag),
+                )
+                .is_ok(),
+        }
+    }
 }
 
 /// Reads until `buf` is full or the reader is exhausted; returns the bytes read.
@@ -138,7 +199,8 @@ pub fn encrypt_stream(
         writer.write_all(chunk)?;
         writer.write_all(tag)
     };
-    encrypt_chunks(key, contract_id, reader, &mut emit)
+    let aes_gcm = DataPathImpl::active().aes_gcm;
+    encrypt_chunks(aes_gcm, key, contract_id, reader, &mut emit)
 }
 
 /// Receives each sealed chunk as (ciphertext, tag).
@@ -146,20 +208,21 @@ type ChunkSink<'a> = dyn FnMut(&[u8], &[u8]) -> io::Result<()> + 'a;
 
 /// The encryption loop: seals each chunk in place and hands (ciphertext, tag) to `emit`.
 fn encrypt_chunks(
+    aes_gcm: AesGcmImpl,
     key: &[u8; 32],
     contract_id: &[u8; 32],
     reader: impl Read,
     emit: &mut ChunkSink<'_>,
 ) -> Result<u64, DataPathError> {
-    let cipher = Aes256Gcm::new(key.into());
+    let cipher = ChunkCipher::new(aes_gcm, key);
     let mut chunks = ChunkReader::new(reader, CHUNK_SIZE);
     let mut index: u32 = 0;
     let mut total = 0u64;
     while let Some((chunk, last)) = chunks.next_chunk()? {
         let nonce = chunk_nonce(contract_id, index, last);
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), contract_id, chunk)
-            .map_err(|_| DataPathError::TooLarge)?;
+            .seal(nonce, contract_id, chunk)
+            .ok_or(DataPathError::TooLarge)?;
         emit(chunk, &tag)?;
         total += (chunk.len() + TAG_SIZE) as u64;
         if !last {
@@ -174,9 +237,26 @@ pub fn decrypt_stream(
     key: &[u8; 32],
     contract_id: &[u8; 32],
     reader: impl Read,
+    writer: impl Write,
+) -> Result<u64, DataPathError> {
+    decrypt_with_impl(
+        DataPathImpl::active().aes_gcm,
+        key,
+        contract_id,
+        reader,
+        writer,
+    )
+}
+
+/// [`decrypt_stream`] with the given AES-GCM implementation.
+fn decrypt_with_impl(
+    aes_gcm: AesGcmImpl,
+    key: &[u8; 32],
+    contract_id: &[u8; 32],
+    reader: impl Read,
     mut writer: impl Write,
 ) -> Result<u64, DataPathError> {
-    let cipher = Aes256Gcm::new(key.into());
+    let cipher = ChunkCipher::new(aes_gcm, key);
     let mut chunks = ChunkReader::new(reader, SEALED_CHUNK_SIZE);
     let mut index: u32 = 0;
     let mut total = 0u64;
@@ -187,14 +267,9 @@ pub fn decrypt_stream(
             .ok_or(DataPathError::Truncated)?;
         let (body, tag) = sealed.split_at_mut(body_len);
         let nonce = chunk_nonce(contract_id, index, last);
-        cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                contract_id,
-                body,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| DataPathError::Authentication { chunk: index })?;
+        if !cipher.open(nonce, contract_id, body, tag) {
+            return Err(DataPathError::Authentication { chunk: index });
+        }
         writer.write_all(body)?;
         total += body.len() as u64;
         if !last {
@@ -211,8 +286,24 @@ pub fn encrypt_and_commit(
     reader: impl Read,
     writer: impl Write,
 ) -> Result<MerkleCommitment, DataPathError> {
-    let mut tee = MerkleWriter::new(writer, MerkleBuilder::new());
-    encrypt_stream(key, contract_id, reader, &mut tee)?;
+    encrypt_and_commit_with(DataPathImpl::active(), key, contract_id, reader, writer)
+}
+
+/// [`encrypt_and_commit`] with the given implementations.
+fn encrypt_and_commit_with(
+    choice: DataPathImpl,
+    key: &[u8; 32],
+    contract_id: &[u8; 32],
+    reader: impl Read,
+    writer: impl Write,
+) -> Result<MerkleCommitment, DataPathError> {
+    let builder = MerkleBuilder::new().with_sha256(choice.sha256);
+    let mut tee = MerkleWriter::new(writer, builder);
+    let mut emit = |chunk: &[u8], tag: &[u8]| -> io::Result<()> {
+        tee.write_all(chunk)?;
+        tee.write_all(tag)
+    };
+    encrypt_chunks(choice.aes_gcm, key, contract_id, reader, &mut emit)?;
     Ok(tee.into_parts().1.finish())
 }
 
@@ -245,12 +336,29 @@ pub fn encrypt_and_commit_parallel<W: Write + Send>(
     reader: impl Read,
     writer: W,
 ) -> Result<MerkleCommitment, DataPathError> {
+    encrypt_and_commit_parallel_with(DataPathImpl::active(), key, contract_id, reader, writer)
+}
+
+/// [`encrypt_and_commit_parallel`] with the given implementations.
+fn encrypt_and_commit_parallel_with<W: Write + Send>(
+    choice: DataPathImpl,
+    key: &[u8; 32],
+    contract_id: &[u8; 32],
+    reader: impl Read,
+    writer: W,
+) -> Result<MerkleCommitment, DataPathError> {
     const IN_FLIGHT: usize = 3;
     std::thread::scope(|scope| {
         let (full_tx, full_rx) = sync_channel::<Block>(IN_FLIGHT);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
-        let worker = scope.spawn(move || hash_and_write(full_rx, free_tx, writer));
-        let produced = produce_blocks(key, contract_id, reader, &full_tx, &free_rx);
+        let builder = MerkleBuilder::new().with_sha256(choice.sha256);
+        let worker = scope.spawn(move || hash_and_write(full_rx, free_tx, writer, builder));
+        let pipe = Pipe {
+            choice,
+            full_tx: &full_tx,
+            free_rx: &free_rx,
+        };
+        let produced = produce_blocks(key, contract_id, reader, &pipe);
         drop(full_tx);
         let written = worker.join().map_err(|_| DataPathError::Worker)?;
         produced?;
@@ -262,48 +370,49 @@ pub fn encrypt_and_commit_parallel<W: Write + Send>(
 /// AES-GCM plus this share takes about as long as the remaining share plus writing.
 const ENCRYPTOR_HASH_SIXTEENTHS: usize = 6;
 
+/// The encrypting side's ends of the pipeline.
+struct Pipe<'a> {
+    choice: DataPathImpl,
+    full_tx: &'a SyncSender<Block>,
+    free_rx: &'a Receiver<Vec<u8>>,
+}
+
 fn produce_blocks(
     key: &[u8; 32],
     contract_id: &[u8; 32],
     reader: impl Read,
-    full_tx: &SyncSender<Block>,
-    free_rx: &Receiver<Vec<u8>>,
+    pipe: &Pipe<'_>,
 ) -> Result<(), DataPathError> {
     let mut pending: Vec<u8> = Vec::with_capacity(SEALED_CHUNK_SIZE + SEGMENT_SIZE);
     let mut emit = |chunk: &[u8], tag: &[u8]| -> io::Result<()> {
         pending.extend_from_slice(chunk);
         pending.extend_from_slice(tag);
         let aligned = pending.len() - pending.len() % SEGMENT_SIZE;
-        send_block(&mut pending, aligned, full_tx, free_rx)
+        send_block(&mut pending, aligned, pipe)
     };
-    encrypt_chunks(key, contract_id, reader, &mut emit)?;
+    encrypt_chunks(pipe.choice.aes_gcm, key, contract_id, reader, &mut emit)?;
     let rest = pending.len();
-    send_block(&mut pending, rest, full_tx, free_rx)?;
+    send_block(&mut pending, rest, pipe)?;
     Ok(())
 }
 
 /// Moves the first `len` bytes of `pending` into a block (hashing the encryptor's share of
 /// its full segments) and sends it.
-fn send_block(
-    pending: &mut Vec<u8>,
-    len: usize,
-    full_tx: &SyncSender<Block>,
-    free_rx: &Receiver<Vec<u8>>,
-) -> io::Result<()> {
+fn send_block(pending: &mut Vec<u8>, len: usize, pipe: &Pipe<'_>) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let mut bytes = free_rx.try_recv().unwrap_or_default();
+    let mut bytes = pipe.free_rx.try_recv().unwrap_or_default();
     bytes.clear();
     bytes.extend_from_slice(&pending[..len]);
     pending.drain(..len);
     let full_segments = len / SEGMENT_SIZE;
     let mine = full_segments * ENCRYPTOR_HASH_SIXTEENTHS / 16;
-    let leaves = bytes[..mine * SEGMENT_SIZE]
-        .chunks_exact(SEGMENT_SIZE)
-        .filter_map(|s| leaf_hash(s).ok())
-        .collect();
-    full_tx
+    let mut leaves = Vec::with_capacity(mine);
+    full_leaf_hashes(pipe.choice.sha256, &bytes[..mine * SEGMENT_SIZE], |leaf| {
+        leaves.push(leaf)
+    });
+    pipe.full_tx
         .send(Block { bytes, leaves })
         .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "hashing thread stopped"))
 }
@@ -312,8 +421,8 @@ fn hash_and_write<W: Write>(
     full_rx: Receiver<Block>,
     free_tx: SyncSender<Vec<u8>>,
     writer: W,
+    mut builder: MerkleBuilder,
 ) -> Result<MerkleCommitment, DataPathError> {
-    let mut builder = MerkleBuilder::new();
     let mut writer = writer;
     for block in full_rx {
         writer.write_all(&block.bytes)?;
@@ -485,5 +594,78 @@ mod tests {
             plaintext_len(SEALED_CHUNK_SIZE as u64 + 17).unwrap(),
             MIB as u64 + 1
         );
+    }
+
+    /// Every implementation choice this CPU supports.
+    fn every_choice() -> Vec<DataPathImpl> {
+        use crate::cpu::Sha256Impl;
+        Sha256Impl::ALL
+            .into_iter()
+            .filter(|c| c.is_supported())
+            .flat_map(|sha256| AesGcmImpl::ALL.map(|aes_gcm| DataPathImpl { sha256, aes_gcm }))
+            .collect()
+    }
+
+    #[test]
+    fn every_impl_gives_the_same_ciphertext_and_root() {
+        for len in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            MIB - 1,
+            MIB,
+            MIB + 1,
+            3 * MIB + 5,
+            4 * MIB + 17 * 4096,
+        ] {
+            let p = plaintext(len);
+            // The reference: the aes-gcm crate and the naive sha2 tree of the tests.
+            let mut reference = Vec::new();
+            let mut emit = |chunk: &[u8], tag: &[u8]| -> io::Result<()> {
+                reference.extend_from_slice(chunk);
+                reference.extend_from_slice(tag);
+                Ok(())
+            };
+            encrypt_chunks(AesGcmImpl::RustCrypto, &KEY, &CONTRACT, &p[..], &mut emit).unwrap();
+            let root = crate::merkle::tests::naive_root(&reference);
+            for choice in every_choice() {
+                let mut serial = Vec::new();
+                let c1 =
+                    encrypt_and_commit_with(choice, &KEY, &CONTRACT, &p[..], &mut serial).unwrap();
+                let mut parallel = Vec::new();
+                let c2 = encrypt_and_commit_parallel_with(
+                    choice,
+                    &KEY,
+                    &CONTRACT,
+                    &p[..],
+                    &mut parallel,
+                )
+                .unwrap();
+                for (c, out) in [(c1, &serial), (c2, &parallel)] {
+                    assert_eq!(c.root, root, "{choice}, len {len}");
+                    assert_eq!(c.length, reference.len() as u64, "{choice}, len {len}");
+                    assert!(*out == reference, "{choice}, len {len}: ciphertext differs");
+                }
+                let mut back = Vec::new();
+                decrypt_with_impl(choice.aes_gcm, &KEY, &CONTRACT, &serial[..], &mut back).unwrap();
+                assert!(back == p, "{choice}, len {len}: round trip");
+            }
+        }
+    }
+
+    #[test]
+    fn every_aes_impl_rejects_a_flipped_bit() {
+        let c = encrypt(&plaintext(MIB + 10));
+        for aes_gcm in AesGcmImpl::ALL {
+            let mut flipped = c.clone();
+            flipped[MIB + 20] ^= 1;
+            let got = decrypt_with_impl(aes_gcm, &KEY, &CONTRACT, &flipped[..], io::sink());
+            assert!(
+                matches!(got, Err(DataPathError::Authentication { chunk: 1 })),
+                "{aes_gcm}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Recovery of the farmer's download key f from any transaction spending a TX1 output (PROTOCOL.md 3.6).
 //!
-//! The scriptSig of a P2SH spend through `multi(3,F,F̃,R)` carries (r, s1) by F and
+//! The scriptSig of a P2SH spend through `multi(3,R,F,F̃)` (`OP_0 sig_R sig_F sig_F̃
+//! redeem`; contracts agreed before R-first: `multi(3,F,F̃,R)`) carries (r, s1) by F and
 //! (r, s2) by F̃ = F + c·G over the same legacy sighash z with the same nonce k:
 //!
 //! ```text
@@ -12,7 +13,8 @@
 //! ε1, ε2 ∈ {+1, −1} are tried and only an f with f·G = F is returned. Every push of the
 //! scriptSig is tried as a signature and checked against F and F̃ with the sighash its
 //! own sighash byte selects (scriptCode = the last push, the redeem script), so the
-//! extraction does not depend on push order. Garbage never panics and never yields a key.
+//! extraction does not depend on push order and reads TX2s of either key order. Garbage
+//! never panics and never yields a key.
 
 use bitcoin::hashes::Hash;
 use bitcoin::script::Instruction;
@@ -237,6 +239,33 @@ mod tests {
         }
     }
 
+    /// A contract agreed before R-first (`multi(3,F,F̃,R)`) still yields f.
+    #[test]
+    fn extracts_f_from_a_farmer_first_tx2() {
+        let mut p = parties(48);
+        p.contract.tx1_key_order = crate::contract::Tx1KeyOrder::FarmerFirst;
+        let mut rng = StdRng::seed_from_u64(48);
+        let unsigned = p
+            .contract
+            .unsigned_tx2(tx1_outpoint(), Amount::from_sat(1_000))
+            .unwrap();
+        let sig_r = p.contract.renter_sign_tx2(&unsigned, &p.r).unwrap();
+        let template =
+            crate::nonce_reuse::farmer_sign_tx2(&mut rng, &p.contract, &unsigned, &p.f, &sig_r)
+                .unwrap();
+        assert_eq!(template.farmer_s.start, 84, "F's signature comes first");
+        let spk = p.contract.tx1_script_pubkey().unwrap();
+        let f = extract_farmer_key(
+            &template.tx,
+            0,
+            &p.contract.farmer_key,
+            &p.contract.contract_id,
+            Some(&spk),
+        )
+        .unwrap();
+        assert_eq!(f, p.f);
+    }
+
     #[test]
     fn all_four_sign_pairs_are_recovered() {
         let mut rng = StdRng::seed_from_u64(51);
@@ -300,11 +329,12 @@ mod tests {
                 v
             })
             .unwrap();
-        // Drop F̃'s signature (push 2): a single farmer signature leaks nothing.
+        // Drop F̃'s signature (push 3 of OP_0 sig_R sig_F sig_F̃ redeem): a single farmer
+        // signature leaks nothing.
         let mut only_one = tx2.clone();
         let mut builder = Builder::new();
         for (i, push) in pushes.iter().enumerate() {
-            if i != 2 {
+            if i != 3 {
                 builder = builder
                     .push_slice(<&bitcoin::script::PushBytes>::try_from(push.as_slice()).unwrap());
             }

@@ -21,10 +21,12 @@
 //! * [`watch`]: the watchtower's decision core: what a block or transaction touches, due broadcasts (6).
 //! * [`audit`]: the audit contract: candidates, coin toss, TX_A/A_ij/RF, swap, beacon, Merkle audits (5).
 //! * [`zk`]: the Groth16 reused-nonce proof and the farmer's CRS check (3.4, 3.5).
+//! * [`cpu`]: run-time choice of the data path's SHA-256 and AES-GCM implementations (issue 20).
 //! * [`hashing`], [`network`]: shared helpers.
 
 pub mod audit;
 pub mod contract;
+pub mod cpu;
 pub mod datapath;
 pub mod erasure;
 pub mod extract;

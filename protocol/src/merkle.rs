@@ -11,14 +11,17 @@
 //! The final 0x02 step makes the root commit to the true byte length, so a zero-padded
 //! last segment cannot be confused with real zero bytes, and the empty input has a root too.
 //!
-//! Leaves and nodes are hashed with ring's SHA-256 (OpenSSL-derived assembly), the hot path
-//! of encrypt+commit; the naive reference in the tests uses sha2, so the two cross-check.
+//! Leaves, the hot path of encrypt+commit, are hashed by the implementation [`crate::cpu`]
+//! chose for this CPU (several leaves at once in SIMD lanes, SHA-NI, ring or plain
+//! assembly); nodes with the `sha2` crate. The naive reference in the tests uses plain
+//! `sha2` calls, and every implementation is checked against it.
 
 use std::io::{self, Write};
 
-use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::cpu::{DataPathImpl, Sha256Impl};
 
 /// Size of one segment, the unit of Merkle leaves, audits and fraud proofs.
 pub const SEGMENT_SIZE: usize = 4096;
@@ -98,27 +101,119 @@ pub fn leaf_hash(segment: &[u8]) -> Result<Hash32, MerkleError> {
 }
 
 fn leaf_hash_unchecked(segment: &[u8]) -> Hash32 {
+    leaf_hash_with(DataPathImpl::active().sha256, segment)
+}
+
+/// Leaf hash of one segment of at most 4096 bytes with the implementation `sha256`.
+/// Multi-lane choices hash a single leaf with the `sha2` crate.
+fn leaf_hash_with(sha256: Sha256Impl, segment: &[u8]) -> Hash32 {
     const ZEROS: [u8; SEGMENT_SIZE] = [0; SEGMENT_SIZE];
-    let mut hasher = Context::new(&SHA256);
-    hasher.update(&[0x00]);
-    hasher.update(segment);
-    hasher.update(&ZEROS[segment.len()..]);
-    finish(hasher)
+    let padding = &ZEROS[segment.len()..];
+    match sha256 {
+        Sha256Impl::Ring => {
+            let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+            hasher.update(&[0x00]);
+            hasher.update(segment);
+            hasher.update(padding);
+            let mut out = [0u8; 32];
+            out.copy_from_slice(hasher.finish().as_ref());
+            out
+        }
+        #[cfg(target_arch = "x86_64")]
+        Sha256Impl::Scalar => scalar_leaf_hash(segment),
+        _ => {
+            let mut hasher = Sha256::new();
+            hasher.update([0x00]);
+            hasher.update(segment);
+            hasher.update(padding);
+            hasher.finalize().into()
+        }
+    }
+}
+
+/// Leaf hash with the plain x86-64 assembly compression function (no SHA-NI, no SIMD).
+#[cfg(target_arch = "x86_64")]
+fn scalar_leaf_hash(segment: &[u8]) -> Hash32 {
+    const BLOCKS: usize = 65;
+    let mut message = [[0u8; 64]; BLOCKS];
+    let bytes = message.as_flattened_mut();
+    bytes[1..1 + segment.len()].copy_from_slice(segment);
+    bytes[SEGMENT_SIZE + 1] = 0x80;
+    let bits = (SEGMENT_SIZE as u64 + 1) * 8;
+    bytes[BLOCKS * 64 - 8..].copy_from_slice(&bits.to_be_bytes());
+    let mut state: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    sha2_asm::compress256(&mut state, &message);
+    let mut out = [0u8; 32];
+    for (word, bytes) in state.iter().zip(out.chunks_exact_mut(4)) {
+        bytes.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// Leaf hashes of `segments` (a whole number of full 4096-byte segments), in order, with
+/// the implementation `sha256`: multi-lane choices hash 8 or 16 leaves per pass.
+pub(crate) fn full_leaf_hashes(sha256: Sha256Impl, segments: &[u8], mut push: impl FnMut(Hash32)) {
+    debug_assert_eq!(segments.len() % SEGMENT_SIZE, 0);
+    let mut segments = segments.chunks_exact(SEGMENT_SIZE);
+    #[cfg(target_arch = "x86_64")]
+    match sha256.lanes() {
+        16 => hash_in_lanes::<16>(&mut segments, &mut push, lanes::leaves_x16),
+        8 => hash_in_lanes::<8>(&mut segments, &mut push, lanes::leaves_x8),
+        _ => {}
+    }
+    for segment in segments {
+        push(leaf_hash_with(sha256, segment));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::sha256_lanes as lanes;
+
+/// A segment from `chunks_exact(SEGMENT_SIZE)` as an array reference.
+#[cfg(target_arch = "x86_64")]
+fn full(segment: &[u8]) -> &[u8; SEGMENT_SIZE] {
+    segment
+        .try_into()
+        .expect("chunks_exact gives full segments")
+}
+
+/// Hashes `N` segments per pass while at least `N / 4` are left (a short last batch is
+/// filled up with repeats of its first segment, whose hashes are dropped), leaving the
+/// rest in `segments`. Stops at once if the CPU lacks the feature (`hash_n` gives None).
+#[cfg(target_arch = "x86_64")]
+fn hash_in_lanes<const N: usize>(
+    segments: &mut std::slice::ChunksExact<'_, u8>,
+    push: &mut impl FnMut(Hash32),
+    hash_n: fn([&[u8; SEGMENT_SIZE]; N]) -> Option<[Hash32; N]>,
+) {
+    while segments.len() >= (N / 4).max(1) {
+        let first = full(segments.clone().next().expect("a segment is left"));
+        let mut batch = [first; N];
+        let mut count = 0;
+        for (slot, segment) in batch.iter_mut().zip(segments.by_ref()) {
+            *slot = full(segment);
+            count += 1;
+        }
+        let Some(hashes) = hash_n(batch) else {
+            for segment in &batch[..count] {
+                push(leaf_hash_with(Sha256Impl::ShaNi, segment.as_slice()));
+            }
+            return;
+        };
+        hashes[..count].iter().for_each(|hash| push(*hash));
+    }
 }
 
 /// Interior node hash.
 pub fn node_hash(left: &Hash32, right: &Hash32) -> Hash32 {
-    let mut hasher = Context::new(&SHA256);
-    hasher.update(&[0x01]);
+    let mut hasher = Sha256::new();
+    hasher.update([0x01]);
     hasher.update(left);
     hasher.update(right);
-    finish(hasher)
-}
-
-fn finish(hasher: Context) -> Hash32 {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(hasher.finish().as_ref());
-    out
+    hasher.finalize().into()
 }
 
 /// The tree hash of zero leaves: SHA256 of the empty string (RFC 6962).
@@ -166,6 +261,7 @@ pub struct MerkleBuilder {
     stack: Vec<(Hash32, u64)>,
     length: u64,
     leaves: Option<Vec<Hash32>>,
+    sha256: Sha256Impl,
 }
 
 impl Default for MerkleBuilder {
@@ -182,7 +278,15 @@ impl MerkleBuilder {
             stack: Vec::new(),
             length: 0,
             leaves: None,
+            sha256: DataPathImpl::active().sha256,
         }
+    }
+
+    /// A builder hashing leaves with `sha256` instead of the process's choice (tests and
+    /// the cross-checks of every implementation).
+    pub(crate) fn with_sha256(mut self, sha256: Sha256Impl) -> Self {
+        self.sha256 = sha256;
+        self
     }
 
     /// A builder that also records every leaf hash, for [`MerkleBuilder::finish_tree`].
@@ -236,6 +340,7 @@ impl MerkleBuilder {
             stack,
             length,
             leaves: None,
+            sha256: DataPathImpl::active().sha256,
         })
     }
 
@@ -249,15 +354,13 @@ impl MerkleBuilder {
             if self.partial.len() < SEGMENT_SIZE {
                 return;
             }
-            let leaf = leaf_hash_unchecked(&self.partial);
+            let leaf = leaf_hash_with(self.sha256, &self.partial);
             self.partial.clear();
             self.push_leaf(leaf);
         }
-        let mut segments = data.chunks_exact(SEGMENT_SIZE);
-        for segment in &mut segments {
-            self.push_leaf(leaf_hash_unchecked(segment));
-        }
-        self.partial.extend_from_slice(segments.remainder());
+        let aligned = data.len() - data.len() % SEGMENT_SIZE;
+        full_leaf_hashes(self.sha256, &data[..aligned], |leaf| self.push_leaf(leaf));
+        self.partial.extend_from_slice(&data[aligned..]);
     }
 
     /// Adds a precomputed leaf hash for a full segment (used by the parallel pipeline).
@@ -283,7 +386,7 @@ impl MerkleBuilder {
 
     fn flush_partial(&mut self) {
         if !self.partial.is_empty() {
-            let leaf = leaf_hash_unchecked(&self.partial);
+            let leaf = leaf_hash_with(self.sha256, &self.partial);
             self.partial.clear();
             self.push_leaf(leaf);
         }
@@ -383,7 +486,13 @@ impl MerkleTree {
 
     /// Builds a tree over in-memory data.
     pub fn from_data(data: &[u8]) -> Self {
-        let leaves = data.chunks(SEGMENT_SIZE).map(leaf_hash_unchecked).collect();
+        let sha256 = DataPathImpl::active().sha256;
+        let aligned = data.len() - data.len() % SEGMENT_SIZE;
+        let mut leaves = Vec::with_capacity(data.len().div_ceil(SEGMENT_SIZE));
+        full_leaf_hashes(sha256, &data[..aligned], |leaf| leaves.push(leaf));
+        if aligned < data.len() {
+            leaves.push(leaf_hash_with(sha256, &data[aligned..]));
+        }
         MerkleTree {
             leaves,
             length: data.len() as u64,
@@ -522,7 +631,7 @@ fn root_from_path(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn data(len: usize) -> Vec<u8> {
@@ -530,7 +639,7 @@ mod tests {
     }
 
     /// Naive recursive reference: pad, hash every segment, recurse on halves.
-    fn naive_root(data: &[u8]) -> Hash32 {
+    pub(crate) fn naive_root(data: &[u8]) -> Hash32 {
         fn mth(leaves: &[Hash32]) -> Hash32 {
             if leaves.is_empty() {
                 return Sha256::digest([]).into();
@@ -739,5 +848,75 @@ mod tests {
             MerkleBuilder::resume(bad).unwrap_err(),
             MerkleError::BadCheckpoint
         );
+    }
+
+    /// Lengths around every boundary: segments, lane batches (8 and 16 leaves, and the
+    /// quarter-batch threshold), 1 MiB chunks.
+    const ODD_LENGTHS: [usize; 16] = [
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        3 * 4096,
+        4 * 4096 + 7,
+        8 * 4096,
+        16 * 4096 - 1,
+        16 * 4096 + 1,
+        37 * 4096 + 100,
+        (1 << 20) - 1,
+        1 << 20,
+        (1 << 20) + 1,
+        3 * (1 << 20) + 5000,
+        (1 << 20) + 31 * 4096,
+    ];
+
+    #[test]
+    fn every_sha256_impl_gives_the_reference_leaves_and_roots() {
+        for choice in Sha256Impl::ALL.into_iter().filter(|c| c.is_supported()) {
+            for len in ODD_LENGTHS {
+                let bytes = data(len);
+                let expected = naive_root(&bytes);
+                for piece in [len.max(1), 4096, 5000, 65536 + 3] {
+                    let mut builder = MerkleBuilder::new().with_sha256(choice);
+                    bytes.chunks(piece).for_each(|p| builder.update(p));
+                    let got = builder.finish();
+                    assert_eq!(got.root, expected, "{choice}, len {len}, piece {piece}");
+                    assert_eq!(got.length, len as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_sha256_impl_hashes_each_leaf_like_sha2() {
+        let bytes = data(41 * SEGMENT_SIZE);
+        let reference: Vec<Hash32> = bytes
+            .chunks(SEGMENT_SIZE)
+            .map(|s| {
+                Sha256::new()
+                    .chain_update([0])
+                    .chain_update(s)
+                    .finalize()
+                    .into()
+            })
+            .collect();
+        for choice in Sha256Impl::ALL.into_iter().filter(|c| c.is_supported()) {
+            for count in 0..=41 {
+                let mut got = Vec::new();
+                full_leaf_hashes(choice, &bytes[..count * SEGMENT_SIZE], |h| got.push(h));
+                assert_eq!(got, reference[..count], "{choice}, {count} leaves");
+            }
+            for len in [0, 1, 100, 4095, 4096] {
+                let mut padded = bytes[..len].to_vec();
+                padded.resize(SEGMENT_SIZE, 0);
+                let expected: Hash32 = Sha256::new()
+                    .chain_update([0])
+                    .chain_update(&padded)
+                    .finalize()
+                    .into();
+                assert_eq!(leaf_hash_with(choice, &bytes[..len]), expected, "{choice}");
+            }
+        }
     }
 }

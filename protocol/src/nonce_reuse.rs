@@ -8,7 +8,10 @@
 //! Both signatures are checked with libsecp256k1 before they are returned.
 //!
 //! The [`Tx2Template`] gives the serialized TX2, the byte ranges of both r and both s
-//! fields in it, D = SHA256(TX2) and txid = SHA256(D).
+//! fields in it, D = SHA256(TX2) and txid = SHA256(D). The ranges are found in the signed
+//! transaction, so they follow the contract's key order: with R first (`OP_0 sig_R sig_F
+//! sig_F̃ redeem`, [`crate::contract::Tx1KeyOrder`]) s1 starts at byte 156 of a 462-byte
+//! TX2, in its third 64-byte block; with the old F-first order it started at byte 84.
 
 use std::ops::Range;
 
@@ -311,6 +314,16 @@ pub(crate) mod tests {
             );
             assert_eq!(t.bytes[t.twin_s.end], 0x01); // SIGHASH_ALL byte
             assert!(t.farmer_s.end <= t.twin_r.start);
+            // R-first: sig_R (71 bytes and its push opcode) precedes F's signature, so
+            // s1 starts in TX2's third 64-byte block.
+            assert_eq!(
+                t.bytes[t.farmer_r.start - 77..t.farmer_r.start - 73],
+                [71, 0x30, 0x44, 0x02]
+            );
+            assert_eq!(
+                (t.bytes.len(), t.farmer_s.start, t.twin_s.start),
+                (462, 156, 228)
+            );
             assert_eq!(t.txid, t.tx.compute_txid());
             assert_eq!(t.digest, sha256(&[&t.bytes]));
             // Same shape => same layout across contracts.

@@ -96,6 +96,7 @@ fn full_download_contract() {
         refund_height: 300,
         payout_delay: 10,
         price: Amount::from_sat(50_000),
+        tx1_key_order: dstore_protocol::contract::Tx1KeyOrder::RenterFirst,
     };
     let tx1_out = contract.tx1_output().unwrap();
     let tx1_outpoint = OutPoint {
@@ -166,6 +167,7 @@ fn refunds_satisfy_their_scripts() {
         refund_height: 1_000,
         payout_delay: 6,
         price: Amount::from_sat(20_000),
+        tx1_key_order: dstore_protocol::contract::Tx1KeyOrder::RenterFirst,
     };
     let dest = RefundDestination::p2wpkh_of(&keys[1]);
     let tx1_outpoint = OutPoint {

@@ -69,6 +69,7 @@ impl Parties {
             refund_height: node.block_count() as u32 + t1_ahead,
             payout_delay: delta,
             price: PRICE,
+            tx1_key_order: dstore_protocol::contract::Tx1KeyOrder::RenterFirst,
         };
         Parties {
             contract,

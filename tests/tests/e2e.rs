@@ -14,15 +14,15 @@ use dstore_tests::market::{Faults, Market, TEST_PRICE_SAT};
 use dstore_tests::parties::seeded_bytes;
 use serde_json::{json, Value};
 
-fn crs_dir() -> PathBuf {
+pub(crate) fn crs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-crs")
 }
 
-fn status(m: &Market, id: &str) -> Value {
+pub(crate) fn status(m: &Market, id: &str) -> Value {
     m.renter().call_ok("dstore-status", json!([id]))
 }
 
-fn farmer_status(m: &Market, id: &str) -> Value {
+pub(crate) fn farmer_status(m: &Market, id: &str) -> Value {
     m.farmer().call_ok("dstore-status", json!([id]))
 }
 

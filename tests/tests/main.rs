@@ -38,5 +38,7 @@ mod shard_tx1;
 mod tower;
 mod tower_plugin;
 mod tower_scale;
+mod tower_scale_audit;
 mod tower_scale_compact;
+mod transfer_stream;
 mod zk;

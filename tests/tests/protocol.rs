@@ -11,7 +11,7 @@ use bitcoin::script::{Builder, PushBytesBuf};
 use bitcoin::secp256k1::{Message, SecretKey, SECP256K1};
 use bitcoin::sighash::SighashCache;
 use bitcoin::{opcodes, EcdsaSighashType, OutPoint, ScriptBuf, Transaction, TxOut};
-use dstore_protocol::contract::{twin_secret, twin_tweak_bytes};
+use dstore_protocol::contract::{twin_secret, twin_tweak_bytes, DownloadContract, Tx1KeyOrder};
 use dstore_protocol::datapath::decrypt_stream;
 use dstore_protocol::extract::{extract_farmer_key, extract_from_signatures};
 use dstore_protocol::keys::joint_secret_key;
@@ -69,6 +69,7 @@ fn download_round_trip(size: usize, seed: u64) {
     let paid = &fetch_tx(&node, &tx3_id).output[0];
     assert_eq!(paid.script_pubkey, p.farmer_payout(), "TX3 pays the farmer");
     let mined = fetch_tx_from_block(&node, &tx2_id);
+    assert_signature_order(&p.contract, &mined, "R, F, F̃");
     let f = p.extract(&mined).expect("f from the block");
     assert_eq!(f, p.f);
 
@@ -92,6 +93,42 @@ fn download_round_trip(size: usize, seed: u64) {
         recovered == plaintext,
         "decrypted file is byte-identical ({size} bytes)"
     );
+}
+
+/// TX2's scriptSig is `OP_0 sig sig sig redeem` with the signatures in TX1:0's key order
+/// (`order` names it), each valid for its key over TX2's legacy sighash.
+fn assert_signature_order(contract: &DownloadContract, tx2: &Transaction, order: &str) {
+    let pushes: Vec<Vec<u8>> = tx2.input[0]
+        .script_sig
+        .instructions()
+        .map(|i| i.unwrap().push_bytes().unwrap().as_bytes().to_vec())
+        .collect();
+    let redeem = contract.tx1_redeem_script().unwrap();
+    assert_eq!(pushes.len(), 5, "OP_0, three signatures, redeem script");
+    assert!(pushes[0].is_empty());
+    assert_eq!(pushes[4], redeem.to_bytes());
+    let z = SighashCache::new(tx2)
+        .legacy_signature_hash(0, &redeem, EcdsaSighashType::All.to_u32())
+        .unwrap();
+    let message = Message::from_digest(z.to_byte_array());
+    let (r, f, twin) = (
+        contract.renter_key,
+        contract.farmer_key,
+        contract.twin_key().unwrap(),
+    );
+    let keys = match contract.tx1_key_order {
+        Tx1KeyOrder::RenterFirst => [r, f, twin],
+        Tx1KeyOrder::FarmerFirst => [f, twin, r],
+    };
+    for (push, key) in pushes[1..4].iter().zip(keys) {
+        let sig = bitcoin::ecdsa::Signature::from_slice(push).unwrap();
+        assert!(
+            SECP256K1
+                .verify_ecdsa(&message, &sig.signature, &key)
+                .is_ok(),
+            "signatures in the order {order}"
+        );
+    }
 }
 
 #[test]
@@ -477,7 +514,7 @@ fn protocol_bad_transactions_never_yield_a_wrong_key() {
         assert!(p.extract(&tx).is_err());
     }
 
-    // A TX2 with only one farmer signature.
+    // A TX2 with only one farmer signature (F̃'s, push 3 of OP_0 sig_R sig_F sig_F̃, dropped).
     let instructions: Vec<_> = tx2.input[0]
         .script_sig
         .instructions()
@@ -486,7 +523,7 @@ fn protocol_bad_transactions_never_yield_a_wrong_key() {
     let mut single = tx2.clone();
     let mut builder = Builder::new();
     for (i, ins) in instructions.iter().enumerate() {
-        if i == 2 {
+        if i == 3 {
             continue;
         }
         builder = match ins {
@@ -523,4 +560,49 @@ fn protocol_bad_transactions_never_yield_a_wrong_key() {
         }
     }
     assert_eq!(p.extract(&tx2).unwrap(), p.f);
+}
+
+/// A contract stored before R-first (its record has no key order) was funded to
+/// `multi(3,F,F̃,R)`: read back, it still builds that script, so bitcoind accepts its TX2
+/// (signatures F, F̃, R; f extracted from the block) and its refund after T1.
+#[test]
+fn protocol_contract_stored_before_r_first_still_claims_and_refunds() {
+    let (mut rng, node, mut funder, p) = start(9, 2, 20, 5);
+    let mut record = serde_json::to_value(p.contract).unwrap();
+    record.as_object_mut().unwrap().remove("tx1_key_order");
+    let old: DownloadContract = serde_json::from_value(record).unwrap();
+    assert_eq!(old.tx1_key_order, Tx1KeyOrder::FarmerFirst);
+    assert_ne!(
+        old.tx1_script_pubkey().unwrap(),
+        p.contract.tx1_script_pubkey().unwrap()
+    );
+    let p = Parties { contract: old, ..p };
+
+    // The claim: TX2 and TX3 through the old script.
+    let (_, tx1_outpoint) = funder.fund(&node, p.contract.tx1_output().unwrap());
+    let template = p.tx2(&mut rng, tx1_outpoint);
+    let tx3 = p.tx3(&template.digest);
+    assert_eq!(
+        mempool_verdicts(&node, &[&template.tx, &tx3]),
+        vec![None, None]
+    );
+    let tx2_id = broadcast(&node, &template.tx).expect("TX2 accepted");
+    broadcast(&node, &tx3).expect("TX3 accepted");
+    node.mine(1);
+    let mined = fetch_tx_from_block(&node, &tx2_id);
+    assert_signature_order(&p.contract, &mined, "F, F̃, R");
+    assert_eq!(p.extract(&mined).expect("f from the block"), p.f);
+
+    // The refund of a second TX1 through after(T1).
+    let (_, tx1_outpoint) = funder.fund(&node, p.contract.tx1_output().unwrap());
+    let dest = p.renter_refund_destination();
+    let refund = p
+        .contract
+        .tx1_refund(tx1_outpoint, &p.r, &dest, REFUND_FEE)
+        .unwrap();
+    let t1 = u64::from(p.contract.refund_height);
+    node.mine((t1 - node.block_count()) as u32);
+    let refund_id = broadcast(&node, &refund).expect("refund accepted at T1");
+    node.mine(1);
+    assert_eq!(node.confirmations(&refund_id), 1);
 }

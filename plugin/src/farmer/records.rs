@@ -264,6 +264,7 @@ impl FarmedDownload {
             refund_height: self.refund_height,
             payout_delay: self.payout_delay,
             price,
+            tx1_key_order: dstore_protocol::contract::Tx1KeyOrder::RenterFirst,
         }
     }
 

@@ -19,23 +19,33 @@ impl Farmer {
         context: SealContext,
     ) -> Result<SealTranscript, FarmerError> {
         let sealed_path = self.sealed_path(download_id);
-        let plain_path = self.config.work_dir.join(format!("{}.c", hex::encode(id)));
-        self.copy_blob(id, &plain_path).await?;
-        if crate::dev_fault!(self.config.dev_fault, SealWrongData) {
-            flip_first_byte(&plain_path).map_err(internal)?;
-        }
+        let wrong_data = crate::dev_fault!(self.config.dev_fault, SealWrongData);
+        // A local store's blob is sealed where it lies; any other is copied out first.
+        let (plain, copied) = match self.blobs.local_file(id).filter(|_| !wrong_data) {
+            Some(path) => (path, None),
+            None => {
+                let copy = self.config.work_dir.join(format!("{}.c", hex::encode(id)));
+                self.copy_blob(id, &copy).await?;
+                if wrong_data {
+                    flip_first_byte(&copy).map_err(internal)?;
+                }
+                (copy.clone(), Some(copy))
+            }
+        };
         let identity = self.identity;
-        let (plain, sealed) = (plain_path.clone(), sealed_path.clone());
+        let sealed = sealed_path.clone();
         let transcript = tokio::task::spawn_blocking(move || {
-            let input = std::io::BufReader::new(std::fs::File::open(&plain)?);
-            let output = std::io::BufWriter::new(std::fs::File::create(&sealed)?);
-            dstore_protocol::seal::seal(&mut rand::thread_rng(), &context, &identity, input, output)
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            let input = std::fs::File::open(&plain)?;
+            let output = std::fs::File::create(&sealed)?;
+            seal_into(&context, &identity, input, output)
         })
         .await
         .map_err(internal)?
-        .map_err(internal)?;
-        let _ = std::fs::remove_file(&plain_path);
+        .map_err(internal);
+        if let Some(copy) = copied {
+            let _ = std::fs::remove_file(copy);
+        }
+        let transcript = transcript?;
         if crate::dev_fault!(self.config.dev_fault, FlipSealedByte) {
             flip_first_byte(&sealed_path).map_err(internal)?;
         }
@@ -77,6 +87,45 @@ impl Farmer {
         out.flush().await.map_err(internal)?;
         Ok(())
     }
+}
+
+/// Seals `input` into `output` (fresh ρ), the sealing and hashing on this thread and the
+/// writing of E on a second one; returns the signed transcript.
+fn seal_into(
+    context: &SealContext,
+    identity: &bitcoin::secp256k1::Keypair,
+    input: std::fs::File,
+    output: std::fs::File,
+) -> std::io::Result<SealTranscript> {
+    use std::io::Write;
+    let (to_writer, sealed) = crate::pipe::pipe();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || {
+            let mut output = output;
+            for block in sealed.blocks() {
+                output.write_all(&block)?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let input = std::io::BufReader::with_capacity(crate::pipe::PIPE_BLOCK, input);
+        let mut to_writer = to_writer;
+        let transcript = dstore_protocol::seal::seal(
+            &mut rand::thread_rng(),
+            context,
+            identity,
+            input,
+            &mut to_writer,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|t| to_writer.flush().map(|()| t));
+        drop(to_writer); // the end of E for the writing thread
+        let written = writer
+            .join()
+            .map_err(|_| std::io::Error::other("the writing thread panicked"))?;
+        let transcript = transcript?;
+        written?;
+        Ok(transcript)
+    })
 }
 
 /// Flips the first byte of a file, if it has one (test-only faults).

@@ -297,28 +297,13 @@ async fn upload(
         .await
         .map_err(|e| FarmerError::Invalid(format!("upload part too large or interrupted: {e}")))?
         .to_bytes();
-    check_body(&part, &signed)?;
-    let mut at = offset;
-    let mut batch = part.to_vec();
-    flush(farmer, &id, &mut at, &mut batch).await?;
-    Ok(json(&UploadStatus {
-        received: at,
-        expected,
-    }))
-}
-
-async fn flush(
-    farmer: &Farmer,
-    id: &[u8; 32],
-    at: &mut u64,
-    batch: &mut Vec<u8>,
-) -> Result<(), FarmerError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    *at = farmer.append_upload(id, *at, batch).await?;
-    batch.clear();
-    Ok(())
+    let received = if part.is_empty() {
+        check_body(&part, &signed)?;
+        offset
+    } else {
+        farmer.append_upload(&id, offset, part, signed).await?
+    };
+    Ok(json(&UploadStatus { received, expected }))
 }
 
 async fn sealed(
@@ -333,15 +318,19 @@ async fn sealed(
         .await
         .map_err(super::internal)?;
     let length = file.metadata().await.map_err(super::internal)?.len();
-    let stream = futures::stream::unfold(file, |mut file| async move {
+    let flip_at =
+        crate::dev_fault!(farmer.config.dev_fault, FlipSealedMidStream).then_some(length / 2);
+    let stream = futures::stream::unfold((file, 0u64), move |(mut file, at)| async move {
         let mut buf = vec![0u8; 1 << 20];
         match file.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok(Frame::data(Bytes::from(buf))), file))
+                flip_in(&mut buf, at, flip_at);
+                let next = at + n as u64;
+                Some((Ok(Frame::data(Bytes::from(buf))), (file, next)))
             }
-            Err(e) => Some((Err(e), file)),
+            Err(e) => Some((Err(e), (file, at))),
         }
     });
     let mut response = Response::new(StreamBody::new(stream).boxed());
@@ -349,6 +338,20 @@ async fn sealed(
         .headers_mut()
         .insert(hyper::header::CONTENT_LENGTH, length.into());
     Ok(response)
+}
+
+/// Test-only fault: flips the byte at stream position `flip_at` if it lies in `buf`,
+/// which starts at `at`.
+fn flip_in(buf: &mut [u8], at: u64, flip_at: Option<u64>) {
+    if let Some(i) = flip_at.and_then(|f| f.checked_sub(at)) {
+        if let Some(byte) = buf.get_mut(i as usize) {
+            tracing::warn!(
+                "dev fault flip-sealed-mid-stream: byte {} of E flipped",
+                at + i
+            );
+            *byte ^= 0x01;
+        }
+    }
 }
 
 async fn crs(farmer: &Farmer, id: [u8; 32], req: Request<Incoming>) -> Result<Reply, FarmerError> {

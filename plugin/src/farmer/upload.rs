@@ -2,6 +2,7 @@
 //! batches (each checked against the offer, flushed, then recorded with the new hash
 //! state, so an interrupted upload resumes), and the signed storage receipt.
 
+use dstore_protocol::hashing::sha256;
 use dstore_protocol::messages::{OpenAccepted, OpenRequest, UploadDone};
 use dstore_protocol::peer::Opened;
 use dstore_protocol::receipt::StorageReceipt;
@@ -37,13 +38,16 @@ impl Farmer {
         Ok((record.upload.merkle.length, record.file_length))
     }
 
-    /// Appends one batch of upload bytes at `offset`: checked against the offer, flushed
-    /// to disk, then recorded with the new hash state.
+    /// Appends one part of upload bytes at `offset`: checked against the offer and against
+    /// `signed` (the SHA-256 its renter signed) while its Merkle leaves are hashed, on two
+    /// threads; then flushed to disk, then recorded with the new hash state. A part that
+    /// fails a check changes nothing.
     pub async fn append_upload(
         &self,
         id: &[u8; 32],
         offset: u64,
-        data: &[u8],
+        data: bytes::Bytes,
+        signed: [u8; 32],
     ) -> Result<u64, FarmerError> {
         let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
@@ -52,14 +56,28 @@ impl Farmer {
         }
         let mut receiver = UploadReceiver::resume(record.upload.clone())?;
         receiver.check_chunk(offset, data.len())?;
+        let part = data.clone();
+        let (body_ok, receiver) = tokio::task::spawn_blocking(move || {
+            std::thread::scope(|scope| {
+                let body = scope.spawn(|| sha256(&[&part]) == signed);
+                let accepted = receiver.accept(offset, &part).map(|()| receiver);
+                (body.join().unwrap_or(false), accepted)
+            })
+        })
+        .await
+        .map_err(internal)?;
+        if !body_ok {
+            return Err(FarmerError::BodyMismatch);
+        }
+        let receiver = receiver?;
         // The staging file may hold bytes past the last record (a crash mid-append).
+        let received_before = record.upload.merkle.length;
         self.blobs
-            .truncate_staged(id, receiver.received())
+            .truncate_staged(id, received_before)
             .map_err(internal)?;
         self.blobs
-            .append_staged(id, offset, data)
+            .append_staged(id, offset, &data)
             .map_err(internal)?;
-        receiver.accept(offset, data)?;
         record.upload = receiver.checkpoint();
         self.store(&record)?;
         Ok(receiver.received())

@@ -43,7 +43,12 @@ impl Renter {
                     return Ok(crs);
                 }
             }
-            tracing::info!("generating a CRS for this TX2 shape (once)");
+            tracing::info!(
+                circuit_version = zk::circuit::CIRCUIT_VERSION,
+                cache_key = %key,
+                "generating a CRS for this TX2 shape (once): none cached under this circuit \
+                 version and shape (CRSs of older versions have other names and are never read)"
+            );
             let crs = zk::setup(&shape, &mut rand::rngs::OsRng).map_err(internal)?;
             crate::files::write_atomically(&path, &zk::serialize_trusted_crs(&crs))
                 .map_err(internal)?;

@@ -181,6 +181,7 @@ impl Renter {
             refund_height: offer.refund_height,
             payout_delay: offer.payout_delay,
             price: record.price,
+            tx1_key_order: dstore_protocol::contract::Tx1KeyOrder::RenterFirst,
         };
         let transcript = revealed.transcript;
         verify_transcript(
@@ -232,8 +233,10 @@ impl Renter {
         .await
     }
 
-    /// Fetches the latest download's sealed copy E (`length` bytes) and runs `check` (E
-    /// against root_E, in either mode) on it before any money moves.
+    /// Fetches the latest download's sealed copy E (`length` bytes) into its file and runs
+    /// `check` (E against root_E, in either mode) on the bytes as they arrive, on a
+    /// blocking thread, so hashing overlaps the transfer; E counts only once both the
+    /// transfer and the check succeeded, before any money moves.
     pub(super) async fn fetch_checked_sealed_copy<F>(
         &self,
         record: &RentedContract,
@@ -241,7 +244,7 @@ impl Renter {
         check: F,
     ) -> Result<(), RenterError>
     where
-        F: FnOnce(std::io::BufReader<std::fs::File>) -> Result<(), String> + Send + 'static,
+        F: FnOnce(crate::pipe::BlockingPipe) -> Result<(), String> + Send + 'static,
     {
         let (id, id_hex) = (record.contract_id, hex::encode(record.contract_id));
         let download_id = record
@@ -251,22 +254,23 @@ impl Renter {
             .download_id;
         let sealed = self.sealed_file(&download_id);
         self.progress.phase(&id_hex, "downloading", length);
-        self.client(record)
+        let (tap, received) = crate::pipe::BlockingPipe::new();
+        let checked = tokio::task::spawn_blocking(move || check(received));
+        let fetched = self
+            .client(record)
             .fetch_sealed(
                 &id,
                 &download_id,
                 &sealed,
                 length,
                 reporter(&self.progress, &id_hex),
+                tap,
             )
-            .await?;
-        tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&sealed).map_err(|e| e.to_string())?;
-            check(std::io::BufReader::new(file))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(|e| {
+            .await;
+        // The tap is closed now (dropped with the fetch): the check has seen the end.
+        let checked = checked.await.map_err(internal)?;
+        fetched?;
+        checked.map_err(|e| {
             farmer_fault(format!(
                 "the sealed copy fails root_E ({e}); nothing was paid"
             ))

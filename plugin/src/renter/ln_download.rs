@@ -18,7 +18,7 @@ use dstore_protocol::ln::{check_invoice, check_ln_sealed_copy, unseal_ln, verify
 use serde_json::{json, Value};
 
 use super::records::{DownloadPhase, RentedContract, RentedDownload, RentedLn};
-use super::unseal::unseal_checked;
+use super::unseal::{partial_path, unseal_check_decrypt};
 use super::{current, farmer_fault, internal, Renter, RenterError, SLOW_CALL};
 use crate::farmer::ln_download::{price_msat, LnDownloadRequest, LnOffer};
 use crate::ln::{Lightning, PaymentOutcome};
@@ -414,8 +414,9 @@ impl Renter {
         Ok(())
     }
 
-    /// Unseals E with x into C', checks C' against root_C and only then decrypts it to the
-    /// output; on a mismatch, writes nothing there and stores a mode-N fraud proof.
+    /// Unseals E with x, checks the result against root_C and decrypts it in one pass
+    /// (the output appears only after root_C matched); on a mismatch, writes nothing there
+    /// and stores a mode-N fraud proof.
     async fn unseal_ln_download(&self, record: &mut RentedContract) -> Result<Value, RenterError> {
         let d = current(record).clone();
         let preimage = ln_state(&d)?
@@ -424,26 +425,33 @@ impl Renter {
         let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
         let output = d.output.clone().ok_or_else(|| internal("no output path"))?;
         let sealed = self.sealed_file(&d.download_id);
-        let unsealed = self
-            .work_dir
-            .join(format!("{}.c", hex::encode(d.download_id)));
+        let partial = partial_path(Path::new(&output));
         self.progress.phase(
             &hex::encode(record.contract_id),
             "decrypting",
             record.ciphertext_length,
         );
         let download_id = d.download_id;
-        let root_ok = unseal_checked(&sealed, &unsealed, receipt.commitment(), move |e, c| {
-            unseal_ln(&preimage, &download_id, e, c).map_err(|e| e.to_string())
-        })
-        .await?;
-        if !root_ok {
-            let _ = std::fs::remove_file(&unsealed);
-            let proof = self.ln_fraud_proof(record).await?;
-            return Err(RenterError::Fraud(proof));
-        }
-        self.decrypt_checked(record, &unsealed, Path::new(&output))
-            .await?;
+        let keys = (record.file_key, record.contract_id);
+        let pass = unseal_check_decrypt(
+            &sealed,
+            &partial,
+            receipt.commitment(),
+            keys,
+            move |e, c| unseal_ln(&preimage, &download_id, e, c).map_err(|e| e.to_string()),
+        )
+        .await;
+        let unsealed = match pass {
+            Ok(unsealed) if unsealed.root_ok => unsealed,
+            other => {
+                // Not C (or the pass failed): nothing of it may reach the output.
+                let _ = std::fs::remove_file(&partial);
+                other?;
+                let proof = self.ln_fraud_proof(record).await?;
+                return Err(RenterError::Fraud(proof));
+            }
+        };
+        self.publish_output(record, &partial, Path::new(&output), unsealed.decrypt_error)?;
         let _ = std::fs::remove_file(&sealed);
         let done = current(record).clone();
         Ok(super::download::done_json(record, &done))

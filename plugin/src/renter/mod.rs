@@ -28,6 +28,7 @@ mod open;
 pub mod records;
 mod refund;
 mod refund_fees;
+mod sent_log;
 mod spender;
 mod tower;
 mod tx1_group;

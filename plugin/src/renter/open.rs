@@ -2,21 +2,24 @@
 //! resumable upload, the receipt and its storage term; after a restart, the uploads (and
 //! audit setups) a crash interrupted.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::Amount;
-use dstore_protocol::datapath::{ciphertext_len, encrypt_and_build_tree};
-use dstore_protocol::merkle::{MerkleCommitment, MerkleTree};
+
+use dstore_protocol::datapath::{ciphertext_len, encrypt_stream};
+use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment, MerkleTree};
 use dstore_protocol::messages::{check_storage_expiry, OpenAccepted, OpenRequest, UploadDone};
 use dstore_protocol::receipt::StorageReceipt;
 use rand::RngCore;
 
 use super::records::{self, RentedContract, StoragePhase};
+use super::sent_log::{SentLog, SentLogError};
 use super::{farmer_fault, internal, Renter, RenterError, QUICK_CALL, SLOW_CALL};
 use crate::progress::reporter;
-use crate::wire::{PeerCallError, PeerClient, BODY_MISMATCH};
+use crate::wire::{PeerCallError, PeerClient, BODY_MISMATCH, UPLOAD_PART};
 
 /// How often a broken upload is resumed before `dstore-open` gives up.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -252,8 +255,8 @@ impl Renter {
         let id_hex = hex::encode(id);
         if record.phase == StoragePhase::Encrypting {
             self.progress
-                .phase(&id_hex, "encrypting", record.plaintext_length);
-            let tree = self.encrypt(record, Path::new(&record.source)).await?;
+                .phase(&id_hex, "uploading", record.ciphertext_length);
+            let tree = self.encrypt_and_send(record).await?;
             if tree.length() != record.ciphertext_length {
                 return Err(RenterError::Invalid(
                     "the file changed while it was read".into(),
@@ -262,6 +265,8 @@ impl Renter {
             record.root_c = Some(tree.root());
             record.phase = StoragePhase::Uploading;
             self.store(record)?;
+            // From here on only the staged C is sent: nothing is encrypted again.
+            let _ = std::fs::remove_file(self.sent_log_path(&id));
         }
         let stored = MerkleCommitment {
             root: record.root_c.ok_or_else(|| internal("no root_C"))?,
@@ -335,34 +340,88 @@ impl Renter {
         self.work_dir.join(format!("{}.c", hex::encode(id)))
     }
 
+    /// The [`SentLog`] of the parts an encrypting pass may have sent.
+    fn sent_log_path(&self, id: &[u8; 32]) -> PathBuf {
+        self.work_dir.join(format!("{}.sent", hex::encode(id)))
+    }
+
     pub(super) fn leaves_path(&self, id: &[u8; 32]) -> PathBuf {
         self.work_dir.join(format!("{}.leaves", hex::encode(id)))
     }
 
-    /// Encrypts the file into the staged C and keeps C's Merkle leaves (for fraud proofs).
+    /// Encrypts the file into the staged C, keeps C's Merkle leaves (for fraud proofs) and,
+    /// in the same pass, sends the ciphertext to the farmer as it is produced, from where
+    /// the farmer stands (after a crash mid-upload, the same key and contract id give the
+    /// same bytes again). A send that fails only ends the streaming: the pass still
+    /// finishes the staged C, from which [`Renter::upload`] then resumes.
+    async fn encrypt_and_send(&self, record: &RentedContract) -> Result<MerkleTree, RenterError> {
+        let client = self.client(record);
+        let from = match client.upload_status(&record.contract_id).await {
+            Ok(status) => Some(status.received),
+            Err(e) => {
+                tracing::info!(contract = %hex::encode(record.contract_id), "farmer unreachable ({e}); encrypting first");
+                None
+            }
+        };
+        let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(UPLOAD_PARTS_AHEAD);
+        let encrypting = self.encrypt(record, from, parts_tx);
+        let sending = self.send_parts(record, parts_rx);
+        let (tree, sent) = tokio::join!(encrypting, sending);
+        if let Err(e) = sent {
+            tracing::info!(contract = %hex::encode(record.contract_id), "streamed upload interrupted ({e}); resuming from the staged copy");
+        }
+        tree
+    }
+
+    /// Sends the parts the encrypting pass hands over, one signed PUT each, until the pass
+    /// ends or a PUT fails (then the receiver is dropped and the pass sends no more).
+    async fn send_parts(
+        &self,
+        record: &RentedContract,
+        mut parts: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    ) -> Result<(), PeerCallError> {
+        let id = record.contract_id;
+        let client = self.client(record);
+        let progress = reporter(&self.progress, &hex::encode(id));
+        let mut sent_parts = 0u32;
+        while let Some((offset, part)) = parts.recv().await {
+            let status = client.put_part(&id, offset, part).await?;
+            progress(status.received);
+            sent_parts += 1;
+            let stall = crate::dev_fault!(self.dev_fault, StallMidUpload)
+                && sent_parts == 2
+                && status.received < record.ciphertext_length;
+            self.stall_if(stall).await;
+        }
+        Ok(())
+    }
+
+    /// Encrypts the file into the staged C on two threads (AES-GCM on one; C's Merkle
+    /// leaves, the staged file and the parts for `parts` on the other) and keeps the leaves.
     async fn encrypt(
         &self,
         record: &RentedContract,
-        file: &Path,
+        from: Option<u64>,
+        parts_tx: tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
     ) -> Result<MerkleTree, RenterError> {
         let (key, id) = (record.file_key, record.contract_id);
-        let (source, staged, leaves) = (
-            file.to_path_buf(),
-            self.staged_c(&id),
-            self.leaves_path(&id),
-        );
+        let source = PathBuf::from(&record.source);
+        let (staged, leaves) = (self.staged_c(&id), self.leaves_path(&id));
+        let sent_log = self.sent_log_path(&id);
+        let shown = source.display().to_string();
         tokio::task::spawn_blocking(move || {
-            let input = std::io::BufReader::new(std::fs::File::open(&source)?);
-            let output = std::io::BufWriter::new(std::fs::File::create(&staged)?);
-            let tree = encrypt_and_build_tree(&key, &id, input, output)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let input = std::fs::File::open(&source)?;
+            let log = SentLog::open(&sent_log)?;
+            let parts = PartSink::new(from.unwrap_or(0), log, from.map(|_| parts_tx));
+            let output = std::fs::File::create(&staged)?;
+            let tree = encrypt_into(&key, &id, input, output, parts)?;
             let bytes: Vec<u8> = tree.leaves().iter().flatten().copied().collect();
             crate::files::write_atomically(&leaves, &bytes)?;
             Ok::<_, std::io::Error>(tree)
         })
         .await
         .map_err(internal)?
-        .map_err(|e| RenterError::Invalid(format!("cannot encrypt {}: {e}", file.display())))
+        .map_err(|e| RenterError::Invalid(format!("cannot encrypt {shown}: {e}")))
     }
 
     /// Streams the staged C, resuming from the farmer's count after a broken connection.
@@ -413,6 +472,125 @@ impl Renter {
     }
 }
 
+/// Upload parts the encrypting pass may run ahead of the one being sent.
+const UPLOAD_PARTS_AHEAD: usize = 2;
+
+/// Encrypts `input` into `output` with AES-GCM on this thread while a second thread builds
+/// C's Merkle tree (with its leaves), writes `output` and hands `parts` their bytes.
+fn encrypt_into(
+    key: &[u8; 32],
+    id: &[u8; 32],
+    input: std::fs::File,
+    output: std::fs::File,
+    mut parts: PartSink,
+) -> std::io::Result<MerkleTree> {
+    let (to_hasher, ciphertext) = crate::pipe::pipe();
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut builder = MerkleBuilder::recording_leaves();
+            let mut output = std::io::BufWriter::with_capacity(crate::pipe::PIPE_BLOCK, output);
+            for block in ciphertext.blocks() {
+                builder.update(&block);
+                output.write_all(&block)?;
+                parts.push(&block).map_err(std::io::Error::other)?;
+            }
+            parts.finish().map_err(std::io::Error::other)?;
+            output.flush()?;
+            builder
+                .finish_tree()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let mut to_hasher = to_hasher;
+        let encrypted = encrypt_stream(key, id, std::io::BufReader::new(input), &mut to_hasher)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|_| to_hasher.flush());
+        drop(to_hasher); // the end of C for the hashing thread
+        let tree = hasher
+            .join()
+            .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+        // The hashing side's error first: a changed file stops it, which then also breaks
+        // the encrypting side's pipe.
+        let tree = tree?;
+        encrypted?;
+        Ok(tree)
+    })
+}
+
+/// Cuts the whole ciphertext into upload parts of [`UPLOAD_PART`] bytes, checks each one
+/// against the [`SentLog`] (recording it there first if it is new) and hands the parts from
+/// byte `from` on to the sending task; once that task is gone it only checks. A part that
+/// differs from one sent before (the file changed after a crash) stops the pass.
+struct PartSink {
+    from: u64,
+    at: u64,
+    part: Vec<u8>,
+    log: SentLog,
+    parts: Option<tokio::sync::mpsc::Sender<(u64, Vec<u8>)>>,
+}
+
+impl PartSink {
+    /// `parts` is None when nothing is streamed (the farmer is unreachable); the parts a
+    /// farmer may hold are still checked, since the staged C is what a resume sends.
+    fn new(
+        from: u64,
+        log: SentLog,
+        parts: Option<tokio::sync::mpsc::Sender<(u64, Vec<u8>)>>,
+    ) -> Self {
+        // The farmer counts whole parts; an unaligned count gets no stream (the resumable
+        // upload of the staged C then starts from it).
+        let aligned = from.is_multiple_of(UPLOAD_PART as u64);
+        PartSink {
+            from,
+            at: 0,
+            part: Vec::with_capacity(UPLOAD_PART),
+            log,
+            parts: parts.filter(|_| aligned),
+        }
+    }
+
+    /// The next ciphertext bytes, in order.
+    fn push(&mut self, mut bytes: &[u8]) -> Result<(), SentLogError> {
+        while !bytes.is_empty() {
+            let taken = bytes.len().min(UPLOAD_PART - self.part.len());
+            self.part.extend_from_slice(&bytes[..taken]);
+            bytes = &bytes[taken..];
+            if self.part.len() == UPLOAD_PART {
+                self.cut()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the last, short part.
+    fn finish(&mut self) -> Result<(), SentLogError> {
+        self.cut()?;
+        self.parts = None;
+        Ok(())
+    }
+
+    fn cut(&mut self) -> Result<(), SentLogError> {
+        if self.part.is_empty() {
+            return Ok(());
+        }
+        let part = std::mem::replace(&mut self.part, Vec::with_capacity(UPLOAD_PART));
+        let offset = self.at;
+        self.at += part.len() as u64;
+        let sending = offset >= self.from && self.parts.is_some();
+        self.log.admit(offset, &part, sending)?;
+        if !sending {
+            return Ok(());
+        }
+        let gone = self
+            .parts
+            .as_ref()
+            .is_some_and(|parts| parts.blocking_send((offset, part)).is_err());
+        if gone {
+            self.parts = None;
+        }
+        Ok(())
+    }
+}
+
 /// `host:port` or `http://host:port`; anything else is refused.
 pub(crate) fn normalise_url(url: &str) -> Result<String, RenterError> {
     let with_scheme = if url.contains("://") {
@@ -447,5 +625,83 @@ mod tests {
         assert!(normalise_url("ftp://x:1").is_err());
         assert!(normalise_url("http://").is_err());
         assert!(normalise_url("").is_err());
+    }
+
+    /// What one pass gave: the tree (or the error), the staged C and the parts sent.
+    type Pass = (std::io::Result<MerkleTree>, Vec<u8>, Vec<(u64, Vec<u8>)>);
+
+    /// Encrypts `plaintext` through a [`PartSink`] streaming from `from` with the sent-log
+    /// in `dir`.
+    fn encrypting_pass(dir: &Path, plaintext: &[u8], from: u64) -> Pass {
+        let (key, id) = ([3u8; 32], [4u8; 32]);
+        let (source, staged) = (dir.join("p"), dir.join("c"));
+        std::fs::write(&source, plaintext).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let log = SentLog::open(&dir.join("c.sent")).unwrap();
+        let sink = PartSink::new(from, log, Some(tx));
+        let (input, output) = (
+            std::fs::File::open(&source).unwrap(),
+            std::fs::File::create(&staged).unwrap(),
+        );
+        let tree = std::thread::spawn(move || encrypt_into(&key, &id, input, output, sink))
+            .join()
+            .unwrap();
+        let mut sent = Vec::new();
+        while let Some(part) = rx.blocking_recv() {
+            sent.push(part);
+        }
+        (tree, std::fs::read(&staged).unwrap(), sent)
+    }
+
+    #[test]
+    fn one_encrypting_pass_gives_the_tree_the_staged_c_and_the_parts_from_an_offset() {
+        let (key, id) = ([3u8; 32], [4u8; 32]);
+        let plaintext: Vec<u8> = (0..9 * (1 << 20) + 5).map(|i| (i % 251) as u8).collect();
+        let mut expected = Vec::new();
+        encrypt_stream(&key, &id, &plaintext[..], &mut expected).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let from = UPLOAD_PART as u64;
+        let (tree, staged, parts) = encrypting_pass(dir.path(), &plaintext, from);
+        assert_eq!(
+            tree.unwrap().commitment(),
+            MerkleTree::from_data(&expected).commitment()
+        );
+        assert_eq!(staged, expected);
+        let mut sent = Vec::new();
+        for (offset, part) in parts {
+            assert_eq!(offset, from + sent.len() as u64);
+            assert!(part.len() <= UPLOAD_PART);
+            sent.extend_from_slice(&part);
+        }
+        assert_eq!(sent, expected[from as usize..]);
+    }
+
+    /// The attack: after a crash mid-upload the file is changed, and a resumed pass would
+    /// put new plaintext under nonces whose ciphertext the farmer may already hold. The
+    /// unchanged file resumes; the changed one is refused before its part is sent.
+    #[test]
+    fn a_resumed_pass_over_a_changed_file_sends_nothing_under_a_used_nonce() {
+        let plaintext: Vec<u8> = (0..3 * UPLOAD_PART + 9).map(|i| (i % 241) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _, sent) = encrypting_pass(dir.path(), &plaintext, 0);
+        first.unwrap();
+        assert_eq!(sent.len(), 4);
+
+        // The farmer acknowledged one part; the same file resumes from it.
+        let (again, _, resent) = encrypting_pass(dir.path(), &plaintext, UPLOAD_PART as u64);
+        again.unwrap();
+        assert_eq!(resent.len(), 3);
+
+        let mut changed = plaintext.clone();
+        changed[2 * UPLOAD_PART + 1] ^= 1;
+        let (refused, _, resent) = encrypting_pass(dir.path(), &changed, UPLOAD_PART as u64);
+        let error = refused.unwrap_err().to_string();
+        assert!(error.contains("the file changed"), "{error}");
+        assert!(
+            resent
+                .iter()
+                .all(|(offset, _)| *offset < 2 * UPLOAD_PART as u64),
+            "a changed part was sent"
+        );
     }
 }

@@ -18,31 +18,71 @@ use super::download::done_json;
 use super::records::{DownloadPhase, RentedContract};
 use super::{current, farmer_fault, internal, Renter, RenterError};
 
-/// Unseals the sealed copy at `sealed` into `unsealed` with `unseal_with` (either mode's
-/// keystream), hashing what it writes, off the async executor; true when that is C (root_C
-/// and length of `expected`).
-pub(super) async fn unseal_checked<F>(
+/// What the fused pass of [`unseal_check_decrypt`] found.
+pub(super) struct Unsealed {
+    /// The unsealed bytes are C (root_C and length of the receipt).
+    pub root_ok: bool,
+    /// Decrypting them into the partial file failed (why), meaningful when `root_ok`.
+    pub decrypt_error: Option<String>,
+}
+
+/// One pass over the sealed copy at `sealed` on two threads: this one reads E, unseals it
+/// with `unseal_with` (either mode's keystream) and hashes the unsealed bytes against
+/// `expected` (root_C, length); a second thread decrypts them (`key`, contract `id`) into
+/// `partial`, a hidden file that becomes the output only after the caller saw `root_ok`.
+/// C' itself is never written to disk.
+pub(super) async fn unseal_check_decrypt<F>(
     sealed: &Path,
-    unsealed: &Path,
+    partial: &Path,
     expected: MerkleCommitment,
+    (key, id): ([u8; 32], [u8; 32]),
     unseal_with: F,
-) -> Result<bool, RenterError>
+) -> Result<Unsealed, RenterError>
 where
     F: FnOnce(&mut dyn Read, &mut dyn Write) -> Result<u64, String> + Send + 'static,
 {
-    let (sealed, unsealed) = (sealed.to_path_buf(), unsealed.to_path_buf());
+    let (sealed, partial) = (sealed.to_path_buf(), partial.to_path_buf());
     tokio::task::spawn_blocking(move || {
         let mut input = std::io::BufReader::new(std::fs::File::open(&sealed)?);
-        let out = std::io::BufWriter::new(std::fs::File::create(&unsealed)?);
-        let mut tee = MerkleWriter::new(out, MerkleBuilder::new());
-        unseal_with(&mut input, &mut tee).map_err(std::io::Error::other)?;
-        let (mut out, builder) = tee.into_parts();
-        out.flush()?;
-        Ok::<_, std::io::Error>(builder.finish() == expected)
+        let out = std::fs::File::create(&partial)?;
+        let (to_decrypt, unsealed) = crate::pipe::pipe();
+        std::thread::scope(|scope| {
+            let decryptor = scope.spawn(move || decrypt_into(&key, &id, unsealed, out));
+            let mut tee = MerkleWriter::new(to_decrypt, MerkleBuilder::new());
+            let unsealing = unseal_with(&mut input, &mut tee)
+                .and_then(|_| tee.flush().map_err(|e| e.to_string()));
+            let (to_decrypt, builder) = tee.into_parts();
+            drop(to_decrypt); // the end of C' for the decrypting thread
+            let decrypted = decryptor
+                .join()
+                .unwrap_or_else(|_| Err("the decrypting thread panicked".into()));
+            unsealing.map_err(std::io::Error::other)?;
+            Ok(Unsealed {
+                root_ok: builder.finish() == expected,
+                decrypt_error: decrypted.err(),
+            })
+        })
     })
     .await
     .map_err(internal)?
-    .map_err(internal)
+    .map_err(|e: std::io::Error| internal(e))
+}
+
+/// Decrypts C' from `unsealed` into `out` and syncs it. On a failure (a chunk that does
+/// not authenticate, a full disk) the rest of C' is still read and dropped, so the
+/// unsealing thread finishes its hash and the caller learns whether it was C.
+fn decrypt_into(
+    key: &[u8; 32],
+    id: &[u8; 32],
+    mut unsealed: crate::pipe::PipeReader,
+    out: std::fs::File,
+) -> Result<(), String> {
+    let mut out = std::io::BufWriter::with_capacity(crate::pipe::PIPE_BLOCK, out);
+    let decrypted = decrypt_stream(key, id, &mut unsealed, &mut out);
+    let _ = std::io::copy(&mut unsealed, &mut std::io::sink());
+    decrypted.map_err(|e| e.to_string())?;
+    let file = out.into_inner().map_err(|e| e.into_error().to_string())?;
+    file.sync_all().map_err(|e| e.to_string())
 }
 
 impl Renter {
@@ -94,61 +134,55 @@ impl Renter {
         let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
         let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
         let sealed = self.sealed_file(&d.download_id);
-        let unsealed = self
-            .work_dir
-            .join(format!("{}.c", hex::encode(d.download_id)));
+        let partial = partial_path(output);
         let (joint_key, ephemeral) = (*joint, transcript.ephemeral);
-        let root_ok = unseal_checked(&sealed, &unsealed, receipt.commitment(), move |e, c| {
-            unseal(&joint_key, &ephemeral, e, c).map_err(|e| e.to_string())
-        })
-        .await?;
-        if !root_ok {
-            let _ = std::fs::remove_file(&unsealed);
-            let proof = self.fraud_proof(record, joint, r, tx2).await?;
-            return Err(RenterError::Fraud(proof));
-        }
-        self.decrypt_checked(record, &unsealed, output).await
+        let keys = (record.file_key, record.contract_id);
+        let pass = unseal_check_decrypt(
+            &sealed,
+            &partial,
+            receipt.commitment(),
+            keys,
+            move |e, c| unseal(&joint_key, &ephemeral, e, c).map_err(|e| e.to_string()),
+        )
+        .await;
+        let unsealed = match pass {
+            Ok(unsealed) if unsealed.root_ok => unsealed,
+            other => {
+                // Not C (or the pass failed): nothing of it may reach the output.
+                let _ = std::fs::remove_file(&partial);
+                other?;
+                let proof = self.fraud_proof(record, joint, r, tx2).await?;
+                return Err(RenterError::Fraud(proof));
+            }
+        };
+        self.publish_output(record, &partial, output, unsealed.decrypt_error)
     }
 
-    /// Decrypts `unsealed` (C', already checked against root_C) to `output` through a
-    /// hidden partial file, removes `unsealed`, and stores the latest download as done.
-    pub(super) async fn decrypt_checked(
+    /// Renames the decrypted `partial` file to `output` (C' was checked against root_C)
+    /// and stores the latest download as done; with `decrypt_error`, removes it instead.
+    pub(super) fn publish_output(
         &self,
         record: &mut RentedContract,
-        unsealed: &Path,
+        partial: &Path,
         output: &Path,
+        decrypt_error: Option<String>,
     ) -> Result<(), RenterError> {
-        let (key, id) = (record.file_key, record.contract_id);
-        let unsealed = unsealed.to_path_buf();
-        let partial = partial_path(output);
-        let (unsealed_in, partial_out) = (unsealed.clone(), partial.clone());
-        let decrypted = tokio::task::spawn_blocking(move || {
-            let input = std::io::BufReader::new(std::fs::File::open(&unsealed_in)?);
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&partial_out)?);
-            decrypt_stream(&key, &id, input, &mut out)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()
-        })
-        .await
-        .map_err(internal)?;
-        let _ = std::fs::remove_file(&unsealed);
-        if let Err(e) = decrypted {
-            let _ = std::fs::remove_file(&partial);
+        if let Some(e) = decrypt_error {
+            let _ = std::fs::remove_file(partial);
             return Err(RenterError::Invalid(format!(
                 "cannot write {}: {e}",
                 output.display()
             )));
         }
-        std::fs::rename(&partial, output).map_err(|e| {
-            let _ = std::fs::remove_file(&partial);
+        std::fs::rename(partial, output).map_err(|e| {
+            let _ = std::fs::remove_file(partial);
             RenterError::Invalid(format!("cannot write {}: {e}", output.display()))
         })?;
         let d = current(record);
         d.phase = DownloadPhase::Done;
         d.error = None;
         self.store(record)?;
-        tracing::info!(contract = %hex::encode(id), "download complete");
+        tracing::info!(contract = %hex::encode(record.contract_id), "download complete");
         Ok(())
     }
 }
@@ -182,5 +216,35 @@ mod tests {
         );
         assert!(absolute(Path::new("")).is_err());
         assert!(absolute(Path::new("/")).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_fused_pass_decrypts_c_and_tells_when_it_is_not_c() {
+        use dstore_protocol::datapath::encrypt_stream;
+        use dstore_protocol::merkle::MerkleTree;
+        let (key, id) = ([5u8; 32], [6u8; 32]);
+        let plaintext: Vec<u8> = (0..3 * (1 << 20) + 11).map(|i| (i % 241) as u8).collect();
+        let mut c = Vec::new();
+        encrypt_stream(&key, &id, &plaintext[..], &mut c).unwrap();
+        let root_c = MerkleTree::from_data(&c).commitment();
+        let dir = tempfile::tempdir().unwrap();
+        let (sealed, partial) = (dir.path().join("e"), dir.path().join(".out.partial"));
+        std::fs::write(&sealed, &c).unwrap();
+        // An identity "unsealing": E is C.
+        let copy =
+            |e: &mut dyn Read, c: &mut dyn Write| std::io::copy(e, c).map_err(|e| e.to_string());
+        let pass = unseal_check_decrypt(&sealed, &partial, root_c, (key, id), copy)
+            .await
+            .unwrap();
+        assert!(pass.root_ok && pass.decrypt_error.is_none());
+        assert_eq!(std::fs::read(&partial).unwrap(), plaintext);
+        // One byte off in the middle: root_C fails (and GCM with it).
+        c[(1 << 20) + 3] ^= 1;
+        std::fs::write(&sealed, &c).unwrap();
+        let pass = unseal_check_decrypt(&sealed, &partial, root_c, (key, id), copy)
+            .await
+            .unwrap();
+        assert!(!pass.root_ok);
+        assert!(pass.decrypt_error.is_some());
     }
 }

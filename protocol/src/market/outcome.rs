@@ -12,10 +12,13 @@
 //! |                                                               | renter alone (RF_i's O_i)| `[sig_Ra, "", "", "", script]`         |
 //! | A_ij:0 `wsh(andor(pk(Fc),hash160(H),and_v(v:pk(Rc),older(W))))`| farmer's claim          | `[x (32 bytes), sig_Fc, script]`       |
 //! |                                                               | reclaim / RF_ij         | `[sig_Rc, "", script]`                 |
-//! | TX1:0 `sh(or_d(multi(3,F,F̃,R),and_v(v:pk(R),after(T1))))`    | TX2 (scriptSig)         | `[OP_0, sig, sig, sig, redeem]`        |
+//! | TX1:0 `sh(or_d(multi(3,R,F,F̃),and_v(v:pk(R),after(T1))))`    | TX2 (scriptSig)         | `[OP_0, sig_R, sig_F, sig_F̃, redeem]` |
 //! |                                                               | refund after T1         | `[sig_R, OP_0, OP_0, OP_0, OP_0, redeem]` |
 //! | TX2:0 `wsh(or_d(multi(2,R2,F2),and_v(v:pk(R2),older(Δ))))`     | TX3                     | `["", sig_R2, sig_F2, script]`         |
 //! |                                                               | TX2 refund after Δ      | `[sig_R2, "", "", "", script]`         |
+//!
+//! TX1:0 of a contract agreed before R-first is `multi(3,F,F̃,R)` and its TX2 carries
+//! `[OP_0, sig_F, sig_F̃, sig_R, redeem]`: the same shape, classified the same way.
 //!
 //! The or_d satisfactions come from miniscript: `or_d(X,Z)` is satisfied by sat(X) or by
 //! sat(Z) ‖ dissat(X), and multi(k,…)'s dissatisfaction is k+1 empty pushes; `andor(X,Y,Z)`

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::circuit::{PublicValues, Shape, TxCircuit};
+use super::prover;
 use super::sha256_gadget::sha256_native;
 use super::ZkError;
 use crate::hashing::sha256;
@@ -187,23 +188,23 @@ pub fn prove_tx2(
     Ok((statement, proof))
 }
 
-/// Groth16 proof of an arbitrary assignment, refusing unsatisfied ones.
+/// Groth16 proof of an arbitrary assignment, refusing unsatisfied ones: the shape's
+/// circuit compiled once per process, one witness-only synthesis, the satisfaction check
+/// inside the witness map ([`super::prover`]).
 pub(crate) fn prove_circuit(
     crs: &Crs,
     circuit: TxCircuit,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<ZkProof, ZkError> {
-    let cs = ConstraintSystem::<Fr>::new_ref();
-    cs.set_optimization_goal(OptimizationGoal::Constraints);
-    circuit.generate_constraints(cs.clone())?;
-    if !cs.is_satisfied()? {
-        return Err(ZkError::Unsatisfied);
-    }
-    prove_assignment(crs, cs, rng)
+    let r1cs = prover::compiled(&circuit.shape)?;
+    let z = prover::assignment(circuit)?;
+    let (r, s) = (Fr::rand(rng), Fr::rand(rng));
+    prover::prove_with(crs, &r1cs, &z, r, s)
 }
 
-/// Groth16 prover over a synthesised constraint system, satisfied or not (tests use it to
-/// play a cheating prover).
+/// ark-groth16's prover over a synthesised constraint system, satisfied or not (tests
+/// use it to play a cheating prover).
+#[cfg(test)]
 pub(crate) fn prove_assignment(
     crs: &Crs,
     cs: ark_relations::r1cs::ConstraintSystemRef<Fr>,

@@ -36,9 +36,11 @@ pub const MAX_TX_LEN: usize = 2048;
 pub const BYTES_PER_ELEMENT: usize = 31;
 
 /// Version of the constraint system a shape stands for. Bump it whenever synthesis
-/// changes (2: the round-pair SHA-256 gadget), so a CRS cached for an older circuit is
-/// never taken for the current one ([`Shape::crs_cache_key`]).
-pub const CIRCUIT_VERSION: u32 = 2;
+/// or the TX2 layout changes (2: the round-pair SHA-256 gadget; 3: R-first TX1 multisig,
+/// s1 two blocks into TX2 instead of one), so a CRS cached for an older circuit is never
+/// taken for the current one ([`Shape::crs_cache_key`]): its file name differs, so it is
+/// never opened, and a peer's CRS for another circuit fails the farmer's check.
+pub const CIRCUIT_VERSION: u32 = 3;
 
 /// The layout a circuit is specialised to: total length and the offsets of the two r and
 /// two s fields (32 bytes each). Contracts with equal shapes share a CRS.
@@ -136,10 +138,14 @@ impl Shape {
     /// The name of this shape's CRS in a cache: a hash of [`CIRCUIT_VERSION`] and the
     /// shape, so a circuit change gives every shape a new name.
     pub fn crs_cache_key(&self) -> String {
+        self.crs_cache_key_of_version(CIRCUIT_VERSION)
+    }
+
+    fn crs_cache_key_of_version(&self, version: u32) -> String {
         let shape = serde_json::to_vec(self).expect("a shape serialises");
         hex::encode(crate::hashing::sha256(&[
             b"dstore/crs-cache/v",
-            &CIRCUIT_VERSION.to_be_bytes(),
+            &version.to_be_bytes(),
             &shape,
         ]))
     }
@@ -430,6 +436,45 @@ pub(crate) mod tests {
         let mut c = honest.clone();
         c.bytes[shape.twin_s] ^= 0x80;
         assert!(!satisfied(c));
+    }
+
+    /// R-first (PROTOCOL.md 3.2): s1 starts at byte 156 of the 462-byte TX2, so the
+    /// midstate covers two blocks and the circuit hashes six (F-first: s1 at 84, seven).
+    #[test]
+    fn real_tx2_hashes_six_blocks() {
+        let shape = Shape::of(&crate::zk::fixtures::real_tx2(60)).unwrap();
+        assert_eq!((shape.len, shape.farmer_s, shape.twin_s), (462, 156, 228));
+        assert_eq!(shape.prefix_len(), 128);
+        assert_eq!(shape.compressions(), 6);
+        let farmer_first = Shape {
+            len: 462,
+            farmer_r: 50,
+            farmer_s: 84,
+            twin_r: 122,
+            twin_s: 156,
+        };
+        assert_eq!(farmer_first.compressions(), 7);
+    }
+
+    /// A CRS cached under an older circuit version (or for another shape) has another
+    /// name, so the cache never hands it out for the current circuit.
+    #[test]
+    fn crs_cache_key_names_version_and_shape() {
+        let shape = toy_shape();
+        assert_eq!(
+            shape.crs_cache_key(),
+            shape.crs_cache_key_of_version(CIRCUIT_VERSION)
+        );
+        assert_ne!(
+            shape.crs_cache_key(),
+            shape.crs_cache_key_of_version(CIRCUIT_VERSION - 1)
+        );
+        let moved = Shape {
+            farmer_s: shape.farmer_s + 1,
+            ..shape
+        };
+        assert_ne!(shape.crs_cache_key(), moved.crs_cache_key());
+        assert_eq!(shape.crs_cache_key(), toy_shape().crs_cache_key());
     }
 
     #[test]

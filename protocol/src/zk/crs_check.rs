@@ -80,8 +80,9 @@ use ark_std::UniformRand;
 use rand::{CryptoRng, Rng, RngCore};
 use rayon::prelude::*;
 
-use super::api::{compile, decode_crs, Crs, PointCheck};
+use super::api::{decode_crs, Crs, PointCheck};
 use super::circuit::Shape;
+use super::prover::compiled;
 
 /// The CRS was rejected (deliberately one value, whatever failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -154,31 +155,21 @@ pub(crate) struct CircuitProfile {
 }
 
 impl CircuitProfile {
-    /// Compiles the circuit of `shape` and records which variables its A, B, C use.
+    /// Compiles the circuit of `shape` (or takes the process's compilation, which the
+    /// prover shares: [`crate::zk::prover::compiled`]) and records which variables its A,
+    /// B, C use.
     pub(crate) fn of(shape: &Shape) -> Option<CircuitProfile> {
-        let cs = compile(shape).ok()?;
-        let m = cs.to_matrices()?;
-        let n_inst = cs.num_instance_variables();
-        let n_vars = n_inst + cs.num_witness_variables();
-        let mut in_a = vec![false; n_vars];
-        let mut in_b = vec![false; n_vars];
-        let mut in_c = vec![false; n_vars];
-        for (rows, used) in [(&m.a, &mut in_a), (&m.b, &mut in_b), (&m.c, &mut in_c)] {
-            for row in rows.iter() {
-                for (coeff, i) in row {
-                    if !coeff.is_zero() {
-                        used[*i] = true;
-                    }
-                }
-            }
-        }
+        let r1cs = compiled(shape).ok()?;
+        let n_inst = r1cs.num_inputs();
+        let n_vars = r1cs.num_variables();
+        let [mut in_a, in_b, in_c] = r1cs.used_variables();
         // Every public input (and the constant) has its own row in the QAP's A.
         in_a[..n_inst].fill(true);
         Some(CircuitProfile {
             n_inst,
             n_vars,
             // ark-groth16's radix-2 domain over BN254's scalar field.
-            domain_size: (cs.num_constraints() + n_inst).next_power_of_two(),
+            domain_size: (r1cs.num_constraints() + n_inst).next_power_of_two(),
             in_a,
             in_b,
             in_c,

@@ -4,6 +4,8 @@
 //!   ~41.4k for ark-crypto-primitives') and its native reference.
 //! * [`circuit`]: the statement for one TX2 shape and its public inputs.
 //! * [`api`]: `setup` (renter), `prove` (farmer), `verify` (renter), serialisation.
+//! * [`prover`]: the farmer's Groth16 prover (the shape's circuit compiled once, one
+//!   witness-only synthesis per proof) over [`msm`], our multi-scalar multiplication.
 //! * [`crs_check`]: the farmer's check of a renter-made CRS before proving.
 //! * [`baseline`]: the same statement over ark-crypto-primitives' gadget, for the benchmark.
 
@@ -11,6 +13,8 @@ pub mod api;
 pub mod baseline;
 pub mod circuit;
 pub mod crs_check;
+mod msm;
+pub(crate) mod prover;
 pub mod sha256_gadget;
 
 pub use api::{
@@ -20,6 +24,7 @@ pub use api::{
 };
 pub use circuit::{PublicValues, Shape, TxCircuit};
 pub use crs_check::{check_crs, CrsChecker, CrsRejected};
+pub use prover::forget_compiled_shapes;
 
 /// Why a proof could not be set up, made, decoded or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,6 +11,12 @@
 //! * `datapath-openssl-sha256-mib-s`: MiB/s of `openssl dgst -sha256 <file>`, timed
 //!   wall-clock around the subprocess (so including its few ms of start-up).
 //! * `datapath-ratio`: the first over the second (the issue's goal is at least 0.8).
+//! * `datapath-sha256-impl`, `datapath-aes-impl`: the Merkle-leaf SHA-256 and AES-256-GCM
+//!   implementations the worker ran (`dstore_protocol::cpu`: chosen by CPU feature unless
+//!   `--sha256-impl` / `--aes-impl` force another supported one, e.g. `--sha256-impl avx2-x8`
+//!   to measure what a CPU without SHA-NI or AVX-512 runs). With
+//!   `--openssl-ia32cap :~0x20000000` openssl runs with SHA-NI masked, so both sides of the
+//!   ratio are measured without SHA-NI.
 //! * `datapath-peak-rss-mib`: peak RSS of the encrypt step. It runs in a child process
 //!   (this binary re-invoked with the hidden `datapath-encrypt-worker` subcommand), which
 //!   reads its own VmHWM from /proc/self/status right after the timed call and reports it,
@@ -30,11 +36,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::Args;
+use dstore_protocol::cpu::{force_for_benchmark, AesGcmImpl, DataPathImpl, Sha256Impl};
 use dstore_protocol::datapath::{ciphertext_len, encrypt_and_commit, encrypt_and_commit_parallel};
 
 use crate::measure::{
-    figure, kib_to_mib, load_average, mib_per_s, peak_rss_kib, time_command, Report, MIB,
+    cpu_summary, figure, kib_to_mib, load_average, mib_per_s, peak_rss_kib, time_command, Report,
+    MIB,
 };
+
+/// CPU flags that decide the data path's implementations and openssl's.
+const DATAPATH_CPU_FLAGS: [&str; 8] = [
+    "sha_ni",
+    "aes",
+    "pclmulqdq",
+    "avx",
+    "avx2",
+    "avx512f",
+    "vaes",
+    "vpclmulqdq",
+];
 
 /// Options of `dstore-bench datapath`.
 #[derive(Debug, Args)]
@@ -50,6 +70,47 @@ pub struct DatapathArgs {
     /// highest).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    #[command(flatten)]
+    force: ForcedImpl,
+    /// Value of OPENSSL_ia32cap for the openssl run, e.g. `:~0x20000000` to mask SHA-NI
+    /// (check with `openssl speed -evp sha256`) [default: unset].
+    #[arg(long)]
+    openssl_ia32cap: Option<String>,
+}
+
+/// Forced implementation choices (benchmark only; production code chooses by CPU).
+#[derive(Debug, Clone, Args)]
+pub struct ForcedImpl {
+    /// Merkle-leaf SHA-256: avx512-x16, sha-ni, avx2-x8, ring or scalar [default: chosen
+    /// by CPU feature].
+    #[arg(long)]
+    sha256_impl: Option<Sha256Impl>,
+    /// AES-256-GCM: ring or rustcrypto [default: chosen by CPU feature].
+    #[arg(long)]
+    aes_impl: Option<AesGcmImpl>,
+}
+
+impl ForcedImpl {
+    /// The choice these options make on this CPU.
+    fn choice(&self) -> DataPathImpl {
+        let detected = DataPathImpl::detected();
+        DataPathImpl {
+            sha256: self.sha256_impl.unwrap_or(detected.sha256),
+            aes_gcm: self.aes_impl.unwrap_or(detected.aes_gcm),
+        }
+    }
+
+    /// The same options as command-line arguments, for the worker.
+    fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(sha256) = self.sha256_impl {
+            args.extend(["--sha256-impl".to_owned(), sha256.name().to_owned()]);
+        }
+        if let Some(aes) = self.aes_impl {
+            args.extend(["--aes-impl".to_owned(), aes.name().to_owned()]);
+        }
+        args
+    }
 }
 
 /// Arguments of the hidden `datapath-encrypt-worker` subcommand.
@@ -57,6 +118,8 @@ pub struct DatapathArgs {
 pub struct WorkerArgs {
     /// The plaintext file to encrypt.
     path: PathBuf,
+    #[command(flatten)]
+    force: ForcedImpl,
 }
 
 /// Bytes at the start of the file on which the worker cross-checks the serial and parallel
@@ -82,6 +145,23 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
         },
         load_average()
     );
+    let choice = args.force.choice();
+    if !choice.sha256.is_supported() {
+        anyhow::bail!(
+            "--sha256-impl {}: not supported by this CPU",
+            choice.sha256.name()
+        );
+    }
+    eprintln!("datapath: CPU {}", cpu_summary(&DATAPATH_CPU_FLAGS));
+    eprintln!(
+        "datapath: data path {choice} ({}); openssl OPENSSL_ia32cap={}",
+        if choice == DataPathImpl::detected() {
+            "chosen by CPU feature"
+        } else {
+            "FORCED for this benchmark"
+        },
+        args.openssl_ia32cap.as_deref().unwrap_or("(unset)")
+    );
 
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
@@ -101,8 +181,8 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
     let mut best_openssl = Duration::MAX;
     let mut peak_rss = 0;
     for i in 1..=args.runs {
-        let encrypt = run_encrypt_worker(&path, bytes)?;
-        let openssl = time_openssl(&path)?;
+        let encrypt = run_encrypt_worker(&path, bytes, &args.force)?;
+        let openssl = time_openssl(&path, args.openssl_ia32cap.as_deref())?;
         eprintln!(
             "datapath: run {i}/{}: encrypt+merkle {:.1} MiB/s, openssl sha256 {:.1} MiB/s, \
              encrypt peak RSS {:.1} MiB, load average {}",
@@ -135,6 +215,8 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
         format!("{openssl_mib_s:.1}"),
     );
     figure("datapath-ratio", format!("{ratio:.3}"));
+    figure("datapath-sha256-impl", choice.sha256);
+    figure("datapath-aes-impl", choice.aes_gcm);
     figure(
         "datapath-peak-rss-mib",
         format!("{:.1}", kib_to_mib(peak_rss)),
@@ -172,12 +254,13 @@ fn warm_page_cache(path: &Path, bytes: u64) -> anyhow::Result<()> {
 }
 
 /// Runs the encrypt step in a child process (this binary, `datapath-encrypt-worker`).
-fn run_encrypt_worker(path: &Path, bytes: u64) -> anyhow::Result<EncryptRun> {
+fn run_encrypt_worker(path: &Path, bytes: u64, force: &ForcedImpl) -> anyhow::Result<EncryptRun> {
     let exe = std::env::current_exe().context("locating the dstore-bench binary")?;
     let (output, _) = time_command(
         Command::new(exe)
             .arg("datapath-encrypt-worker")
             .arg(path)
+            .args(force.to_args())
             .stderr(Stdio::inherit()),
     )
     .context("encrypt worker")?;
@@ -194,7 +277,8 @@ fn run_encrypt_worker(path: &Path, bytes: u64) -> anyhow::Result<EncryptRun> {
         ciphertext_len(bytes)
     );
     eprintln!(
-        "datapath: encrypt worker: root {}, self-check {}, RSS {:.1} MiB before the call",
+        "datapath: encrypt worker ({}): root {}, self-check {}, RSS {:.1} MiB before the call",
+        report.get::<String>("impl")?,
         report.get::<String>("root")?,
         report.get::<String>("self-check")?,
         kib_to_mib(report.get("baseline-rss-kib")?)
@@ -205,10 +289,14 @@ fn run_encrypt_worker(path: &Path, bytes: u64) -> anyhow::Result<EncryptRun> {
     })
 }
 
-/// Times `openssl dgst -sha256 <path>`.
-fn time_openssl(path: &Path) -> anyhow::Result<Duration> {
-    let (output, elapsed) =
-        time_command(Command::new("openssl").args(["dgst", "-sha256"]).arg(path))?;
+/// Times `openssl dgst -sha256 <path>`, with OPENSSL_ia32cap set to `ia32cap` if given.
+fn time_openssl(path: &Path, ia32cap: Option<&str>) -> anyhow::Result<Duration> {
+    let mut command = Command::new("openssl");
+    command.args(["dgst", "-sha256"]).arg(path);
+    if let Some(mask) = ia32cap {
+        command.env("OPENSSL_ia32cap", mask);
+    }
+    let (output, elapsed) = time_command(&mut command)?;
     eprintln!(
         "datapath: openssl: {}",
         String::from_utf8_lossy(&output.stdout).trim()
@@ -219,8 +307,10 @@ fn time_openssl(path: &Path) -> anyhow::Result<Duration> {
 /// `dstore-bench datapath-encrypt-worker <path>`: encrypts and commits the file with a
 /// random key and contract id, ciphertext to a sink, and prints `key: value` lines for
 /// the parent: `root`, `plaintext-bytes`, `ciphertext-bytes`, `elapsed-ns`,
-/// `baseline-rss-kib`, `peak-rss-kib` (VmHWM right after the timed call) and `self-check`.
+/// `baseline-rss-kib`, `peak-rss-kib` (VmHWM right after the timed call), `self-check` and
+/// `impl` (the implementations used, forced first if the options say so).
 pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    force_for_benchmark(args.force.choice()).context("forcing the data path implementation")?;
     let key: [u8; 32] = rand::random();
     let contract_id: [u8; 32] = rand::random();
     let path = &args.path;
@@ -247,6 +337,7 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
     println!("baseline-rss-kib: {baseline_rss_kib}");
     println!("peak-rss-kib: {peak_rss_kib}");
     println!("self-check: ok");
+    println!("impl: {}", DataPathImpl::active());
     Ok(())
 }
 

@@ -269,6 +269,7 @@ fn random_contract(rng: &mut StdRng) -> (DownloadContract, SecretKey, SecretKey)
         refund_height: REFUND_HEIGHT,
         payout_delay: PAYOUT_DELAY,
         price: PRICE,
+        tx1_key_order: dstore_protocol::contract::Tx1KeyOrder::RenterFirst,
     };
     (contract, f, r)
 }
