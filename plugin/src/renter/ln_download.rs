@@ -18,7 +18,7 @@ use dstore_protocol::ln::{check_invoice, check_ln_sealed_copy, unseal_ln, verify
 use serde_json::{json, Value};
 
 use super::records::{DownloadPhase, RentedContract, RentedDownload, RentedLn};
-use super::unseal::{partial_path, unseal_check_decrypt};
+use super::unseal::{partial_path, unseal_check_decrypt, was_c};
 use super::{current, farmer_fault, internal, Renter, RenterError, SLOW_CALL};
 use crate::farmer::ln_download::{price_msat, LnDownloadRequest, LnOffer};
 use crate::ln::{Lightning, PaymentOutcome};
@@ -441,15 +441,9 @@ impl Renter {
             move |e, c| unseal_ln(&preimage, &download_id, e, c).map_err(|e| e.to_string()),
         )
         .await;
-        let unsealed = match pass {
-            Ok(unsealed) if unsealed.root_ok => unsealed,
-            other => {
-                // Not C (or the pass failed): nothing of it may reach the output.
-                let _ = std::fs::remove_file(&partial);
-                other?;
-                let proof = self.ln_fraud_proof(record).await?;
-                return Err(RenterError::Fraud(proof));
-            }
+        let Some(unsealed) = was_c(pass, &partial)? else {
+            let proof = self.ln_fraud_proof(record).await?;
+            return Err(RenterError::Fraud(proof));
         };
         self.publish_output(record, &partial, Path::new(&output), unsealed.decrypt_error)?;
         let _ = std::fs::remove_file(&sealed);

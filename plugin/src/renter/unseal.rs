@@ -68,6 +68,22 @@ where
     .map_err(|e: std::io::Error| internal(e))
 }
 
+/// The fused pass's verdict: the pass when the unsealed bytes were C, None when they were
+/// not (the caller then builds its fraud proof), the pass's own error otherwise. Unless
+/// they were C, the partial file is removed: nothing of it may reach the output.
+pub(super) fn was_c(
+    pass: Result<Unsealed, RenterError>,
+    partial: &Path,
+) -> Result<Option<Unsealed>, RenterError> {
+    match pass {
+        Ok(unsealed) if unsealed.root_ok => Ok(Some(unsealed)),
+        other => {
+            let _ = std::fs::remove_file(partial);
+            other.map(|_| None)
+        }
+    }
+}
+
 /// Decrypts C' from `unsealed` into `out` and syncs it. On a failure (a chunk that does
 /// not authenticate, a full disk) the rest of C' is still read and dropped, so the
 /// unsealing thread finishes its hash and the caller learns whether it was C.
@@ -145,15 +161,9 @@ impl Renter {
             move |e, c| unseal(&joint_key, &ephemeral, e, c).map_err(|e| e.to_string()),
         )
         .await;
-        let unsealed = match pass {
-            Ok(unsealed) if unsealed.root_ok => unsealed,
-            other => {
-                // Not C (or the pass failed): nothing of it may reach the output.
-                let _ = std::fs::remove_file(&partial);
-                other?;
-                let proof = self.fraud_proof(record, joint, r, tx2).await?;
-                return Err(RenterError::Fraud(proof));
-            }
+        let Some(unsealed) = was_c(pass, &partial)? else {
+            let proof = self.fraud_proof(record, joint, r, tx2).await?;
+            return Err(RenterError::Fraud(proof));
         };
         self.publish_output(record, &partial, output, unsealed.decrypt_error)
     }
