@@ -9,6 +9,7 @@
 //! | `ln_paying`    | H stored, then the invoice paid; after a restart the node is asked for the payment's outcome instead of paying again |
 //! | `ln_paid`      | x (SHA256(x) = H) stored; E unsealed, C' checked against root_C, decrypted to the output, or a mode-N fraud proof stored |
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +19,7 @@ use dstore_protocol::ln::{check_invoice, check_ln_sealed_copy, unseal_ln, verify
 use serde_json::{json, Value};
 
 use super::records::{DownloadPhase, RentedContract, RentedDownload, RentedLn};
-use super::unseal::{partial_path, unseal_check_decrypt, was_c};
+
 use super::{current, farmer_fault, internal, Renter, RenterError, SLOW_CALL};
 use crate::farmer::ln_download::{price_msat, LnDownloadRequest, LnOffer};
 use crate::ln::{Lightning, PaymentOutcome};
@@ -422,31 +423,23 @@ impl Renter {
         let preimage = ln_state(&d)?
             .preimage
             .ok_or_else(|| internal("no preimage"))?;
-        let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
         let output = d.output.clone().ok_or_else(|| internal("no output path"))?;
-        let sealed = self.sealed_file(&d.download_id);
-        let partial = partial_path(Path::new(&output));
+        let output = Path::new(&output);
         self.progress.phase(
             &hex::encode(record.contract_id),
             "decrypting",
             record.ciphertext_length,
         );
         let download_id = d.download_id;
-        let keys = (record.file_key, record.contract_id);
-        let pass = unseal_check_decrypt(
-            &sealed,
-            &partial,
-            receipt.commitment(),
-            keys,
-            move |e, c| unseal_ln(&preimage, &download_id, e, c).map_err(|e| e.to_string()),
-        )
-        .await;
-        let Some(unsealed) = was_c(pass, &partial)? else {
+        let unseal_with = move |e: &mut dyn Read, c: &mut dyn Write| {
+            unseal_ln(&preimage, &download_id, e, c).map_err(|e| e.to_string())
+        };
+        let Some(unsealed) = self.unseal_latest(record, output, unseal_with).await? else {
             let proof = self.ln_fraud_proof(record).await?;
             return Err(RenterError::Fraud(proof));
         };
-        self.publish_output(record, &partial, Path::new(&output), unsealed.decrypt_error)?;
-        let _ = std::fs::remove_file(&sealed);
+        self.publish_output(record, output, unsealed.decrypt_error)?;
+        let _ = std::fs::remove_file(self.sealed_file(&download_id));
         let done = current(record).clone();
         Ok(super::download::done_json(record, &done))
     }

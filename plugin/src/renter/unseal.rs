@@ -71,7 +71,7 @@ where
 /// The fused pass's verdict: the pass when the unsealed bytes were C, None when they were
 /// not (the caller then builds its fraud proof), the pass's own error otherwise. Unless
 /// they were C, the partial file is removed: nothing of it may reach the output.
-pub(super) fn was_c(
+fn was_c(
     pass: Result<Unsealed, RenterError>,
     partial: &Path,
 ) -> Result<Option<Unsealed>, RenterError> {
@@ -146,26 +146,49 @@ impl Renter {
         tx2: Transaction,
         output: &Path,
     ) -> Result<(), RenterError> {
-        let d = current(record).clone();
-        let transcript = d.transcript.ok_or_else(|| internal("no transcript"))?;
-        let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
-        let sealed = self.sealed_file(&d.download_id);
-        let partial = partial_path(output);
+        let transcript = current(record)
+            .transcript
+            .ok_or_else(|| internal("no transcript"))?;
         let (joint_key, ephemeral) = (*joint, transcript.ephemeral);
-        let keys = (record.file_key, record.contract_id);
-        let pass = unseal_check_decrypt(
-            &sealed,
-            &partial,
-            receipt.commitment(),
-            keys,
-            move |e, c| unseal(&joint_key, &ephemeral, e, c).map_err(|e| e.to_string()),
-        )
-        .await;
-        let Some(unsealed) = was_c(pass, &partial)? else {
+        let unseal_with = move |e: &mut dyn Read, c: &mut dyn Write| {
+            unseal(&joint_key, &ephemeral, e, c).map_err(|e| e.to_string())
+        };
+        let Some(unsealed) = self.unseal_latest(record, output, unseal_with).await? else {
             let proof = self.fraud_proof(record, joint, r, tx2).await?;
             return Err(RenterError::Fraud(proof));
         };
-        self.publish_output(record, &partial, output, unsealed.decrypt_error)
+        self.publish_output(record, output, unsealed.decrypt_error)
+    }
+
+    /// The fused pass over the latest download's sealed copy of `record` into `output`'s
+    /// partial file, with `unseal_with` (either mode's keystream), and its verdict
+    /// ([`was_c`]): None when the unsealed bytes were not C.
+    pub(super) async fn unseal_latest<F>(
+        &self,
+        record: &RentedContract,
+        output: &Path,
+        unseal_with: F,
+    ) -> Result<Option<Unsealed>, RenterError>
+    where
+        F: FnOnce(&mut dyn Read, &mut dyn Write) -> Result<u64, String> + Send + 'static,
+    {
+        let receipt = record.receipt.ok_or_else(|| internal("no receipt"))?;
+        let download_id = record
+            .downloads
+            .last()
+            .ok_or_else(|| internal("no download"))?
+            .download_id;
+        let partial = partial_path(output);
+        let keys = (record.file_key, record.contract_id);
+        let pass = unseal_check_decrypt(
+            &self.sealed_file(&download_id),
+            &partial,
+            receipt.commitment(),
+            keys,
+            unseal_with,
+        )
+        .await;
+        was_c(pass, &partial)
     }
 
     /// Renames the decrypted `partial` file to `output` (C' was checked against root_C)
@@ -173,10 +196,10 @@ impl Renter {
     pub(super) fn publish_output(
         &self,
         record: &mut RentedContract,
-        partial: &Path,
         output: &Path,
         decrypt_error: Option<String>,
     ) -> Result<(), RenterError> {
+        let partial = &partial_path(output);
         if let Some(e) = decrypt_error {
             let _ = std::fs::remove_file(partial);
             return Err(RenterError::Invalid(format!(
