@@ -388,6 +388,7 @@ fn rented_json(app: &App, record: &RentedContract, detail: bool) -> Value {
         "farmer_url": record.farmer_url,
         "price_sat": record.price.to_sat(),
         "downloads": record.downloads.len(),
+        "error": record.upload_error,
     });
     if detail {
         let extra = json!({

@@ -47,6 +47,17 @@ impl PipeWriter {
             .send(Bytes::from(block))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the pipe's reader stopped"))
     }
+
+    /// Hands `block` on as it is (no copy), after the bytes written before it.
+    pub fn send(&mut self, block: Bytes) -> io::Result<()> {
+        self.send_block()?;
+        if block.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(block)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the pipe's reader stopped"))
+    }
 }
 
 impl Write for PipeWriter {
@@ -146,6 +157,20 @@ mod tests {
         reader.read_to_end(&mut got).unwrap();
         sender.join().unwrap();
         assert_eq!(got, data);
+    }
+
+    #[test]
+    fn blocks_sent_whole_keep_their_place_after_written_bytes() {
+        let (mut writer, mut reader) = pipe();
+        writer.write_all(b"ab").unwrap();
+        writer.send(Bytes::from_static(b"cd")).unwrap();
+        writer.send(Bytes::new()).unwrap();
+        writer.write_all(b"e").unwrap();
+        writer.flush().unwrap();
+        drop(writer);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abcde");
     }
 
     #[test]

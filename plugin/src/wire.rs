@@ -7,8 +7,10 @@
 //! carries an `x-dstore-auth` header, the renter identity's Schnorr signature over the
 //! method, path and query, the SHA-256 of the body and the download it belongs to
 //! ([`BulkRequest`]), so a header seen on the wire authorises no other bytes. An upload
-//! goes in parts of [`UPLOAD_PART`] bytes, each signed; its content is also bound later by
-//! a signed message (root_C in `upload_done`, the CRS hash in `crs_offer`).
+//! goes in parts of [`UPLOAD_PART`] bytes, each signed, up to [`UPLOAD_WINDOW`] of them in
+//! flight; an upload part's signed hash is its digest over its Merkle leaves
+//! ([`BulkRequest::upload_part`]), every other body's is its SHA-256. Its content is also
+//! bound later by a signed message (root_C in `upload_done`, the CRS hash in `crs_offer`).
 //!
 //! A refusal's `next_seq` (where the farmer's counter stands) is only believed when the
 //! refusal carries a [`ResyncHint`] signed by the farmer for the refused envelope.
@@ -29,6 +31,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 pub const AUTH_HEADER: &str = "x-dstore-auth";
 /// Bytes per signed upload request (the farmer holds one part in memory to check it).
 pub const UPLOAD_PART: usize = 4 << 20;
+/// Upload parts a renter keeps in flight at once; the farmer waits for the parts before
+/// one (up to this many parts ahead of what it stored) instead of refusing it.
+pub const UPLOAD_WINDOW: usize = 4;
 /// The farmer's error code for a bulk body that does not match its signed hash (a
 /// transfer altered on the way: the renter sends the part again).
 pub const BODY_MISMATCH: i64 = -41;
@@ -101,6 +106,35 @@ pub struct UploadStatus {
     pub expected: u64,
 }
 
+/// One upload part ready to send: where it starts, its bytes and their
+/// [`dstore_protocol::merkle::part_digest`].
+#[derive(Debug, Clone)]
+pub struct UploadPart {
+    pub offset: u64,
+    pub bytes: bytes::Bytes,
+    pub digest: [u8; 32],
+}
+
+impl UploadPart {
+    /// The part of `bytes` at `offset`, its digest computed here (one pass over the bytes;
+    /// call it off the async threads).
+    pub fn new(offset: u64, bytes: Vec<u8>) -> Self {
+        let leaves = dstore_protocol::merkle::part_leaves(&bytes);
+        Self::with_leaves(offset, bytes, &leaves)
+    }
+
+    /// The part of `bytes` at `offset` whose leaves are `leaves` (computed by the caller
+    /// from these bytes).
+    pub fn with_leaves(offset: u64, bytes: Vec<u8>, leaves: &[[u8; 32]]) -> Self {
+        let digest = dstore_protocol::merkle::part_digest(bytes.len() as u64, leaves);
+        UploadPart {
+            offset,
+            bytes: bytes::Bytes::from(bytes),
+            digest,
+        }
+    }
+}
+
 /// What a bulk request's signature covers: the method, the path and query, the SHA-256 of
 /// the body (of nothing for a GET) and, for the sealed copy and the CRS, the download
 /// they belong to (zeros for an upload). A header seen on the wire therefore authorises
@@ -126,6 +160,18 @@ impl<'a> BulkRequest<'a> {
             path_and_query,
             body_sha256: sha256(&[body]),
             download_id,
+        }
+    }
+
+    /// An upload part at `path_and_query`: the body's hash is the part's
+    /// [`dstore_protocol::merkle::part_digest`] (over its Merkle leaves, which the farmer
+    /// needs anyway), not a SHA-256 of its bytes, so neither side hashes a part twice.
+    pub fn upload_part(path_and_query: &'a str, digest: [u8; 32]) -> Self {
+        BulkRequest {
+            method: "PUT",
+            path_and_query,
+            body_sha256: digest,
+            download_id: [0; 32],
         }
     }
 
@@ -399,8 +445,9 @@ impl PeerClient {
     }
 
     /// Sends `file` from byte `offset` to its end as the next parts of the upload, one
-    /// signed PUT per [`UPLOAD_PART`] bytes (each signature binds its part's hash);
-    /// `progress` is told the absolute position after each part the farmer stored.
+    /// signed PUT per [`UPLOAD_PART`] bytes (each signature binds its part's digest), up to
+    /// [`UPLOAD_WINDOW`] of them in flight; `progress` is told the absolute position after
+    /// each part the farmer stored.
     pub async fn upload_from(
         &self,
         contract_id: &[u8; 32],
@@ -411,39 +458,82 @@ impl PeerClient {
         let mut reader = tokio::fs::File::open(file).await?;
         let total = reader.metadata().await?.len();
         reader.seek(std::io::SeekFrom::Start(offset)).await?;
-        let mut status = UploadStatus {
+        let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(UPLOAD_WINDOW);
+        let reading = async move {
+            let mut at = offset;
+            while at < total {
+                let len = (total - at).min(UPLOAD_PART as u64) as usize;
+                let mut part = vec![0u8; len];
+                reader.read_exact(&mut part).await?;
+                let part = tokio::task::spawn_blocking(move || UploadPart::new(at, part))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                if parts_tx.send(part).await.is_err() {
+                    break;
+                }
+                at += len as u64;
+            }
+            Ok::<_, PeerCallError>(())
+        };
+        let sending = self.put_parts(contract_id, parts_rx, progress);
+        let (read, sent) = tokio::join!(reading, sending);
+        let sent = sent?;
+        read?;
+        Ok(sent.unwrap_or(UploadStatus {
             received: offset,
             expected: total,
-        };
-        while status.received < total {
-            let len = (total - status.received).min(UPLOAD_PART as u64) as usize;
-            let mut part = vec![0u8; len];
-            reader.read_exact(&mut part).await?;
-            status = self.put_part(contract_id, status.received, part).await?;
-            progress(status.received);
-        }
-        Ok(status)
+        }))
     }
 
-    /// Sends `part` as the upload's bytes from `offset` (one signed PUT); the farmer's
-    /// count after it.
+    /// Sends the parts `parts` hands over, keeping up to [`UPLOAD_WINDOW`] PUTs in flight
+    /// (the farmer takes each in offset order and answers once it is durable), until the
+    /// channel ends or a PUT fails; `progress` gets each count the farmer reports. Returns
+    /// the last status, None if nothing was sent.
+    pub async fn put_parts(
+        &self,
+        contract_id: &[u8; 32],
+        parts: tokio::sync::mpsc::Receiver<UploadPart>,
+        progress: impl Fn(u64),
+    ) -> Result<Option<UploadStatus>, PeerCallError> {
+        use futures::StreamExt;
+        // Each PUT owns its client handle (a clone shares the connection pool), so the
+        // stream's futures borrow nothing and callers' tasks stay Send.
+        let id = *contract_id;
+        let puts = futures::stream::unfold(parts, move |mut parts| {
+            let client = self.clone();
+            async move {
+                let part = parts.recv().await?;
+                Some((async move { client.put_part(&id, part).await }, parts))
+            }
+        })
+        .buffered(UPLOAD_WINDOW);
+        futures::pin_mut!(puts);
+        let mut last = None;
+        while let Some(status) = puts.next().await {
+            let status = status?;
+            progress(status.received);
+            last = Some(status);
+        }
+        Ok(last)
+    }
+
+    /// Sends `part` (one signed PUT); the farmer's count after it.
     pub async fn put_part(
         &self,
         contract_id: &[u8; 32],
-        offset: u64,
-        part: Vec<u8>,
+        part: UploadPart,
     ) -> Result<UploadStatus, PeerCallError> {
-        let path_and_query = format!("{}?offset={offset}", upload_path(contract_id));
+        let path_and_query = format!("{}?offset={}", upload_path(contract_id), part.offset);
         let auth = sign_bulk(
             &self.identity,
-            &BulkRequest::new("PUT", &path_and_query, &part, [0; 32]),
+            &BulkRequest::upload_part(&path_and_query, part.digest),
         );
         let response = self
             .http
             .put(self.url(&path_and_query))
             .header(AUTH_HEADER, auth)
-            .timeout(transfer_timeout(part.len() as u64))
-            .body(part)
+            .timeout(transfer_timeout(part.bytes.len() as u64))
+            .body(part.bytes)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

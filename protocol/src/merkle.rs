@@ -207,6 +207,35 @@ fn hash_in_lanes<const N: usize>(
     }
 }
 
+/// The leaf hashes of `part`'s own segments (cut from its first byte, the last one
+/// zero-padded), in one pass over its bytes. An upload part's signed digest
+/// ([`part_digest`]) and the receiver's tree ([`MerkleBuilder::push_part`]) both take them,
+/// so neither side hashes the part's bytes twice.
+pub fn part_leaves(part: &[u8]) -> Vec<Hash32> {
+    let sha256 = DataPathImpl::active().sha256;
+    let mut leaves = Vec::with_capacity(part.len().div_ceil(SEGMENT_SIZE));
+    let aligned = part.len() - part.len() % SEGMENT_SIZE;
+    full_leaf_hashes(sha256, &part[..aligned], |leaf| leaves.push(leaf));
+    if aligned < part.len() {
+        leaves.push(leaf_hash_with(sha256, &part[aligned..]));
+    }
+    leaves
+}
+
+/// The digest of an upload part of `length` bytes from its [`part_leaves`]:
+/// SHA256(0x03 ‖ length as u64 big-endian ‖ leaves). It binds the part's bytes as firmly as
+/// a SHA-256 of them (a second preimage would need one for a leaf or for this hash), and
+/// costs 32 bytes per 4096 once the leaves exist.
+pub fn part_digest(length: u64, leaves: &[Hash32]) -> Hash32 {
+    let mut hasher = Sha256::new();
+    hasher.update([0x03]);
+    hasher.update(length.to_be_bytes());
+    for leaf in leaves {
+        hasher.update(leaf);
+    }
+    hasher.finalize().into()
+}
+
 /// Interior node hash.
 pub fn node_hash(left: &Hash32, right: &Hash32) -> Hash32 {
     let mut hasher = Sha256::new();
@@ -361,6 +390,33 @@ impl MerkleBuilder {
         let aligned = data.len() - data.len() % SEGMENT_SIZE;
         full_leaf_hashes(self.sha256, &data[..aligned], |leaf| self.push_leaf(leaf));
         self.partial.extend_from_slice(&data[aligned..]);
+    }
+
+    /// Feeds `part` whose [`part_leaves`] are `leaves` (computed by the caller from these
+    /// very bytes): the leaves of its full segments are taken as they are and only a short
+    /// last segment is kept as bytes, so the part is not hashed again. Starting mid-segment
+    /// (the bytes so far are not a whole number of segments) it falls back to
+    /// [`MerkleBuilder::update`]. `leaves` of the wrong count are refused, changing nothing.
+    pub fn push_part(&mut self, part: &[u8], leaves: &[Hash32]) -> Result<(), MerkleError> {
+        let count = part.len().div_ceil(SEGMENT_SIZE);
+        if leaves.len() != count {
+            return Err(MerkleError::LeafCountMismatch {
+                leaves: leaves.len() as u64,
+                length: part.len() as u64,
+            });
+        }
+        if !self.partial.is_empty() {
+            self.update(part);
+            return Ok(());
+        }
+        let full = part.len() / SEGMENT_SIZE;
+        for leaf in &leaves[..full] {
+            self.push_full_segment_leaf(*leaf);
+        }
+        let tail = &part[full * SEGMENT_SIZE..];
+        self.length += tail.len() as u64;
+        self.partial.extend_from_slice(tail);
+        Ok(())
     }
 
     /// Adds a precomputed leaf hash for a full segment (used by the parallel pipeline).
@@ -681,6 +737,56 @@ pub(crate) mod tests {
             builder.update(chunk);
         }
         builder.finish()
+    }
+
+    /// Parts fed by their leaves give the same root, checkpoint and recorded tree as
+    /// the bytes fed whole, aligned or not, including a short last part and a part that
+    /// starts mid-segment (which falls back to hashing the bytes).
+    #[test]
+    fn parts_fed_by_their_leaves_give_the_same_root_and_checkpoints() {
+        let d = data(37 * SEGMENT_SIZE + 123);
+        for cuts in [
+            vec![0, 8 * SEGMENT_SIZE, 16 * SEGMENT_SIZE, d.len()],
+            vec![0, 5 * SEGMENT_SIZE + 7, 9 * SEGMENT_SIZE, d.len()],
+            vec![0, d.len()],
+            vec![0, 0, SEGMENT_SIZE, d.len()],
+        ] {
+            let mut by_leaves = MerkleBuilder::recording_leaves();
+            for w in cuts.windows(2) {
+                let part = &d[w[0]..w[1]];
+                by_leaves.push_part(part, &part_leaves(part)).unwrap();
+                let mut by_bytes = MerkleBuilder::new();
+                by_bytes.update(&d[..w[1]]);
+                assert_eq!(by_leaves.checkpoint(), by_bytes.checkpoint(), "{cuts:?}");
+            }
+            let tree = by_leaves.finish_tree().unwrap();
+            assert_eq!(tree.root(), naive_root(&d), "{cuts:?}");
+            assert_eq!(tree, MerkleTree::from_data(&d));
+        }
+    }
+
+    #[test]
+    fn part_leaves_and_digests_bind_the_bytes_and_the_length() {
+        let part = data(3 * SEGMENT_SIZE + 5);
+        let leaves = part_leaves(&part);
+        assert_eq!(leaves, MerkleTree::from_data(&part).leaves());
+        let digest = part_digest(part.len() as u64, &leaves);
+        let mut changed = part.clone();
+        changed[SEGMENT_SIZE + 1] ^= 1;
+        assert_ne!(
+            part_digest(part.len() as u64, &part_leaves(&changed)),
+            digest
+        );
+        // A zero byte appended pads to the same last leaf: only the length tells them apart.
+        let mut longer = part.clone();
+        longer.push(0);
+        assert_eq!(part_leaves(&longer), leaves);
+        assert_ne!(part_digest(longer.len() as u64, &leaves), digest);
+        assert!(part_leaves(&[]).is_empty());
+        // Leaves of the wrong count are refused and change nothing.
+        let mut builder = MerkleBuilder::new();
+        assert!(builder.push_part(&part, &leaves[..2]).is_err());
+        assert_eq!(builder.length(), 0);
     }
 
     #[test]

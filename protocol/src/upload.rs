@@ -94,6 +94,20 @@ impl UploadReceiver {
         Ok(())
     }
 
+    /// Takes a chunk whose [`crate::merkle::part_leaves`] the caller computed from these
+    /// bytes (to check the part's signed digest), without hashing it again. Same checks
+    /// as [`UploadReceiver::accept`]; a refusal changes nothing.
+    pub fn accept_part(
+        &mut self,
+        offset: u64,
+        chunk: &[u8],
+        leaves: &[Hash32],
+    ) -> Result<(), UploadError> {
+        self.check_chunk(offset, chunk.len())?;
+        self.builder.push_part(chunk, leaves)?;
+        Ok(())
+    }
+
     /// The state to store with the bytes accepted so far.
     pub fn checkpoint(&self) -> UploadCheckpoint {
         UploadCheckpoint {
@@ -147,6 +161,28 @@ mod tests {
             }
             assert_eq!(up.finish(&want.root, want.length), Ok(want), "len {len}");
         }
+    }
+
+    #[test]
+    fn parts_taken_by_their_leaves_give_the_renters_root_and_refusals_change_nothing() {
+        use crate::merkle::part_leaves;
+        let bytes = data(9 * SEGMENT_SIZE + 77);
+        let want = commitment_of(&bytes);
+        let mut up = UploadReceiver::new(bytes.len() as u64);
+        let (first, rest) = bytes.split_at(4 * SEGMENT_SIZE);
+        up.accept_part(0, first, &part_leaves(first)).unwrap();
+        let before = up.checkpoint();
+        // A replay, a gap and leaves of another length are refused without change.
+        assert!(matches!(
+            up.accept_part(0, first, &part_leaves(first)),
+            Err(UploadError::WrongOffset { .. })
+        ));
+        assert!(up.accept_part(5000, rest, &part_leaves(rest)).is_err());
+        assert!(up.accept_part(first.len() as u64, rest, &[]).is_err());
+        assert_eq!(up.checkpoint(), before);
+        up.accept_part(first.len() as u64, rest, &part_leaves(rest))
+            .unwrap();
+        assert_eq!(up.finish(&want.root, want.length), Ok(want));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use ark_ec::{AffineRepr, CurveGroup, PrimeGroup};
 use ark_ff::Field;
 use ark_groth16::Groth16;
 use ark_std::UniformRand;
+use dstore_protocol::zk::qap::MixedRadixReduction;
 use dstore_protocol::zk::sha256_gadget::sha256_native;
 use dstore_protocol::zk::{Crs, Shape, Statement, TxCircuit};
 use rand::{CryptoRng, RngCore};
@@ -28,7 +29,7 @@ impl HostileCrs {
     pub fn generate(shape: &Shape, rng: &mut (impl RngCore + CryptoRng)) -> HostileCrs {
         let [alpha, beta, gamma, delta] = [(); 4].map(|_| Fr::rand(rng));
         let circuit = TxCircuit::blank(shape).expect("a valid shape");
-        let crs = Groth16::<Bn254>::generate_parameters_with_qap(
+        let crs = Groth16::<Bn254, MixedRadixReduction>::generate_parameters_with_qap(
             circuit,
             alpha,
             beta,

@@ -35,6 +35,7 @@ mod shard_market;
 mod shard_probe;
 mod shard_resume;
 mod shard_tx1;
+mod stream_resume;
 mod tower;
 mod tower_plugin;
 mod tower_scale;

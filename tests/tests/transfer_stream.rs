@@ -3,11 +3,13 @@
 //! streaming keeps the old guarantees: a farmer whose E goes wrong in the middle of the
 //! stream is refused before any money moves and nothing reaches the output, and a renter
 //! killed in the middle of a streamed upload resumes it after its restart (the same
-//! contract, the farmer's bytes kept) and the file comes back intact.
+//! contract, the farmer's bytes kept) and the file comes back intact. Upload parts travel
+//! several at a time: the farmer stores them in offset order and refuses replays.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bitcoin::secp256k1::Keypair;
 use dstore_tests::market::{Faults, Market, TEST_PRICE_SAT};
 use dstore_tests::parties::seeded_bytes;
 use dstore_tests::wait_until;
@@ -129,4 +131,97 @@ fn e2e_stream_renter_killed_mid_upload_resumes_and_loses_nothing() {
         std::fs::read(&output).unwrap() == data,
         "the file comes back"
     );
+}
+
+/// A signed PUT of upload bytes `body` at `offset` of contract `id`, signed for the part
+/// `signed_for` (the same bytes, unless the test alters them on the way).
+fn put_part(
+    m: &Market,
+    renter: &Keypair,
+    id: &[u8; 32],
+    offset: usize,
+    body: &[u8],
+    signed_for: &[u8],
+) -> (u16, Value) {
+    use dstore_plugin::wire::{sign_bulk, upload_path, BulkRequest, UploadPart};
+    let path = format!("{}?offset={offset}", upload_path(id));
+    let digest = UploadPart::new(offset as u64, signed_for.to_vec()).digest;
+    let auth = sign_bulk(renter, &BulkRequest::upload_part(&path, digest));
+    let response = reqwest::blocking::Client::new()
+        .put(format!("{}{path}", m.peer_url))
+        .header("x-dstore-auth", auth)
+        .body(body.to_vec())
+        .timeout(Duration::from_secs(120))
+        .send()
+        .unwrap();
+    let code = response.status().as_u16();
+    (code, response.json().unwrap_or(Value::Null))
+}
+
+/// The farmer takes a window of parts in flight: a part a little ahead of what it stored
+/// waits for the one before it instead of being refused, while a replayed part, a part
+/// beyond the window and a part whose bytes differ from its signed digest are refused
+/// with a clear error and change nothing.
+#[test]
+fn e2e_stream_parts_ahead_wait_for_their_turn_and_replays_are_refused() {
+    use bitcoin::secp256k1::{SecretKey, SECP256K1};
+    use dstore_plugin::wire::{BODY_MISMATCH, UPLOAD_PART, UPLOAD_WINDOW};
+    use dstore_protocol::messages::OpenRequest;
+    let m = Market::start(&crs_dir(), Faults::default());
+    let renter = Keypair::from_secret_key(SECP256K1, &SecretKey::from_slice(&[7; 32]).unwrap());
+    let id = [43u8; 32];
+    let data = seeded_bytes(203, 2 * UPLOAD_PART + 100);
+    let request = OpenRequest {
+        file_length: data.len() as u64,
+        download_price: bitcoin::Amount::from_sat(TEST_PRICE_SAT),
+    };
+    let envelope = dstore_protocol::peer::sign(&renter, id, 0, &request).unwrap();
+    let (code, body) = m.post_message("open_request", envelope);
+    assert_eq!(code, 200, "{body}");
+    let stored = || {
+        farmer_status(&m, &hex::encode(id))["bytes_done"]
+            .as_u64()
+            .unwrap()
+    };
+    let part = |i: usize| &data[i * UPLOAD_PART..((i + 1) * UPLOAD_PART).min(data.len())];
+
+    // Part 1 goes out first; part 0 follows on another connection: both are stored.
+    std::thread::scope(|scope| {
+        let ahead = scope.spawn(|| put_part(&m, &renter, &id, UPLOAD_PART, part(1), part(1)));
+        let (code, body) = put_part(&m, &renter, &id, 0, part(0), part(0));
+        assert_eq!(code, 200, "part 0: {body}");
+        let (code, body) = ahead.join().unwrap();
+        assert_eq!(code, 200, "part 1 waited for part 0: {body}");
+        assert_eq!(body["received"], 2 * UPLOAD_PART as u64, "{body}");
+    });
+    assert_eq!(stored(), 2 * UPLOAD_PART as u64);
+
+    // A replay is refused (resume from the stored count) and changes nothing. The farmer
+    // answers before reading the body, so a short one is sent: a 4 MiB body would still be
+    // on its way when the farmer closes the connection.
+    let (code, body) = put_part(&m, &renter, &id, 0, &[1], &[1]);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("resume from there"),
+        "{body}"
+    );
+    // Past the window: refused before its body is read.
+    let far = 2 * UPLOAD_PART + (UPLOAD_WINDOW + 1) * UPLOAD_PART;
+    let (code, body) = put_part(&m, &renter, &id, far, &[1], &[1]);
+    assert!(code == 400 || code == 413, "{code} {body}");
+    // Bytes altered on the way: they fail the signed digest and are not stored.
+    let mut altered = part(2).to_vec();
+    altered[7] ^= 1;
+    let (code, body) = put_part(&m, &renter, &id, 2 * UPLOAD_PART, &altered, part(2));
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["code"], BODY_MISMATCH, "{body}");
+    assert_eq!(stored(), 2 * UPLOAD_PART as u64, "refusals change nothing");
+
+    // The last part completes the upload.
+    let (code, body) = put_part(&m, &renter, &id, 2 * UPLOAD_PART, part(2), part(2));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(stored(), data.len() as u64);
 }

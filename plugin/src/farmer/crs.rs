@@ -1,8 +1,11 @@
 //! Step 5 of a download (PROTOCOL.md 3.3, 3.5): the renter's Groth16 CRS, checked by the
 //! farmer before it proves, and the proof. One CRS per download: a CRS that fails its
 //! check, a second, different CRS, or a proof that does not verify under the accepted one
-//! aborts the download for good ([`Farmer::abort_download`]). Checked CRSs are cached by
-//! hash (in memory and in `crs_dir`) for later downloads of the same TX2 shape.
+//! aborts the download for good ([`Farmer::abort_download`]). Checked CRSs are cached (in
+//! memory and in `crs_dir`) for later downloads of the same TX2 shape, keyed by the CRS
+//! hash together with the shape's cache key ([`zk::Shape::crs_cache_key`], which names the
+//! circuit version): a CRS checked for another shape or an older circuit is not found, so
+//! it is checked again (and refused) before any proof.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,16 +30,16 @@ impl Farmer {
         let record = self.existing(id)?;
         let download = record.download_in(FarmerPhase::Tx2Signed)?;
         let upload = sha256(&[&bytes]);
+        let template = download.signed_tx2()?;
+        let shape = zk::Shape::of(&template).map_err(internal)?;
         if let Some(accepted) = download.checked_crs {
             if download.crs_upload != Some(upload) {
                 return Err(self.abort_download(record, "a second CRS for this download"));
             }
-            if self.checked(&accepted).await?.is_some() {
+            if self.checked(&shape, &accepted).await?.is_some() {
                 return Ok(());
             }
         }
-        let template = download.signed_tx2()?;
-        let shape = zk::Shape::of(&template).map_err(internal)?;
         let checked = tokio::task::spawn_blocking(move || {
             zk::check_crs(&shape, &bytes, &mut rand::thread_rng())
         })
@@ -46,15 +49,16 @@ impl Farmer {
             return Err(self.abort_download(record, "the CRS failed its check"));
         };
         let hash = zk::crs_hash(&crs);
+        let key = checked_key(&shape, &hash);
         write_atomically(
-            &self.checked_crs_path(&hash),
+            &self.checked_crs_path(&key),
             &zk::serialize_trusted_crs(&crs),
         )
         .map_err(internal)?;
         self.checked_crs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, Arc::new(crs));
+            .insert(key, Arc::new(crs));
         let mut record = record;
         let download = record.download.as_mut().expect("checked above");
         download.checked_crs = Some(hash);
@@ -78,23 +82,30 @@ impl Farmer {
         FarmerError::CrsRejected(zk::CrsRejected.to_string())
     }
 
-    fn checked_crs_path(&self, hash: &[u8; 32]) -> PathBuf {
+    /// The file of a checked CRS, named by its [`checked_key`].
+    fn checked_crs_path(&self, key: &[u8; 32]) -> PathBuf {
         self.config
             .crs_dir
-            .join(format!("checked-{}.crs", hex::encode(hash)))
+            .join(format!("checked-{}.crs", hex::encode(key)))
     }
 
-    /// A CRS this farmer checked before: in memory, or reloaded from its own cache.
-    async fn checked(&self, hash: &[u8; 32]) -> Result<Option<Arc<Crs>>, FarmerError> {
+    /// A CRS with hash `hash` this farmer checked before for `shape` under the current
+    /// circuit version: in memory, or reloaded from its own cache.
+    async fn checked(
+        &self,
+        shape: &zk::Shape,
+        hash: &[u8; 32],
+    ) -> Result<Option<Arc<Crs>>, FarmerError> {
+        let key = checked_key(shape, hash);
         if let Some(crs) = self
             .checked_crs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(hash)
+            .get(&key)
         {
             return Ok(Some(crs.clone()));
         }
-        let path = self.checked_crs_path(hash);
+        let path = self.checked_crs_path(&key);
         let Ok(bytes) = tokio::fs::read(&path).await else {
             return Ok(None);
         };
@@ -109,7 +120,7 @@ impl Farmer {
         self.checked_crs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(*hash, crs.clone());
+            .insert(key, crs.clone());
         Ok(Some(crs))
     }
 
@@ -130,8 +141,9 @@ impl Farmer {
             return Err(self.abort_download(record, "a second CRS for this download"));
         }
         let template = download.signed_tx2()?;
+        let shape = zk::Shape::of(&template).map_err(internal)?;
         let crs = self
-            .checked(&offer.crs_hash)
+            .checked(&shape, &offer.crs_hash)
             .await?
             .ok_or(FarmerError::UnknownCrs)?;
         let proved = tokio::task::spawn_blocking(move || {
@@ -155,5 +167,43 @@ impl Farmer {
                 tx3_fee: TX3_FEE,
             },
         })
+    }
+}
+
+/// Where a CRS checked for `shape` is cached: its hash bound to the shape's cache key,
+/// which changes with the shape and with the circuit version.
+fn checked_key(shape: &zk::Shape, crs_hash: &[u8; 32]) -> [u8; 32] {
+    sha256(&[
+        b"dstore/checked-crs/v1",
+        shape.crs_cache_key().as_bytes(),
+        crs_hash,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CRS checked for one shape is not found under another; the cache key also names
+    /// the circuit version (`crs_cache_key_names_version_and_shape` in the protocol crate),
+    /// so a CRS checked for an older circuit is not found either.
+    #[test]
+    fn checked_keys_bind_shape_and_hash() {
+        let shape = zk::Shape {
+            len: 180,
+            farmer_r: 40,
+            farmer_s: 74,
+            twin_r: 112,
+            twin_s: 146,
+        };
+        let moved = zk::Shape {
+            twin_s: 147,
+            ..shape
+        };
+        let hash = [7u8; 32];
+        assert_eq!(checked_key(&shape, &hash), checked_key(&shape, &hash));
+        assert_ne!(checked_key(&shape, &hash), checked_key(&moved, &hash));
+        assert_ne!(checked_key(&shape, &hash), checked_key(&shape, &[8u8; 32]));
+        assert_ne!(checked_key(&shape, &hash), hash);
     }
 }

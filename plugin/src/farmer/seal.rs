@@ -89,43 +89,19 @@ impl Farmer {
     }
 }
 
-/// Seals `input` into `output` (fresh ρ), the sealing and hashing on this thread and the
-/// writing of E on a second one; returns the signed transcript.
+/// Seals `input` into `output` (fresh ρ): the keystream on this thread, the hashing and
+/// writing of E on a second one (`dstore_protocol::seal::seal`); returns the signed
+/// transcript.
 fn seal_into(
     context: &SealContext,
     identity: &bitcoin::secp256k1::Keypair,
     input: std::fs::File,
     output: std::fs::File,
 ) -> std::io::Result<SealTranscript> {
-    use std::io::Write;
-    let (to_writer, sealed) = crate::pipe::pipe();
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(move || {
-            let mut output = output;
-            for block in sealed.blocks() {
-                output.write_all(&block)?;
-            }
-            Ok::<_, std::io::Error>(())
-        });
-        let input = std::io::BufReader::with_capacity(crate::pipe::PIPE_BLOCK, input);
-        let mut to_writer = to_writer;
-        let transcript = dstore_protocol::seal::seal(
-            &mut rand::thread_rng(),
-            context,
-            identity,
-            input,
-            &mut to_writer,
-        )
+    let input = std::io::BufReader::with_capacity(crate::pipe::PIPE_BLOCK, input);
+    let output = std::io::BufWriter::with_capacity(crate::pipe::PIPE_BLOCK, output);
+    dstore_protocol::seal::seal(&mut rand::thread_rng(), context, identity, input, output)
         .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|t| to_writer.flush().map(|()| t));
-        drop(to_writer); // the end of E for the writing thread
-        let written = writer
-            .join()
-            .map_err(|_| std::io::Error::other("the writing thread panicked"))?;
-        let transcript = transcript?;
-        written?;
-        Ok(transcript)
-    })
 }
 
 /// Flips the first byte of a file, if it has one (test-only faults).

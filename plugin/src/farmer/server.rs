@@ -1,7 +1,8 @@
 //! The farmer's peer endpoint (`--peer-bind`): HTTP/1.1 routes for signed envelopes and
 //! the bulk streams (see [`crate::wire`]). An upload arrives in signed parts of a few MiB,
-//! each checked whole against the body hash its signature covers before it is stored; the
-//! sealed copy is streamed from disk. A sequence refusal carries a signed resync hint.
+//! several in flight, each checked whole against the digest its signature covers before it
+//! is stored, in offset order; the sealed copy is streamed from disk. A sequence refusal
+//! carries a signed resync hint.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -275,13 +276,9 @@ async fn upload(
     let signed = authorise(farmer, &id, [0; 32], &req)?;
     let offset = offset_of(&req)?;
     let (received, expected) = farmer.upload_status(&id)?;
-    if offset != received {
-        return Err(dstore_protocol::upload::UploadError::WrongOffset {
-            expected: received,
-            got: offset,
-        }
-        .into());
-    }
+    // A part ahead of the stored count (another of the renter's window is still on its
+    // way) waits for its turn in `append_upload`; a replay is refused unread.
+    super::upload::check_ahead(received, offset)?;
     if let Some(len) = declared_length(&req) {
         if offset.saturating_add(len) > expected {
             return Err(dstore_protocol::upload::UploadError::PastOffer {
@@ -291,14 +288,16 @@ async fn upload(
             .into());
         }
     }
-    // One part is checked whole against its signed hash before a byte of it is stored.
+    // One part is checked whole against its signed digest before a byte of it is stored.
     let part = Limited::new(req.into_body(), MAX_UPLOAD_PART)
         .collect()
         .await
         .map_err(|e| FarmerError::Invalid(format!("upload part too large or interrupted: {e}")))?
         .to_bytes();
     let received = if part.is_empty() {
-        check_body(&part, &signed)?;
+        if dstore_protocol::merkle::part_digest(0, &[]) != signed {
+            return Err(FarmerError::BodyMismatch);
+        }
         offset
     } else {
         farmer.append_upload(&id, offset, part, signed).await?

@@ -1,12 +1,21 @@
 //! Storing a file: the renter's open request (terms checked, expiry fixed), the upload in
-//! batches (each checked against the offer, flushed, then recorded with the new hash
-//! state, so an interrupted upload resumes), and the signed storage receipt.
+//! parts (each checked against the offer and its signed digest, flushed, then recorded
+//! with the new hash state, so an interrupted upload resumes), and the signed storage
+//! receipt.
+//!
+//! Several parts may be in flight ([`crate::wire::UPLOAD_WINDOW`]): each is hashed (its
+//! Merkle leaves, which give both its digest and its share of root_C, one pass over its
+//! bytes) as soon as it arrived, on a blocking thread, while the part before it is still
+//! being written and synced; then it waits for its turn, the stored count reaching its
+//! offset. A part is answered only once it is synced and recorded.
 
-use dstore_protocol::hashing::sha256;
+use std::time::Duration;
+
+use dstore_protocol::merkle::{part_digest, part_leaves, Hash32};
 use dstore_protocol::messages::{OpenAccepted, OpenRequest, UploadDone};
 use dstore_protocol::peer::Opened;
 use dstore_protocol::receipt::StorageReceipt;
-use dstore_protocol::upload::UploadReceiver;
+use dstore_protocol::upload::{UploadError, UploadReceiver};
 
 use super::records::FarmedContract;
 use super::{internal, Farmer, FarmerError, Step, STORAGE_TERM};
@@ -38,10 +47,12 @@ impl Farmer {
         Ok((record.upload.merkle.length, record.file_length))
     }
 
-    /// Appends one part of upload bytes at `offset`: checked against the offer and against
-    /// `signed` (the SHA-256 its renter signed) while its Merkle leaves are hashed, on two
-    /// threads; then flushed to disk, then recorded with the new hash state. A part that
-    /// fails a check changes nothing.
+    /// Appends one part of upload bytes at `offset`: its Merkle leaves are hashed first
+    /// (checked against `signed`, the digest its renter signed), then it waits until the
+    /// parts before it are stored (at most [`UPLOAD_AHEAD`] bytes ahead, for at most
+    /// [`TURN_WAIT`]), then it is checked against the offer, flushed to disk and recorded
+    /// with the new hash state. A part that fails a check changes nothing; a replayed one
+    /// (below the stored count) is refused at once.
     pub async fn append_upload(
         &self,
         id: &[u8; 32],
@@ -49,38 +60,65 @@ impl Farmer {
         data: bytes::Bytes,
         signed: [u8; 32],
     ) -> Result<u64, FarmerError> {
+        let part = data.clone();
+        let leaves = tokio::task::spawn_blocking(move || part_leaves(&part))
+            .await
+            .map_err(internal)?;
+        if part_digest(data.len() as u64, &leaves) != signed {
+            return Err(FarmerError::BodyMismatch);
+        }
+        let deadline = tokio::time::Instant::now() + TURN_WAIT;
+        loop {
+            let stored = UPLOAD_STORED.notified();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
+            if let Some(received) = self.append_in_turn(id, offset, &data, &leaves).await? {
+                UPLOAD_STORED.notify_waiters();
+                return Ok(received);
+            }
+            if tokio::time::timeout_at(deadline, stored).await.is_err() {
+                let (received, _) = self.upload_status(id)?;
+                return Err(UploadError::WrongOffset {
+                    expected: received,
+                    got: offset,
+                }
+                .into());
+            }
+        }
+    }
+
+    /// Stores the part at `offset` if it is its turn (the stored count is `offset`):
+    /// checked, flushed, recorded; the new count. None while parts before it are missing;
+    /// a part below the count or too far ahead of it is refused.
+    async fn append_in_turn(
+        &self,
+        id: &[u8; 32],
+        offset: u64,
+        data: &[u8],
+        leaves: &[Hash32],
+    ) -> Result<Option<u64>, FarmerError> {
         let _guard = self.locks.lock(id).await;
         let mut record = self.existing(id)?;
         if record.receipt.is_some() {
             return Err(FarmerError::WrongPhase("the upload is already complete"));
         }
-        let mut receiver = UploadReceiver::resume(record.upload.clone())?;
-        receiver.check_chunk(offset, data.len())?;
-        let part = data.clone();
-        let (body_ok, receiver) = tokio::task::spawn_blocking(move || {
-            std::thread::scope(|scope| {
-                let body = scope.spawn(|| sha256(&[&part]) == signed);
-                let accepted = receiver.accept(offset, &part).map(|()| receiver);
-                (body.join().unwrap_or(false), accepted)
-            })
-        })
-        .await
-        .map_err(internal)?;
-        if !body_ok {
-            return Err(FarmerError::BodyMismatch);
-        }
-        let receiver = receiver?;
-        // The staging file may hold bytes past the last record (a crash mid-append).
         let received_before = record.upload.merkle.length;
+        check_ahead(received_before, offset)?;
+        if offset != received_before {
+            return Ok(None);
+        }
+        let mut receiver = UploadReceiver::resume(record.upload.clone())?;
+        receiver.accept_part(offset, data, leaves)?;
+        // The staging file may hold bytes past the last record (a crash mid-append).
         self.blobs
             .truncate_staged(id, received_before)
             .map_err(internal)?;
         self.blobs
-            .append_staged(id, offset, &data)
+            .append_staged(id, offset, data)
             .map_err(internal)?;
         record.upload = receiver.checkpoint();
         self.store(&record)?;
-        Ok(receiver.received())
+        Ok(Some(receiver.received()))
     }
 
     pub(super) async fn on_upload_done(
@@ -108,5 +146,54 @@ impl Farmer {
             record,
             reply: receipt,
         })
+    }
+}
+
+/// How far past the stored count a part may start and wait for its turn: the renter's
+/// window of parts in flight.
+pub(super) const UPLOAD_AHEAD: u64 = (crate::wire::UPLOAD_WINDOW * crate::wire::UPLOAD_PART) as u64;
+/// How long a part waits for the parts before it (a renter whose earlier PUT broke sends
+/// it again after reading the farmer's count).
+const TURN_WAIT: Duration = crate::wire::IDLE_TIMEOUT;
+
+/// Wakes the parts waiting for their turn whenever a part was stored (any contract's:
+/// each waiter checks its own).
+static UPLOAD_STORED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A part at `offset` with `received` bytes stored: a replay (below the count) or one
+/// more than [`UPLOAD_AHEAD`] bytes ahead is refused.
+pub(super) fn check_ahead(received: u64, offset: u64) -> Result<(), UploadError> {
+    if offset < received || offset - received > UPLOAD_AHEAD {
+        return Err(UploadError::WrongOffset {
+            expected: received,
+            got: offset,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_wait_only_within_the_window_and_replays_are_refused() {
+        let part = crate::wire::UPLOAD_PART as u64;
+        assert!(check_ahead(8 * part, 8 * part).is_ok());
+        assert!(
+            check_ahead(8 * part, 9 * part).is_ok(),
+            "the next part waits"
+        );
+        assert!(check_ahead(8 * part, 8 * part + UPLOAD_AHEAD).is_ok());
+        for refused in [0, 7 * part, 8 * part - 1, 8 * part + UPLOAD_AHEAD + 1] {
+            assert_eq!(
+                check_ahead(8 * part, refused),
+                Err(UploadError::WrongOffset {
+                    expected: 8 * part,
+                    got: refused
+                }),
+                "{refused}"
+            );
+        }
     }
 }

@@ -10,16 +10,18 @@ use std::time::Duration;
 use bitcoin::Amount;
 
 use dstore_protocol::datapath::{ciphertext_len, encrypt_stream};
-use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment, MerkleTree};
+use dstore_protocol::merkle::{part_leaves, MerkleBuilder, MerkleCommitment, MerkleTree};
 use dstore_protocol::messages::{check_storage_expiry, OpenAccepted, OpenRequest, UploadDone};
 use dstore_protocol::receipt::StorageReceipt;
 use rand::RngCore;
 
 use super::records::{self, RentedContract, StoragePhase};
-use super::sent_log::{SentLog, SentLogError};
+use super::sent_log::SentLog;
 use super::{farmer_fault, internal, Renter, RenterError, QUICK_CALL, SLOW_CALL};
 use crate::progress::reporter;
-use crate::wire::{PeerCallError, PeerClient, BODY_MISMATCH, UPLOAD_PART};
+use crate::wire::{
+    PeerCallError, PeerClient, UploadPart, UploadStatus, BODY_MISMATCH, UPLOAD_PART, UPLOAD_WINDOW,
+};
 
 /// How often a broken upload is resumed before `dstore-open` gives up.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -99,6 +101,7 @@ impl Renter {
             audit: None,
             accepted_expiry: None,
             last_reply: None,
+            upload_error: None,
         };
         let id_hex = hex::encode(contract_id);
         let _guard = self.locks.lock(&contract_id).await;
@@ -322,14 +325,30 @@ impl Renter {
                 if outcome.is_ok() {
                     outcome = renter.open_audits(&mut record).await;
                 }
-                if let Err(e) = outcome {
+                if let Err(e) = &outcome {
                     tracing::warn!(contract = %hex::encode(id), "resumed upload failed: {e}");
                 }
+                renter.note_resume_outcome(&id, outcome.err().map(|e| e.to_string()));
                 renter.discard_staged(&record);
                 renter.progress.finish(&hex::encode(id));
             });
         }
         Ok(())
+    }
+
+    /// Keeps why a resumed upload stopped in its record, where `dstore-status` shows it
+    /// (a user restores the file or opens a new contract), or clears it after a success.
+    fn note_resume_outcome(&self, id: &[u8; 32], error: Option<String>) {
+        let Ok(Some(mut record)) = self.load(id) else {
+            return;
+        };
+        if record.upload_error == error {
+            return;
+        }
+        record.upload_error = error;
+        if let Err(e) = self.store(&record) {
+            tracing::warn!(contract = %hex::encode(id), "could not record the upload's outcome: {e}");
+        }
     }
 
     fn resume_audit_in_background(self: &Arc<Self>, id: [u8; 32]) {
@@ -373,20 +392,33 @@ impl Renter {
         tree
     }
 
-    /// Sends the parts the encrypting pass hands over, one signed PUT each, until the pass
-    /// ends or a PUT fails (then the receiver is dropped and the pass sends no more).
+    /// Sends the parts the encrypting pass hands over, one signed PUT each and up to
+    /// [`UPLOAD_WINDOW`] in flight, until the pass ends or a PUT fails (then the receiver
+    /// is dropped and the pass sends no more).
     async fn send_parts(
         &self,
         record: &RentedContract,
-        mut parts: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+        parts: tokio::sync::mpsc::Receiver<UploadPart>,
     ) -> Result<(), PeerCallError> {
+        use futures::StreamExt;
         let id = record.contract_id;
         let client = self.client(record);
-        let progress = reporter(&self.progress, &hex::encode(id));
+        let id_hex = hex::encode(id);
+        // Each PUT owns its client handle (a clone shares the connection pool), so the
+        // stream's futures borrow nothing and the task stays Send.
+        let puts = futures::stream::unfold(parts, move |mut parts| {
+            let client = client.clone();
+            async move {
+                let part = parts.recv().await?;
+                Some((async move { client.put_part(&id, part).await }, parts))
+            }
+        })
+        .buffered(UPLOAD_WINDOW);
+        futures::pin_mut!(puts);
         let mut sent_parts = 0u32;
-        while let Some((offset, part)) = parts.recv().await {
-            let status = client.put_part(&id, offset, part).await?;
-            progress(status.received);
+        while let Some(status) = puts.next().await {
+            let status = status?;
+            self.progress.advance(&id_hex, status.received);
             sent_parts += 1;
             let stall = crate::dev_fault!(self.dev_fault, StallMidUpload)
                 && sent_parts == 2
@@ -396,13 +428,14 @@ impl Renter {
         Ok(())
     }
 
-    /// Encrypts the file into the staged C on two threads (AES-GCM on one; C's Merkle
-    /// leaves, the staged file and the parts for `parts` on the other) and keeps the leaves.
+    /// Encrypts the file into the staged C on two threads (AES-GCM on one; the staged
+    /// file, the parts for `parts` and their leaves, which are also C's Merkle leaves, on
+    /// the other) and keeps the leaves.
     async fn encrypt(
         &self,
         record: &RentedContract,
         from: Option<u64>,
-        parts_tx: tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+        parts_tx: tokio::sync::mpsc::Sender<UploadPart>,
     ) -> Result<MerkleTree, RenterError> {
         let (key, id) = (record.file_key, record.contract_id);
         let source = PathBuf::from(&record.source);
@@ -460,7 +493,16 @@ impl Renter {
                 Err(PeerCallError::Refused(e)) if e.code == BODY_MISMATCH => {
                     last_error = Some(PeerCallError::Refused(e));
                 }
-                Err(PeerCallError::Refused(e)) => return Err(PeerCallError::Refused(e).into()),
+                // With several parts in flight, one the farmer took from an earlier,
+                // broken attempt moves its count past a part sent again: that refusal
+                // only means resuming from the farmer's new count.
+                Err(PeerCallError::Refused(e)) => {
+                    if !self.farmer_moved(record, &status).await {
+                        return Err(PeerCallError::Refused(e).into());
+                    }
+                    last_error = Some(PeerCallError::Refused(e));
+                    continue;
+                }
                 Err(e) => last_error = Some(e),
             }
             tracing::info!(contract = %id_hex, "upload interrupted; resuming");
@@ -472,11 +514,19 @@ impl Renter {
     }
 }
 
-/// Upload parts the encrypting pass may run ahead of the one being sent.
+impl Renter {
+    /// Whether the farmer's upload count is past `before` now.
+    async fn farmer_moved(&self, record: &RentedContract, before: &UploadStatus) -> bool {
+        let now = self.client(record).upload_status(&record.contract_id).await;
+        now.is_ok_and(|now| now.received > before.received)
+    }
+}
+
+/// Upload parts the encrypting pass may run ahead of the ones in flight.
 const UPLOAD_PARTS_AHEAD: usize = 2;
 
-/// Encrypts `input` into `output` with AES-GCM on this thread while a second thread builds
-/// C's Merkle tree (with its leaves), writes `output` and hands `parts` their bytes.
+/// Encrypts `input` into `output` with AES-GCM on this thread while a second thread writes
+/// `output` and cuts the ciphertext into `parts`, whose leaves build C's Merkle tree.
 fn encrypt_into(
     key: &[u8; 32],
     id: &[u8; 32],
@@ -487,18 +537,13 @@ fn encrypt_into(
     let (to_hasher, ciphertext) = crate::pipe::pipe();
     std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
-            let mut builder = MerkleBuilder::recording_leaves();
             let mut output = std::io::BufWriter::with_capacity(crate::pipe::PIPE_BLOCK, output);
             for block in ciphertext.blocks() {
-                builder.update(&block);
                 output.write_all(&block)?;
-                parts.push(&block).map_err(std::io::Error::other)?;
+                parts.push(&block)?;
             }
-            parts.finish().map_err(std::io::Error::other)?;
             output.flush()?;
-            builder
-                .finish_tree()
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            parts.finish()
         });
         let mut to_hasher = to_hasher;
         let encrypted = encrypt_stream(key, id, std::io::BufReader::new(input), &mut to_hasher)
@@ -516,26 +561,25 @@ fn encrypt_into(
     })
 }
 
-/// Cuts the whole ciphertext into upload parts of [`UPLOAD_PART`] bytes, checks each one
-/// against the [`SentLog`] (recording it there first if it is new) and hands the parts from
-/// byte `from` on to the sending task; once that task is gone it only checks. A part that
-/// differs from one sent before (the file changed after a crash) stops the pass.
+/// Cuts the whole ciphertext into upload parts of [`UPLOAD_PART`] bytes and hashes each
+/// once: its leaves go into C's Merkle tree and into the part's signed digest. Checks each
+/// part's digest against the [`SentLog`] (recording it there first if it is new) and hands
+/// the parts from byte `from` on to the sending task; once that task is gone it only
+/// checks. A part that differs from one sent before (the file changed after a crash)
+/// stops the pass.
 struct PartSink {
     from: u64,
     at: u64,
     part: Vec<u8>,
     log: SentLog,
-    parts: Option<tokio::sync::mpsc::Sender<(u64, Vec<u8>)>>,
+    tree: MerkleBuilder,
+    parts: Option<tokio::sync::mpsc::Sender<UploadPart>>,
 }
 
 impl PartSink {
     /// `parts` is None when nothing is streamed (the farmer is unreachable); the parts a
     /// farmer may hold are still checked, since the staged C is what a resume sends.
-    fn new(
-        from: u64,
-        log: SentLog,
-        parts: Option<tokio::sync::mpsc::Sender<(u64, Vec<u8>)>>,
-    ) -> Self {
+    fn new(from: u64, log: SentLog, parts: Option<tokio::sync::mpsc::Sender<UploadPart>>) -> Self {
         // The farmer counts whole parts; an unaligned count gets no stream (the resumable
         // upload of the staged C then starts from it).
         let aligned = from.is_multiple_of(UPLOAD_PART as u64);
@@ -544,12 +588,13 @@ impl PartSink {
             at: 0,
             part: Vec::with_capacity(UPLOAD_PART),
             log,
+            tree: MerkleBuilder::recording_leaves(),
             parts: parts.filter(|_| aligned),
         }
     }
 
     /// The next ciphertext bytes, in order.
-    fn push(&mut self, mut bytes: &[u8]) -> Result<(), SentLogError> {
+    fn push(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             let taken = bytes.len().min(UPLOAD_PART - self.part.len());
             self.part.extend_from_slice(&bytes[..taken]);
@@ -561,29 +606,38 @@ impl PartSink {
         Ok(())
     }
 
-    /// Sends the last, short part.
-    fn finish(&mut self) -> Result<(), SentLogError> {
+    /// Sends the last, short part; C's Merkle tree.
+    fn finish(mut self) -> std::io::Result<MerkleTree> {
         self.cut()?;
         self.parts = None;
-        Ok(())
+        self.tree
+            .finish_tree()
+            .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
-    fn cut(&mut self) -> Result<(), SentLogError> {
+    fn cut(&mut self) -> std::io::Result<()> {
         if self.part.is_empty() {
             return Ok(());
         }
-        let part = std::mem::replace(&mut self.part, Vec::with_capacity(UPLOAD_PART));
+        let bytes = std::mem::replace(&mut self.part, Vec::with_capacity(UPLOAD_PART));
+        let leaves = part_leaves(&bytes);
+        self.tree
+            .push_part(&bytes, &leaves)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let offset = self.at;
-        self.at += part.len() as u64;
+        self.at += bytes.len() as u64;
+        let part = UploadPart::with_leaves(offset, bytes, &leaves);
         let sending = offset >= self.from && self.parts.is_some();
-        self.log.admit(offset, &part, sending)?;
+        self.log
+            .admit(offset, &part.digest, sending)
+            .map_err(std::io::Error::other)?;
         if !sending {
             return Ok(());
         }
         let gone = self
             .parts
             .as_ref()
-            .is_some_and(|parts| parts.blocking_send((offset, part)).is_err());
+            .is_some_and(|parts| parts.blocking_send(part).is_err());
         if gone {
             self.parts = None;
         }
@@ -648,7 +702,15 @@ mod tests {
             .unwrap();
         let mut sent = Vec::new();
         while let Some(part) = rx.blocking_recv() {
-            sent.push(part);
+            let UploadPart {
+                offset,
+                bytes,
+                digest,
+            } = part;
+            let leaves = part_leaves(&bytes);
+            let expected = dstore_protocol::merkle::part_digest(bytes.len() as u64, &leaves);
+            assert_eq!(digest, expected, "the part's digest is over its own bytes");
+            sent.push((offset, bytes.to_vec()));
         }
         (tree, std::fs::read(&staged).unwrap(), sent)
     }

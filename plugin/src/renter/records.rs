@@ -63,6 +63,10 @@ pub struct RentedContract {
     /// step re-run after a crash gets that reply again instead of sending the message twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply: Option<LastReply>,
+    /// Why the last upload resumed after a restart stopped (`dstore-status` shows it as
+    /// `error`); cleared once a resumed upload gets through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_error: Option<String>,
 }
 
 /// The renter's last completed exchange with the farmer.

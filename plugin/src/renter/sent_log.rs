@@ -1,5 +1,6 @@
-//! The renter's log of the upload parts that may have left the machine: a part's hash is
-//! written (and synced) before the part is sent, so a resumed encrypting pass can prove it
+//! The renter's log of the upload parts that may have left the machine: a part's digest
+//! (the one its PUT signs, over its Merkle leaves) is written (and synced) before the part
+//! is sent, so a resumed encrypting pass can prove it
 //! re-derives the very same ciphertext before sending anything again.
 //!
 //! Why: chunk i of C is AES-GCM under a nonce fixed by (contract id, i). If the source file
@@ -13,9 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
-/// Bytes of one record: the part's offset (u64 big-endian) and its SHA-256.
+/// Bytes of one record: the part's offset (u64 big-endian) and its digest
+/// ([`dstore_protocol::merkle::part_digest`]).
 const RECORD: usize = 8 + 32;
 
 /// Why a part may not be sent.
@@ -58,14 +58,19 @@ impl SentLog {
         Ok(SentLog { file, sent })
     }
 
-    /// Checks the part at `offset` against what was sent before. A part never sent is
-    /// recorded (synced) first when `recording`; the caller sends it only after `Ok`.
-    pub fn admit(&mut self, offset: u64, part: &[u8], recording: bool) -> Result<(), SentLogError> {
-        let hash: [u8; 32] = Sha256::digest(part).into();
+    /// Checks the part at `offset`, by its `digest`, against what was sent before. A part
+    /// never sent is recorded (synced) first when `recording`; the caller sends it only
+    /// after `Ok`.
+    pub fn admit(
+        &mut self,
+        offset: u64,
+        digest: &[u8; 32],
+        recording: bool,
+    ) -> Result<(), SentLogError> {
         match self.sent.get(&offset) {
-            Some(sent) if *sent == hash => Ok(()),
+            Some(sent) if sent == digest => Ok(()),
             Some(_) => Err(SentLogError::Changed { offset }),
-            None if recording => self.record(offset, hash),
+            None if recording => self.record(offset, *digest),
             None => Ok(()),
         }
     }
@@ -85,24 +90,28 @@ impl SentLog {
 mod tests {
     use super::*;
 
+    fn d(part: &[u8]) -> [u8; 32] {
+        dstore_protocol::hashing::sha256(&[part])
+    }
+
     #[test]
     fn the_same_parts_pass_again_and_a_changed_part_is_refused_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sent");
         let mut log = SentLog::open(&path).unwrap();
-        log.admit(0, b"first part", true).unwrap();
-        log.admit(10, b"second part", true).unwrap();
+        log.admit(0, &d(b"first part"), true).unwrap();
+        log.admit(10, &d(b"second part"), true).unwrap();
         drop(log);
 
         let mut log = SentLog::open(&path).unwrap();
-        log.admit(0, b"first part", true).unwrap();
-        log.admit(10, b"second part", false).unwrap();
+        log.admit(0, &d(b"first part"), true).unwrap();
+        log.admit(10, &d(b"second part"), false).unwrap();
         assert!(matches!(
-            log.admit(10, b"second PART", true),
+            log.admit(10, &d(b"second PART"), true),
             Err(SentLogError::Changed { offset: 10 })
         ));
         // A part beyond what was sent is new: recorded, then allowed.
-        log.admit(21, b"third part", true).unwrap();
+        log.admit(21, &d(b"third part"), true).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * RECORD as u64);
     }
 
@@ -112,14 +121,14 @@ mod tests {
         let path = dir.path().join("c.sent");
         SentLog::open(&path)
             .unwrap()
-            .admit(0, b"part", true)
+            .admit(0, &d(b"part"), true)
             .unwrap();
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(&[1, 2, 3]).unwrap();
         drop(file);
         let mut log = SentLog::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD as u64);
-        log.admit(0, b"part", true).unwrap();
-        log.admit(4, b"anything", true).unwrap();
+        log.admit(0, &d(b"part"), true).unwrap();
+        log.admit(4, &d(b"anything"), true).unwrap();
     }
 }

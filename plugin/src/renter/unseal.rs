@@ -10,7 +10,7 @@ use bitcoin::Transaction;
 use dstore_protocol::datapath::decrypt_stream;
 use dstore_protocol::extract::extract_farmer_key;
 use dstore_protocol::keys::joint_secret_key;
-use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment, MerkleWriter};
+use dstore_protocol::merkle::{MerkleBuilder, MerkleCommitment};
 use dstore_protocol::seal::unseal;
 use serde_json::Value;
 
@@ -26,11 +26,12 @@ pub(super) struct Unsealed {
     pub decrypt_error: Option<String>,
 }
 
-/// One pass over the sealed copy at `sealed` on two threads: this one reads E, unseals it
-/// with `unseal_with` (either mode's keystream) and hashes the unsealed bytes against
-/// `expected` (root_C, length); a second thread decrypts them (`key`, contract `id`) into
-/// `partial`, a hidden file that becomes the output only after the caller saw `root_ok`.
-/// C' itself is never written to disk.
+/// One pass over the sealed copy at `sealed` on three threads: this one reads E and
+/// unseals it with `unseal_with` (either mode's keystream), a second hashes the unsealed
+/// bytes against `expected` (root_C, length), a third decrypts them (`key`, contract `id`)
+/// into `partial`, a hidden file that becomes the output only after the caller saw
+/// `root_ok`. The blocks go from thread to thread without copies; C' itself is never
+/// written to disk.
 pub(super) async fn unseal_check_decrypt<F>(
     sealed: &Path,
     partial: &Path,
@@ -45,14 +46,18 @@ where
     tokio::task::spawn_blocking(move || {
         let mut input = std::io::BufReader::new(std::fs::File::open(&sealed)?);
         let out = std::fs::File::create(&partial)?;
-        let (to_decrypt, unsealed) = crate::pipe::pipe();
+        let (to_hash, unsealed) = crate::pipe::pipe();
+        let (to_decrypt, hashed) = crate::pipe::pipe();
         std::thread::scope(|scope| {
-            let decryptor = scope.spawn(move || decrypt_into(&key, &id, unsealed, out));
-            let mut tee = MerkleWriter::new(to_decrypt, MerkleBuilder::new());
-            let unsealing = unseal_with(&mut input, &mut tee)
-                .and_then(|_| tee.flush().map_err(|e| e.to_string()));
-            let (to_decrypt, builder) = tee.into_parts();
-            drop(to_decrypt); // the end of C' for the decrypting thread
+            let decryptor = scope.spawn(move || decrypt_into(&key, &id, hashed, out));
+            let hasher = scope.spawn(move || hash_on(unsealed, to_decrypt));
+            let mut to_hash = to_hash;
+            let unsealing = unseal_with(&mut input, &mut to_hash)
+                .and_then(|_| to_hash.flush().map_err(|e| e.to_string()));
+            drop(to_hash); // the end of C' for the hashing thread
+            let builder = hasher
+                .join()
+                .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
             let decrypted = decryptor
                 .join()
                 .unwrap_or_else(|_| Err("the decrypting thread panicked".into()));
@@ -66,6 +71,21 @@ where
     .await
     .map_err(internal)?
     .map_err(|e: std::io::Error| internal(e))
+}
+
+/// Hashes the unsealed blocks into C's Merkle builder and hands each on to the decrypting
+/// thread (which drains its pipe even after a failure; if it is gone, hashing goes on).
+fn hash_on(
+    unsealed: crate::pipe::PipeReader,
+    mut to_decrypt: crate::pipe::PipeWriter,
+) -> MerkleBuilder {
+    let mut builder = MerkleBuilder::new();
+    let mut passing = true;
+    for block in unsealed.blocks() {
+        builder.update(&block);
+        passing = passing && to_decrypt.send(block).is_ok();
+    }
+    builder
 }
 
 /// The fused pass's verdict: the pass when the unsealed bytes were C, None when they were

@@ -15,6 +15,7 @@ use ark_bn254::{Bn254, Fq, Fq2, Fr, G1Projective, G2Projective};
 use ark_ec::short_weierstrass::{Affine, SWCurveConfig, SWFlags};
 use ark_ec::PrimeGroup;
 use ark_ff::{BigInt, BitIteratorBE, Field, MontFp, Zero};
+use ark_groth16::r1cs_to_qap::{LibsnarkReduction, R1CSToQAP};
 use ark_groth16::{prepare_verifying_key, Groth16, Proof, ProvingKey, VerifyingKey};
 use ark_relations::r1cs::{
     ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode,
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::circuit::{PublicValues, Shape, TxCircuit};
 use super::prover;
+use super::qap::MixedRadixReduction;
 use super::sha256_gadget::sha256_native;
 use super::ZkError;
 use crate::hashing::sha256;
@@ -110,18 +112,28 @@ impl Statement {
 }
 
 /// Renter: generates the CRS for `shape`, over the standard generators of G1 and G2 (the
-/// farmer's pairing checks in [`crate::zk::check_crs`] are against those generators).
+/// farmer's pairing checks in [`crate::zk::check_crs`] are against those generators) and
+/// the circuit's smallest QAP domain ([`MixedRadixReduction`]).
 pub fn setup(shape: &Shape, rng: &mut (impl RngCore + CryptoRng)) -> Result<Crs, ZkError> {
-    setup_circuit(TxCircuit::blank(shape)?, rng)
+    setup_with::<MixedRadixReduction>(TxCircuit::blank(shape)?, rng)
 }
 
-/// Groth16 key generation for any circuit: fresh α, β, γ, δ, standard generators.
+/// Groth16 key generation for any circuit with ark's stock reduction (power-of-two
+/// domain): the benchmark's baseline ([`crate::zk::baseline`]).
 pub(crate) fn setup_circuit(
     circuit: impl ConstraintSynthesizer<Fr>,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Crs, ZkError> {
+    setup_with::<LibsnarkReduction>(circuit, rng)
+}
+
+/// Groth16 key generation over reduction `Q`: fresh α, β, γ, δ, standard generators.
+pub(crate) fn setup_with<Q: R1CSToQAP>(
+    circuit: impl ConstraintSynthesizer<Fr>,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Crs, ZkError> {
     let [alpha, beta, gamma, delta] = [(); 4].map(|_| Fr::rand(rng));
-    Ok(Groth16::<Bn254>::generate_parameters_with_qap(
+    Ok(Groth16::<Bn254, Q>::generate_parameters_with_qap(
         circuit,
         alpha,
         beta,
@@ -225,15 +237,17 @@ pub(crate) fn prove_assignment(
         return Err(ZkError::Groth16("CRS is for another circuit".into()));
     }
     let (r, s) = (Fr::rand(rng), Fr::rand(rng));
-    Ok(Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
-        crs,
-        r,
-        s,
-        &matrices,
-        num_inputs,
-        num_constraints,
-        &full,
-    )?)
+    Ok(
+        Groth16::<Bn254, MixedRadixReduction>::create_proof_with_reduction_and_matrices(
+            crs,
+            r,
+            s,
+            &matrices,
+            num_inputs,
+            num_constraints,
+            &full,
+        )?,
+    )
 }
 
 /// Renter: verifies `proof` for `statement` (public inputs are rebuilt natively from it).

@@ -37,10 +37,12 @@ pub const BYTES_PER_ELEMENT: usize = 31;
 
 /// Version of the constraint system a shape stands for. Bump it whenever synthesis
 /// or the TX2 layout changes (2: the round-pair SHA-256 gadget; 3: R-first TX1 multisig,
-/// s1 two blocks into TX2 instead of one), so a CRS cached for an older circuit is never
+/// s1 two blocks into TX2 instead of one; 4: SHA-256 schedule steps reduced in pairs, the
+/// last round pair adding the block's input words, carry-chain chaining, and this
+/// release's CRS shape change), so a CRS cached for an older circuit is never
 /// taken for the current one ([`Shape::crs_cache_key`]): its file name differs, so it is
 /// never opened, and a peer's CRS for another circuit fails the farmer's check.
-pub const CIRCUIT_VERSION: u32 = 3;
+pub const CIRCUIT_VERSION: u32 = 4;
 
 /// The layout a circuit is specialised to: total length and the offsets of the two r and
 /// two s fields (32 bytes each). Contracts with equal shapes share a CRS.
@@ -465,10 +467,12 @@ pub(crate) mod tests {
             shape.crs_cache_key(),
             shape.crs_cache_key_of_version(CIRCUIT_VERSION)
         );
-        assert_ne!(
-            shape.crs_cache_key(),
-            shape.crs_cache_key_of_version(CIRCUIT_VERSION - 1)
-        );
+        // Every earlier version names another file; in particular a CRS of the previous
+        // release (version 3, the gadget before paired schedule steps) is never reused.
+        for old in 1..CIRCUIT_VERSION {
+            assert_ne!(shape.crs_cache_key(), shape.crs_cache_key_of_version(old));
+        }
+        assert_ne!(shape.crs_cache_key(), shape.crs_cache_key_of_version(3));
         let moved = Shape {
             farmer_s: shape.farmer_s + 1,
             ..shape

@@ -83,6 +83,7 @@ use rayon::prelude::*;
 use super::api::{decode_crs, Crs, PointCheck};
 use super::circuit::Shape;
 use super::prover::compiled;
+use super::qap::domain_size;
 
 /// The CRS was rejected (deliberately one value, whatever failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -168,8 +169,8 @@ impl CircuitProfile {
         Some(CircuitProfile {
             n_inst,
             n_vars,
-            // ark-groth16's radix-2 domain over BN254's scalar field.
-            domain_size: (r1cs.num_constraints() + n_inst).next_power_of_two(),
+            // The smallest 2^a·3^b domain, the one `setup` uses (super::qap).
+            domain_size: domain_size::<Fr>(r1cs.num_constraints() + n_inst)?,
             in_a,
             in_b,
             in_c,

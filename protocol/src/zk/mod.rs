@@ -6,6 +6,8 @@
 //! * [`api`]: `setup` (renter), `prove` (farmer), `verify` (renter), serialisation.
 //! * [`prover`]: the farmer's Groth16 prover (the shape's circuit compiled once, one
 //!   witness-only synthesis per proof) over [`msm`], our multi-scalar multiplication.
+//! * [`qap`]: the QAP over the smallest 2^a·3^b domain that fits the circuit (3·2^15
+//!   instead of 2^17 points for the real TX2), with the prover's FFTs on it.
 //! * [`crs_check`]: the farmer's check of a renter-made CRS before proving.
 //! * [`baseline`]: the same statement over ark-crypto-primitives' gadget, for the benchmark.
 
@@ -15,6 +17,7 @@ pub mod circuit;
 pub mod crs_check;
 mod msm;
 pub(crate) mod prover;
+pub mod qap;
 pub mod sha256_gadget;
 
 pub use api::{

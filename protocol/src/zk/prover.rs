@@ -1,7 +1,10 @@
 //! The farmer's Groth16 prover: the same proof as ark-groth16's
-//! `create_proof_with_reduction_and_matrices` (LibsnarkReduction, same domain and coset),
-//! with less work per proof.
+//! `create_proof_with_reduction_and_matrices` with the reduction the CRS was made with
+//! ([`MixedRadixReduction`] for ours, ark's `LibsnarkReduction` for the benchmark's
+//! baseline key), with less work per proof.
 //!
+//! * The QAP domain is the CRS's: its H query has one point fewer than the domain, which
+//!   must be ours for the circuit (2^a·3^b, [`super::qap`]) or ark's power of two.
 //! * The constraint matrices depend only on the circuit's shape: [`CompiledR1cs`] compiles
 //!   them once (setup mode, the mode the CRS was made in) into a compact sparse form, and
 //!   [`compiled`] keeps the last few shapes for the process (the farmer's CRS check
@@ -12,15 +15,14 @@
 //!   once, each constraint's a·b = c is checked there, and the same evaluations go into
 //!   the FFTs. A witness that fails any constraint is refused before any group operation.
 //! * The multi-scalar multiplications skip zeros and identities and sum unit scalars
-//!   directly ([`super::msm`]).
+//!   directly ([`super::msm`]); those over the witness run beside H's FFTs and MSM.
 
 use std::sync::{Arc, Mutex};
 
 use ark_bn254::{Bn254, Fr, G1Projective, G2Projective};
 use ark_ec::CurveGroup;
-use ark_ff::{FftField, Field, One, PrimeField, Zero};
+use ark_ff::{One, PrimeField, Zero};
 use ark_groth16::Proof;
-use ark_poly::{EvaluationDomain, GeneralEvaluationDomain};
 use ark_relations::r1cs::{
     ConstraintMatrices, ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode,
 };
@@ -29,6 +31,9 @@ use rayon::prelude::*;
 use super::api::{compile, Crs};
 use super::circuit::Shape;
 use super::msm::msm;
+#[cfg(doc)]
+use super::qap::MixedRadixReduction;
+use super::qap::{domain_size, QapDomain};
 use super::ZkError;
 
 /// One of A, B, C in compressed sparse rows; coefficients index a shared table.
@@ -179,40 +184,30 @@ impl CompiledR1cs {
         Ok([a, b, c])
     }
 
-    /// The coefficients of H = (A·B − C)/Z over ark-groth16's domain, exactly as its
-    /// LibsnarkReduction computes them; refuses an unsatisfied `z`.
-    fn witness_map(&self, z: &[Fr]) -> Result<Vec<Fr>, ZkError> {
+    /// The QAP domain of a CRS whose H query has `h_len` points: ours for this circuit
+    /// ([`super::qap`]) or ark's power of two (the baseline's key), nothing else.
+    fn domain_for(&self, h_len: usize) -> Option<QapDomain<Fr>> {
+        let rows = self.num_constraints + self.num_inputs;
+        let size = h_len.checked_add(1)?;
+        let ours = domain_size::<Fr>(rows)?;
+        if size != ours && size != rows.next_power_of_two() {
+            return None;
+        }
+        QapDomain::of_size(size)
+    }
+
+    /// The evaluations of A, B, C on `domain` (the constraints' rows, then the inputs in
+    /// A, then zeros), from which [`QapDomain::quotient`] makes H as the reduction the CRS
+    /// was made with does; refuses an unsatisfied `z`.
+    fn evaluations(&self, z: &[Fr], domain: &QapDomain<Fr>) -> Result<[Vec<Fr>; 3], ZkError> {
         let (ni, nc) = (self.num_inputs, self.num_constraints);
-        let domain = GeneralEvaluationDomain::<Fr>::new(nc + ni)
-            .ok_or(ZkError::Groth16("circuit too large".into()))?;
         let size = domain.size();
         let [mut a, mut b, mut c] = self.evaluate(z)?;
         a.resize(size, Fr::zero());
         b.resize(size, Fr::zero());
         c.resize(size, Fr::zero());
         a[nc..nc + ni].copy_from_slice(&z[..ni]);
-        let coset = domain
-            .get_coset(Fr::GENERATOR)
-            .ok_or(ZkError::Groth16("no coset".into()))?;
-        let to_coset = |v: &mut Vec<Fr>| {
-            domain.ifft_in_place(v);
-            coset.fft_in_place(v);
-        };
-        rayon::join(
-            || to_coset(&mut a),
-            || rayon::join(|| to_coset(&mut b), || to_coset(&mut c)),
-        );
-        let z_inverse = domain
-            .evaluate_vanishing_polynomial(Fr::GENERATOR)
-            .inverse()
-            .ok_or(ZkError::Groth16("vanishing polynomial".into()))?;
-        a.par_iter_mut()
-            .zip(&b)
-            .zip(&c)
-            .for_each(|((a, b), c)| *a = (*a * b - c) * z_inverse);
-        drop((b, c));
-        coset.ifft_in_place(&mut a);
-        Ok(a)
+        Ok([a, b, c])
     }
 }
 
@@ -243,23 +238,25 @@ pub(crate) fn compiled(shape: &Shape) -> Result<Arc<CompiledR1cs>, ZkError> {
     let cs = compile(shape)?;
     let matrices = cs.to_matrices().ok_or(ZkError::BadShape)?;
     let fresh = Arc::new(CompiledR1cs::from_matrices(&matrices));
-    remember(&CACHE, *shape, fresh.clone());
-    Ok(fresh)
+    Ok(remember(&CACHE, *shape, fresh))
 }
 
+/// Keeps `compiled` for `shape` and returns it, or the compilation another thread kept
+/// for it meanwhile (so every caller shares one).
 fn remember(
     cache: &Mutex<Vec<(Shape, Arc<CompiledR1cs>)>>,
     shape: Shape,
     compiled: Arc<CompiledR1cs>,
-) {
+) -> Arc<CompiledR1cs> {
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.iter().any(|(s, _)| *s == shape) {
-        return;
+    if let Some((_, kept)) = cache.iter().find(|(s, _)| *s == shape) {
+        return kept.clone();
     }
     if cache.len() == COMPILED_SHAPES_KEPT {
         cache.remove(0);
     }
-    cache.push((shape, compiled));
+    cache.push((shape, compiled.clone()));
+    compiled
 }
 
 /// The full assignment (1, public inputs, witnesses) of `circuit`, synthesised once
@@ -299,15 +296,21 @@ pub(crate) fn prove_with(
     {
         return Err(ZkError::Groth16("CRS is for another circuit".into()));
     }
-    let h = r1cs.witness_map(z)?;
-    if crs.h_query.len() + 1 < h.len() {
-        return Err(ZkError::Groth16("CRS is for another circuit".into()));
-    }
-    let h: Vec<_> = h.par_iter().map(|x| x.into_bigint()).collect();
+    let domain = r1cs
+        .domain_for(crs.h_query.len())
+        .ok_or(ZkError::Groth16("CRS is for another circuit".into()))?;
+    // The satisfaction check comes before any group operation.
+    let evaluations = r1cs.evaluations(z, &domain)?;
     let z: Vec<_> = z.par_iter().map(|x| x.into_bigint()).collect();
+    // H's FFTs and MSM run beside the MSMs of the witness, which do not need H.
     // [1]ₖ of the constant variable is query[0]; the MSMs run over the rest.
+    let h_msm = || {
+        let h = domain.quotient(evaluations);
+        let h: Vec<_> = h.par_iter().map(|x| x.into_bigint()).collect();
+        msm(&crs.h_query, &h)
+    };
     let ((h_acc, l_acc), (a_acc, (b1_acc, b2_acc))) = rayon::join(
-        || rayon::join(|| msm(&crs.h_query, &h), || msm(&crs.l_query, &z[ni..])),
+        || rayon::join(h_msm, || msm(&crs.l_query, &z[ni..])),
         || {
             rayon::join(
                 || msm(&crs.a_query[1..], &z[1..]),
@@ -339,9 +342,15 @@ pub(crate) fn prove_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zk::api::{setup_circuit, setup_with, verify_inputs};
     use crate::zk::circuit::TxCircuit;
     use crate::zk::fixtures::{toy_crs, toy_statement};
+    use crate::zk::qap::MixedRadixReduction;
+    use ark_ff::Field;
+    use ark_groth16::r1cs_to_qap::{LibsnarkReduction, R1CSToQAP};
     use ark_groth16::Groth16;
+    use ark_relations::lc;
+    use ark_relations::r1cs::Variable;
     use ark_std::UniformRand;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -360,7 +369,35 @@ mod tests {
         }
     }
 
-    /// For the same r, s our prover and ark-groth16's give the same proof.
+    /// ark-groth16's proof of `circuit` with blinding `r`, `s`, through reduction `Q`.
+    fn ark_proof<Q: R1CSToQAP>(
+        crs: &Crs,
+        circuit: impl ConstraintSynthesizer<Fr>,
+        r: Fr,
+        s: Fr,
+    ) -> Proof<Bn254> {
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        circuit.generate_constraints(cs.clone()).unwrap();
+        cs.finalize();
+        let m = cs.to_matrices().unwrap();
+        let (ni, nc) = (cs.num_instance_variables(), cs.num_constraints());
+        let z = assignment_of(&cs);
+        Groth16::<Bn254, Q>::create_proof_with_reduction_and_matrices(crs, r, s, &m, ni, nc, &z)
+            .unwrap()
+    }
+
+    fn assignment_of(cs: &ark_relations::r1cs::ConstraintSystemRef<Fr>) -> Vec<Fr> {
+        let inner = cs.borrow().unwrap();
+        [
+            inner.instance_assignment.as_slice(),
+            inner.witness_assignment.as_slice(),
+        ]
+        .concat()
+    }
+
+    /// For the same r, s our prover and ark-groth16's (with our reduction) give the same
+    /// proof on the toy circuit (its domain is a power of two).
     #[test]
     fn same_proof_as_ark_groth16() {
         let (shape, crs) = toy_crs();
@@ -371,18 +408,86 @@ mod tests {
             let (r, s) = (Fr::rand(&mut rng), Fr::rand(&mut rng));
             let z = assignment(circuit.clone()).unwrap();
             let ours = prove_with(crs, &r1cs, &z, r, s).unwrap();
-            let cs = ConstraintSystem::<Fr>::new_ref();
-            cs.set_optimization_goal(OptimizationGoal::Constraints);
-            circuit.generate_constraints(cs.clone()).unwrap();
-            cs.finalize();
-            let m = cs.to_matrices().unwrap();
-            let (ni, nc) = (cs.num_instance_variables(), cs.num_constraints());
-            let ark = Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
-                crs, r, s, &m, ni, nc, &z,
-            )
-            .unwrap();
+            let ark = ark_proof::<MixedRadixReduction>(crs, circuit, r, s);
             assert_eq!(ours, ark);
         }
+    }
+
+    /// w₀ = x, wᵢ₊₁ = wᵢ², the last one public: `squarings` + 1 constraints, 2 inputs.
+    #[derive(Clone)]
+    struct Squarings {
+        x: Fr,
+        squarings: usize,
+    }
+
+    impl ConstraintSynthesizer<Fr> for Squarings {
+        fn generate_constraints(
+            self,
+            cs: ark_relations::r1cs::ConstraintSystemRef<Fr>,
+        ) -> ark_relations::r1cs::Result<()> {
+            let mut value = self.x;
+            let mut w = cs.new_witness_variable(|| Ok(value))?;
+            for _ in 0..self.squarings {
+                let square = value.square();
+                let next = cs.new_witness_variable(|| Ok(square))?;
+                cs.enforce_constraint(lc!() + w, lc!() + w, lc!() + next)?;
+                (w, value) = (next, square);
+            }
+            let out = cs.new_input_variable(|| Ok(value))?;
+            cs.enforce_constraint(lc!() + w, lc!() + Variable::One, lc!() + out)?;
+            Ok(())
+        }
+    }
+
+    /// On 3·2^8 and 9·2^7 domains (radix-3 layers in our FFT) our prover gives
+    /// ark-groth16's proof through our reduction, and it verifies.
+    #[test]
+    fn same_proof_as_ark_groth16_on_radix_3_domains() {
+        let mut rng = StdRng::seed_from_u64(24);
+        for (squarings, domain) in [(600, 3 << 8), (1100, 9 << 7)] {
+            let circuit = Squarings {
+                x: Fr::rand(&mut rng),
+                squarings,
+            };
+            let crs = setup_with::<MixedRadixReduction>(circuit.clone(), &mut rng).unwrap();
+            assert_eq!(crs.h_query.len() + 1, domain);
+            let r1cs = CompiledR1cs::of(circuit.clone()).unwrap();
+            let z = assignment(circuit.clone()).unwrap();
+            let (r, s) = (Fr::rand(&mut rng), Fr::rand(&mut rng));
+            let ours = prove_with(&crs, &r1cs, &z, r, s).unwrap();
+            assert_eq!(ours, ark_proof::<MixedRadixReduction>(&crs, circuit, r, s));
+            verify_inputs(&crs.vk, &z[1..2], &ours).unwrap();
+        }
+    }
+
+    /// Under a key made with ark's stock reduction (power-of-two domain, as the
+    /// benchmark's baseline key) our prover gives ark's stock proof.
+    #[test]
+    fn same_proof_as_ark_groth16_on_a_power_of_two_domain() {
+        let (shape, _) = toy_crs();
+        let mut rng = StdRng::seed_from_u64(23);
+        let crs = setup_circuit(TxCircuit::blank(shape).unwrap(), &mut rng).unwrap();
+        let r1cs = compiled(shape).unwrap();
+        let rows = r1cs.num_constraints + r1cs.num_inputs;
+        assert_eq!(crs.h_query.len() + 1, rows.next_power_of_two());
+        let circuit = toy_circuit(4);
+        let (r, s) = (Fr::rand(&mut rng), Fr::rand(&mut rng));
+        let z = assignment(circuit.clone()).unwrap();
+        let ours = prove_with(&crs, &r1cs, &z, r, s).unwrap();
+        assert_eq!(ours, ark_proof::<LibsnarkReduction>(&crs, circuit, r, s));
+    }
+
+    /// A key whose H query fits neither domain of the circuit is refused.
+    #[test]
+    fn keys_of_other_domains_are_refused() {
+        let (shape, crs) = toy_crs();
+        let r1cs = compiled(shape).unwrap();
+        let z = assignment(toy_circuit(5)).unwrap();
+        let mut bad = crs.clone();
+        bad.h_query.push(bad.h_query[0]);
+        assert!(prove_with(&bad, &r1cs, &z, Fr::one(), Fr::one()).is_err());
+        bad.h_query.truncate(crs.h_query.len() - 1);
+        assert!(prove_with(&bad, &r1cs, &z, Fr::one(), Fr::one()).is_err());
     }
 
     /// A witness that breaks any constraint is refused before any group operation.
@@ -425,6 +530,125 @@ mod tests {
         assert_eq!(
             first.num_constraints,
             crate::zk::api::num_constraints(shape).unwrap()
+        );
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    //! Where a proof's time goes on the real TX2 (printed, not asserted):
+    //! `cargo test -p dstore-protocol --lib -- --ignored prove_sections --nocapture`.
+    use super::*;
+    use crate::zk::api::{setup, Statement};
+    use crate::zk::fixtures::real_tx2;
+    use ark_std::UniformRand;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn prove_sections() {
+        let (statement, s1, s2) = Statement::of(&real_tx2(3)).unwrap();
+        let shape = statement.shape;
+        let mut rng = StdRng::seed_from_u64(3);
+        let crs = setup(&shape, &mut rng).unwrap();
+        let r1cs = compiled(&shape).unwrap();
+        let mut bytes = statement.template.clone();
+        bytes[Shape::range(shape.farmer_s)].copy_from_slice(&s1);
+        bytes[Shape::range(shape.twin_s)].copy_from_slice(&s2);
+        let circuit = crate::zk::TxCircuit {
+            shape,
+            public: statement.public_values().unwrap(),
+            bytes,
+            r: statement.r,
+        };
+        println!(
+            "rows {} domain {} variables {}",
+            r1cs.num_constraints + r1cs.num_inputs,
+            crs.h_query.len() + 1,
+            r1cs.num_variables
+        );
+        for _ in 0..2 {
+            let t = Instant::now();
+            let z = assignment(circuit.clone()).unwrap();
+            println!("assignment {:?}", t.elapsed());
+            let t = Instant::now();
+            let domain = r1cs.domain_for(crs.h_query.len()).unwrap();
+            let h = domain.quotient(r1cs.evaluations(&z, &domain).unwrap());
+            println!("witness map {:?}", t.elapsed());
+            let t = Instant::now();
+            let h: Vec<_> = h.par_iter().map(|x| x.into_bigint()).collect();
+            let zb: Vec<_> = z.par_iter().map(|x| x.into_bigint()).collect();
+            println!("to bigint {:?}", t.elapsed());
+            let t = Instant::now();
+            let _ = msm(&crs.h_query, &h);
+            println!("msm h {:?}", t.elapsed());
+            let t = Instant::now();
+            let _ = msm(&crs.l_query, &zb[r1cs.num_inputs..]);
+            println!("msm l {:?}", t.elapsed());
+            let t = Instant::now();
+            let _ = msm(&crs.a_query[1..], &zb[1..]);
+            println!("msm a {:?}", t.elapsed());
+            let t = Instant::now();
+            let _ = msm(&crs.b_g1_query[1..], &zb[1..]);
+            println!("msm b1 {:?}", t.elapsed());
+            let t = Instant::now();
+            let _ = msm(&crs.b_g2_query[1..], &zb[1..]);
+            println!("msm b2 {:?}", t.elapsed());
+            let t = Instant::now();
+            let (r, s) = (Fr::rand(&mut rng), Fr::rand(&mut rng));
+            prove_with(&crs, &r1cs, &z, r, s).unwrap();
+            println!("prove_with {:?}", t.elapsed());
+            let t = Instant::now();
+            crate::zk::prove(&crs, &statement, &s1, &s2, &mut rng).unwrap();
+            println!("zk::prove {:?}", t.elapsed());
+            let t = Instant::now();
+            let _ = <G1Projective as ark_ec::VariableBaseMSM>::msm_bigint(&crs.h_query, &h);
+            println!("ark msm h {:?}", t.elapsed());
+        }
+        let old = crate::zk::api::setup_circuit(circuit.clone(), &mut rng).unwrap();
+        println!("power-of-two domain {}", old.h_query.len() + 1);
+        let z = assignment(circuit.clone()).unwrap();
+        for _ in 0..3 {
+            for (name, key) in [("ours", &crs), ("2^k", &old)] {
+                let t = Instant::now();
+                prove_with(key, &r1cs, &z, Fr::one(), Fr::one()).unwrap();
+                println!("{name}: prove_with {:?}", t.elapsed());
+            }
+        }
+    }
+
+    /// `dstore-bench zk`'s prove figures without the benchmark binary: best of 3 of
+    /// `zk::prove` and of the baseline's stock ark prover on the real TX2, in one run.
+    #[test]
+    #[ignore]
+    fn prove_ratio_against_baseline() {
+        use crate::zk::baseline;
+        let (statement, s1, s2) = Statement::of(&real_tx2(3)).unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        let crs = setup(&statement.shape, &mut rng).unwrap();
+        let pk = baseline::setup(&statement, &mut rng).unwrap();
+        let best = |f: &mut dyn FnMut()| {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let ours = best(&mut || {
+            crate::zk::prove(&crs, &statement, &s1, &s2, &mut rng.clone()).unwrap();
+        });
+        let base = best(&mut || {
+            baseline::prove(&pk, &statement, &s1, &s2, &mut rng.clone()).unwrap();
+        });
+        println!(
+            "domain {} baseline domain {}: ours {ours:.3} s, baseline {base:.3} s, ratio {:.2}",
+            crs.h_query.len() + 1,
+            pk.h_query.len() + 1,
+            base / ours
         );
     }
 }

@@ -11,7 +11,8 @@
 //! | [`maj3`] | maj(x, y, z) | 1 | `(x + y + z − parity)/2`, the parity is pinned |
 //! | [`ch_pair`] | Ch of two rounds, packed | 1 | linear in the output, nonzero coefficient |
 //! | [`maj_pair`] | Maj of two rounds, packed | 1 | two roots; the false one is 2^100 off and no range check absorbs it |
-//! | [`xor2_pair`] | two two-input XOR lanes | 1 | linear in the output, nonzero coefficient |
+//! | [`xor2_pair`], [`xor2_pair_across`] | two two-input XOR lanes (one word, or two fused words) | 1 | linear in the output, nonzero coefficient |
+//! | [`add_bits`] | x + y mod 2^n of two bit words | n | each lane's carry is the previous lane's majority, pinned by its parity wire |
 //! | [`alloc_bits`] + [`close_pair`] | two rounds' sums reduced mod 2^32 | one per bit | both rounds' residues are below λ/2 = 2^39 |
 
 use ark_bn254::Fr;
@@ -383,8 +384,44 @@ pub(super) fn xor2_pair(
     first: &Xor2Lane,
     second: &Xor2Lane,
 ) -> Result<(Lc, u64), SynthesisError> {
-    let (j, k) = (first.weight, second.weight);
-    let rho = pow2(k) * pow2(j).inverse().expect("2 is invertible");
+    let lc = xor2_products(cs, first, second, pow2(second.weight))?;
+    let [lo, hi] = [first, second].map(xor2_value);
+    Ok((lc, lo + hi))
+}
+
+/// Two two-input XOR lanes of two *different* packed words, the first at weight 2^j of
+/// the low word and the second at weight 2^k of the high word of a fused pair sum
+/// (weight λ·2^k there): the packed value 2^j·(x ⊕ y) + λ·2^k·(x' ⊕ y') in one
+/// constraint. Returns it with each lane's own value (2^j·(x ⊕ y), 2^k·(x' ⊕ y')).
+///
+/// The algebra is [`xor2_pair`]'s with ρ = λ·2^(k−j) = 2^(40+k−j) (so −ρ is again minus
+/// a power of two, a square): q = xy + ρ·x'y' is pinned exactly, so the packed value is exactly the two
+/// honest lanes, and the fused sum it enters ([`close_pair`]) separates them again like
+/// any other term of the two rounds.
+pub(super) fn xor2_pair_across(
+    cs: &ConstraintSystemRef<Fr>,
+    first: &Xor2Lane,
+    second: &Xor2Lane,
+) -> Result<(Lc, [u64; 2]), SynthesisError> {
+    let lc = xor2_products(cs, first, second, lambda() * pow2(second.weight))?;
+    Ok((lc, [first, second].map(xor2_value)))
+}
+
+fn xor2_value(lane: &Xor2Lane) -> u64 {
+    u64::from(lane.x.value() ^ lane.y.value()) << lane.weight
+}
+
+/// The shared constraint of [`xor2_pair`] and [`xor2_pair_across`]: the second lane sits
+/// at field weight `high` (2^k, or λ·2^k), the first at 2^j. Returns
+/// 2^j·X + high·Y − 2^(j+1)·q.
+fn xor2_products(
+    cs: &ConstraintSystemRef<Fr>,
+    first: &Xor2Lane,
+    second: &Xor2Lane,
+    high: Fr,
+) -> Result<Lc, SynthesisError> {
+    let j = first.weight;
+    let rho = high * pow2(j).inverse().expect("2 is invertible");
     let sigma = (-rho)
         .sqrt()
         .expect("−2^m is a square in BN254's scalar field");
@@ -398,9 +435,37 @@ pub(super) fn xor2_pair(
         big_x.clone() - &(big_y.clone() * sigma),
         Lc::from((Fr::from(2u64), q)) + &big_x + &(big_y.clone() * rho),
     )?;
-    let lc = big_x * pow2(j) + &(big_y * pow2(k)) - (pow2(j + 1), q);
-    let xor_val = |lane: &Xor2Lane| u64::from(lane.x.value() ^ lane.y.value()) << lane.weight;
-    Ok((lc, xor_val(first) + xor_val(second)))
+    Ok(big_x * pow2(j) + &(big_y * high) - (pow2(j + 1), q))
+}
+
+/// x + y (mod 2^n) of two n-bit words, least significant first, in n constraints
+/// (one per output bit; a decomposition of the sum takes n + 1 for the carry).
+///
+/// **Carry chain.** With c₀ = 0, lane i's output is z_i = x_i ⊕ y_i ⊕ c_i by [`xor3`]
+/// (one constraint, pinned when its inputs are bits) and the next carry is the linear
+/// combination c_{i+1} = (x_i + y_i + c_i − z_i)/2 = maj(x_i, y_i, c_i), a bit again.
+/// By induction every c_i and z_i is the honest bit: no carry needs a wire or a
+/// booleanity constraint, and the top carry (2^n's multiple) is simply dropped.
+pub(super) fn add_bits(
+    cs: &ConstraintSystemRef<Fr>,
+    x: &[Bit],
+    y: &[Bit],
+) -> Result<Vec<Bit>, SynthesisError> {
+    assert_eq!(x.len(), y.len(), "operands of one width");
+    let mut carry = Bit::Const(false);
+    let mut out = Vec::with_capacity(x.len());
+    for (xi, yi) in x.iter().zip(y) {
+        let z = xor3(cs, xi, yi, &carry)?;
+        let val = maj_value(xi, yi, &carry);
+        carry = if [xi, yi, &carry].iter().all(|b| !b.is_var()) {
+            Bit::Const(val)
+        } else {
+            let lc = (xi.lc() + &yi.lc() + &carry.lc() - &z.lc()) * half();
+            Bit::Var { lc, val }
+        };
+        out.push(z);
+    }
+    Ok(out)
 }
 
 /// Splits `value_lc` (whose integer value is `val` < 2^n) into n bits, least significant
@@ -745,6 +810,120 @@ mod tests {
                         !cs.is_satisfied().unwrap(),
                         "({j},{k}) {x}{y}{x2}{y2}: q = {wrong}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn xor2_pair_across_pins_both_products() {
+        // The second lane sits in the high round of a fused sum (weight λ·2^k).
+        for (j, k) in [(31u32, 31u32), (31, 22), (0, 31), (22, 29)] {
+            for [x, y, x2, y2] in cube4() {
+                let cs = ConstraintSystem::<Fr>::new_ref();
+                let b = inputs(&cs, &[x, y, x2, y2]);
+                let lane = |weight, x: &Bit, y: &Bit| Xor2Lane {
+                    weight,
+                    x: x.clone(),
+                    y: y.clone(),
+                };
+                let (first, second) = (lane(j, &b[0], &b[1]), lane(k, &b[2], &b[3]));
+                let (lc, vals) = xor2_pair_across(&cs, &first, &second).unwrap();
+                assert_eq!(cs.num_constraints(), 5, "four booleanity and one lane pair");
+                assert_eq!(vals, [u64::from(x ^ y) << j, u64::from(x2 ^ y2) << k]);
+                let packed = Fr::from(vals[0]) + lambda() * Fr::from(vals[1]);
+                assert_eq!(lc_value(&cs, &lc), packed);
+                assert!(cs.is_satisfied().unwrap());
+                let q =
+                    lc.0.iter()
+                        .find_map(|(_, v)| match v {
+                            Variable::Witness(i) if *i >= 4 => Some(*i),
+                            _ => None,
+                        })
+                        .expect("product wire");
+                let rho = lambda() * pow2(k) * pow2(j).inverse().unwrap();
+                let honest = Fr::from(x & y) + rho * Fr::from(x2 & y2);
+                // Swapped, dropped or doubled products, and the same-word weighting
+                // (ρ without λ), all fail.
+                let mut combos = Vec::new();
+                for p in BITS {
+                    for p2 in BITS {
+                        combos.push(Fr::from(p) + rho * Fr::from(p2));
+                        combos.push(Fr::from(p2) + rho * Fr::from(p));
+                        combos.push(
+                            Fr::from(p) + pow2(k) * pow2(j).inverse().unwrap() * Fr::from(p2),
+                        );
+                    }
+                }
+                for wrong in wrong_candidates(honest, &combos) {
+                    set(&cs, q, wrong);
+                    assert!(
+                        !cs.is_satisfied().unwrap(),
+                        "({j},{k}) {x}{y}{x2}{y2}: q = {wrong}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every n-bit word as bits, least significant first.
+    fn word_bits(v: u64, n: usize) -> Vec<bool> {
+        (0..n).map(|i| (v >> i) & 1 == 1).collect()
+    }
+
+    #[test]
+    fn add_bits_carry_chain_admits_only_the_sum() {
+        // Three-bit words: every pair of operands (as witness bits, and with one operand
+        // constant), and every assignment of the three lane wires from values a cheating
+        // prover would try (bits, 2, −1, 1/2, the honest value ± 1): only the honest
+        // wires satisfy the system, so the outputs are exactly (x + y) mod 8.
+        const N: usize = 3;
+        for x in 0u64..8 {
+            for y in 0u64..8 {
+                for const_x in [false, true] {
+                    let cs = ConstraintSystem::<Fr>::new_ref();
+                    let xb: Vec<Bit> = if const_x {
+                        word_bits(x, N).into_iter().map(Bit::Const).collect()
+                    } else {
+                        inputs(&cs, &word_bits(x, N))
+                    };
+                    let yb = inputs(&cs, &word_bits(y, N));
+                    let before = cs.num_constraints();
+                    let z = add_bits(&cs, &xb, &yb).unwrap();
+                    let cost = cs.num_constraints() - before;
+                    assert!(cost <= N, "at most one constraint per bit, got {cost}");
+                    let sum = (x + y) % 8;
+                    for (i, bit) in z.iter().enumerate() {
+                        assert_eq!(bit.value(), (sum >> i) & 1 == 1);
+                        assert_eq!(lc_value(&cs, &bit.lc()), Fr::from((sum >> i) & 1));
+                    }
+                    assert!(cs.is_satisfied().unwrap());
+                    let first = cs.num_witness_variables() - cost;
+                    let wires: Vec<usize> = (first..cs.num_witness_variables()).collect();
+                    let honest: Vec<Fr> = {
+                        let inner = cs.borrow().unwrap();
+                        wires.iter().map(|w| inner.witness_assignment[*w]).collect()
+                    };
+                    let mut options: Vec<Vec<Fr>> = Vec::new();
+                    for h in &honest {
+                        let mut o = vec![Fr::zero(), Fr::one(), Fr::from(2u64), -Fr::one(), half()];
+                        o.extend([*h + Fr::one(), *h - Fr::one(), *h]);
+                        o.dedup();
+                        options.push(o);
+                    }
+                    let total: usize = options.iter().map(Vec::len).product();
+                    for mut code in 0..total {
+                        let mut assignment = Vec::new();
+                        for o in &options {
+                            assignment.push(o[code % o.len()]);
+                            code /= o.len();
+                        }
+                        for (w, v) in wires.iter().zip(&assignment) {
+                            set(&cs, *w, *v);
+                        }
+                        let exact = assignment == honest;
+                        assert_eq!(cs.is_satisfied().unwrap(), exact, "{x}+{y}: {assignment:?}");
+                    }
                 }
             }
         }

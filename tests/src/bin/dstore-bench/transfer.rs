@@ -36,6 +36,32 @@
 //! one; the first phase seen starts when the call starts, and a phase shorter than the
 //! polling interval may be missed (its time goes to the phase before it).
 //!
+//! ## The CPU budget (why 0.8 of the data path is out of reach on one 2-core box)
+//!
+//! `transfer-datapath-mib-s` is AES-GCM on one core beside C's Merkle leaves on the other:
+//! about one SHA-256 pass per byte of wall time (AES-GCM with VAES costs a fraction of a
+//! SHA-NI pass). Both peers of this benchmark share the same two cores, so a transfer's
+//! wall time is at best its whole CPU work halved. Per byte, in units of one SHA-256 pass
+//! (S; AES-GCM ≈ 0.25 S, ChaCha20 ≈ 0.6 S, one memory copy ≈ 0.05–0.1 S):
+//!
+//! * upload: renter AES-GCM, one leaf pass (its parts' signed digests and C's tree come
+//!   from the same leaves), the staged C written, the parts cut and sent; farmer one leaf
+//!   pass (digest check and root_C from the same leaves), the part received, collected and
+//!   written, fdatasync and a synced record per part. About 2 S + 0.25 S + 6–8 copies
+//!   ≈ 2.8 S over two cores ≈ 1.4 S of wall time: a ratio near 0.7 at best, before any
+//!   wait on the disk. (Before issue 20's second half each part was also hashed with plain
+//!   SHA-256 for its signature, for the sent-part log and by the farmer: 5 S in all.)
+//! * download data: the farmer reads C, ChaCha20 and one leaf pass for root_E (on two
+//!   threads), writes E and sends it; the renter hashes E against root_E as it arrives
+//!   (required before it pays) and writes it; after TX2 it unseals (ChaCha20), checks
+//!   root_C (one leaf pass) and decrypts (AES-GCM) on three threads. At least 3 S + 2 ×
+//!   0.6 S + 0.25 S + copies ≈ 4.8 S over two cores ≈ 2.4 S of wall time, a ratio near 0.4
+//!   at best: PROTOCOL.md 3.1 requires all three hash passes (root_E by the farmer, E
+//!   checked before paying, root_C checked after unsealing), and unsealing cannot start
+//!   before the key exists (after TX2). 0.8 needs the peers on separate machines (then each
+//!   side's own work is what counts: about 1.3 S for the upload's renter, 2 S for the
+//!   download's renter) or a cheaper leaf hash.
+//!
 //! The renter makes its Groth16 CRS once per TX2 shape and the farmer checks it once;
 //! both are cached (`dstore-bench-crs` under the system temp dir), and the first run costs
 //! a minute or two more. A 16 MiB round trip first, unmeasured, is the warm-up that keeps

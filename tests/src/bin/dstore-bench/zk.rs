@@ -25,6 +25,9 @@
 //! * `zk-check-crs-s`: the farmer's CRS check (decoding on every core, the G2 subgroup
 //!   checks batched: `dstore_protocol::zk::crs_check`).
 //! * `zk-constraints`, `zk-baseline-constraints`: whole circuits.
+//! * `zk-domain-size`, `zk-baseline-domain-size`: points of each CRS's QAP domain (its H
+//!   query has one fewer): ours is the smallest 2^a·3^b that holds the circuit's
+//!   constraints and inputs (`dstore_protocol::zk::qap`), the baseline's ark's power of two.
 //! * `zk-blocks-hashed`: SHA-256 compressions in our circuit for the real TX2 (the blocks
 //!   from the first one holding a byte of s1 to the end; the midstate covers the rest).
 //! * `zk-proof-bytes`, `zk-pk-bytes`: compressed sizes of our proof and proving key.
@@ -144,6 +147,7 @@ fn run_ours(
     figure("zk-check-crs-s", format!("{:.2}", check.as_secs_f64()));
     figure("zk-proof-bytes", zk::serialize_proof(&proof).len());
     figure("zk-pk-bytes", crs_bytes.len());
+    figure("zk-domain-size", crs.h_query.len() + 1);
     figure(
         "zk-peak-rss-mib",
         format!("{:.1}", kib_to_mib(peak_rss_kib()?)),
@@ -165,6 +169,7 @@ fn run_baseline(
 ) -> anyhow::Result<Side> {
     eprintln!("zk: baseline: setup…");
     let (pk, setup) = timed(|| Ok(baseline::setup(statement, rng)?))?;
+    figure("zk-baseline-domain-size", pk.h_query.len() + 1);
     eprintln!("zk: baseline: prove and verify…");
     let (proof, prove) = best_of(args.runs, || {
         Ok(baseline::prove(&pk, statement, s.0, s.1, rng)?)
