@@ -1,6 +1,6 @@
 //! Groth16 proof that a hidden TX2 reuses the nonce r (PROTOCOL.md 3.4, 3.5), on BN254.
 //!
-//! * [`sha256_gadget`]: our SHA-256 R1CS gadget (~15.6k constraints per block versus
+//! * [`sha256_gadget`]: our SHA-256 R1CS gadget (~15.5k constraints per block versus
 //!   ~41.4k for ark-crypto-primitives') and its native reference.
 //! * [`circuit`]: the statement for one TX2 shape and its public inputs.
 //! * [`api`]: `setup` (renter), `prove` (farmer), `verify` (renter), serialisation.

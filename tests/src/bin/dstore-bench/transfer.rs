@@ -23,6 +23,10 @@
 //!   [`DATAPATH_RUNS`], measured in the same run; `transfer-upload-vs-datapath` and
 //!   `transfer-download-data-vs-datapath` are the upload and download-data rates over it
 //!   (goal: at least 0.8 each).
+//! * `transfer-disk-durable-write-mib-s`: the rate at which this disk makes the same bytes
+//!   durable, written a part at a time with a sync after each part as the farmer stores an
+//!   upload, best of [`DISK_RUNS`], same run; `transfer-upload-vs-disk` and
+//!   `transfer-download-data-vs-disk` are the transfer rates over it (see "The disk").
 //! * `transfer-e2e-16mib-s`: wall seconds of `dstore-open` + `dstore-download` of a
 //!   16 MiB file, and `transfer-e2e-16mib-proving-share`, the fraction of that time the
 //!   renter's `dstore-status` phase was "proving".
@@ -61,6 +65,16 @@
 //!   before the key exists (after TX2). 0.8 needs the peers on separate machines (then each
 //!   side's own work is what counts: about 1.3 S for the upload's renter, 2 S for the
 //!   download's renter) or a cheaper leaf hash.
+//!
+//! ## The disk
+//!
+//! Every byte of a transfer is made durable at least once: the farmer syncs each upload
+//! part before it acknowledges it, and the renter keeps the staged C (uploads) and writes
+//! the output file, synced before it is published (downloads). On one box the upload
+//! writes the file twice (the renter's staged C and the farmer's copy) and a download
+//! writes it twice too (E at the renter, then the output). Where the disk is slower than
+//! the in-memory data path, the disk is the bound, and `transfer-*-vs-disk` says how close
+//! a transfer comes to it: 0.5 is two full writes with nothing else in the way.
 //!
 //! The renter makes its Groth16 CRS once per TX2 shape and the farmer checks it once;
 //! both are cached (`dstore-bench-crs` under the system temp dir), and the first run costs
@@ -167,10 +181,12 @@ pub fn run(args: &TransferArgs) -> anyhow::Result<()> {
     let e2e = round_trip(&market, &small)?;
     let http = plain_http_best(&market.dir, &big, bytes, args.http_runs)?;
     let datapath = datapath_best(&big)?;
+    let disk = durable_write_best(&big, &market.dir.path().join("disk.bin"))?;
     eprintln!("transfer: done, load average {}", load_average());
 
     print_large_file_figures(bytes, &upload, &download, http);
     print_datapath_figures(bytes, &upload, &download, datapath);
+    print_disk_figures(bytes, &upload, &download, disk);
     print_e2e_figures(&e2e);
     Ok(())
 }
@@ -232,6 +248,53 @@ fn datapath_best(file: &Path) -> anyhow::Result<Duration> {
         best = best.min(took);
     }
     Ok(best)
+}
+
+/// Runs of the durable-write measurement; the figure is the best.
+const DISK_RUNS: u32 = 2;
+
+/// Writes the bytes of `file` to `dest` as the farmer stores an upload: one
+/// [`UPLOAD_PART`]-sized write at a time, each synced before the next (a part is acknowledged
+/// only once it is durable). Best of [`DISK_RUNS`]: the rate no transfer that makes every
+/// byte durable once can beat on this disk.
+fn durable_write_best(file: &Path, dest: &Path) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut best = Duration::MAX;
+    for i in 1..=DISK_RUNS {
+        let start = Instant::now();
+        let mut out = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+        for part in bytes.chunks(dstore_plugin::wire::UPLOAD_PART) {
+            out.write_all(part)?;
+            out.sync_data()?;
+        }
+        out.sync_all()?;
+        let took = start.elapsed();
+        drop(out);
+        fs::remove_file(dest)?;
+        eprintln!(
+            "transfer: durable write run {i}/{DISK_RUNS}: {:.3} s, {:.1} MiB/s",
+            took.as_secs_f64(),
+            mib_per_s(bytes.len() as u64, took)
+        );
+        best = best.min(took);
+    }
+    Ok(best)
+}
+
+/// The transfer rates against the rate at which this disk makes the same bytes durable.
+fn print_disk_figures(bytes: u64, upload: &Upload, download: &Download, disk: Duration) {
+    let rate = mib_per_s(bytes, disk);
+    figure("transfer-disk-durable-write-mib-s", format!("{rate:.1}"));
+    let up = mib_per_s(bytes, upload.elapsed);
+    figure("transfer-upload-vs-disk", format!("{:.3}", up / rate));
+    if let Some(data) = download.data_time() {
+        let down = mib_per_s(bytes, data);
+        figure(
+            "transfer-download-data-vs-disk",
+            format!("{:.3}", down / rate),
+        );
+    }
 }
 
 fn print_e2e_figures(e2e: &RoundTrip) {
