@@ -536,7 +536,7 @@ fn dstore_plugin_sign(identity: &Keypair, path: &str, body: &[u8]) -> String {
 }
 
 /// Runs a renter RPC on a thread (it outlives a plugin being killed under it).
-fn call_in_thread(
+pub(crate) fn call_in_thread(
     m: &Market,
     method: &'static str,
     params: Value,

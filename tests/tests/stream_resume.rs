@@ -15,7 +15,8 @@ use dstore_tests::parties::seeded_bytes;
 use dstore_tests::wait_until;
 use serde_json::json;
 
-use crate::e2e::{crs_dir, farmer_status, status};
+use crate::e2e::{call_in_thread, crs_dir, farmer_status, status};
+use crate::transfer_stream::uploading_contract;
 
 /// Bytes of one sent-log record: the part's offset (u64 big-endian) and its SHA-256.
 const SENT_RECORD: usize = 8 + 32;
@@ -41,32 +42,20 @@ struct Interrupted {
 /// parts sent before the stall and the encrypting pass has logged at least one part more
 /// (one the farmer never acknowledged), then kill -9s the renter.
 fn stall_and_kill(m: &mut Market, input: &Path) -> Interrupted {
-    let opener = {
-        let (url, cookie) = (m.renter().rpc_url(), m.renter().credentials());
-        let params = json!([m.peer_url, input.to_str().unwrap()]);
-        std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(900))
-                .build()
-                .unwrap();
-            dstore_tests::node::rpc_call(&http, &url, &cookie, "dstore-open", params)
-        })
-    };
+    let opener = call_in_thread(
+        m,
+        "dstore-open",
+        json!([m.peer_url, input.to_str().unwrap()]),
+    );
     let stalled = PARTS_BEFORE_STALL * UPLOAD_PART as u64;
     let id = wait_until(
         "the streamed upload to stall",
         Duration::from_secs(300),
         || {
-            let list = m.renter().call_ok("dstore-list", json!([]));
-            let c = list
-                .as_array()?
-                .iter()
-                .find(|c| c["phase"] == "uploading")?;
-            let id = c["contract_id"].as_str()?.to_string();
-            let f = m.farmer().call("dstore-status", json!([id])).ok()?;
-            let done = f["bytes_done"].as_u64()?;
-            let logged_end = sent_offsets(m, &id).len() as u64 * UPLOAD_PART as u64;
-            (done >= stalled && logged_end > done).then_some(id)
+            let upload = uploading_contract(m)?;
+            let logged_end = sent_offsets(m, &upload.id).len() as u64 * UPLOAD_PART as u64;
+            let done = upload.farmer_done;
+            (done >= stalled && logged_end > done).then_some(upload.id)
         },
     );
     m.kill_renter();

@@ -15,7 +15,7 @@ use dstore_tests::parties::seeded_bytes;
 use dstore_tests::wait_until;
 use serde_json::{json, Value};
 
-use crate::e2e::{crs_dir, farmer_status, status};
+use crate::e2e::{call_in_thread, crs_dir, farmer_status, status};
 
 /// The hidden file a download decrypts into before it becomes the output.
 fn partial_of(output: &Path) -> PathBuf {
@@ -68,6 +68,29 @@ fn e2e_stream_farmer_sending_e_wrong_mid_stream_is_refused_before_payment() {
     );
 }
 
+/// The renter's contract in its upload phase, with what the farmer has stored of it.
+pub(crate) struct Uploading {
+    pub id: String,
+    pub farmer_done: u64,
+    pub total: u64,
+}
+
+/// The contract the renter is uploading, if any, and the farmer's count for it.
+pub(crate) fn uploading_contract(m: &Market) -> Option<Uploading> {
+    let list = m.renter().call_ok("dstore-list", json!([]));
+    let c = list
+        .as_array()?
+        .iter()
+        .find(|c| c["phase"] == "uploading")?;
+    let id = c["contract_id"].as_str()?.to_string();
+    let f = m.farmer().call("dstore-status", json!([id])).ok()?;
+    Some(Uploading {
+        farmer_done: f["bytes_done"].as_u64()?,
+        total: c["bytes_total"].as_u64().unwrap_or(0),
+        id,
+    })
+}
+
 #[test]
 fn e2e_stream_renter_killed_mid_upload_resumes_and_loses_nothing() {
     let mut m = Market::start(
@@ -80,32 +103,19 @@ fn e2e_stream_renter_killed_mid_upload_resumes_and_loses_nothing() {
     let data = seeded_bytes(202, 21 << 20);
     let input = m.file("in", &data);
     let before = m.renter_balance_sat();
-    let opener = {
-        let (url, cookie) = (m.renter().rpc_url(), m.renter().credentials());
-        let params = json!([m.peer_url, input.to_str().unwrap()]);
-        std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(900))
-                .build()
-                .unwrap();
-            dstore_tests::node::rpc_call(&http, &url, &cookie, "dstore-open", params)
-        })
-    };
+    let opener = call_in_thread(
+        &m,
+        "dstore-open",
+        json!([m.peer_url, input.to_str().unwrap()]),
+    );
 
     // The renter stalls after two streamed parts were stored; the farmer holds those.
     let (id, total) = wait_until(
         "the streamed upload to stall",
         Duration::from_secs(300),
         || {
-            let list = m.renter().call_ok("dstore-list", json!([]));
-            let c = list
-                .as_array()?
-                .iter()
-                .find(|c| c["phase"] == "uploading")?;
-            let id = c["contract_id"].as_str()?.to_string();
-            let f = m.farmer().call("dstore-status", json!([id])).ok()?;
-            let done = f["bytes_done"].as_u64()?;
-            (done >= 8 << 20).then(|| (id, c["bytes_total"].as_u64().unwrap_or(0)))
+            let upload = uploading_contract(&m)?;
+            (upload.farmer_done >= 8 << 20).then_some((upload.id, upload.total))
         },
     );
     m.kill_renter();
