@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::e2e::{call_in_thread, crs_dir, farmer_status, status};
 use crate::transfer_stream::uploading_contract;
 
-/// Bytes of one sent-log record: the part's offset (u64 big-endian) and its SHA-256.
+/// Bytes of one sent-log record: the part's offset (u64 big-endian) and its signed digest.
 const SENT_RECORD: usize = 8 + 32;
 /// The parts the `stall-mid-upload` renter has acknowledged when it stalls (the PUTs of
 /// its window already in flight are stored too).
