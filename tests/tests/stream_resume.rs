@@ -38,6 +38,17 @@ struct Interrupted {
     held: u64,
 }
 
+/// A market whose renter stalls its streamed upload after two stored parts.
+fn stalling_market() -> Market {
+    Market::start(
+        &crs_dir(),
+        Faults {
+            renter: Some("stall-mid-upload"),
+            ..Faults::default()
+        },
+    )
+}
+
 /// Opens `input` with the `stall-mid-upload` renter, waits until the farmer stores the
 /// parts sent before the stall and the encrypting pass has logged at least one part more
 /// (one the farmer never acknowledged), then kill -9s the renter.
@@ -144,13 +155,7 @@ fn store_anew_and_download(m: &Market, input: &Path, data: &[u8]) {
 
 #[test]
 fn e2e_stream_file_changed_in_an_acknowledged_part_is_not_resumed_and_nothing_is_sent() {
-    let mut m = Market::start(
-        &crs_dir(),
-        Faults {
-            renter: Some("stall-mid-upload"),
-            ..Faults::default()
-        },
-    );
+    let mut m = stalling_market();
     let mut data = seeded_bytes(211, FILE_BYTES);
     let input = m.file("in", &data);
     let (renter_before, farmer_before) = (m.renter_balance_sat(), m.farmer_balance_sat());
@@ -186,13 +191,7 @@ fn e2e_stream_file_changed_in_an_acknowledged_part_is_not_resumed_and_nothing_is
 
 #[test]
 fn e2e_stream_file_changed_in_a_logged_unacknowledged_part_stops_the_resume_before_it() {
-    let mut m = Market::start(
-        &crs_dir(),
-        Faults {
-            renter: Some("stall-mid-upload"),
-            ..Faults::default()
-        },
-    );
+    let mut m = stalling_market();
     let mut data = seeded_bytes(212, FILE_BYTES);
     let input = m.file("in", &data);
     let (renter_before, farmer_before) = (m.renter_balance_sat(), m.farmer_balance_sat());
@@ -226,13 +225,7 @@ fn e2e_stream_file_changed_in_a_logged_unacknowledged_part_stops_the_resume_befo
 
 #[test]
 fn e2e_stream_file_changed_beyond_every_logged_part_resumes_and_stores_the_file_as_it_is_now() {
-    let mut m = Market::start(
-        &crs_dir(),
-        Faults {
-            renter: Some("stall-mid-upload"),
-            ..Faults::default()
-        },
-    );
+    let mut m = stalling_market();
     let mut data = seeded_bytes(213, FILE_BYTES);
     let input = m.file("in", &data);
     let renter_before = m.renter_balance_sat();

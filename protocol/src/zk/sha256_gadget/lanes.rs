@@ -562,6 +562,17 @@ mod tests {
         cs.borrow_mut().unwrap().witness_assignment[i] = v;
     }
 
+    /// The witness index of the product a paired two-input lane allocates (the first wire
+    /// after the four input bits).
+    fn product_wire(lc: &Lc) -> usize {
+        lc.0.iter()
+            .find_map(|(_, v)| match v {
+                Variable::Witness(i) if *i >= 4 => Some(*i),
+                _ => None,
+            })
+            .expect("product wire")
+    }
+
     fn lc_value(cs: &ConstraintSystemRef<Fr>, lc: &Lc) -> Fr {
         let inner = cs.borrow().unwrap();
         lc.0.iter()
@@ -787,13 +798,7 @@ mod tests {
                 assert_eq!(val, expected);
                 assert_eq!(lc_value(&cs, &lc), Fr::from(expected));
                 assert!(cs.is_satisfied().unwrap());
-                let q =
-                    lc.0.iter()
-                        .find_map(|(_, v)| match v {
-                            Variable::Witness(i) if *i >= 4 => Some(*i),
-                            _ => None,
-                        })
-                        .expect("product wire");
+                let q = product_wire(&lc);
                 let rho = pow2(k) * pow2(j).inverse().unwrap();
                 let honest = Fr::from(x & y) + rho * Fr::from(x2 & y2);
                 // Every other combination of the two products, and other values, fails.
@@ -834,13 +839,7 @@ mod tests {
                 let packed = Fr::from(vals[0]) + lambda() * Fr::from(vals[1]);
                 assert_eq!(lc_value(&cs, &lc), packed);
                 assert!(cs.is_satisfied().unwrap());
-                let q =
-                    lc.0.iter()
-                        .find_map(|(_, v)| match v {
-                            Variable::Witness(i) if *i >= 4 => Some(*i),
-                            _ => None,
-                        })
-                        .expect("product wire");
+                let q = product_wire(&lc);
                 let rho = lambda() * pow2(k) * pow2(j).inverse().unwrap();
                 let honest = Fr::from(x & y) + rho * Fr::from(x2 & y2);
                 // Swapped, dropped or doubled products, and the same-word weighting
