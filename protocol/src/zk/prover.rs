@@ -396,6 +396,45 @@ mod tests {
         .concat()
     }
 
+    /// SHA-256 of a compiled R1CS: sizes, the three matrices and the coefficient table.
+    fn digest(r1cs: &CompiledR1cs) -> String {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        for size in [r1cs.num_inputs, r1cs.num_variables, r1cs.num_constraints] {
+            hasher.update((size as u64).to_le_bytes());
+        }
+        for m in [&r1cs.a, &r1cs.b, &r1cs.c] {
+            for part in [&m.row_starts, &m.columns, &m.coefficients] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                part.iter().for_each(|x| hasher.update(x.to_le_bytes()));
+            }
+        }
+        for c in &r1cs.table {
+            hasher.update(ark_ff::BigInteger::to_bytes_le(&c.into_bigint()));
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// The real TX2 statement's R1CS is pinned to its circuit version: cached CRSs are
+    /// keyed by the version, so a change of the constraints (even one that keeps their
+    /// number, like a reordering of terms) must come with a new `CIRCUIT_VERSION` and a
+    /// new digest here, never silently under the old one.
+    #[test]
+    fn the_r1cs_of_each_circuit_version_is_pinned() {
+        use crate::zk::circuit::CIRCUIT_VERSION;
+        use crate::zk::fixtures::real_tx2;
+        let (statement, _, _) = crate::zk::api::Statement::of(&real_tx2(3)).unwrap();
+        let r1cs = compiled(&statement.shape).unwrap();
+        assert_eq!(
+            (CIRCUIT_VERSION, digest(&r1cs).as_str()),
+            (
+                4,
+                "d9a779b209fdd8c238d6a057340c3e2c0dcb919b6713a6ac4bc863fae7737d1d"
+            ),
+            "the R1CS changed: bump CIRCUIT_VERSION and pin the new digest"
+        );
+    }
+
     /// For the same r, s our prover and ark-groth16's (with our reduction) give the same
     /// proof on the toy circuit (its domain is a power of two).
     #[test]
@@ -537,7 +576,8 @@ mod tests {
 #[cfg(test)]
 mod timing {
     //! Where a proof's time goes on the real TX2 (printed, not asserted):
-    //! `cargo test -p dstore-protocol --lib -- --ignored prove_sections --nocapture`.
+    //! `cargo test -p dstore-protocol --lib -- --ignored prove_sections --nocapture`
+    //! (`assignment_time` for the witness synthesis alone).
     use super::*;
     use crate::zk::api::{setup, Statement};
     use crate::zk::fixtures::real_tx2;
@@ -546,14 +586,10 @@ mod timing {
     use rand::SeedableRng;
     use std::time::Instant;
 
-    #[test]
-    #[ignore]
-    fn prove_sections() {
+    /// The real TX2's statement, its two hidden s fields and the circuit that proves it.
+    fn real_circuit() -> (Statement, [u8; 32], [u8; 32], crate::zk::TxCircuit) {
         let (statement, s1, s2) = Statement::of(&real_tx2(3)).unwrap();
         let shape = statement.shape;
-        let mut rng = StdRng::seed_from_u64(3);
-        let crs = setup(&shape, &mut rng).unwrap();
-        let r1cs = compiled(&shape).unwrap();
         let mut bytes = statement.template.clone();
         bytes[Shape::range(shape.farmer_s)].copy_from_slice(&s1);
         bytes[Shape::range(shape.twin_s)].copy_from_slice(&s2);
@@ -563,6 +599,17 @@ mod timing {
             bytes,
             r: statement.r,
         };
+        (statement, s1, s2, circuit)
+    }
+
+    #[test]
+    #[ignore]
+    fn prove_sections() {
+        let (statement, s1, s2, circuit) = real_circuit();
+        let shape = statement.shape;
+        let mut rng = StdRng::seed_from_u64(3);
+        let crs = setup(&shape, &mut rng).unwrap();
+        let r1cs = compiled(&shape).unwrap();
         println!(
             "rows {} domain {} variables {}",
             r1cs.num_constraints + r1cs.num_inputs,
@@ -616,6 +663,18 @@ mod timing {
                 prove_with(key, &r1cs, &z, Fr::one(), Fr::one()).unwrap();
                 println!("{name}: prove_with {:?}", t.elapsed());
             }
+        }
+    }
+
+    /// The witness synthesis alone, repeated (for profiling it).
+    #[test]
+    #[ignore]
+    fn assignment_time() {
+        let (_, _, _, circuit) = real_circuit();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let z = assignment(circuit.clone()).unwrap();
+            println!("assignment {:?} ({} values)", t.elapsed(), z.len());
         }
     }
 

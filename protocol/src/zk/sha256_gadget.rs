@@ -107,14 +107,14 @@
 //! reference implementation the tests compare against.
 
 use ark_bn254::Fr;
-use ark_ff::Field;
+use ark_ff::{Field, One};
 use ark_relations::r1cs::{ConstraintSystemRef, SynthesisError, Variable};
 
 mod lanes;
 
 use lanes::{
-    add_bits, alloc_bits, ch_pair, close_pair, const_lc, decompose, maj_pair, pack, pow2,
-    xor2_pair, xor2_pair_across, Lc, Xor2Lane, MAX_PAIR_BITS, PAIR_SHIFT,
+    add_bits, alloc_bits, ch_pair, close_pair, combination, const_lc, decompose, maj_pair, pack,
+    pow2, push_scaled, xor2_pair, xor2_pair_across, Lc, Xor2Lane, MAX_PAIR_BITS, PAIR_SHIFT,
 };
 pub use lanes::{ch, maj3, xor, xor3, Bit};
 
@@ -303,13 +303,9 @@ impl Word {
 
     /// Sum of words without reduction.
     pub fn sum(words: &[&Word]) -> Word {
-        let mut lc = Lc::zero();
-        let (mut val, mut max) = (0u64, 0u64);
-        for w in words {
-            lc = lc + &w.lc;
-            val += w.val;
-            max += w.max;
-        }
+        let lc = combination(words.iter().map(|w| (Fr::one(), &w.lc)));
+        let val = words.iter().map(|w| w.val).sum();
+        let max = words.iter().map(|w| w.max).sum();
         Word::packed(lc, val, max)
     }
 
@@ -376,26 +372,33 @@ fn bit_len(x: u64) -> u32 {
     64 - x.leading_zeros()
 }
 
-/// Accumulates weighted lanes into a packed word.
+/// Accumulates weighted lanes into a packed word. The terms are kept unsorted until the
+/// word is taken ([`push_scaled`]).
 #[derive(Default)]
 struct Lanes {
-    lc: Lc,
+    terms: Lc,
     val: u64,
 }
 
 impl Lanes {
     fn add_bit(&mut self, weight: u32, bit: &Bit) {
-        self.lc = self.lc.clone() + &(bit.lc() * pow2(weight));
+        bit.push_scaled_to(&mut self.terms, pow2(weight));
         self.val += u64::from(bit.value()) << weight;
     }
 
-    fn add(&mut self, lc: Lc, val: u64) {
-        self.lc = self.lc.clone() + &lc;
+    fn add(&mut self, lc: &Lc, weight: u32, val: u64) {
+        push_scaled(&mut self.terms, pow2(weight), lc);
         self.val += val;
     }
 
+    fn into_lc(mut self) -> Lc {
+        self.terms.compactify();
+        self.terms
+    }
+
     fn into_word(self, max: u64) -> Word {
-        Word::packed(self.lc, self.val, max)
+        let val = self.val;
+        Word::packed(self.into_lc(), val, max)
     }
 }
 
@@ -461,7 +464,7 @@ fn small_sigmas(
                 None => waiting = Some(lane),
                 Some(first) => {
                     let (lc, val) = xor2_pair(cs, &first, &lane)?;
-                    lanes.add(lc, val);
+                    lanes.add(&lc, 0, val);
                 }
             }
         }
@@ -524,7 +527,11 @@ fn schedule_pair(
     let s1 = Word::sum(&[&lanes1.into_word(SIGMAS_MAX), &w[t - 6], &w[t - 15]]);
     let first = alloc_round_word(cs, s0.val, s0.max)?;
     let n = s1.reduction_width();
-    let fused = s0.lc + &(s1.lc * pow2(PAIR_SHIFT)) + &cross;
+    let fused = combination([
+        (Fr::one(), &s0.lc),
+        (pow2(PAIR_SHIFT), &s1.lc),
+        (Fr::one(), &cross),
+    ]);
     let bits = close_pair(cs, fused, &first.all_bits, s1.val, n)?;
     Ok([first.word, Word::from_bits(bits[..32].to_vec())])
 }
@@ -695,7 +702,7 @@ impl Registers {
                 &f.bits()[i],
                 &g.bits()[i],
             )?;
-            ch_lanes.add(lc * pow2(i as u32), 0);
+            ch_lanes.add(&lc, i as u32, 0);
             let (lc, _) = maj_pair(
                 cs,
                 &a_next.bits()[i],
@@ -703,7 +710,7 @@ impl Registers {
                 &b.bits()[i],
                 &c.bits()[i],
             )?;
-            maj_lanes.add(lc * pow2(i as u32), 0);
+            maj_lanes.add(&lc, i as u32, 0);
         }
         let mut e_terms = vec![
             c.clone(),
@@ -719,14 +726,22 @@ impl Registers {
         }
         let e_lin1 = Word::sum(&e_terms.iter().collect::<Vec<_>>());
         let ch1 = native_lanes(|i| ch_native(e_next, e, f, i));
-        let fused_e = e_lin0.lc.clone() + &(e_lin1.lc.clone() * lam) + &ch_lanes.lc;
+        let fused_e = combination([
+            (Fr::one(), &e_lin0.lc),
+            (lam, &e_lin1.lc),
+            (Fr::one(), &ch_lanes.into_lc()),
+        ]);
         let e2 = close_round_pair(cs, fused_e, &e1, e_lin1.val + ch1, e_lin1.max)?;
 
         let mut a_terms = vec![e2.clone(), big_sigma0(cs, a_next)?, c.negated()];
         a_terms.extend(a_extra);
         let a_lin1 = Word::sum(&a_terms.iter().collect::<Vec<_>>());
         let maj1 = native_lanes(|i| maj_native(a_next, a, b, i));
-        let fused_a = a_lin0.lc.clone() + &(a_lin1.lc.clone() * lam) + &maj_lanes.lc;
+        let fused_a = combination([
+            (Fr::one(), &a_lin0.lc),
+            (lam, &a_lin1.lc),
+            (Fr::one(), &maj_lanes.into_lc()),
+        ]);
         let a2 = close_round_pair(cs, fused_a, &a1, a_lin1.val + maj1, a_lin1.max)?;
 
         self.a.extend([a1.word, a2]);

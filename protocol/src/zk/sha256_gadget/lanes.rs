@@ -16,8 +16,9 @@
 //! | [`alloc_bits`] + [`close_pair`] | two rounds' sums reduced mod 2^32 | one per bit | both rounds' residues are below λ/2 = 2^39 |
 
 use ark_bn254::Fr;
-use ark_ff::{Field, One, Zero};
+use ark_ff::{AdditiveGroup, Field, MontFp, One, Zero};
 use ark_relations::r1cs::{ConstraintSystemRef, LinearCombination, SynthesisError, Variable};
+use std::sync::OnceLock;
 
 pub(super) type Lc = LinearCombination<Fr>;
 
@@ -50,16 +51,99 @@ pub(super) fn const_lc(c: Fr) -> Lc {
     }
 }
 
+/// Exponents the tables of powers of two cover (the gadget's weights stay below 2^101).
+const POW2_TABLE: usize = 128;
+
+/// 2^i. The gadget weights every lane by a power of two, so the common ones come from a
+/// table built once rather than a square-and-multiply per lane.
 pub(super) fn pow2(i: u32) -> Fr {
-    Fr::from(2u64).pow([u64::from(i)])
+    static POWERS: OnceLock<Vec<Fr>> = OnceLock::new();
+    let powers = POWERS.get_or_init(|| {
+        std::iter::successors(Some(Fr::one()), |p| Some(p.double()))
+            .take(POW2_TABLE)
+            .collect()
+    });
+    match powers.get(i as usize) {
+        Some(p) => *p,
+        None => Fr::from(2u64).pow([u64::from(i)]),
+    }
 }
+
+/// 2^−i, from a table like [`pow2`]'s (a field inversion costs as much as a lane).
+pub(super) fn inv_pow2(i: u32) -> Fr {
+    static INVERSES: OnceLock<Vec<Fr>> = OnceLock::new();
+    let inverses = INVERSES.get_or_init(|| {
+        let half = Fr::from(2u64).inverse().expect("2 is invertible");
+        std::iter::successors(Some(Fr::one()), |p| Some(*p * half))
+            .take(POW2_TABLE)
+            .collect()
+    });
+    match inverses.get(i as usize) {
+        Some(p) => *p,
+        None => pow2(i).inverse().expect("2 is invertible"),
+    }
+}
+
+/// 2^m for a signed m.
+fn signed_pow2(m: i32) -> Fr {
+    if m >= 0 {
+        pow2(m.unsigned_abs())
+    } else {
+        inv_pow2(m.unsigned_abs())
+    }
+}
+
+/// σ with σ² = −2^m (m may be negative), the one `Field::sqrt` gives (so the
+/// constraints do not depend on the table), computed once per m: a square root costs a
+/// few hundred multiplications.
+fn sqrt_of_minus_pow2(m: i32) -> Fr {
+    const SPAN: i32 = POW2_TABLE as i32;
+    static ROOTS: [OnceLock<Fr>; 2 * POW2_TABLE] = [const { OnceLock::new() }; 2 * POW2_TABLE];
+    let root = || {
+        (-signed_pow2(m))
+            .sqrt()
+            .expect("−2^m is a square in BN254's scalar field")
+    };
+    match usize::try_from(m + SPAN).ok().and_then(|i| ROOTS.get(i)) {
+        Some(cell) => *cell.get_or_init(root),
+        None => root(),
+    }
+}
+
+/// A boolean as a field element, without `Fr::from`'s Montgomery conversion.
+pub(super) fn field_bit(b: bool) -> Fr {
+    if b {
+        Fr::one()
+    } else {
+        Fr::zero()
+    }
+}
+
+const THREE: Fr = MontFp!("3");
 
 fn lambda() -> Fr {
     pow2(PAIR_SHIFT)
 }
 
 fn half() -> Fr {
-    Fr::from(2u64).inverse().expect("2 is invertible")
+    inv_pow2(1)
+}
+
+/// Σ cᵢ·lcᵢ. The terms are gathered unsorted and merged once by `compactify`: the same
+/// combination (same sorted terms, same coefficients) as a chain of ark's `+`, which
+/// would copy the growing sum at every step.
+pub(super) fn combination<'a>(parts: impl IntoIterator<Item = (Fr, &'a Lc)>) -> Lc {
+    let mut lc = Lc::zero();
+    for (c, part) in parts {
+        push_scaled(&mut lc, c, part);
+    }
+    lc.compactify();
+    lc
+}
+
+/// Appends c·`part` to `lc` unsorted; the caller compactifies before `lc` is used.
+pub(super) fn push_scaled(lc: &mut Lc, c: Fr, part: &Lc) {
+    lc.0.extend(part.iter().map(|(f, v)| (*f * c, *v)));
 }
 
 /// A bit in the circuit: a constant, or an affine combination of variables whose every
@@ -92,6 +176,15 @@ impl Bit {
         matches!(self, Bit::Var { .. })
     }
 
+    /// Appends c·bit to an unsorted `lc` (see [`push_scaled`]) without copying the bit.
+    pub(super) fn push_scaled_to(&self, lc: &mut Lc, c: Fr) {
+        match self {
+            Bit::Const(true) => lc.0.push((c, Variable::One)),
+            Bit::Const(false) => {}
+            Bit::Var { lc: own, .. } => push_scaled(lc, c, own),
+        }
+    }
+
     /// Largest value the bit can take: 0 for the constant 0, else 1.
     pub(super) fn max(&self) -> u64 {
         u64::from(!matches!(self, Bit::Const(false)))
@@ -109,7 +202,7 @@ impl Bit {
 
     /// A witness bit with its booleanity constraint.
     pub fn alloc(cs: &ConstraintSystemRef<Fr>, val: bool) -> Result<Bit, SynthesisError> {
-        let v = cs.new_witness_variable(|| Ok(Fr::from(val)))?;
+        let v = cs.new_witness_variable(|| Ok(field_bit(val)))?;
         let lc = Lc::from(v);
         enforce_boolean(cs, &lc)?;
         Ok(Bit::Var { lc, val })
@@ -150,10 +243,10 @@ pub fn xor(cs: &ConstraintSystemRef<Fr>, x: &Bit, y: &Bit) -> Result<Bit, Synthe
             }
         }
         (Bit::Var { lc: xl, val: xv }, Bit::Var { lc: yl, val: yv }) => {
-            let p = cs.new_witness_variable(|| Ok(Fr::from(*xv & *yv)))?;
+            let p = cs.new_witness_variable(|| Ok(field_bit(*xv & *yv)))?;
             cs.enforce_constraint(xl.clone(), yl.clone(), Lc::from(p))?;
             Bit::Var {
-                lc: xl + yl - (Fr::from(2u64), p),
+                lc: xl + yl - (pow2(1), p),
                 val: xv ^ yv,
             }
         }
@@ -190,11 +283,11 @@ pub fn xor3(
     }
     let val = x.value() ^ y.value() ^ z.value();
     let s = x.lc() + &y.lc() + &z.lc();
-    let o = cs.new_witness_variable(|| Ok(Fr::from(val)))?;
+    let o = cs.new_witness_variable(|| Ok(field_bit(val)))?;
     cs.enforce_constraint(
-        Lc::from((Fr::from(4u64), o)) - &(s.clone() * Fr::from(2u64)) + (Fr::one(), Variable::One),
-        s * Fr::from(2u64) - (Fr::from(3u64), Variable::One),
-        const_lc(-Fr::from(3u64)),
+        Lc::from((pow2(2), o)) - &(s.clone() * pow2(1)) + (Fr::one(), Variable::One),
+        s * pow2(1) - (THREE, Variable::One),
+        const_lc(-THREE),
     )?;
     Ok(Bit::Var { lc: o.into(), val })
 }
@@ -244,7 +337,7 @@ pub fn ch(cs: &ConstraintSystemRef<Fr>, e: &Bit, f: &Bit, g: &Bit) -> Result<Bit
         _ => {
             let diff = f.lc() - &g.lc();
             let q_val = if e.value() {
-                Fr::from(f.value()) - Fr::from(g.value())
+                field_bit(f.value()) - field_bit(g.value())
             } else {
                 Fr::zero()
             };
@@ -292,7 +385,7 @@ pub fn ch_pair(
     g: &Bit,
 ) -> Result<Packed, SynthesisError> {
     let lam = lambda();
-    let val = Fr::from(ch_value(e, f, g)) + lam * Fr::from(ch_value(u, e, f));
+    let val = field_bit(ch_value(e, f, g)) + lam * field_bit(ch_value(u, e, f));
     if ch_is_free(e, f, g) && ch_is_free(u, e, f) {
         let low = ch(cs, e, f, g)?;
         let high = ch(cs, u, e, f)?;
@@ -300,10 +393,9 @@ pub fn ch_pair(
     }
     let z = cs.new_witness_variable(|| Ok(val))?;
     let (u, e, f, g) = (u.lc(), e.lc(), f.lc(), g.lc());
-    let left = e * Fr::from(2u64) - &f - &g - &(u.clone() * lam);
+    let left = e * pow2(1) - &f - &g - &(u.clone() * lam);
     let right = f.clone() - &g + &(u.clone() * lam);
-    let out =
-        Lc::from((Fr::from(2u64), z)) - &(f * (Fr::one() + lam + lam)) - &g - &(u * (lam * lam));
+    let out = Lc::from((pow2(1), z)) - &(f * (Fr::one() + lam + lam)) - &g - &(u * (lam * lam));
     cs.enforce_constraint(left, right, out)?;
     Ok((z.into(), val))
 }
@@ -340,10 +432,10 @@ pub fn maj_pair(
     c: &Bit,
 ) -> Result<Packed, SynthesisError> {
     let lam = lambda();
-    let val = Fr::from(maj_value(a, b, c)) + lam * Fr::from(maj_value(u, a, b));
+    let val = field_bit(maj_value(a, b, c)) + lam * field_bit(maj_value(u, a, b));
     if let (Bit::Const(x), Bit::Const(y)) = (a, b) {
         let lc = if x == y {
-            const_lc(Fr::from(*x) * (Fr::one() + lam))
+            const_lc(field_bit(*x) * (Fr::one() + lam))
         } else {
             c.lc() + &(u.lc() * lam)
         };
@@ -384,7 +476,7 @@ pub(super) fn xor2_pair(
     first: &Xor2Lane,
     second: &Xor2Lane,
 ) -> Result<(Lc, u64), SynthesisError> {
-    let lc = xor2_products(cs, first, second, pow2(second.weight))?;
+    let lc = xor2_products(cs, first, second, second.weight)?;
     let [lo, hi] = [first, second].map(xor2_value);
     Ok((lc, lo + hi))
 }
@@ -403,7 +495,7 @@ pub(super) fn xor2_pair_across(
     first: &Xor2Lane,
     second: &Xor2Lane,
 ) -> Result<(Lc, [u64; 2]), SynthesisError> {
-    let lc = xor2_products(cs, first, second, lambda() * pow2(second.weight))?;
+    let lc = xor2_products(cs, first, second, PAIR_SHIFT + second.weight)?;
     Ok((lc, [first, second].map(xor2_value)))
 }
 
@@ -412,28 +504,26 @@ fn xor2_value(lane: &Xor2Lane) -> u64 {
 }
 
 /// The shared constraint of [`xor2_pair`] and [`xor2_pair_across`]: the second lane sits
-/// at field weight `high` (2^k, or λ·2^k), the first at 2^j. Returns
-/// 2^j·X + high·Y − 2^(j+1)·q.
+/// at field weight high = 2^`high_weight` (2^k, or λ·2^k = 2^(40+k)), the first at 2^j.
+/// Returns 2^j·X + high·Y − 2^(j+1)·q.
 fn xor2_products(
     cs: &ConstraintSystemRef<Fr>,
     first: &Xor2Lane,
     second: &Xor2Lane,
-    high: Fr,
+    high_weight: u32,
 ) -> Result<Lc, SynthesisError> {
     let j = first.weight;
-    let rho = high * pow2(j).inverse().expect("2 is invertible");
-    let sigma = (-rho)
-        .sqrt()
-        .expect("−2^m is a square in BN254's scalar field");
+    let m = high_weight as i32 - j as i32;
+    let (rho, sigma, high) = (signed_pow2(m), sqrt_of_minus_pow2(m), pow2(high_weight));
     let big_x = first.x.lc() + &first.y.lc();
     let big_y = second.x.lc() + &second.y.lc();
     let and = |lane: &Xor2Lane| lane.x.value() & lane.y.value();
-    let q_val = Fr::from(and(first)) + rho * Fr::from(and(second));
+    let q_val = field_bit(and(first)) + rho * field_bit(and(second));
     let q = cs.new_witness_variable(|| Ok(q_val))?;
     cs.enforce_constraint(
         big_x.clone() + &(big_y.clone() * sigma),
         big_x.clone() - &(big_y.clone() * sigma),
-        Lc::from((Fr::from(2u64), q)) + &big_x + &(big_y.clone() * rho),
+        Lc::from((pow2(1), q)) + &big_x + &(big_y.clone() * rho),
     )?;
     Ok(big_x * pow2(j) + &(big_y * high) - (pow2(j + 1), q))
 }
@@ -482,9 +572,10 @@ pub(super) fn decompose(
     let mut bits = alloc_bits(cs, val, n - 1)?;
     let mut rest = value_lc.clone();
     for (i, bit) in bits.iter().enumerate() {
-        rest = rest - &(bit.lc() * pow2(i as u32));
+        bit.push_scaled_to(&mut rest, -pow2(i as u32));
     }
-    let top = rest * pow2(n - 1).inverse().expect("2 is invertible");
+    rest.compactify();
+    let top = rest * inv_pow2(n - 1);
     enforce_boolean(cs, &top)?;
     bits.push(Bit::Var {
         lc: top,
@@ -509,8 +600,9 @@ pub(super) fn alloc_bits(
 pub(super) fn pack(bits: &[Bit]) -> Lc {
     let mut lc = Lc::zero();
     for (i, bit) in bits.iter().enumerate() {
-        lc = lc + &(bit.lc() * pow2(i as u32));
+        bit.push_scaled_to(&mut lc, pow2(i as u32));
     }
+    lc.compactify();
     lc
 }
 
@@ -534,7 +626,7 @@ pub(super) fn close_pair(
     n: u32,
 ) -> Result<Vec<Bit>, SynthesisError> {
     assert!(n <= MAX_PAIR_BITS, "round-pair sum too wide");
-    let rest = (fused - first) * lambda().inverse().expect("λ is invertible");
+    let rest = (fused - first) * inv_pow2(PAIR_SHIFT);
     decompose(cs, &rest, val, n)
 }
 
