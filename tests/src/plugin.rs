@@ -22,6 +22,11 @@ pub struct PluginProcess {
 }
 
 impl PluginProcess {
+    /// The plugin's process id (for reading its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts a plugin with a fresh datadir.
     pub fn start(node: &BitcoinNode) -> Self {
         let tempdir = tempfile::Builder::new()

@@ -70,6 +70,41 @@ pub fn peak_rss_kib() -> anyhow::Result<u64> {
         .with_context(|| format!("parsing VmHWM line {line:?}"))
 }
 
+/// CPU seconds (user + system) process `pid` has used so far: fields 14 and 15 of
+/// /proc/<pid>/stat, in the kernel's USER_HZ ticks (Linux only).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("unexpected {path}: {stat:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("no CPU time in {path}: {stat:?}"))
+    };
+    // After ')': state is field 3, so utime (14) and stime (15) sit at 11 and 12.
+    let (utime, stime) = (ticks(11)?, ticks(12)?);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok((utime + stime) as f64 / hz as f64)
+}
+
+/// The summed CPU seconds of `pids` so far.
+pub fn cpu_seconds_of(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+/// Logical cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Runs `cmd` to completion with stdout and stderr captured, timing it wall-clock from
 /// spawn to exit. Fails with a clear error if the program is missing or exits non-zero.
 pub fn time_command(cmd: &mut Command) -> anyhow::Result<(Output, Duration)> {
