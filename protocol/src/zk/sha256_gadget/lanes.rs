@@ -119,7 +119,10 @@ pub(super) fn field_bit(b: bool) -> Fr {
     }
 }
 
+// Small constants as compile-time field elements (no Montgomery conversion per lane).
+const TWO: Fr = MontFp!("2");
 const THREE: Fr = MontFp!("3");
+const FOUR: Fr = MontFp!("4");
 
 fn lambda() -> Fr {
     pow2(PAIR_SHIFT)
@@ -246,7 +249,7 @@ pub fn xor(cs: &ConstraintSystemRef<Fr>, x: &Bit, y: &Bit) -> Result<Bit, Synthe
             let p = cs.new_witness_variable(|| Ok(field_bit(*xv & *yv)))?;
             cs.enforce_constraint(xl.clone(), yl.clone(), Lc::from(p))?;
             Bit::Var {
-                lc: xl + yl - (pow2(1), p),
+                lc: xl + yl - (TWO, p),
                 val: xv ^ yv,
             }
         }
@@ -285,8 +288,8 @@ pub fn xor3(
     let s = x.lc() + &y.lc() + &z.lc();
     let o = cs.new_witness_variable(|| Ok(field_bit(val)))?;
     cs.enforce_constraint(
-        Lc::from((pow2(2), o)) - &(s.clone() * pow2(1)) + (Fr::one(), Variable::One),
-        s * pow2(1) - (THREE, Variable::One),
+        Lc::from((FOUR, o)) - &(s.clone() * TWO) + (Fr::one(), Variable::One),
+        s * TWO - (THREE, Variable::One),
         const_lc(-THREE),
     )?;
     Ok(Bit::Var { lc: o.into(), val })
@@ -393,9 +396,9 @@ pub fn ch_pair(
     }
     let z = cs.new_witness_variable(|| Ok(val))?;
     let (u, e, f, g) = (u.lc(), e.lc(), f.lc(), g.lc());
-    let left = e * pow2(1) - &f - &g - &(u.clone() * lam);
+    let left = e * TWO - &f - &g - &(u.clone() * lam);
     let right = f.clone() - &g + &(u.clone() * lam);
-    let out = Lc::from((pow2(1), z)) - &(f * (Fr::one() + lam + lam)) - &g - &(u * (lam * lam));
+    let out = Lc::from((TWO, z)) - &(f * (Fr::one() + lam + lam)) - &g - &(u * (lam * lam));
     cs.enforce_constraint(left, right, out)?;
     Ok((z.into(), val))
 }
@@ -523,7 +526,7 @@ fn xor2_products(
     cs.enforce_constraint(
         big_x.clone() + &(big_y.clone() * sigma),
         big_x.clone() - &(big_y.clone() * sigma),
-        Lc::from((pow2(1), q)) + &big_x + &(big_y.clone() * rho),
+        Lc::from((TWO, q)) + &big_x + &(big_y.clone() * rho),
     )?;
     Ok(big_x * pow2(j) + &(big_y * high) - (pow2(j + 1), q))
 }
