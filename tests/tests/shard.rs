@@ -302,7 +302,12 @@ fn shard_repair_moves_a_lost_shard_to_a_new_farmer_and_the_download_uses_it() {
 #[test]
 fn shard_kill_9_of_the_renter_mid_upload_resumes_every_shard() {
     let mut net = ShardNet::start(&crs_dir(), &honest(3), MAX_FILE_BYTES);
-    // 2 × ~32 MiB data shards and one parity shard: long enough uploads to land a kill in.
+    // Each shard's upload stalls after its second stored part, so the kill lands
+    // mid-upload however fast the uploads run (they run side by side).
+    net.set_renter_fault(Some("stall-mid-upload"));
+    net.stop_renter();
+    net.start_renter();
+    // 2 × ~32 MiB data shards and one parity shard, several parts each.
     let data = seeded_bytes(184, 64 * 1024 * 1024 + 17);
     let input = net.file("in", &data);
     let opener = call_in_thread(
@@ -353,8 +358,9 @@ fn shard_kill_9_of_the_renter_mid_upload_resumes_every_shard() {
         uploading.len()
     );
 
-    // After the restart the file's open resumes by itself: every shard ends stored, on
-    // the contracts it had.
+    // After the restart (without the stall) the file's open resumes by itself: every
+    // shard ends stored, on the contracts it had.
+    net.set_renter_fault(None);
     net.start_renter();
     let file_id = net
         .list()

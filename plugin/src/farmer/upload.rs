@@ -94,7 +94,7 @@ impl Farmer {
         &self,
         id: &[u8; 32],
         offset: u64,
-        data: &[u8],
+        data: &bytes::Bytes,
         leaves: &[Hash32],
     ) -> Result<Option<u64>, FarmerError> {
         let _guard = self.locks.lock(id).await;
@@ -109,13 +109,17 @@ impl Farmer {
         }
         let mut receiver = UploadReceiver::resume(record.upload.clone())?;
         receiver.accept_part(offset, data, leaves)?;
-        // The staging file may hold bytes past the last record (a crash mid-append).
-        self.blobs
-            .truncate_staged(id, received_before)
-            .map_err(internal)?;
-        self.blobs
-            .append_staged(id, offset, data)
-            .map_err(internal)?;
+        // The write and its sync run on the blocking pool, so that the runtime's workers
+        // keep receiving and hashing the parts in flight meanwhile.
+        let (blobs, id_owned, part) = (self.blobs.clone(), *id, data.clone());
+        tokio::task::spawn_blocking(move || {
+            // The staging file may hold bytes past the last record (a crash mid-append).
+            blobs.truncate_staged(&id_owned, received_before)?;
+            blobs.append_staged(&id_owned, offset, &part)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         record.upload = receiver.checkpoint();
         self.store(&record)?;
         Ok(Some(receiver.received()))
