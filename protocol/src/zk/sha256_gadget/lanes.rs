@@ -897,20 +897,9 @@ mod tests {
                 let rho = pow2(k) * pow2(j).inverse().unwrap();
                 let honest = Fr::from(x & y) + rho * Fr::from(x2 & y2);
                 // Every other combination of the two products, and other values, fails.
-                let mut combos = Vec::new();
-                for p in BITS {
-                    for p2 in BITS {
-                        combos.push(Fr::from(p) + rho * Fr::from(p2));
-                        combos.push(Fr::from(p2) + rho * Fr::from(p));
-                    }
-                }
-                for wrong in wrong_candidates(honest, &combos) {
-                    set(&cs, q, wrong);
-                    assert!(
-                        !cs.is_satisfied().unwrap(),
-                        "({j},{k}) {x}{y}{x2}{y2}: q = {wrong}"
-                    );
-                }
+                let combos = product_combinations(rho);
+                let label = format!("({j},{k}) {x}{y}{x2}{y2}");
+                assert_only_honest_product(&cs, q, honest, &combos, &label);
             }
         }
     }
@@ -939,24 +928,42 @@ mod tests {
                 let honest = Fr::from(x & y) + rho * Fr::from(x2 & y2);
                 // Swapped, dropped or doubled products, and the same-word weighting
                 // (ρ without λ), all fail.
-                let mut combos = Vec::new();
+                let same_word = pow2(k) * pow2(j).inverse().unwrap();
+                let mut combos = product_combinations(rho);
                 for p in BITS {
-                    for p2 in BITS {
-                        combos.push(Fr::from(p) + rho * Fr::from(p2));
-                        combos.push(Fr::from(p2) + rho * Fr::from(p));
-                        combos.push(
-                            Fr::from(p) + pow2(k) * pow2(j).inverse().unwrap() * Fr::from(p2),
-                        );
-                    }
+                    combos.extend(BITS.map(|p2| Fr::from(p) + same_word * Fr::from(p2)));
                 }
-                for wrong in wrong_candidates(honest, &combos) {
-                    set(&cs, q, wrong);
-                    assert!(
-                        !cs.is_satisfied().unwrap(),
-                        "({j},{k}) {x}{y}{x2}{y2}: q = {wrong}"
-                    );
-                }
+                let label = format!("({j},{k}) {x}{y}{x2}{y2}");
+                assert_only_honest_product(&cs, q, honest, &combos, &label);
             }
+        }
+    }
+
+    /// p + ρ·p2 and p2 + ρ·p for every pair of product bits: the values a wrong q could
+    /// take by swapping, dropping or doubling the two products under weight ρ.
+    fn product_combinations(rho: Fr) -> Vec<Fr> {
+        let mut combos = Vec::new();
+        for p in BITS {
+            for p2 in BITS {
+                combos.push(Fr::from(p) + rho * Fr::from(p2));
+                combos.push(Fr::from(p2) + rho * Fr::from(p));
+            }
+        }
+        combos
+    }
+
+    /// Only the honest value of the product wire `q` satisfies `cs`: every candidate
+    /// from [`wrong_candidates`] (with `combos`) fails.
+    fn assert_only_honest_product(
+        cs: &ConstraintSystemRef<Fr>,
+        q: usize,
+        honest: Fr,
+        combos: &[Fr],
+        label: &str,
+    ) {
+        for wrong in wrong_candidates(honest, combos) {
+            set(cs, q, wrong);
+            assert!(!cs.is_satisfied().unwrap(), "{label}: q = {wrong}");
         }
     }
 

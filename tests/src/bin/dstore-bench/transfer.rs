@@ -237,12 +237,21 @@ fn print_large_file_figures(bytes: u64, upload: &Upload, download: &Download, ht
 fn print_datapath_figures(bytes: u64, upload: &Upload, download: &Download, datapath: Duration) {
     let rate = mib_per_s(bytes, datapath);
     figure("transfer-datapath-mib-s", format!("{rate:.1}"));
+    print_rates_against("datapath", rate, bytes, upload, download);
+}
+
+/// `transfer-upload-vs-<what>` and `transfer-download-data-vs-<what>`: the upload's and
+/// the download data's rates over `rate`.
+fn print_rates_against(what: &str, rate: f64, bytes: u64, upload: &Upload, download: &Download) {
     let up = mib_per_s(bytes, upload.elapsed);
-    figure("transfer-upload-vs-datapath", format!("{:.3}", up / rate));
+    figure(
+        &format!("transfer-upload-vs-{what}"),
+        format!("{:.3}", up / rate),
+    );
     if let Some(data) = download.data_time() {
         let down = mib_per_s(bytes, data);
         figure(
-            "transfer-download-data-vs-datapath",
+            &format!("transfer-download-data-vs-{what}"),
             format!("{:.3}", down / rate),
         );
     }
@@ -349,15 +358,7 @@ fn durable_write_best(file: &Path, dest: &Path) -> anyhow::Result<Duration> {
 fn print_disk_figures(bytes: u64, upload: &Upload, download: &Download, disk: Duration) {
     let rate = mib_per_s(bytes, disk);
     figure("transfer-disk-durable-write-mib-s", format!("{rate:.1}"));
-    let up = mib_per_s(bytes, upload.elapsed);
-    figure("transfer-upload-vs-disk", format!("{:.3}", up / rate));
-    if let Some(data) = download.data_time() {
-        let down = mib_per_s(bytes, data);
-        figure(
-            "transfer-download-data-vs-disk",
-            format!("{:.3}", down / rate),
-        );
-    }
+    print_rates_against("disk", rate, bytes, upload, download);
 }
 
 fn print_e2e_figures(e2e: &RoundTrip) {
