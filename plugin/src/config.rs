@@ -228,6 +228,10 @@ pub enum DevFault {
     /// Renter: stalls for good after the second part of a streamed upload was stored,
     /// before the rest is sent (the test kills it there).
     StallMidUpload,
+    /// Farmer: stores the upload parts that reach it but stops answering them once two
+    /// parts are stored and more remain; the renter's window fills and the upload stalls
+    /// mid-file (the test kills the farmer there).
+    HoldUploadAnswers,
 }
 
 /// Without the `dev-fault` feature there are no faults: `Option<DevFault>` is always `None`.

@@ -309,8 +309,19 @@ impl Market {
 
     /// Starts the renter again on its datadir, without any fault.
     pub fn start_renter(&mut self) {
+        self.start_renter_with(None);
+    }
+
+    /// Starts the renter again on its datadir with the test-only fault `fault` (until its
+    /// next restart).
+    pub fn start_renter_with_fault(&mut self, fault: &str) {
+        self.start_renter_with(Some(fault));
+    }
+
+    fn start_renter_with(&mut self, fault: Option<&str>) {
         let mut args = vec![self.renter_args[0].clone()];
         args.extend(self.renter_extra.iter().cloned());
+        args.extend(fault.map(|fault| format!("--dev-fault={fault}")));
         self.renter = Some(start_plugin(
             &self.node,
             &self.dir.path().join("renter"),

@@ -554,8 +554,16 @@ pub(crate) fn call_in_thread(
 
 #[test]
 fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
-    let mut m = Market::start(&crs_dir(), Faults::default());
-    // The farmer dies mid-upload: dstore-open retries and resumes once it is back.
+    // The farmer dies mid-upload: dstore-open retries and resumes once it is back. Its
+    // `hold-upload-answers` fault stops the upload after two stored parts, so the kill
+    // lands mid-file however fast the upload runs.
+    let mut m = Market::start(
+        &crs_dir(),
+        Faults {
+            farmer: Some("hold-upload-answers"),
+            ..Faults::default()
+        },
+    );
     let data = seeded_bytes(12, 48 * 1024 * 1024);
     let input = m.file("in", &data);
     let opener = call_in_thread(
@@ -563,7 +571,7 @@ fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
         "dstore-open",
         json!([m.peer_url, input.to_str().unwrap()]),
     );
-    let (interrupted, total) = wait_for_upload_progress(&m);
+    let (interrupted, total) = wait_for_two_stored_parts(&m);
     m.kill_farmer();
     // The kill interrupted the upload: the dead farmer holds fewer bytes than the file
     // has, and no blob.
@@ -582,7 +590,10 @@ fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
     assert_eq!(id, interrupted);
     assert_eq!(farmer_status(&m, &id)["phase"], "stored");
 
-    // The renter dies mid-upload: after its restart the upload resumes by itself.
+    // The renter dies mid-upload: after its restart the upload resumes by itself. Its
+    // `stall-mid-upload` fault stops it after two stored parts, for the same reason.
+    m.kill_renter();
+    m.start_renter_with_fault("stall-mid-upload");
     let data2 = seeded_bytes(13, 48 * 1024 * 1024);
     let input2 = m.file("in2", &data2);
     let opener = call_in_thread(
@@ -590,7 +601,7 @@ fn e2e_kill_9_mid_upload_either_side_then_the_upload_completes() {
         "dstore-open",
         json!([m.peer_url, input2.to_str().unwrap()]),
     );
-    let (interrupted, total) = wait_for_upload_progress(&m);
+    let (interrupted, total) = wait_for_two_stored_parts(&m);
     m.kill_renter();
     // The kill interrupted the upload: the farmer has neither all the bytes nor the
     // renter's upload_done.
@@ -680,25 +691,14 @@ fn farmer_blob(m: &Market, id: &str) -> PathBuf {
     m.dir.path().join("farmer-storage/objects/blobs").join(id)
 }
 
-/// Waits until a running upload has sent over 8 MiB; returns its contract id and size.
-fn wait_for_upload_progress(m: &Market) -> (String, u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let list = m.renter().call_ok("dstore-list", json!([]));
-        let uploading =
-            list.as_array().unwrap().iter().find(|c| {
-                c["phase"] == "uploading" && c["bytes_done"].as_u64().unwrap_or(0) > 8 << 20
-            });
-        if let Some(c) = uploading {
-            let id = c["contract_id"].as_str().unwrap().to_string();
-            return (id, c["bytes_total"].as_u64().unwrap());
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never progressed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits until the farmer has stored two parts of a running upload; returns its contract
+/// id and size.
+fn wait_for_two_stored_parts(m: &Market) -> (String, u64) {
+    let two_parts = 2 * dstore_plugin::wire::UPLOAD_PART as u64;
+    dstore_tests::wait_until("two stored parts", Duration::from_secs(300), || {
+        let upload = crate::transfer_stream::uploading_contract(m)?;
+        (upload.farmer_done >= two_parts).then_some((upload.id, upload.total))
+    })
 }
 
 fn wait_for_phase(m: &Market, id: &str, phase: &str) {

@@ -74,6 +74,7 @@ impl Farmer {
             stored.as_mut().enable();
             if let Some(received) = self.append_in_turn(id, offset, &data, &leaves).await? {
                 UPLOAD_STORED.notify_waiters();
+                self.hold_answer_if_faulty(id, received).await?;
                 return Ok(received);
             }
             if tokio::time::timeout_at(deadline, stored).await.is_err() {
@@ -85,6 +86,20 @@ impl Farmer {
                 .into());
             }
         }
+    }
+
+    /// With the test-only fault `hold-upload-answers`: once two parts are stored and more
+    /// remain, the part just stored is never answered.
+    async fn hold_answer_if_faulty(&self, id: &[u8; 32], received: u64) -> Result<(), FarmerError> {
+        if !crate::dev_fault!(self.config.dev_fault, HoldUploadAnswers) {
+            return Ok(());
+        }
+        let (_, total) = self.upload_status(id)?;
+        if received >= 2 * crate::wire::UPLOAD_PART as u64 && received < total {
+            tracing::warn!("dev fault: the farmer stops answering upload parts until it is killed");
+            std::future::pending::<()>().await;
+        }
+        Ok(())
     }
 
     /// Stores the part at `offset` if it is its turn (the stored count is `offset`):
