@@ -268,6 +268,16 @@ pub enum PeerCallError {
     Io(#[from] std::io::Error),
 }
 
+/// The TLS setup every peer client shares (for `https://` farmer URLs). Building one loads
+/// the system's root certificates, about 30 ms of CPU, which a renter would otherwise pay
+/// for every call it makes to a farmer. None if it cannot be built: each client then
+/// builds reqwest's default, which reports the same failure where it matters.
+fn shared_tls() -> Option<native_tls::TlsConnector> {
+    static TLS: std::sync::OnceLock<Option<native_tls::TlsConnector>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| native_tls::TlsConnector::new().ok())
+        .clone()
+}
+
 /// The renter's connection to one farmer. Every reply is size-capped, redirects are never
 /// followed (a farmer is one `http://host:port`), and bulk reads stop when the farmer goes
 /// quiet for [`IDLE_TIMEOUT`] or exceeds a total time proportional to their size.
@@ -281,9 +291,13 @@ pub struct PeerClient {
 impl PeerClient {
     /// A client for the farmer at `base` (`http://host:port`), signing as `identity`.
     pub fn new(base: &str, identity: Keypair) -> Self {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = shared_tls() {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder
             .build()
             .expect("a reqwest client with static settings always builds");
         PeerClient {

@@ -95,11 +95,6 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) as f64 / hz as f64)
 }
 
-/// The summed CPU seconds of `pids` so far.
-pub fn cpu_seconds_of(pids: &[u32]) -> anyhow::Result<f64> {
-    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
-}
-
 /// Logical cores this process may run on.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -33,7 +33,10 @@
 //!   many times the data path's work the upload does); `transfer-upload-cpu-bound-vs-datapath`,
 //!   the upload-vs-datapath ratio that work allows at best on this machine's cores with a
 //!   free disk: the data path's time over the upload's CPU seconds spread evenly over all
-//!   cores (see "The CPU budget").
+//!   cores (see "The CPU budget"). `transfer-upload-renter-cpu-s` and
+//!   `transfer-upload-farmer-cpu-s` split those seconds by peer, and
+//!   `transfer-upload-cpu-bound-vs-datapath-one-peer-per-machine` is the same bound with
+//!   each peer alone on a machine like this one (the busier peer's seconds over all cores).
 //! * `transfer-e2e-16mib-s`: wall seconds of `dstore-open` + `dstore-download` of a
 //!   16 MiB file, and `transfer-e2e-16mib-proving-share`, the fraction of that time the
 //!   renter's `dstore-status` phase was "proving".
@@ -116,9 +119,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::measure::{
-    cores, cpu_seconds, cpu_seconds_of, figure, load_average, mib_per_s, time_command, MIB,
-};
+use crate::measure::{cores, cpu_seconds, figure, load_average, mib_per_s, time_command, MIB};
 
 /// Options of `dstore-bench transfer`.
 #[derive(Debug, Args)]
@@ -190,9 +191,9 @@ pub fn run(args: &TransferArgs) -> anyhow::Result<()> {
 
     eprintln!("transfer: {} MiB upload…", args.size_mib);
     let peers = [market.renter().pid(), market.farmer().pid()];
-    let cpu_before = cpu_seconds_of(&peers)?;
+    let cpu_before = cpu_seconds_each(&peers)?;
     let upload = timed_open(&market, &big)?;
-    let upload_cpu = cpu_seconds_of(&peers)? - cpu_before;
+    let upload_cpu = PeersCpu::since(cpu_before, cpu_seconds_each(&peers)?);
     eprintln!("transfer: {} MiB download…", args.size_mib);
     let download = timed_download(&market, &upload.id, &big)?;
     eprintln!("transfer: measured 16 MiB round trip…");
@@ -204,7 +205,7 @@ pub fn run(args: &TransferArgs) -> anyhow::Result<()> {
 
     print_large_file_figures(bytes, &upload, &download, http);
     print_datapath_figures(bytes, &upload, &download, datapath.elapsed);
-    print_cpu_figures(upload_cpu, &datapath);
+    print_cpu_figures(&upload_cpu, &datapath);
     print_disk_figures(bytes, &upload, &download, disk);
     print_e2e_figures(&e2e);
     Ok(())
@@ -263,20 +264,65 @@ struct Datapath {
     cpu: f64,
 }
 
-/// The CPU the upload took (both peers) against the data path's: how much more work the
-/// upload does per byte, and the best upload-vs-datapath ratio that work allows on this
-/// machine's cores with a disk that costs nothing ("The CPU budget").
-fn print_cpu_figures(upload_cpu: f64, datapath: &Datapath) {
-    figure("transfer-upload-cpu-s", format!("{upload_cpu:.2}"));
+/// CPU seconds each peer process spent in a span of time.
+struct PeersCpu {
+    renter: f64,
+    farmer: f64,
+}
+
+impl PeersCpu {
+    /// The CPU seconds between two readings of [renter, farmer].
+    fn since(before: [f64; 2], after: [f64; 2]) -> PeersCpu {
+        PeersCpu {
+            renter: after[0] - before[0],
+            farmer: after[1] - before[1],
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.renter + self.farmer
+    }
+}
+
+/// The CPU seconds of each process of `pids` so far, in order.
+fn cpu_seconds_each<const N: usize>(pids: &[u32; N]) -> anyhow::Result<[f64; N]> {
+    let mut out = [0.0; N];
+    for (seconds, pid) in out.iter_mut().zip(pids) {
+        *seconds = cpu_seconds(*pid)?;
+    }
+    Ok(out)
+}
+
+/// The CPU the upload took (both peers, and each) against the data path's: how much more
+/// work the upload does per byte, and the best upload-vs-datapath ratio that work allows
+/// with a disk that costs nothing: with both peers on this machine's cores, and with each
+/// peer on a machine like this one of its own ("The CPU budget").
+fn print_cpu_figures(upload_cpu: &PeersCpu, datapath: &Datapath) {
+    figure(
+        "transfer-upload-cpu-s",
+        format!("{:.2}", upload_cpu.total()),
+    );
+    figure(
+        "transfer-upload-renter-cpu-s",
+        format!("{:.2}", upload_cpu.renter),
+    );
+    figure(
+        "transfer-upload-farmer-cpu-s",
+        format!("{:.2}", upload_cpu.farmer),
+    );
     figure("transfer-datapath-cpu-s", format!("{:.2}", datapath.cpu));
     figure(
         "transfer-upload-cpu-vs-datapath",
-        format!("{:.2}", upload_cpu / datapath.cpu),
+        format!("{:.2}", upload_cpu.total() / datapath.cpu),
     );
-    let best_wall = upload_cpu / cores() as f64;
+    let bound = |cpu: f64| datapath.elapsed.as_secs_f64() / (cpu / cores() as f64);
     figure(
         "transfer-upload-cpu-bound-vs-datapath",
-        format!("{:.3}", datapath.elapsed.as_secs_f64() / best_wall),
+        format!("{:.3}", bound(upload_cpu.total())),
+    );
+    figure(
+        "transfer-upload-cpu-bound-vs-datapath-one-peer-per-machine",
+        format!("{:.3}", bound(upload_cpu.renter.max(upload_cpu.farmer))),
     );
 }
 
