@@ -271,7 +271,7 @@ pub enum PeerCallError {
 /// The TLS setup every peer client shares (for `https://` farmer URLs). Building one loads
 /// the system's root certificates, about 30 ms of CPU, which a renter would otherwise pay
 /// for every call it makes to a farmer. None if it cannot be built: each client then
-/// builds reqwest's default, which reports the same failure where it matters.
+/// builds its own, as it did before.
 fn shared_tls() -> Option<native_tls::TlsConnector> {
     static TLS: std::sync::OnceLock<Option<native_tls::TlsConnector>> = std::sync::OnceLock::new();
     TLS.get_or_init(|| native_tls::TlsConnector::new().ok())
