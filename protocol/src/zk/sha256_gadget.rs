@@ -93,7 +93,13 @@
 //! Maj of three rounds is no longer affine on two halves of the cube, a three-input XOR
 //! lane is a cubic and takes one constraint (and cannot share a constraint linear in its
 //! output with a two-input lane: that needs an affine form times the packed value to be
-//! affine on the cube, and the cross terms have degree 3 or 4), σ1's ten
+//! affine on the cube, and the cross terms have degree 3 or 4; nor with another
+//! three-input lane: for a constraint linear in the packed value v = 2^i·p + 2^j·q,
+//! (v + ℓ)·L must be affine on the cube with L affine and nonzero there; the degree-4
+//! terms allow L no input but one the lanes share, x, and cancelling the cubic terms then
+//! makes L = c·(1 − x), zero where x = 1 (disjoint lanes leave L constant and the cubics
+//! standing); with two roots, as Maj's lanes have, v² holds 2^(i+j+1)·pq, of degree 5 or
+//! 6, which no product of two affine forms cancels), σ1's ten
 //! two-input lanes form two paths (bits 7−9−…−17 and 8−10−…−18) whose three consecutive
 //! products already need rank 3, every bit a σ, Σ, Ch or Maj reads must be pinned by one
 //! booleanity constraint, and every sum's carry range is already tight (four words in an
