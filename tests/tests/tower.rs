@@ -268,6 +268,43 @@ fn tower_catches_up_after_missed_notifications() {
     assert_eq!(tx1_refund["status"]["state"], "superseded", "{tx1_refund}");
 }
 
+#[test]
+fn tower_back_from_an_outage_acts_on_every_due_contract_a_batch_at_a_time() {
+    let (mut rng, node, mut funder) = setup(612, 6);
+    let contracts: Vec<Contract> = (0..3)
+        .map(|_| Contract::new(&node, &mut funder, &mut rng, 200, 5))
+        .collect();
+    // One due contract loaded at a time: each batch's watches leave memory before the next.
+    // No periodic reconcile: the one at start-up must act on every batch by itself.
+    let mut tower = TowerProcess::start_with(&node, &["--act-batch=1", "--poll-seconds=3600"]);
+    for contract in &contracts {
+        tower.call_ok("tower-register", json!([contract.renter_registration()]));
+    }
+    tower.kill9();
+    // While the tower is down: every TX2 confirms and their refunds fall due together.
+    for contract in &contracts {
+        broadcast(&node, &contract.tx2).unwrap();
+    }
+    node.mine(11);
+    tower.restart();
+    tower.wait_for_tip(node.block_count());
+    wait_until(
+        "every TX2 refund in the mempool",
+        Duration::from_secs(60),
+        || {
+            let all = contracts.iter().all(|c| in_mempool(&node, &c.tx2_refund));
+            all.then_some(())
+        },
+    );
+    node.mine(1);
+    tower.wait_for_tip(node.block_count());
+    for contract in &contracts {
+        wait_for_key(&tower, contract);
+        let state = tx_state(&tower, &contract.id_hex(), "tx2-refund");
+        assert_eq!(state["status"]["state"], "confirmed", "{state}");
+    }
+}
+
 /// Reorgs TX2's block out at `depth`, replaces the chain with empty blocks, then lets TX2
 /// be mined again and its refund fall due.
 fn reorg_out_tx2(seed: u64, depth: u32) {

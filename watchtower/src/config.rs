@@ -68,6 +68,12 @@ pub struct Args {
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub merkle_audit_k: Option<u32>,
 
+    /// Due contracts loaded into memory at a time while the tower acts (default 1000).
+    /// After a long outage every contract may be due at once; they are then handled a
+    /// batch at a time, so memory stays bounded.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub act_batch: Option<u64>,
+
     /// Test-only misbehaviour, for the functional tests. Exists only in builds with the
     /// `dev-fault` Cargo feature (the tests' build), never in a release.
     #[cfg(feature = "dev-fault")]
@@ -111,6 +117,9 @@ macro_rules! dev_fault {
 /// Default segments per Merkle audit.
 pub const DEFAULT_MERKLE_AUDIT_K: u32 = 16;
 
+/// Default number of due contracts loaded at a time while acting.
+pub const DEFAULT_ACT_BATCH: usize = 1_000;
+
 /// Default JSON-RPC port of the watchtower.
 pub const DEFAULT_RPC_PORT: u16 = 18460;
 
@@ -128,6 +137,8 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     pub poll_seconds: u64,
     pub auditor: AuditorSettings,
+    /// Due contracts loaded at a time while acting (`--act-batch`).
+    pub act_batch: usize,
     /// A test-only fault (`--dev-fault`, builds with the `dev-fault` feature only).
     pub dev_fault: Option<DevFault>,
 }
@@ -170,6 +181,9 @@ impl Config {
                 merkle_every: args.merkle_audit_every.unwrap_or(0),
                 merkle_k: args.merkle_audit_k.unwrap_or(DEFAULT_MERKLE_AUDIT_K),
             },
+            act_batch: args.act_batch.map_or(DEFAULT_ACT_BATCH, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
             #[cfg(feature = "dev-fault")]
             dev_fault: args.dev_fault,
             #[cfg(not(feature = "dev-fault"))]
@@ -215,6 +229,15 @@ mod tests {
         assert_eq!((flag.auditor.merkle_every, flag.auditor.merkle_k), (2, 4));
         assert!(config(&["--merkle-audit-k=0"], &[]).is_err());
         assert!(config(&["--merkle-audit-k=257"], &[]).is_err());
+    }
+
+    #[test]
+    fn act_batch_flag_and_conf() {
+        assert_eq!(config(&[], &[]).unwrap().act_batch, DEFAULT_ACT_BATCH);
+        assert_eq!(config(&[], &["--act-batch=50"]).unwrap().act_batch, 50);
+        let flag = config(&["--act-batch=2"], &["--act-batch=50"]).unwrap();
+        assert_eq!(flag.act_batch, 2);
+        assert!(config(&["--act-batch=0"], &[]).is_err());
     }
 
     #[cfg(not(feature = "dev-fault"))]

@@ -68,8 +68,14 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let wallet =
         crate::wallet::TowerWallet::load_or_create(&dir.join("wallet.key"), config.network)
             .map_err(io("cannot load the tower's wallet key"))?;
-    let (tower, mut outcomes) =
-        Tower::open(store, bitcoind, wallet, config.auditor, config.dev_fault)?;
+    let (tower, mut outcomes) = Tower::open(
+        store,
+        bitcoind,
+        wallet,
+        config.auditor,
+        config.act_batch,
+        config.dev_fault,
+    )?;
     let tower = Arc::new(tower);
     tower.reconcile().await?;
 

@@ -6,7 +6,9 @@
 //! Memory: the engine keeps only its compact index in RAM (issue 21). Before each
 //! operation the tower loads from the store the watches the engine names (those a block
 //! or a transaction touches, those due at the tip, the one an RPC names), and once what
-//! changed is stored it evicts them again ([`Engine::evict`]). Audit contracts (groups or
+//! changed is stored it evicts them again ([`Engine::evict`]): after each block of a
+//! catch-up, and after each `--act-batch` of due watches when it acts, so a tower back
+//! from a long outage does not load every contract at once. Audit contracts (groups or
 //! an auditor) too: they are due at their timelocks, salt releases and Merkle audits like
 //! any other wake height, and the auditor's duties run for the ones loaded at the tip. A
 //! settled contract buried [`COMPACT_DEPTH`] blocks deep, its audits over, is replaced by
@@ -97,6 +99,8 @@ pub struct Tower {
     bitcoind: Arc<Bitcoind>,
     wallet: TowerWallet,
     auditor: Auditor,
+    /// Due watches loaded at a time while acting ([`Tower::act`]).
+    act_batch: usize,
     /// A test-only fault (builds with the `dev-fault` feature only).
     dev_fault: Option<DevFault>,
     pub counters: Counters,
@@ -115,6 +119,7 @@ impl Tower {
         bitcoind: Arc<Bitcoind>,
         wallet: TowerWallet,
         settings: AuditorSettings,
+        act_batch: usize,
         dev_fault: Option<DevFault>,
     ) -> Result<(Tower, UnboundedReceiver<AuditorOutcome>), TowerError> {
         let started = Instant::now();
@@ -139,6 +144,7 @@ impl Tower {
             bitcoind,
             wallet,
             auditor,
+            act_batch: act_batch.max(1),
             dev_fault,
             counters: Counters::default(),
         };
@@ -146,7 +152,11 @@ impl Tower {
     }
 
     /// Loads the stored watches among `ids` that are not resident yet.
-    fn page_in(&self, state: &mut State, ids: &BTreeSet<WatchId>) -> Result<(), TowerError> {
+    fn page_in<'a>(
+        &self,
+        state: &mut State,
+        ids: impl IntoIterator<Item = &'a WatchId>,
+    ) -> Result<(), TowerError> {
         for id in ids {
             if state.engine.get(id).is_some() {
                 continue;
@@ -276,6 +286,9 @@ impl Tower {
         let changed = state.engine.connect_touched(&block, &touched, height);
         let new_tip = Tip { height, hash };
         self.persist(state, &changed, Some(new_tip))?;
+        // Stored: a catch-up over many blocks keeps no block's watches in memory (the
+        // changed ones are marked for the next act, which loads them again).
+        state.engine.evict();
         state.tip = Some(new_tip);
         self.note_new_keys(state, keys_before);
         bump(&self.counters.blocks_connected);
@@ -343,13 +356,32 @@ impl Tower {
     }
 
     /// Broadcasts every due transaction: the intent is stored first, then bitcoind is asked,
-    /// then its answer is stored. Replaying a stored intent re-sends the same bytes.
+    /// then its answer is stored. Replaying a stored intent re-sends the same bytes. The
+    /// watches due at the tip are loaded `--act-batch` at a time.
     async fn act(&self, state: &mut State) -> Result<(), TowerError> {
         let Some(tip) = state.tip else {
             return Ok(());
         };
-        let wanted = state.engine.wanted_at(tip.height);
-        self.page_in(state, &wanted)?;
+        let wanted: Vec<WatchId> = state.engine.wanted_at(tip.height).into_iter().collect();
+        let mut batches = wanted.chunks(self.act_batch);
+        // The first round also acts on the watches already loaded (none may be due).
+        let mut batch = batches.next().unwrap_or_default();
+        loop {
+            self.page_in(state, batch)?;
+            self.act_on_loaded(state, tip).await?;
+            let Some(next) = batches.next() else {
+                return Ok(());
+            };
+            // Every change of this batch is stored: its watches leave memory (a watch the
+            // engine still wants comes back at the next act).
+            state.engine.evict();
+            batch = next;
+        }
+    }
+
+    /// Broadcasts, bumps and compacts what the loaded watches make due, and runs the
+    /// auditor's duties for them.
+    async fn act_on_loaded(&self, state: &mut State, tip: Tip) -> Result<(), TowerError> {
         self.fill_beacon_hashes(state, tip.height).await?;
         let script = self.wallet.script();
         let actions = state.engine.actions(tip.height, Some(&script));
